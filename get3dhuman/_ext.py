@@ -1,0 +1,65 @@
+"""Loads the compiled extension (get3dhuman._C) and reports what was built."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+# Every op registered by csrc/registration.cpp; build_info() reports the backends of each.
+OPS = ("pixel_aligned_sample", "pixel_aligned_sample_backward")
+_BACKENDS = ("CPU", "CUDA")
+
+
+def load_extension() -> None:
+    """Imports get3dhuman._C, which registers the torch.ops.get3dhuman operators.
+
+    Raises ImportError with the likely cause when the extension is missing (a source checkout
+    on sys.path instead of the installed package, or an install that skipped the build).
+    """
+    try:
+        importlib.import_module("get3dhuman._C")
+    except ImportError as error:
+        package_dir = os.path.dirname(os.path.abspath(__file__))
+        raise ImportError(
+            f"get3dhuman's compiled extension (get3dhuman._C) could not be loaded from {package_dir}: "
+            f"{error}. Install the package with `pip install --no-build-isolation .` (torch first) "
+            "and import it from outside the source tree (pytest uses --import-mode=importlib)."
+        ) from error
+
+
+def compiled_backends() -> list[str]:
+    """Backends ('cpu', 'cuda') for which every op of the extension has a kernel."""
+    load_extension()
+    has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
+    return [
+        backend.lower()
+        for backend in _BACKENDS
+        if all(has_kernel(f"get3dhuman::{op}", backend) for op in OPS)
+    ]
+
+
+def build_info() -> dict:
+    """What this installation can do.
+
+    Returns a dict with: ``version`` (get3dhuman), ``torch``, ``torch_cuda`` (the CUDA version
+    torch was built with, or None), ``compiled_backends`` (subset of ['cpu', 'cuda']),
+    ``cuda_available`` (a usable GPU is present), ``devices`` (GPU names), ``triton`` (the
+    importable Triton version, or None).
+    """
+    from get3dhuman import __version__
+    from get3dhuman.kernels import triton_version
+
+    cuda_available = torch.cuda.is_available()
+    return {
+        "version": __version__,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "compiled_backends": compiled_backends(),
+        "cuda_available": cuda_available,
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if cuda_available
+        else [],
+        "triton": triton_version(),
+    }

@@ -1,0 +1,32 @@
+"""Custom operators of get3dhuman and their pure-torch references (the test oracles).
+
+- sample_pixel_aligned / reference_sample_pixel_aligned: project, bilinear-sample, append depth.
+- query_field / reference_query_field: an implicit decoder evaluated at points, fused and chunked.
+- project_inputs: precomputes the 'projected' variant's map for repeated queries.
+"""
+
+from get3dhuman.ops.pixel_aligned import (
+    OFFICIAL_DEPTH_SCALE,
+    check_sample_inputs,
+    reference_sample_pixel_aligned,
+    sample_pixel_aligned,
+)
+from get3dhuman.ops.query import (
+    ProjectedInputs,
+    choose_variant,
+    project_inputs,
+    query_field,
+    reference_query_field,
+)
+
+__all__ = [
+    "OFFICIAL_DEPTH_SCALE",
+    "ProjectedInputs",
+    "check_sample_inputs",
+    "choose_variant",
+    "project_inputs",
+    "query_field",
+    "reference_query_field",
+    "reference_sample_pixel_aligned",
+    "sample_pixel_aligned",
+]

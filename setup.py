@@ -1,0 +1,94 @@
+"""Builds get3dhuman and its compiled extension get3dhuman._C.
+
+CPU kernels are always built. CUDA kernels are built when torch is a CUDA build and a CUDA
+toolkit (nvcc) is found; no GPU is needed. GET3DHUMAN_FORCE_CPU=1 builds the CPU kernels only.
+Install with `pip install --no-build-isolation .` after torch (the extension links the torch
+that is installed, so the build must see it).
+"""
+
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, ROOT)
+from csrc_sources import cpu_sources, cuda_sources  # noqa: E402  (shared with CMakeLists.txt)
+
+DEFAULT_CUDA_ARCHS = "7.5;8.0;9.0+PTX"  # Turing, Ampere/Ada (sm_80 cubins run on 8.x), Hopper + PTX for newer
+
+
+def _cuda_home_candidates():
+    """CUDA roots to try when CUDA_HOME is unset, most specific first."""
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        yield os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    yield from sorted(glob.glob("/usr/local/cuda*"), key=len)
+
+
+def _locate_cuda_home():
+    """Sets CUDA_HOME before torch.utils.cpp_extension reads it.
+
+    torch guesses the toolkit from `which nvcc`, which is wrong when nvcc is a wrapper script
+    outside the toolkit (e.g. /usr/local/bin/nvcc); accept only a root holding the headers.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    for root in _cuda_home_candidates():
+        if os.path.isfile(os.path.join(root, "include", "cuda_runtime.h")) and os.path.isfile(
+            os.path.join(root, "bin", "nvcc")
+        ):
+            os.environ["CUDA_HOME"] = root
+            return
+
+
+_locate_cuda_home()
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _want_cuda():
+    if os.environ.get("GET3DHUMAN_FORCE_CPU", "0") not in ("", "0"):
+        print("get3dhuman: GET3DHUMAN_FORCE_CPU is set: building CPU kernels only")
+        return False
+    if torch.version.cuda is None:
+        print("get3dhuman: torch is a CPU build: building CPU kernels only")
+        return False
+    if CUDA_HOME is None:
+        print("get3dhuman: no CUDA toolkit found (set CUDA_HOME): building CPU kernels only")
+        return False
+    return True
+
+
+def _extension():
+    cxx_flags = ["-O3", "-fopenmp"]  # at::parallel_for is OpenMP-based: without it kernels run serially
+    define_macros = [("GET3DHUMAN_PYTHON_MODULE", None)]
+    if not _want_cuda():
+        return CppExtension(
+            "get3dhuman._C",
+            cpu_sources(ROOT),
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp"],
+            define_macros=define_macros,
+        )
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+    print(f"get3dhuman: building CUDA kernels with {CUDA_HOME} for {os.environ['TORCH_CUDA_ARCH_LIST']}")
+    define_macros.append(("GET3DHUMAN_WITH_CUDA", None))
+    return CUDAExtension(
+        "get3dhuman._C",
+        cpu_sources(ROOT) + cuda_sources(ROOT),
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+        extra_link_args=["-fopenmp"],
+        define_macros=define_macros,
+    )
+
+
+setup(
+    packages=find_packages(include=["get3dhuman", "get3dhuman.*"]) + ["get3dhuman.kernels"],
+    package_dir={"get3dhuman.kernels": "kernels"},
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

@@ -1,0 +1,25 @@
+"""Deterministic random inputs shared by the tests and the benchmarks."""
+
+import torch
+
+
+def random_calib(batch, dtype=torch.float32, seed=0):
+    """[B, 4, 4] orthographic calibrations, each with its own rotation, scale and offset."""
+    generator = torch.Generator().manual_seed(seed)
+    calib = torch.zeros(batch, 4, 4, dtype=torch.float64)
+    for b in range(batch):
+        q, _ = torch.linalg.qr(torch.randn(3, 3, generator=generator, dtype=torch.float64))
+        scale = 0.7 + 0.6 * torch.rand(3, generator=generator, dtype=torch.float64)
+        calib[b, :3, :3] = q * scale
+        calib[b, :3, 3] = 0.2 * torch.randn(3, generator=generator, dtype=torch.float64)
+        calib[b, 3, 3] = 1
+    return calib.to(dtype)
+
+
+def random_inputs(batch=2, channels=5, height=7, width=9, count=200, dtype=torch.float32, device="cpu", seed=0):
+    """features [B,C,H,W], points [B,N,3] (about a third projecting outside the image), calib."""
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch, channels, height, width, generator=generator, dtype=torch.float64)
+    points = (torch.rand(batch, count, 3, generator=generator, dtype=torch.float64) * 2 - 1) * 1.4
+    calib = random_calib(batch, torch.float64, seed)
+    return tuple(t.to(device=device, dtype=dtype) for t in (features, points, calib))
