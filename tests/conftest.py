@@ -1,9 +1,9 @@
 """Shared fixtures: the devices to test on."""
 
 import pytest
-import torch
+from inputs import CUDA_READY
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu"] + (["cuda"] if CUDA_READY else [])
 
 
 @pytest.fixture(params=DEVICES)

@@ -2,6 +2,11 @@
 
 import torch
 
+import get3dhuman
+
+# CUDA tests and benchmarks run where a GPU is present and the CUDA kernels were compiled.
+CUDA_READY = torch.cuda.is_available() and "cuda" in get3dhuman.build_info()["compiled_backends"]
+
 
 def random_calib(batch, dtype=torch.float32, seed=0):
     """[B, 4, 4] orthographic calibrations, each with its own rotation, scale and offset."""

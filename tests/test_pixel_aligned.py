@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from inputs import random_calib, random_inputs
+from inputs import CUDA_READY, random_inputs
 
 from get3dhuman.ops import OFFICIAL_DEPTH_SCALE, reference_sample_pixel_aligned, sample_pixel_aligned
 
@@ -204,14 +204,14 @@ def test_direct_op_call_checks_in_cpp():
         torch.ops.get3dhuman.pixel_aligned_sample.default(features, points, calib, 1.0, torch.zeros(2), torch.zeros(2))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(not CUDA_READY, reason="needs a CUDA GPU and the CUDA kernels")
 def test_mixed_devices_name_the_argument():
     features, points, calib = random_inputs()
     with pytest.raises(ValueError, match="points"):
         sample_pixel_aligned(features.cuda(), points, calib.cuda())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(not CUDA_READY, reason="needs a CUDA GPU and the CUDA kernels")
 def test_cuda_matches_cpu():
     features, points, calib = random_inputs(batch=2, channels=64, height=32, width=32, count=5000)
     cpu = sample_pixel_aligned(features, points, calib)

@@ -1,16 +1,12 @@
 """query_field (both fused variants) against the grid_sample + Conv1d reference."""
 
-import json
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 from inputs import random_inputs
 
+from get3dhuman.benchmark import peak_memory
 from get3dhuman.nn import ImplicitDecoder
-from get3dhuman.ops import choose_variant, project_inputs, query_field, reference_query_field
+from get3dhuman.ops import choose_variant, pixel_order, project_inputs, query_field, reference_query_field
 
 DECODERS = {
     "shape": ImplicitDecoder.official_shape,
@@ -48,6 +44,26 @@ def test_precomputed_projection_is_reused(device):
         out = query_field(decoder, features, points, calib, projected=projected)
         expected = reference_query_field(decoder, features, points, calib)
     assert (out - expected).abs().max().item() <= 1e-4
+
+
+def test_sorted_point_order_gives_the_same_values_and_gradients(device):
+    decoder, features, points, calib = _setup("small", device, count=500, dtype=torch.float64)
+    points[0, 7] = float("nan")  # non-finite points keep their place too
+    results = []
+    for sort in (False, True):
+        f, p = features.clone().requires_grad_(), points.clone().requires_grad_()
+        out = query_field(decoder, f, p, calib, chunk_size=64, sort_points=sort)
+        out.nan_to_num().square().sum().backward()
+        results.append((out, f.grad, p.grad))
+    for unsorted, sorted_ in zip(*results):
+        torch.testing.assert_close(sorted_, unsorted, equal_nan=True)
+
+
+def test_pixel_order_visits_rows_in_order():
+    features = torch.zeros(1, 1, 4, 5)
+    points = torch.tensor([[[0.9, 0.9, 0], [-1, -1, 0], [0.9, -1, 0], [-1, 0.9, 0]]])
+    order = pixel_order(features, points, torch.eye(4).unsqueeze(0))
+    assert order.tolist() == [[1, 2, 3, 0]]
 
 
 def test_auto_variant_rule():
@@ -108,46 +124,21 @@ def test_bad_arguments():
         query_field(decoder, features, points, calib, chunk_size=0)
     with pytest.raises(ValueError, match="points"):
         query_field(decoder, features, points[:1], calib)
-
-
-_PEAK_SCRIPT = textwrap.dedent(
-    """
-    import json, resource, sys, torch
-    from get3dhuman.nn import ImplicitDecoder
-    from get3dhuman.ops import query_field, reference_query_field
-    torch.manual_seed(0)
-    decoder = ImplicitDecoder.official_shape()
-    features = torch.randn(1, 256, 128, 128)
-    points = torch.rand(1, int(sys.argv[2]), 3) * 2 - 1
-    calib = torch.eye(4).unsqueeze(0)
-    fn = reference_query_field if sys.argv[1] == "reference" else query_field
-    with torch.no_grad():
-        fn(decoder, features, points[:, :4096], calib)  # warm up allocator and thread pools
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        out = fn(decoder, features, points, calib)
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_kib": after - before, "checksum": float(out.double().sum())}))
-    """
-)
-
-
-def peak_memory_kib(which, count, workdir):
-    """Extra peak resident memory (KiB) of one query in a fresh process, and its checksum.
-    Runs in `workdir` so that the installed package, not the source tree, is imported."""
-    result = subprocess.run(
-        [sys.executable, "-c", _PEAK_SCRIPT, which, str(count)], capture_output=True, text=True, check=True, cwd=workdir
-    )
-    return json.loads(result.stdout)
+    projected = project_inputs(decoder, features)
+    with pytest.raises(ValueError, match="projected"):
+        query_field(decoder, features, points, calib, variant="direct", projected=projected)
+    with pytest.raises(ValueError, match="projected"):
+        query_field(decoder, features, points, calib, projected=project_inputs(decoder, features[:1]))
 
 
 @pytest.mark.slow
-def test_fused_query_never_holds_all_samples(tmp_path):
+def test_fused_query_never_holds_all_samples():
     """At official sizes the fused query's extra peak memory is a small fraction of the
     reference's, which holds [B, C, N] samples and activations for every point."""
     count = 1 << 18
-    reference = peak_memory_kib("reference", count, tmp_path)
-    fused = peak_memory_kib("fused", count, tmp_path)
+    reference = peak_memory("reference", "shape", count)
+    fused = peak_memory("projected", "shape", count)
     # The reference holds >= 257 + 512 + 769 floats per point; the fused query a chunk's worth.
-    assert reference["peak_kib"] * 1024 >= count * 4 * (257 + 512 + 769)
-    assert fused["peak_kib"] * 4 <= reference["peak_kib"]
+    assert reference["peak_bytes"] >= count * 4 * (257 + 512 + 769)
+    assert fused["peak_bytes"] * 4 <= reference["peak_bytes"]
     assert fused["checksum"] == pytest.approx(reference["checksum"], rel=1e-5)

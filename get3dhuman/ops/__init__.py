@@ -3,6 +3,7 @@
 - sample_pixel_aligned / reference_sample_pixel_aligned: project, bilinear-sample, append depth.
 - query_field / reference_query_field: an implicit decoder evaluated at points, fused and chunked.
 - project_inputs: precomputes the 'projected' variant's map for repeated queries.
+- pixel_order: the cache-friendly point order query_field uses on the CPU.
 """
 
 from get3dhuman.ops.pixel_aligned import (
@@ -14,6 +15,7 @@ from get3dhuman.ops.pixel_aligned import (
 from get3dhuman.ops.query import (
     ProjectedInputs,
     choose_variant,
+    pixel_order,
     project_inputs,
     query_field,
     reference_query_field,
@@ -24,6 +26,7 @@ __all__ = [
     "ProjectedInputs",
     "check_sample_inputs",
     "choose_variant",
+    "pixel_order",
     "project_inputs",
     "query_field",
     "reference_query_field",

@@ -77,6 +77,17 @@ def choose_variant(features: torch.Tensor, num_points: int) -> str:
     return "projected" if num_points >= features.shape[2] * features.shape[3] else "direct"
 
 
+def pixel_order(features: torch.Tensor, points: torch.Tensor, calib: torch.Tensor) -> torch.Tensor:
+    """[B, N] permutation that visits points in image-row order of their projection, so
+    consecutive gathers hit the same cache lines of the (channels-last) map."""
+    height, width = features.shape[2:]
+    ndc = points @ calib[:, :2, :3].transpose(1, 2) + calib[:, :2, 3].unsqueeze(1)  # [B, N, 2]
+    x = ((ndc[..., 0] + 1) * ((width - 1) / 2)).clamp(-1, width).floor()
+    y = ((ndc[..., 1] + 1) * ((height - 1) / 2)).clamp(-1, height).floor()
+    # NaN points sort last; clamp keeps keys of far-away points small.
+    return torch.argsort(torch.nan_to_num((y + 1) * (width + 2) + (x + 1), nan=float(width + 2) ** 2 * 4), dim=1)
+
+
 def _run_chunk(decoder, sampled, projected_layout):
     """Runs the decoder on one chunk of point-major samples [M, width] -> [M, out_channels].
 
@@ -109,6 +120,7 @@ def query_field(
     variant: str = "auto",
     chunk_size: int | None = None,
     projected: ProjectedInputs | None = None,
+    sort_points: bool | None = None,
 ) -> torch.Tensor:
     """Decoder output (occupancy, colour, ...) at points, fused and chunked.
 
@@ -119,6 +131,9 @@ def query_field(
         variant: 'direct', 'projected' or 'auto' (see choose_variant).
         chunk_size: points per chunk (default per device type, DEFAULT_CHUNK).
         projected: a precomputed project_inputs(decoder, features) for the 'projected' variant.
+        sort_points: evaluate points in image-row order (see pixel_order) and restore the
+            given order at the end; worth it for scattered points. None: sort on the CPU
+            when there are several chunks (GPU gathers are far less sensitive to order).
 
     Returns:
         [B, out_channels, N], equal (up to rounding) to
@@ -137,15 +152,27 @@ def query_field(
     if variant == "auto":
         variant = "projected" if projected is not None else choose_variant(features, num_points)
 
+    if projected is not None and variant != "projected":
+        raise ValueError(f"projected inputs are only used by variant='projected', got variant={variant!r}")
+
     layout = None
     if variant == "projected":
-        projected = projected if projected is not None else project_inputs(decoder, features)
         widths = [decoder.filters[i].out_channels for i in decoder.input_layers()]
+        projected = projected if projected is not None else project_inputs(decoder, features)
+        expected = (features.shape[0], sum(widths), *features.shape[2:])
+        if not isinstance(projected, ProjectedInputs) or tuple(projected.features.shape) != expected:
+            raise ValueError(f"projected must be project_inputs(decoder, features) with features {list(expected)}")
         offsets = [sum(widths[:j]) for j in range(len(widths))]
         layout = dict(zip(decoder.input_layers(), offsets))
         source, bias, depth_weight = projected
     else:
         source, bias, depth_weight = features, None, None
+
+    if sort_points is None:
+        sort_points = features.device.type == "cpu" and num_points > 2 * chunk_size
+    order = pixel_order(features, points, calib) if sort_points else None
+    if order is not None:
+        points = torch.gather(points, 1, order.unsqueeze(-1).expand(-1, -1, 3))
 
     chunks = []
     for start in range(0, num_points, chunk_size):
@@ -155,7 +182,10 @@ def query_field(
         chunks.append(out.view(batch, chunk.shape[1], -1))
     if not chunks:
         return features.new_empty(batch, decoder.out_channels, 0)
-    return torch.cat(chunks, 1).transpose(1, 2)
+    out = torch.cat(chunks, 1)  # [B, N, out_channels]
+    if order is not None:
+        out = torch.zeros_like(out).scatter(1, order.unsqueeze(-1).expand_as(out), out)
+    return out.transpose(1, 2)
 
 
 def reference_query_field(

@@ -1,0 +1,32 @@
+"""The same-run summary of every benchmark's speed-up and memory relative to the reference."""
+
+from collections import defaultdict
+
+import pytest
+
+_RESULTS = defaultdict(dict)  # (case) -> {implementation: (median seconds, peak bytes)}
+
+
+@pytest.fixture
+def record():
+    """record(case, implementation, seconds, peak_bytes) keeps a result for the summary."""
+
+    def _record(case, implementation, seconds, peak_bytes):
+        _RESULTS[case][implementation] = (seconds, peak_bytes)
+
+    return _record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _RESULTS:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write("get3dhuman: same-run comparison (speed-up and memory relative to the reference)")
+    write(f"{'case':<28} {'implementation':<12} {'median s':>10} {'speed-up':>9} {'peak MiB':>10} {'mem ratio':>10}")
+    for case, rows in sorted(_RESULTS.items()):
+        reference = rows.get("reference")
+        for implementation, (seconds, peak) in sorted(rows.items()):
+            speedup = f"{reference[0] / seconds:.2f}x" if reference else "-"
+            ratio = f"{peak / reference[1]:.3f}" if reference and reference[1] > 0 else "-"
+            write(f"{case:<28} {implementation:<12} {seconds:>10.4f} {speedup:>9} {peak / 2**20:>10.1f} {ratio:>10}")
