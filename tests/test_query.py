@@ -26,12 +26,13 @@ def _setup(name, device, count=700, dtype=torch.float32, batch=2, size=12):
 
 @pytest.mark.parametrize("name", list(DECODERS))
 @pytest.mark.parametrize("variant", ["direct", "projected"])
-def test_forward_matches_reference(device, name, variant):
+@pytest.mark.parametrize("sort_points", [False, True])
+def test_forward_matches_reference(device, name, variant, sort_points):
     decoder, features, points, calib = _setup(name, device)
     with torch.no_grad():
         expected = reference_query_field(decoder, features, points, calib)
         # A chunk size that leaves a remainder exercises the chunk boundaries.
-        out = query_field(decoder, features, points, calib, variant=variant, chunk_size=256)
+        out = query_field(decoder, features, points, calib, variant=variant, chunk_size=256, sort_points=sort_points)
     assert out.shape == (2, decoder.out_channels, 700)
     assert (out - expected).abs().max().item() <= 1e-4
 
@@ -142,3 +143,13 @@ def test_fused_query_never_holds_all_samples():
     assert reference["peak_bytes"] >= count * 4 * (257 + 512 + 769)
     assert fused["peak_bytes"] * 4 <= reference["peak_bytes"]
     assert fused["checksum"] == pytest.approx(reference["checksum"], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["direct", "projected"])
+def test_fused_peak_memory_does_not_grow_with_the_chunk_count(variant):
+    """Beyond the O(N) inputs and outputs (points, their sorted copy and order, results: under
+    100 bytes per point), peak memory must not grow with N: chunk buffers are reused, not
+    piled up. (Collecting chunk results once grew the heap by ~1000 bytes per point.)"""
+    small, large = (peak_memory(variant, "shape", count)["peak_bytes"] for count in (1 << 16, 1 << 19))
+    assert large - small <= 384 * ((1 << 19) - (1 << 16))

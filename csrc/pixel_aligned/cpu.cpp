@@ -61,28 +61,21 @@ void blend(scalar_t* out, const scalar_t* const corner[4], const acc_t weight[4]
 at::Tensor sample_cpu(const at::Tensor& features, const at::Tensor& points, const at::Tensor& calib,
                       double depth_scale, const std::optional<at::Tensor>& bias,
                       const std::optional<at::Tensor>& depth_weight) {
-  check_sample_args(features, points, calib, bias, depth_weight);
-  TORCH_CHECK_VALUE(bias.has_value() == depth_weight.has_value(),
-                    "bias and depth_weight must be given together");
-  const int64_t batch = features.size(0), channels = features.size(1);
-  const int64_t height = features.size(2), width = features.size(3), count = points.size(1);
-  const at::Tensor map = features.contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor pts = points.contiguous(), cal = calib.contiguous();
-  const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const at::Tensor weight_c = depth_weight.has_value() ? depth_weight->contiguous() : at::Tensor();
-  at::Tensor out = at::empty({batch, count, channels + 1}, features.options());
+  const Prepared in = prepare(features, points, calib, bias, depth_weight, std::nullopt);
+  const int64_t channels = in.channels, height = in.height, width = in.width, count = in.count;
+  at::Tensor out = at::empty({in.batch, count, channels + 1}, features.options());
   if (out.numel() == 0) return out;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "pixel_aligned_sample_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* map_ptr = map.const_data_ptr<scalar_t>();
-    const scalar_t* pts_ptr = pts.const_data_ptr<scalar_t>();
-    const scalar_t* cal_ptr = cal.const_data_ptr<scalar_t>();
-    const scalar_t* bias_ptr = bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr;
-    const scalar_t* dw_ptr = weight_c.defined() ? weight_c.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* map_ptr = in.map.const_data_ptr<scalar_t>();
+    const scalar_t* pts_ptr = in.points.const_data_ptr<scalar_t>();
+    const scalar_t* cal_ptr = in.calib.const_data_ptr<scalar_t>();
+    const scalar_t* bias_ptr = data_or_null<scalar_t>(in.bias);
+    const scalar_t* dw_ptr = data_or_null<scalar_t>(in.depth_weight);
     scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
     const acc_t scale = static_cast<acc_t>(depth_scale);
-    at::parallel_for(0, batch * count, kPointGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, in.total(), kPointGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t b = i / count;
         const auto c = locate<scalar_t, acc_t>(pts_ptr + 3 * i, cal_ptr + 16 * b, height, width, scale);
@@ -103,20 +96,18 @@ std::tuple<at::Tensor, at::Tensor> sample_backward_cpu(const at::Tensor& grad_ou
                                                        const at::Tensor& points,
                                                        const at::Tensor& calib,
                                                        bool features_requires_grad) {
-  check_backward_args(grad_out, features, points, calib);
-  const int64_t batch = features.size(0), channels = features.size(1);
-  const int64_t height = features.size(2), width = features.size(3), count = points.size(1);
-  const at::Tensor map = features.contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor pts = points.contiguous(), cal = calib.contiguous(), grad = grad_out.contiguous();
+  const Prepared in = prepare(features, points, calib, std::nullopt, std::nullopt, grad_out);
+  const int64_t batch = in.batch, channels = in.channels, height = in.height, width = in.width;
+  const int64_t count = in.count;
   at::Tensor grad_uv = at::empty({batch, count, 2}, points.options());
   at::Tensor grad_features;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "pixel_aligned_sample_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* map_ptr = map.const_data_ptr<scalar_t>();
-    const scalar_t* pts_ptr = pts.const_data_ptr<scalar_t>();
-    const scalar_t* cal_ptr = cal.const_data_ptr<scalar_t>();
-    const scalar_t* grad_ptr = grad.const_data_ptr<scalar_t>();
+    const scalar_t* map_ptr = in.map.const_data_ptr<scalar_t>();
+    const scalar_t* pts_ptr = in.points.const_data_ptr<scalar_t>();
+    const scalar_t* cal_ptr = in.calib.const_data_ptr<scalar_t>();
+    const scalar_t* grad_ptr = in.grad.const_data_ptr<scalar_t>();
     const int64_t row = channels + 1;
     const acc_t half_w = acc_t(width - 1) / acc_t(2), half_h = acc_t(height - 1) / acc_t(2);
 

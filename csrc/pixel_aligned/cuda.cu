@@ -90,29 +90,20 @@ __global__ void sample_backward_kernel(const scalar_t* __restrict__ map, const s
 at::Tensor sample_cuda(const at::Tensor& features, const at::Tensor& points, const at::Tensor& calib,
                        double depth_scale, const std::optional<at::Tensor>& bias,
                        const std::optional<at::Tensor>& depth_weight) {
-  check_sample_args(features, points, calib, bias, depth_weight);
-  TORCH_CHECK_VALUE(bias.has_value() == depth_weight.has_value(),
-                    "bias and depth_weight must be given together");
+  const Prepared in = prepare(features, points, calib, bias, depth_weight, std::nullopt);
   const c10::cuda::CUDAGuard guard(features.device());
-  const int64_t batch = features.size(0), channels = features.size(1);
-  const int64_t height = features.size(2), width = features.size(3), count = points.size(1);
-  const at::Tensor map = features.contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor pts = points.contiguous(), cal = calib.contiguous();
-  const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const at::Tensor weight_c = depth_weight.has_value() ? depth_weight->contiguous() : at::Tensor();
-  at::Tensor out = at::empty({batch, count, channels + 1}, features.options());
-  const int64_t total = batch * count;
+  at::Tensor out = at::empty({in.batch, in.count, in.channels + 1}, features.options());
+  const int64_t total = in.total();
   if (total == 0) return out;
   const dim3 block(kWarp, kPointsPerBlock);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "pixel_aligned_sample_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     sample_forward_kernel<scalar_t, acc_t><<<point_blocks(total), block, 0, stream>>>(
-        map.const_data_ptr<scalar_t>(), pts.const_data_ptr<scalar_t>(), cal.const_data_ptr<scalar_t>(),
-        bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr,
-        weight_c.defined() ? weight_c.const_data_ptr<scalar_t>() : nullptr,
-        out.mutable_data_ptr<scalar_t>(), total, count, channels, height, width,
-        static_cast<acc_t>(depth_scale));
+        in.map.const_data_ptr<scalar_t>(), in.points.const_data_ptr<scalar_t>(),
+        in.calib.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(in.bias),
+        data_or_null<scalar_t>(in.depth_weight), out.mutable_data_ptr<scalar_t>(), total, in.count,
+        in.channels, in.height, in.width, static_cast<acc_t>(depth_scale));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -123,15 +114,11 @@ std::tuple<at::Tensor, at::Tensor> sample_backward_cuda(const at::Tensor& grad_o
                                                         const at::Tensor& points,
                                                         const at::Tensor& calib,
                                                         bool features_requires_grad) {
-  check_backward_args(grad_out, features, points, calib);
+  const Prepared in = prepare(features, points, calib, std::nullopt, std::nullopt, grad_out);
   const c10::cuda::CUDAGuard guard(features.device());
-  const int64_t batch = features.size(0), channels = features.size(1);
-  const int64_t height = features.size(2), width = features.size(3), count = points.size(1);
-  const at::Tensor map = features.contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor pts = points.contiguous(), cal = calib.contiguous(), grad = grad_out.contiguous();
-  at::Tensor grad_uv = at::empty({batch, count, 2}, points.options());
+  at::Tensor grad_uv = at::empty({in.batch, in.count, 2}, points.options());
   at::Tensor grad_features;
-  const int64_t total = batch * count;
+  const int64_t total = in.total();
   const dim3 block(kWarp, kPointsPerBlock);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "pixel_aligned_sample_backward_cuda", [&] {
@@ -139,15 +126,15 @@ std::tuple<at::Tensor, at::Tensor> sample_backward_cuda(const at::Tensor& grad_o
     // Accumulate in acc_t (float for half/bfloat16): atomics on 16-bit values lose precision.
     at::Tensor accum;
     if (features_requires_grad) {
-      accum = at::zeros({batch, height, width, channels},
+      accum = at::zeros({in.batch, in.height, in.width, in.channels},
                         features.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
     }
     if (total > 0) {
       sample_backward_kernel<scalar_t, acc_t><<<point_blocks(total), block, 0, stream>>>(
-          map.const_data_ptr<scalar_t>(), pts.const_data_ptr<scalar_t>(), cal.const_data_ptr<scalar_t>(),
-          grad.const_data_ptr<scalar_t>(), grad_uv.mutable_data_ptr<scalar_t>(),
-          accum.defined() ? accum.mutable_data_ptr<acc_t>() : nullptr, total, count, channels, height,
-          width);
+          in.map.const_data_ptr<scalar_t>(), in.points.const_data_ptr<scalar_t>(),
+          in.calib.const_data_ptr<scalar_t>(), in.grad.const_data_ptr<scalar_t>(),
+          grad_uv.mutable_data_ptr<scalar_t>(), accum.defined() ? accum.mutable_data_ptr<acc_t>() : nullptr,
+          total, in.count, in.channels, in.height, in.width);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (accum.defined()) grad_features = accum.permute({0, 3, 1, 2}).to(features.scalar_type());

@@ -114,6 +114,47 @@ inline void check_backward_args(const at::Tensor& grad_out, const at::Tensor& fe
                     "grad_out must be on the device of features");
 }
 
+// Validated inputs in the layouts the kernels index: a channels-last map and contiguous
+// points, calib, and (when given) bias, depth_weight and grad. Absent tensors are undefined.
+struct Prepared {
+  at::Tensor map, points, calib, bias, depth_weight, grad;
+  int64_t batch, channels, height, width, count;
+
+  int64_t total() const { return batch * count; }
+};
+
+inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& tensor) {
+  return tensor.has_value() ? tensor->contiguous() : at::Tensor();
+}
+
+template <typename T>
+const T* data_or_null(const at::Tensor& tensor) {
+  return tensor.defined() ? tensor.const_data_ptr<T>() : nullptr;
+}
+
+inline Prepared prepare(const at::Tensor& features, const at::Tensor& points, const at::Tensor& calib,
+                        const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& depth_weight,
+                        const std::optional<at::Tensor>& grad_out) {
+  if (grad_out.has_value()) {
+    check_backward_args(*grad_out, features, points, calib);
+  } else {
+    check_sample_args(features, points, calib, bias, depth_weight);
+  }
+  TORCH_CHECK_VALUE(bias.has_value() == depth_weight.has_value(),
+                    "bias and depth_weight must be given together");
+  return Prepared{features.contiguous(at::MemoryFormat::ChannelsLast),
+                  points.contiguous(),
+                  calib.contiguous(),
+                  contiguous_or_undefined(bias),
+                  contiguous_or_undefined(depth_weight),
+                  contiguous_or_undefined(grad_out),
+                  features.size(0),
+                  features.size(1),
+                  features.size(2),
+                  features.size(3),
+                  points.size(1)};
+}
+
 // Forward: [B, N, C + 1] point-major samples (see the file comment).
 at::Tensor sample_cpu(const at::Tensor& features, const at::Tensor& points, const at::Tensor& calib,
                       double depth_scale, const std::optional<at::Tensor>& bias,

@@ -174,17 +174,25 @@ def query_field(
     if order is not None:
         points = torch.gather(points, 1, order.unsqueeze(-1).expand(-1, -1, 3))
 
+    # Inference writes each chunk into one preallocated output: collecting small chunk results
+    # between large freed buffers fragments the CPU heap (peak RSS grew with N). Under
+    # autograd, chunks are concatenated instead, whose backward is a cheap split.
+    out = None if torch.is_grad_enabled() else features.new_empty(batch, num_points, decoder.out_channels)
     chunks = []
     for start in range(0, num_points, chunk_size):
         chunk = points[:, start : start + chunk_size]
         sampled = torch.ops.get3dhuman.pixel_aligned_sample(source, chunk, calib, float(depth_scale), bias, depth_weight)
-        out = _run_chunk(decoder, sampled.flatten(0, 1), layout)
-        chunks.append(out.view(batch, chunk.shape[1], -1))
-    if not chunks:
-        return features.new_empty(batch, decoder.out_channels, 0)
-    out = torch.cat(chunks, 1)  # [B, N, out_channels]
-    if order is not None:
-        out = torch.zeros_like(out).scatter(1, order.unsqueeze(-1).expand_as(out), out)
+        result = _run_chunk(decoder, sampled.flatten(0, 1), layout).view(batch, chunk.shape[1], -1)
+        if out is None:
+            chunks.append(result)
+        elif order is None:
+            out[:, start : start + chunk.shape[1]] = result
+        else:
+            out.scatter_(1, order[:, start : start + chunk.shape[1]].unsqueeze(-1).expand_as(result), result)
+    if out is None:
+        out = torch.cat(chunks, 1) if chunks else features.new_empty(batch, 0, decoder.out_channels)
+        if order is not None:
+            out = torch.zeros_like(out).scatter(1, order.unsqueeze(-1).expand_as(out), out)
     return out.transpose(1, 2)
 
 
