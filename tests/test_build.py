@@ -43,17 +43,25 @@ def test_cli_rejects_unknown_commands(tmp_path):
     assert result.returncode == 2 and "invalid choice" in result.stderr
 
 
+CUDA_TOOLKIT = torch.version.cuda is not None and shutil.which("nvcc") is not None
+
+
 @pytest.mark.slow
-def test_native_cmake_build_and_ctest(tmp_path):
-    """CMakeLists.txt builds the same csrc sources (CPU kernels) and its ctest suite passes."""
+@pytest.mark.parametrize(
+    "with_cuda",
+    [False, pytest.param(True, marks=pytest.mark.skipif(not CUDA_TOOLKIT, reason="needs nvcc and a CUDA build of torch"))],
+    ids=["cpu", "cuda"],
+)
+def test_native_cmake_build_and_ctest(tmp_path, with_cuda):
+    """CMakeLists.txt builds the same csrc sources (with the CUDA kernels when asked) and its
+    ctest suite passes."""
     cmake = shutil.which("cmake")
     assert cmake is not None, "cmake is a test dependency (pip install '.[test]')"
     build = tmp_path / "build"
     env = dict(os.environ, TORCH_CUDA_ARCH_LIST=os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0"))
-    subprocess.run(
-        [cmake, "-S", ROOT, "-B", str(build), "-G", "Ninja", f"-DPython3_EXECUTABLE={sys.executable}"],
-        check=True, capture_output=True, env=env,
-    )
+    configure = [cmake, "-S", ROOT, "-B", str(build), "-G", "Ninja", f"-DPython3_EXECUTABLE={sys.executable}"]
+    configure.append(f"-DGET3DHUMAN_WITH_CUDA={'ON' if with_cuda else 'OFF'}")
+    subprocess.run(configure, check=True, capture_output=True, env=env)
     subprocess.run([cmake, "--build", str(build)], check=True, capture_output=True, env=env)
     ctest = os.path.join(os.path.dirname(cmake), "ctest")
     result = subprocess.run([ctest, "--test-dir", str(build), "--output-on-failure"], capture_output=True, text=True, env=env)

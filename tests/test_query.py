@@ -153,3 +153,20 @@ def test_fused_peak_memory_does_not_grow_with_the_chunk_count(variant):
     piled up. (Collecting chunk results once grew the heap by ~1000 bytes per point.)"""
     small, large = (peak_memory(variant, "shape", count)["peak_bytes"] for count in (1 << 16, 1 << 19))
     assert large - small <= 384 * ((1 << 19) - (1 << 16))
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_forward_and_backward():
+    """The default torch.compile backend (inductor) traces the ops and their autograd."""
+    decoder, features, points, calib = _setup("small", "cpu", count=300)
+    compiled = torch.compile(
+        lambda f, p, c: query_field(decoder, f, p, c, variant="projected", chunk_size=128), fullgraph=True
+    )
+    f = features.clone().requires_grad_()
+    out = compiled(f, points, calib)
+    expected_f = features.clone().requires_grad_()
+    expected = reference_query_field(decoder, expected_f, points, calib)
+    assert (out - expected).abs().max().item() <= 1e-5
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    assert (f.grad - expected_f.grad).abs().max().item() <= 1e-5
