@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from get3dhuman.nn import HGFilter, ImplicitDecoder, StyleGAN2Generator
-from get3dhuman.nn.stylegan2 import modulated_conv2d, setup_filter, upfirdn2d, upsample2d
+from get3dhuman.nn import HGFilter, ImplicitDecoder, ResNetDiscriminator, StyleGAN2Generator
+from get3dhuman.nn.discriminator import minibatch_stddev
+from get3dhuman.nn.stylegan2 import conv2d_resample, modulated_conv2d, setup_filter, upfirdn2d, upsample2d
 
 # Parameter names and shapes of the authors' generator module (copied from
 # shared/reference/official-checkpoint-keys.tsv).
@@ -185,3 +186,45 @@ def test_hgfilter_sizes_and_gradients():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in small.parameters())
     with pytest.raises(ValueError, match="x must be"):
         small(torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.parametrize("branch, channels", [("shape", 256), ("texture", 512)])
+def test_official_discriminator_matches_the_checkpoint_layout(branch, channels):
+    assert layout(ResNetDiscriminator(img_channels=channels)) == official_keys(f"Dis_{branch}.")
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_downsampling_conv_equals_filter_then_strided_correlation(kernel_size):
+    torch.manual_seed(0)
+    x, weight = torch.randn(2, 3, 8, 8), torch.randn(5, 3, kernel_size, kernel_size)
+    kernel = setup_filter()
+    out = conv2d_resample(x, weight, kernel, down=2, padding=kernel_size // 2)
+    # Full FIR smoothing, then the valid correlation, sampled every second pixel; the first
+    # kept sample is where the padded and the full results line up.
+    smooth = F.conv2d(x, kernel.flip([0, 1]).expand(3, 1, 4, 4), padding=3, groups=3)
+    start = 1 if kernel_size == 3 else 2
+    expected = F.conv2d(smooth, weight)[:, :, start::2, start::2][:, :, :4, :4]
+    assert out.shape == (2, 5, 4, 4)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_minibatch_stddev_appends_the_group_standard_deviation():
+    x = torch.randn(8, 3, 4, 4)
+    out = minibatch_stddev(x, group_size=4)
+    assert out.shape == (8, 4, 4, 4) and torch.equal(out[:, :3], x)
+    groups = x.reshape(4, 2, 3, 4, 4)  # sample i belongs to slot i % 2 of the groups
+    expected = groups.std(0, unbiased=False).mean([1, 2, 3])
+    assert torch.allclose(out[:, 3, 0, 0], expected.repeat(4), atol=1e-5)
+    with pytest.raises(ValueError, match="multiple"):
+        minibatch_stddev(torch.randn(6, 3, 4, 4), group_size=4)
+
+
+def test_discriminator_outputs_and_gradients():
+    torch.manual_seed(0)
+    discriminator = ResNetDiscriminator(img_resolution=16, img_channels=8, channel_base=256, channel_max=32)
+    logits = discriminator(torch.randn(4, 8, 16, 16))
+    assert logits.shape == (4, 1)
+    logits.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in discriminator.parameters())
+    with pytest.raises(ValueError, match="x must be"):
+        discriminator(torch.randn(4, 8, 32, 32))

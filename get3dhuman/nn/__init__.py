@@ -3,10 +3,20 @@
 - ImplicitDecoder: PIFu point MLPs with re-concatenated inputs (fused by ops.query_field).
 - StyleGAN2Generator (MappingNetwork, SynthesisNetwork): the 2-D backbones, StyleGAN2-ADA names.
 - HGFilter: the authors' hourglass filter turning backbone maps into feature volumes.
+- ResNetDiscriminator: the StyleGAN2 'resnet' discriminator on feature volumes.
 """
+
+from get3dhuman.nn.discriminator import ResNetDiscriminator
 
 from get3dhuman.nn.hourglass import HGFilter
 from get3dhuman.nn.implicit import ImplicitDecoder
 from get3dhuman.nn.stylegan2 import MappingNetwork, StyleGAN2Generator, SynthesisNetwork
 
-__all__ = ["HGFilter", "ImplicitDecoder", "MappingNetwork", "StyleGAN2Generator", "SynthesisNetwork"]
+__all__ = [
+    "HGFilter",
+    "ImplicitDecoder",
+    "MappingNetwork",
+    "ResNetDiscriminator",
+    "StyleGAN2Generator",
+    "SynthesisNetwork",
+]

@@ -31,9 +31,10 @@ def setup_filter(taps=(1, 3, 3, 1)) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
-def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, padding=(0, 0, 0, 0), gain: float = 1.0) -> torch.Tensor:
-    """Up-samples by zero insertion, pads (x0, x1, y0, y1; negative crops), and convolves each
-    channel with the 2-D FIR `kernel` scaled by `gain`: [B, C, H, W] -> [B, C, H', W']."""
+def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1, padding=(0, 0, 0, 0), gain: float = 1.0) -> torch.Tensor:
+    """Up-samples by zero insertion, pads (x0, x1, y0, y1; negative crops), convolves each
+    channel with the 2-D FIR `kernel` scaled by `gain`, and keeps every `down`-th sample:
+    [B, C, H, W] -> [B, C, H', W']."""
     batch, channels, height, width = x.shape
     if up > 1:
         x = x.reshape(batch, channels, height, 1, width, 1)
@@ -43,7 +44,7 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, padding=(0, 0,
     x = x[:, :, max(-pad_y0, 0) : x.shape[2] - max(-pad_y1, 0), max(-pad_x0, 0) : x.shape[3] - max(-pad_x1, 0)]
     # A true convolution: conv2d correlates, so flip the kernel.
     weight = (kernel * gain).flip([0, 1]).to(x.dtype)[None, None].repeat(channels, 1, 1, 1)
-    return F.conv2d(x, weight, groups=channels)
+    return F.conv2d(x, weight, groups=channels)[:, :, ::down, ::down]
 
 
 def upsample2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -61,15 +62,23 @@ def _correlate(x, weight, stride=1, padding=0, groups=1, transpose=False, flip_w
     return F.conv2d(x, weight, stride=stride, padding=padding, groups=groups)
 
 
-def conv2d_resample(x, weight, kernel, up=1, padding=0, groups=1, flip_weight=True):
-    """2-D convolution, optionally preceded by 2x up-sampling done as a transposed convolution
-    plus the FIR `kernel` (as StyleGAN2 does): [B, I, H, W] -> [B, O, H*up, W*up]."""
-    if up == 1:
+def conv2d_resample(x, weight, kernel, up=1, down=1, padding=0, groups=1, flip_weight=True):
+    """2-D convolution with optional 2x up-sampling (a transposed convolution, then the FIR
+    `kernel`) or 2x down-sampling (the FIR, then a strided convolution), as StyleGAN2 does:
+    [B, I, H, W] -> [B, O, H * up / down, W * up / down]."""
+    if (up, down) not in ((1, 1), (2, 1), (1, 2)):
+        raise ValueError(f"(up, down) must be (1, 1), (2, 1) or (1, 2), got {(up, down)}")
+    if up == 1 and down == 1:
         return _correlate(x, weight, padding=padding, groups=groups, flip_weight=flip_weight)
-    if up != 2:
-        raise ValueError(f"up must be 1 or 2, got {up}")
     out_channels, in_per_group, kernel_h, kernel_w = weight.shape
     taps = kernel.shape[-1]
+    if down == 2:
+        pad0, pad1 = padding + (taps - down + 1) // 2, padding + (taps - down) // 2
+        if kernel_w == 1:  # 1x1: down-sample first, then convolve the smaller image
+            x = upfirdn2d(x, kernel, down=2, padding=(pad0, pad1) * 2)
+            return _correlate(x, weight, groups=groups, flip_weight=flip_weight)
+        x = upfirdn2d(x, kernel, padding=(pad0, pad1) * 2)
+        return _correlate(x, weight, stride=2, groups=groups, flip_weight=flip_weight)
     pad0 = padding + (taps + up - 1) // 2 - (kernel_w - 1)
     pad1 = padding + (taps - up) // 2 - (kernel_w - up)
     # Transposed convolution swaps the roles of in/out channels within each group.
