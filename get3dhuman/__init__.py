@@ -1,10 +1,12 @@
 """get3dhuman: a fast, installable Get3DHuman (textured 3D human generation).
 
 Public names:
+- Generator: the two-branch Get3DHuman generator (presets 'official', 'small', 'tiny';
+  Generator.from_official_checkpoint loads the authors' weights).
 - build_info(): what was compiled and what this machine can run.
 - ops: the custom operators (pixel-aligned sampling, fused decoded queries) and their
   pure-torch references.
-- nn: network modules (ImplicitDecoder, ...).
+- nn: network modules (StyleGAN2Generator, HGFilter, ImplicitDecoder, ResNetDiscriminator, ...).
 """
 
 __version__ = "0.1.0"
@@ -14,5 +16,6 @@ from get3dhuman._ext import build_info, load_extension
 load_extension()
 
 from get3dhuman import nn, ops  # noqa: E402
+from get3dhuman.nn import Generator  # noqa: E402
 
-__all__ = ["__version__", "build_info", "nn", "ops"]
+__all__ = ["Generator", "__version__", "build_info", "nn", "ops"]

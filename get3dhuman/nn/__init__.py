@@ -4,19 +4,25 @@
 - StyleGAN2Generator (MappingNetwork, SynthesisNetwork): the 2-D backbones, StyleGAN2-ADA names.
 - HGFilter: the authors' hourglass filter turning backbone maps into feature volumes.
 - ResNetDiscriminator: the StyleGAN2 'resnet' discriminator on feature volumes.
+- Generator (GeneratorConfig, PRESETS): the two-branch Get3DHuman generator.
 """
 
 from get3dhuman.nn.discriminator import ResNetDiscriminator
+from get3dhuman.nn.generator import PRESETS, Generator, GeneratorConfig, ShapeFeatures
 
 from get3dhuman.nn.hourglass import HGFilter
 from get3dhuman.nn.implicit import ImplicitDecoder
 from get3dhuman.nn.stylegan2 import MappingNetwork, StyleGAN2Generator, SynthesisNetwork
 
 __all__ = [
+    "PRESETS",
+    "Generator",
+    "GeneratorConfig",
     "HGFilter",
     "ImplicitDecoder",
     "MappingNetwork",
     "ResNetDiscriminator",
+    "ShapeFeatures",
     "StyleGAN2Generator",
     "SynthesisNetwork",
 ]

@@ -1,0 +1,224 @@
+"""The two-branch Get3DHuman generator.
+
+Shape branch: z_shape -> StyleGAN2 backbone -> map [B, 16, R, R] -> HGFilter -> shape feature
+volume [B, F, R/4, R/4] -> shape decoder (occupancy). Texture branch: z_texture -> backbone ->
+concat(texture map, shape map) -> HGFilter -> texture feature volume -> texture decoder on
+concat(shape, texture) sampled features (colour).
+
+Occupancy convention of this package: the shape decoder's output is the probability of being
+INSIDE (iso-level 0.5). The authors' decoder predicts 1 = outside; `from_official_checkpoint`
+converts by negating its last layer (sigmoid(-a) = 1 - sigmoid(a), exact).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from get3dhuman.nn.discriminator import ResNetDiscriminator
+from get3dhuman.nn.hourglass import HGFilter
+from get3dhuman.nn.implicit import ImplicitDecoder
+from get3dhuman.nn.stylegan2 import StyleGAN2Generator
+from get3dhuman.ops import OFFICIAL_DEPTH_SCALE, query_field
+
+# The authors' world -> NDC calibration (x*s, -y*s + 0.88134766, z*s; body centred at y = 95
+# in a [-128, -28, -128] .. [128, 228, 128] box).
+OFFICIAL_SCALE = 0.00927734
+OFFICIAL_CALIBRATION = torch.tensor(
+    [[OFFICIAL_SCALE, 0, 0, 0], [0, -OFFICIAL_SCALE, 0, 0.88134766], [0, 0, OFFICIAL_SCALE, 0], [0, 0, 0, 1]]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorConfig:
+    """Sizes of a Generator. The defaults are the published model ("official")."""
+
+    z_dim: int = 512
+    w_dim: int = 512
+    mapping_layers: int = 2
+    backbone_resolution: int = 512
+    backbone_channels: int = 16
+    channel_base: int = 32768
+    channel_max: int = 512
+    conv_clamp: int | None = 256
+    hourglass_depth: int = 2
+    feature_channels: int = 256
+    shape_hidden: tuple[int, ...] = (512, 256, 128)
+    shape_concat: tuple[int, ...] = (1, 2)
+    texture_hidden: tuple[int, ...] = (1024, 512, 256, 128)
+    texture_concat: tuple[int, ...] = (2, 3)
+    depth_scale: float = OFFICIAL_DEPTH_SCALE
+
+    @property
+    def volume_resolution(self) -> int:
+        """Side of the feature volumes: (R / 2 + 1) // 2 (conv1 stride 2 with padding 3, then pooling)."""
+        return (self.backbone_resolution // 2 + 1) // 2
+
+
+PRESETS = {
+    "official": GeneratorConfig(),
+    # Trainable on a CPU in hours: 128^2 backbones, 32^2 x 128 feature volumes.
+    "small": GeneratorConfig(
+        z_dim=256, w_dim=256, backbone_resolution=128, channel_base=8192, channel_max=256, feature_channels=128,
+        shape_hidden=(256, 128, 64), texture_hidden=(512, 256, 128, 64),
+    ),
+    # Tests in seconds: 32^2 backbones, 8^2 x 128 feature volumes.
+    "tiny": GeneratorConfig(
+        z_dim=32, w_dim=32, backbone_resolution=32, backbone_channels=8, channel_base=512, channel_max=64,
+        feature_channels=128, shape_hidden=(32, 16), shape_concat=(1,), texture_hidden=(32, 16), texture_concat=(1,),
+    ),
+}
+
+
+class ShapeFeatures(NamedTuple):
+    """The shape branch's outputs: the backbone map [B, C, R, R] (also an input of the texture
+    branch) and the pixel-aligned shape feature volume [B, F, V, V]."""
+
+    map: torch.Tensor
+    volume: torch.Tensor
+
+
+class Generator(nn.Module):
+    """The Get3DHuman generator (see the module docstring).
+
+    Args:
+        config: a GeneratorConfig or a preset name ('official', 'small', 'tiny').
+
+    Submodule names are the authors' (``backbone_shape``, ``filter_texture``, ``mlp_shape``,
+    ...), so their checkpoint maps one to one.
+    """
+
+    def __init__(self, config: GeneratorConfig | str = "official"):
+        super().__init__()
+        if isinstance(config, str):
+            if config not in PRESETS:
+                raise ValueError(f"config must be a GeneratorConfig or one of {sorted(PRESETS)}, got {config!r}")
+            config = PRESETS[config]
+        self.config = config
+        c = config
+        backbone = dict(
+            z_dim=c.z_dim, w_dim=c.w_dim, img_resolution=c.backbone_resolution, img_channels=c.backbone_channels,
+            mapping_layers=c.mapping_layers, channel_base=c.channel_base, channel_max=c.channel_max,
+            conv_clamp=c.conv_clamp,
+        )
+        self.backbone_shape = StyleGAN2Generator(**backbone)
+        self.backbone_texture = StyleGAN2Generator(**backbone)
+        self.filter_shape = HGFilter(c.backbone_channels, c.hourglass_depth, c.feature_channels)
+        self.filter_texture = HGFilter(2 * c.backbone_channels, c.hourglass_depth, c.feature_channels)
+        features = c.feature_channels
+        self.mlp_shape = ImplicitDecoder([features + 1, *c.shape_hidden, 1], c.shape_concat)
+        self.mlp_texture = ImplicitDecoder([2 * features + 1, *c.texture_hidden, 3], c.texture_concat)
+
+    def shape_features(self, z_shape: torch.Tensor, truncation_psi: float = 1.0, noise_mode: str = "const") -> ShapeFeatures:
+        """z_shape [B, z_dim] -> ShapeFeatures(map [B, C, R, R], volume [B, F, V, V])."""
+        shape_map = self.backbone_shape(z_shape, truncation_psi, noise_mode=noise_mode)
+        return ShapeFeatures(shape_map, self.filter_shape(shape_map))
+
+    def texture_features(self, shape: ShapeFeatures, z_texture: torch.Tensor, truncation_psi: float = 1.0,
+                         noise_mode: str = "const") -> torch.Tensor:
+        """The texture feature volume [B, F, V, V] for z_texture [B, z_dim] on a given shape."""
+        if not isinstance(shape, ShapeFeatures):
+            raise TypeError(f"shape must be the ShapeFeatures of shape_features(), got {type(shape).__name__}")
+        if z_texture.shape[:1] != shape.map.shape[:1]:
+            raise ValueError(f"z_texture must be [B, {self.config.z_dim}] with B = {shape.map.shape[0]}, got {tuple(z_texture.shape)}")
+        texture_map = self.backbone_texture(z_texture, truncation_psi, noise_mode=noise_mode)
+        return self.filter_texture(torch.cat([texture_map, shape.map], 1))
+
+    def forward(self, z_shape: torch.Tensor, z_texture: torch.Tensor, truncation_psi: float = 1.0,
+                noise_mode: str = "const") -> tuple[ShapeFeatures, torch.Tensor]:
+        """Both branches: (ShapeFeatures, texture volume)."""
+        shape = self.shape_features(z_shape, truncation_psi, noise_mode)
+        return shape, self.texture_features(shape, z_texture, truncation_psi, noise_mode)
+
+    def _calib(self, volume: torch.Tensor, calib: torch.Tensor | None) -> torch.Tensor:
+        if calib is None:  # points are already in NDC, [-1, 1]^3
+            return torch.eye(4, dtype=volume.dtype, device=volume.device).expand(volume.shape[0], 4, 4)
+        return calib
+
+    def query_occupancy(self, shape_volume: torch.Tensor, points: torch.Tensor, calib: torch.Tensor | None = None,
+                        **query_options) -> torch.Tensor:
+        """Probability of being inside [B, N] at points [B, N, 3] (NDC unless calib [B, 4, 4] is given)."""
+        calib = self._calib(shape_volume, calib)
+        return query_field(self.mlp_shape, shape_volume, points, calib, self.config.depth_scale, **query_options)[:, 0]
+
+    def query_color(self, shape_volume: torch.Tensor, texture_volume: torch.Tensor, points: torch.Tensor,
+                    calib: torch.Tensor | None = None, **query_options) -> torch.Tensor:
+        """Colour in [0, 1], [B, N, 3], at points [B, N, 3]."""
+        calib = self._calib(shape_volume, calib)
+        volumes = torch.cat([shape_volume, texture_volume], 1)
+        return query_field(self.mlp_texture, volumes, points, calib, self.config.depth_scale, **query_options).transpose(1, 2)
+
+    def discriminators(self) -> dict[str, ResNetDiscriminator]:
+        """Fresh feature-volume discriminators matching this generator ('shape': F channels,
+        'texture': 2F channels), named as the authors' Dis_shape / Dis_texture."""
+        c = self.config
+        kwargs = dict(img_resolution=c.volume_resolution, channel_base=c.channel_base, channel_max=c.channel_max,
+                      conv_clamp=c.conv_clamp)
+        return {
+            "shape": ResNetDiscriminator(img_channels=c.feature_channels, **kwargs),
+            "texture": ResNetDiscriminator(img_channels=2 * c.feature_channels, **kwargs),
+        }
+
+    @classmethod
+    def from_official_checkpoint(cls, path: str | os.PathLike, return_discriminators: bool = False):
+        """Loads the authors' checkpoint (a state dict saved with torch.save, keys optionally
+        prefixed ``module.``; or a .safetensors file) into an 'official' Generator in eval mode.
+
+        Every tensor in the file must be consumed: generator tensors load into the generator,
+        ``Dis_shape.*`` / ``Dis_texture.*`` into discriminators (returned when
+        `return_discriminators`, else only checked). Unexpected or missing names and shape
+        mismatches raise ValueError listing them. The occupancy convention is converted.
+        Returns the Generator, or (Generator, {'shape': D, 'texture': D}).
+        """
+        state = _read_state_dict(path)
+        generator = cls("official")
+        discriminators = generator.discriminators()
+        targets = {"": generator, "Dis_shape.": discriminators["shape"], "Dis_texture.": discriminators["texture"]}
+        parts = {prefix: {} for prefix in targets}
+        for name, tensor in state.items():
+            prefix = next((p for p in ("Dis_shape.", "Dis_texture.") if name.startswith(p)), "")
+            parts[prefix][name[len(prefix):]] = tensor
+        missing, unexpected, mismatched = [], [], []
+        for prefix, module in targets.items():
+            expected, given = module.state_dict(), parts[prefix]
+            missing += [prefix + k for k in expected if k not in given]
+            unexpected += [prefix + k for k in given if k not in expected]
+            mismatched += [
+                f"{prefix}{k} (file {tuple(given[k].shape)}, model {tuple(v.shape)})"
+                for k, v in expected.items() if k in given and given[k].shape != v.shape
+            ]
+        problems = [
+            f"{len(names)} {kind} (e.g. {', '.join(names[:5])})"
+            for kind, names in (("unexpected", unexpected), ("shape mismatches", mismatched), ("missing", missing))
+            if names
+        ]
+        if problems:
+            raise ValueError(f"{os.fspath(path)} is not an official Get3DHuman checkpoint: {'; '.join(problems)}")
+        for prefix, module in targets.items():
+            module.load_state_dict(parts[prefix])
+        with torch.no_grad():  # theirs: sigmoid near 1 = outside; ours: probability inside
+            last = generator.mlp_shape.filters[-1]
+            last.weight.neg_()
+            last.bias.neg_()
+        generator.eval()
+        return (generator, discriminators) if return_discriminators else generator
+
+
+def _read_state_dict(path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, without unpickling arbitrary objects."""
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} must hold a flat dict of tensors (a state dict)")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state

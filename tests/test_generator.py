@@ -1,0 +1,161 @@
+"""The two-branch Generator: presets, the authors' checkpoint, occupancy convention."""
+
+import ast
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from get3dhuman import Generator
+from get3dhuman.nn import PRESETS, GeneratorConfig
+from get3dhuman.ops import reference_query_field
+
+KEYS_FILE = os.path.join(os.path.dirname(__file__), "data", "official-checkpoint-keys.tsv")
+
+
+def official_layout():
+    with open(KEYS_FILE) as keys:
+        rows = [line.rstrip("\n").split("\t") for line in keys if line.strip()]
+    return {name: tuple(ast.literal_eval(shape)) for name, shape in rows}
+
+
+def tiny(seed=0):
+    torch.manual_seed(seed)
+    return Generator("tiny").eval()
+
+
+def test_official_generator_holds_every_generator_name_of_the_checkpoint():
+    expected = {k: v for k, v in official_layout().items() if not k.startswith("Dis_")}
+    assert {k: tuple(v.shape) for k, v in Generator("official").state_dict().items()} == expected
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", pytest.param("official", marks=pytest.mark.slow)])
+def test_shapes_through_every_module(preset):
+    torch.manual_seed(0)
+    generator = Generator(preset).eval()
+    c = generator.config
+    z = torch.randn(2, c.z_dim)
+    points = torch.rand(2, 50, 3) * 2 - 1
+    with torch.no_grad():
+        shape, texture = generator(z, torch.randn(2, c.z_dim))
+        assert shape.map.shape == (2, c.backbone_channels, c.backbone_resolution, c.backbone_resolution)
+        volume = (2, c.feature_channels, c.volume_resolution, c.volume_resolution)
+        assert shape.volume.shape == volume and texture.shape == volume
+        occupancy = generator.query_occupancy(shape.volume, points)
+        color = generator.query_color(shape.volume, texture, points)
+        assert occupancy.shape == (2, 50) and color.shape == (2, 50, 3)
+        assert ((occupancy >= 0) & (occupancy <= 1)).all() and ((color >= 0) & (color <= 1)).all()
+        for name, discriminator in generator.discriminators().items():
+            logits = discriminator(shape.volume if name == "shape" else torch.cat([shape.volume, texture], 1))
+            assert logits.shape == (2, 1)
+
+
+def test_queries_equal_the_reference_decoders():
+    generator = tiny()
+    points = torch.rand(1, 300, 3) * 2 - 1
+    calib = torch.eye(4).unsqueeze(0) * 0.9
+    with torch.no_grad():
+        shape, texture = generator(torch.randn(1, 32), torch.randn(1, 32))
+        occupancy = generator.query_occupancy(shape.volume, points, calib)
+        expected = reference_query_field(generator.mlp_shape, shape.volume, points, calib, generator.config.depth_scale)
+        assert torch.allclose(occupancy, expected[:, 0], atol=1e-5)
+        color = generator.query_color(shape.volume, texture, points, calib)
+        volumes = torch.cat([shape.volume, texture], 1)
+        expected = reference_query_field(generator.mlp_texture, volumes, points, calib, generator.config.depth_scale)
+        assert torch.allclose(color, expected.transpose(1, 2), atol=1e-5)
+
+
+def test_same_latents_same_outputs():
+    first, second = tiny(0), tiny(1)
+    second.load_state_dict(first.state_dict())
+    z_shape, z_texture = torch.randn(2, 32), torch.randn(2, 32)
+    points = torch.rand(2, 100, 3) * 2 - 1
+    with torch.no_grad():
+        a, b = (g(z_shape, z_texture) for g in (first, second))
+        assert torch.equal(a[0].volume, b[0].volume) and torch.equal(a[1], b[1])
+        assert torch.equal(first.query_occupancy(a[0].volume, points), second.query_occupancy(b[0].volume, points))
+
+
+def test_bad_arguments_are_rejected():
+    generator = tiny()
+    with pytest.raises(ValueError, match="config"):
+        Generator("huge")
+    with pytest.raises(ValueError, match="z must be"):
+        generator.shape_features(torch.randn(2, 31))
+    with pytest.raises(ValueError, match="finite"):
+        generator.shape_features(torch.full((1, 32), float("nan")))
+    shape = generator.shape_features(torch.randn(2, 32))
+    with pytest.raises(ValueError, match="z_texture"):
+        generator.texture_features(shape, torch.randn(3, 32))
+    with pytest.raises(TypeError, match="shape"):
+        generator.texture_features(shape.volume, torch.randn(2, 32))
+
+
+def test_gradients_reach_every_generator_parameter():
+    generator = tiny().train()
+    shape, texture = generator(torch.randn(2, 32), torch.randn(2, 32))
+    points = torch.rand(2, 64, 3) * 2 - 1
+    loss = generator.query_occupancy(shape.volume, points).sum() + generator.query_color(shape.volume, texture, points).sum()
+    loss.backward()
+    missing = [name for name, p in generator.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_presets_are_consistent():
+    for name, config in PRESETS.items():
+        assert isinstance(config, GeneratorConfig)
+        assert config.feature_channels % 128 == 0, name  # GroupNorm(32) over a quarter of the width
+
+
+def _authors_checkpoint(seed=0):
+    """A file saved the authors' way: every name of their module, random values, 'module.' prefix."""
+    generator = torch.Generator().manual_seed(seed)
+    return {f"module.{name}": torch.randn(shape, generator=generator) for name, shape in official_layout().items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("file_format", ["pt", "safetensors"])
+def test_from_official_checkpoint_consumes_every_tensor(tmp_path, file_format):
+    state = _authors_checkpoint()
+    path = tmp_path / f"official.{file_format}"
+    torch.save(state, path) if file_format == "pt" else save_file(state, str(path))
+    generator, discriminators = Generator.from_official_checkpoint(path, return_discriminators=True)
+    assert not generator.training
+    loaded = {k: v for k, v in generator.state_dict().items()}
+    loaded |= {f"Dis_{n}.{k}": v for n, d in discriminators.items() for k, v in d.state_dict().items()}
+    assert set(loaded) == {k[len("module."):] for k in state}
+    flipped = {"mlp_shape.filters.3.weight", "mlp_shape.filters.3.bias"}
+    for name, value in loaded.items():
+        expected = state[f"module.{name}"]
+        assert torch.equal(value, -expected if name in flipped else expected), name
+
+    # Occupancy convention: ours is the probability of being inside, theirs of being outside.
+    theirs = Generator("official").mlp_shape
+    theirs.load_state_dict({k[len("module.mlp_shape."):]: v for k, v in state.items() if k.startswith("module.mlp_shape.")})
+    volume, points = torch.randn(1, 256, 16, 16), torch.rand(1, 200, 3) * 2 - 1
+    with torch.no_grad():
+        outside = reference_query_field(theirs, volume, points, torch.eye(4).unsqueeze(0))[:, 0]
+        assert torch.allclose(generator.query_occupancy(volume, points), 1 - outside, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "state, match",
+    [
+        ({"module.bogus.weight": torch.zeros(1)}, r"unexpected \(e\.g\. bogus\.weight\)"),
+        ({"module.mlp_shape.filters.0.weight": torch.zeros(3, 3, 1)}, r"shape mismatches \(e\.g\. mlp_shape\.filters\.0\.weight"),
+        ({"Dis_shape.b4.out.bias": torch.zeros(1)}, r"missing \(e\.g\. backbone_shape"),
+    ],
+)
+def test_from_official_checkpoint_reports_what_does_not_fit(tmp_path, state, match):
+    path = tmp_path / "bad.pt"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=match):
+        Generator.from_official_checkpoint(path)
+
+
+def test_from_official_checkpoint_refuses_pickled_objects(tmp_path):
+    path = tmp_path / "pickle.pt"
+    torch.save({"module.x": torch.zeros(1), "config": object()}, path)
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+        Generator.from_official_checkpoint(path)
