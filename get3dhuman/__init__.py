@@ -3,6 +3,7 @@
 Public names:
 - Generator: the two-branch Get3DHuman generator (presets 'official', 'small', 'tiny';
   Generator.from_official_checkpoint loads the authors' weights).
+- Reconstructor, Refiner: the pixel-aligned reconstructor and the refinement U-Net.
 - build_info(): what was compiled and what this machine can run.
 - ops: the custom operators (pixel-aligned sampling, fused decoded queries) and their
   pure-torch references.
@@ -16,6 +17,6 @@ from get3dhuman._ext import build_info, load_extension
 load_extension()
 
 from get3dhuman import nn, ops  # noqa: E402
-from get3dhuman.nn import Generator  # noqa: E402
+from get3dhuman.nn import Generator, Reconstructor, Refiner  # noqa: E402
 
-__all__ = ["Generator", "__version__", "build_info", "nn", "ops"]
+__all__ = ["Generator", "Reconstructor", "Refiner", "__version__", "build_info", "nn", "ops"]

@@ -5,6 +5,8 @@
 - HGFilter: the authors' hourglass filter turning backbone maps into feature volumes.
 - ResNetDiscriminator: the StyleGAN2 'resnet' discriminator on feature volumes.
 - Generator (GeneratorConfig, PRESETS): the two-branch Get3DHuman generator.
+- Reconstructor: the PIFu-style image -> feature volumes reconstructor (the prior source).
+- Refiner, MultiScalePatchDiscriminator: the refinement U-Net and its PatchGAN.
 """
 
 from get3dhuman.nn.discriminator import ResNetDiscriminator
@@ -12,6 +14,8 @@ from get3dhuman.nn.generator import PRESETS, Generator, GeneratorConfig, ShapeFe
 
 from get3dhuman.nn.hourglass import HGFilter
 from get3dhuman.nn.implicit import ImplicitDecoder
+from get3dhuman.nn.reconstructor import Reconstructor
+from get3dhuman.nn.refiner import MultiScalePatchDiscriminator, Refiner
 from get3dhuman.nn.stylegan2 import MappingNetwork, StyleGAN2Generator, SynthesisNetwork
 
 __all__ = [
@@ -21,6 +25,9 @@ __all__ = [
     "HGFilter",
     "ImplicitDecoder",
     "MappingNetwork",
+    "MultiScalePatchDiscriminator",
+    "Reconstructor",
+    "Refiner",
     "ResNetDiscriminator",
     "ShapeFeatures",
     "StyleGAN2Generator",

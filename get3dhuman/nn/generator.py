@@ -82,7 +82,46 @@ class ShapeFeatures(NamedTuple):
     volume: torch.Tensor
 
 
-class Generator(nn.Module):
+def resolve_config(config: GeneratorConfig | str) -> GeneratorConfig:
+    """A GeneratorConfig from itself or a preset name ('official', 'small', 'tiny')."""
+    if isinstance(config, GeneratorConfig):
+        return config
+    if config not in PRESETS:
+        raise ValueError(f"config must be a GeneratorConfig or one of {sorted(PRESETS)}, got {config!r}")
+    return PRESETS[config]
+
+
+class PixelAlignedModel(nn.Module):
+    """The part shared by the Generator and the Reconstructor: the shape decoder ``mlp_shape``
+    (occupancy from shape features) and the texture decoder ``mlp_texture`` (colour from
+    concatenated shape and texture features), queried through the fused op."""
+
+    def __init__(self, config: GeneratorConfig | str):
+        super().__init__()
+        self.config = c = resolve_config(config)
+        self.mlp_shape = ImplicitDecoder([c.feature_channels + 1, *c.shape_hidden, 1], c.shape_concat)
+        self.mlp_texture = ImplicitDecoder([2 * c.feature_channels + 1, *c.texture_hidden, 3], c.texture_concat)
+
+    def _calib(self, volume: torch.Tensor, calib: torch.Tensor | None) -> torch.Tensor:
+        if calib is None:  # points are already in NDC, [-1, 1]^3
+            return torch.eye(4, dtype=volume.dtype, device=volume.device).expand(volume.shape[0], 4, 4)
+        return calib
+
+    def query_occupancy(self, shape_volume: torch.Tensor, points: torch.Tensor, calib: torch.Tensor | None = None,
+                        **query_options) -> torch.Tensor:
+        """Probability of being inside [B, N] at points [B, N, 3] (NDC unless calib [B, 4, 4] is given)."""
+        calib = self._calib(shape_volume, calib)
+        return query_field(self.mlp_shape, shape_volume, points, calib, self.config.depth_scale, **query_options)[:, 0]
+
+    def query_color(self, shape_volume: torch.Tensor, texture_volume: torch.Tensor, points: torch.Tensor,
+                    calib: torch.Tensor | None = None, **query_options) -> torch.Tensor:
+        """Colour in [0, 1], [B, N, 3], at points [B, N, 3]."""
+        calib = self._calib(shape_volume, calib)
+        volumes = torch.cat([shape_volume, texture_volume], 1)
+        return query_field(self.mlp_texture, volumes, points, calib, self.config.depth_scale, **query_options).transpose(1, 2)
+
+
+class Generator(PixelAlignedModel):
     """The Get3DHuman generator (see the module docstring).
 
     Args:
@@ -93,13 +132,8 @@ class Generator(nn.Module):
     """
 
     def __init__(self, config: GeneratorConfig | str = "official"):
-        super().__init__()
-        if isinstance(config, str):
-            if config not in PRESETS:
-                raise ValueError(f"config must be a GeneratorConfig or one of {sorted(PRESETS)}, got {config!r}")
-            config = PRESETS[config]
-        self.config = config
-        c = config
+        super().__init__(config)
+        c = self.config
         backbone = dict(
             z_dim=c.z_dim, w_dim=c.w_dim, img_resolution=c.backbone_resolution, img_channels=c.backbone_channels,
             mapping_layers=c.mapping_layers, channel_base=c.channel_base, channel_max=c.channel_max,
@@ -109,9 +143,6 @@ class Generator(nn.Module):
         self.backbone_texture = StyleGAN2Generator(**backbone)
         self.filter_shape = HGFilter(c.backbone_channels, c.hourglass_depth, c.feature_channels)
         self.filter_texture = HGFilter(2 * c.backbone_channels, c.hourglass_depth, c.feature_channels)
-        features = c.feature_channels
-        self.mlp_shape = ImplicitDecoder([features + 1, *c.shape_hidden, 1], c.shape_concat)
-        self.mlp_texture = ImplicitDecoder([2 * features + 1, *c.texture_hidden, 3], c.texture_concat)
 
     def shape_features(self, z_shape: torch.Tensor, truncation_psi: float = 1.0, noise_mode: str = "const") -> ShapeFeatures:
         """z_shape [B, z_dim] -> ShapeFeatures(map [B, C, R, R], volume [B, F, V, V])."""
@@ -133,24 +164,6 @@ class Generator(nn.Module):
         """Both branches: (ShapeFeatures, texture volume)."""
         shape = self.shape_features(z_shape, truncation_psi, noise_mode)
         return shape, self.texture_features(shape, z_texture, truncation_psi, noise_mode)
-
-    def _calib(self, volume: torch.Tensor, calib: torch.Tensor | None) -> torch.Tensor:
-        if calib is None:  # points are already in NDC, [-1, 1]^3
-            return torch.eye(4, dtype=volume.dtype, device=volume.device).expand(volume.shape[0], 4, 4)
-        return calib
-
-    def query_occupancy(self, shape_volume: torch.Tensor, points: torch.Tensor, calib: torch.Tensor | None = None,
-                        **query_options) -> torch.Tensor:
-        """Probability of being inside [B, N] at points [B, N, 3] (NDC unless calib [B, 4, 4] is given)."""
-        calib = self._calib(shape_volume, calib)
-        return query_field(self.mlp_shape, shape_volume, points, calib, self.config.depth_scale, **query_options)[:, 0]
-
-    def query_color(self, shape_volume: torch.Tensor, texture_volume: torch.Tensor, points: torch.Tensor,
-                    calib: torch.Tensor | None = None, **query_options) -> torch.Tensor:
-        """Colour in [0, 1], [B, N, 3], at points [B, N, 3]."""
-        calib = self._calib(shape_volume, calib)
-        volumes = torch.cat([shape_volume, texture_volume], 1)
-        return query_field(self.mlp_texture, volumes, points, calib, self.config.depth_scale, **query_options).transpose(1, 2)
 
     def discriminators(self) -> dict[str, ResNetDiscriminator]:
         """Fresh feature-volume discriminators matching this generator ('shape': F channels,

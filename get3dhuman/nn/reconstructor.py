@@ -1,0 +1,39 @@
+"""The pixel-aligned reconstructor (PIFu style): the source of Get3DHuman's feature priors.
+
+image [B, 3, S, S] -> hourglass filters -> shape and texture feature volumes [B, F, S/4, S/4]
+-> the same decoders as the Generator (occupancy, colour). Trained on (image, occupancy and
+colour samples); for a latent z, its volumes of the 2-D generator's image are the targets the
+Generator's volumes are pulled towards (the latent prior).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from get3dhuman.nn.generator import GeneratorConfig, PixelAlignedModel
+from get3dhuman.nn.hourglass import HGFilter
+
+
+class Reconstructor(PixelAlignedModel):
+    """Image -> (shape volume, texture volume), plus query_occupancy / query_color.
+
+    Args:
+        config: a GeneratorConfig or a preset name ('official', 'small', 'tiny'); the image side
+            is config.backbone_resolution, so the volumes match the Generator's.
+        image_channels: channels of the input image (3: RGB).
+    """
+
+    def __init__(self, config: GeneratorConfig | str = "official", image_channels: int = 3):
+        super().__init__(config)
+        c = self.config
+        self.image_channels = image_channels
+        self.filter_shape = HGFilter(image_channels, c.hourglass_depth, c.feature_channels)
+        self.filter_texture = HGFilter(image_channels, c.hourglass_depth, c.feature_channels)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """image [B, image_channels, S, S] (S = config.backbone_resolution) -> (shape volume,
+        texture volume), each [B, F, V, V]."""
+        side = self.config.backbone_resolution
+        if image.dim() != 4 or tuple(image.shape[1:]) != (self.image_channels, side, side):
+            raise ValueError(f"image must be [B, {self.image_channels}, {side}, {side}], got {tuple(image.shape)}")
+        return self.filter_shape(image), self.filter_texture(image)

@@ -1,0 +1,97 @@
+"""The refinement module: a U-Net that maps a rendered view of a generated human to a refined
+image, and the two-scale PatchGAN discriminator it is trained with (pix2pixHD style: LSGAN,
+feature matching, perceptual loss; see get3dhuman.losses)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(),
+    )
+
+
+class Refiner(nn.Module):
+    """U-Net: conv-BN-ReLU blocks, `depth` max-poolings (channels base .. base * 2**depth),
+    transposed-convolution up-sampling with skip concatenation, tanh output.
+
+    Args:
+        in_channels / out_channels: image channels (3 / 3).
+        base_channels: 64 in Get3DHuman (64 .. 1024 with depth 4).
+        depth: number of poolings; input sides must be divisible by 2**depth.
+
+    Training and inference differ only through BatchNorm (call .train() / .eval()).
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 3, base_channels: int = 64, depth: int = 4):
+        super().__init__()
+        self.depth = depth
+        widths = [base_channels * 2**i for i in range(depth + 1)]
+        self.encoders = nn.ModuleList([_double_conv(in_channels, widths[0])])
+        self.encoders.extend(_double_conv(widths[i], widths[i + 1]) for i in range(depth))
+        self.upsamplers = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth)))
+        self.decoders = nn.ModuleList(_double_conv(2 * widths[i], widths[i]) for i in reversed(range(depth)))
+        self.head = nn.Conv2d(widths[0], out_channels, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image [B, in_channels, H, W] (in [-1, 1]) -> refined image [B, out_channels, H, W] in [-1, 1]."""
+        multiple = 2**self.depth
+        if image.dim() != 4 or image.shape[2] % multiple or image.shape[3] % multiple:
+            raise ValueError(f"image must be [B, C, H, W] with H and W divisible by {multiple}, got {tuple(image.shape)}")
+        skips = []
+        x = image
+        for i, encoder in enumerate(self.encoders):
+            x = encoder(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips[:-1])):
+            x = decoder(torch.cat([skip, upsample(x)], 1))
+        return torch.tanh(self.head(x))
+
+
+class PatchDiscriminator(nn.Module):
+    """A 70x70-style PatchGAN (4x4 convolutions, stride 2, InstanceNorm, leaky ReLU 0.2)."""
+
+    def __init__(self, in_channels: int, base_channels: int = 64, num_layers: int = 3):
+        super().__init__()
+        layers = [nn.Sequential(nn.Conv2d(in_channels, base_channels, 4, stride=2, padding=2), nn.LeakyReLU(0.2))]
+        width = base_channels
+        for i in range(1, num_layers + 1):
+            stride = 2 if i < num_layers else 1
+            next_width = min(width * 2, 512)
+            layers.append(nn.Sequential(
+                nn.Conv2d(width, next_width, 4, stride=stride, padding=2), nn.InstanceNorm2d(next_width), nn.LeakyReLU(0.2)
+            ))
+            width = next_width
+        layers.append(nn.Conv2d(width, 1, 4, stride=1, padding=2))
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x [B, in_channels, H, W] -> every layer's output; the last is the patch logit map."""
+        features = []
+        for layer in self.layers:
+            x = layer(x)
+            features.append(x)
+        return features
+
+
+class MultiScalePatchDiscriminator(nn.Module):
+    """PatchGANs at `num_scales` scales (each scale halves the input by 3x3 average pooling),
+    conditioned on the input view: D(concat(rendered, image))."""
+
+    def __init__(self, in_channels: int = 6, base_channels: int = 64, num_layers: int = 3, num_scales: int = 2):
+        super().__init__()
+        self.scales = nn.ModuleList(PatchDiscriminator(in_channels, base_channels, num_layers) for _ in range(num_scales))
+
+    def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        """x [B, in_channels, H, W] -> per scale (full resolution first), the layer outputs."""
+        outputs = []
+        for i, discriminator in enumerate(self.scales):
+            if i > 0:
+                x = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
+            outputs.append(discriminator(x))
+        return outputs

@@ -1,0 +1,73 @@
+"""Reconstructor (PIFu-style prior source) and the refinement U-Net with its PatchGAN."""
+
+import pytest
+import torch
+
+from get3dhuman import Generator, Reconstructor, Refiner
+from get3dhuman.nn import MultiScalePatchDiscriminator
+from get3dhuman.ops import reference_query_field
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_reconstructor_volumes_match_the_generator(preset):
+    torch.manual_seed(0)
+    reconstructor, generator = Reconstructor(preset).eval(), Generator(preset).eval()
+    side = reconstructor.config.backbone_resolution
+    with torch.no_grad():
+        shape_volume, texture_volume = reconstructor(torch.randn(2, 3, side, side))
+        generated, generated_texture = generator(torch.randn(2, generator.config.z_dim), torch.randn(2, generator.config.z_dim))
+    assert shape_volume.shape == generated.volume.shape and texture_volume.shape == generated_texture.shape
+    # Same decoders: a generator's volumes can be pulled towards the reconstructor's.
+    decoders = lambda model: {k: v.shape for k, v in model.state_dict().items() if k.startswith("mlp_")}  # noqa: E731
+    assert decoders(reconstructor) == decoders(generator)
+
+
+def test_reconstructor_queries_and_gradients():
+    torch.manual_seed(0)
+    reconstructor = Reconstructor("tiny")
+    image = torch.randn(2, 3, 32, 32)
+    points = torch.rand(2, 80, 3) * 2 - 1
+    shape_volume, texture_volume = reconstructor(image)
+    occupancy = reconstructor.query_occupancy(shape_volume, points)
+    expected = reference_query_field(reconstructor.mlp_shape, shape_volume, points, torch.eye(4).expand(2, 4, 4))
+    assert torch.allclose(occupancy, expected[:, 0], atol=1e-5)
+    color = reconstructor.query_color(shape_volume, texture_volume, points)
+    (occupancy.sum() + color.sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in reconstructor.parameters())
+    with pytest.raises(ValueError, match="image must be"):
+        reconstructor(torch.randn(2, 3, 64, 64))
+
+
+def test_refiner_official_widths_and_output():
+    refiner = Refiner()
+    widths = [encoder[0].out_channels for encoder in refiner.encoders]
+    assert widths == [64, 128, 256, 512, 1024]
+    small = Refiner(base_channels=8, depth=2).eval()
+    image = torch.rand(2, 3, 16, 24) * 2 - 1
+    with torch.no_grad():
+        out = small(image)
+        assert out.shape == image.shape and out.abs().max() < 1
+        assert torch.equal(out, small(image))  # inference is deterministic
+        assert not torch.allclose(small.train()(image), out)  # training mode normalises by batch statistics
+    with pytest.raises(ValueError, match="divisible by 4"):
+        small(torch.randn(1, 3, 18, 16))
+
+
+def test_refiner_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    refiner = Refiner(base_channels=8, depth=2)
+    refiner(torch.randn(2, 3, 16, 16)).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in refiner.parameters())
+
+
+def test_multiscale_patch_discriminator():
+    torch.manual_seed(0)
+    discriminator = MultiScalePatchDiscriminator(in_channels=6, base_channels=8)
+    x = torch.randn(2, 6, 64, 64)
+    outputs = discriminator(x)
+    assert len(outputs) == 2
+    full, half = outputs
+    assert full[0].shape[-1] > half[0].shape[-1]  # the second scale sees a down-sampled input
+    assert full[-1].shape[1] == 1 and half[-1].shape[1] == 1  # patch logits
+    sum(o[-1].sum() for o in outputs).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in discriminator.parameters())
