@@ -77,6 +77,19 @@ def test_same_latents_same_outputs():
         assert torch.equal(first.query_occupancy(a[0].volume, points), second.query_occupancy(b[0].volume, points))
 
 
+def test_truncation_reaches_both_branches():
+    generator = tiny()
+    for backbone in (generator.backbone_shape, generator.backbone_texture):
+        backbone.mapping.w_avg.normal_()
+    z_shape, z_texture = torch.randn(2, 32), torch.randn(2, 32)
+    with torch.no_grad():
+        mean_shape, mean_texture = generator(torch.randn(2, 32), torch.randn(2, 32), truncation_psi=0.0)
+        shape, texture = generator(z_shape, z_texture, truncation_psi=0.0)
+        assert torch.allclose(shape.volume, mean_shape.volume, atol=1e-5) and torch.allclose(texture, mean_texture, atol=1e-5)
+        cut, _ = generator(z_shape, z_texture, truncation_psi=0.0, truncation_cutoff=1)
+        assert not torch.allclose(cut.volume, shape.volume, atol=1e-5)
+
+
 def test_bad_arguments_are_rejected():
     generator = tiny()
     with pytest.raises(ValueError, match="config"):

@@ -144,26 +144,28 @@ class Generator(PixelAlignedModel):
         self.filter_shape = HGFilter(c.backbone_channels, c.hourglass_depth, c.feature_channels)
         self.filter_texture = HGFilter(2 * c.backbone_channels, c.hourglass_depth, c.feature_channels)
 
-    def shape_features(self, z_shape: torch.Tensor, truncation_psi: float = 1.0, noise_mode: str = "const") -> ShapeFeatures:
-        """z_shape [B, z_dim] -> ShapeFeatures(map [B, C, R, R], volume [B, F, V, V])."""
-        shape_map = self.backbone_shape(z_shape, truncation_psi, noise_mode=noise_mode)
+    def shape_features(self, z_shape: torch.Tensor, truncation_psi: float = 1.0, noise_mode: str = "const",
+                       truncation_cutoff: int | None = None) -> ShapeFeatures:
+        """z_shape [B, z_dim] -> ShapeFeatures(map [B, C, R, R], volume [B, F, V, V]).
+        Truncation pulls the first `truncation_cutoff` ws (all by default) towards the mean by 1 - psi."""
+        shape_map = self.backbone_shape(z_shape, truncation_psi, truncation_cutoff, noise_mode)
         return ShapeFeatures(shape_map, self.filter_shape(shape_map))
 
     def texture_features(self, shape: ShapeFeatures, z_texture: torch.Tensor, truncation_psi: float = 1.0,
-                         noise_mode: str = "const") -> torch.Tensor:
+                         noise_mode: str = "const", truncation_cutoff: int | None = None) -> torch.Tensor:
         """The texture feature volume [B, F, V, V] for z_texture [B, z_dim] on a given shape."""
         if not isinstance(shape, ShapeFeatures):
             raise TypeError(f"shape must be the ShapeFeatures of shape_features(), got {type(shape).__name__}")
         if z_texture.shape[:1] != shape.map.shape[:1]:
             raise ValueError(f"z_texture must be [B, {self.config.z_dim}] with B = {shape.map.shape[0]}, got {tuple(z_texture.shape)}")
-        texture_map = self.backbone_texture(z_texture, truncation_psi, noise_mode=noise_mode)
+        texture_map = self.backbone_texture(z_texture, truncation_psi, truncation_cutoff, noise_mode)
         return self.filter_texture(torch.cat([texture_map, shape.map], 1))
 
     def forward(self, z_shape: torch.Tensor, z_texture: torch.Tensor, truncation_psi: float = 1.0,
-                noise_mode: str = "const") -> tuple[ShapeFeatures, torch.Tensor]:
+                noise_mode: str = "const", truncation_cutoff: int | None = None) -> tuple[ShapeFeatures, torch.Tensor]:
         """Both branches: (ShapeFeatures, texture volume)."""
-        shape = self.shape_features(z_shape, truncation_psi, noise_mode)
-        return shape, self.texture_features(shape, z_texture, truncation_psi, noise_mode)
+        shape = self.shape_features(z_shape, truncation_psi, noise_mode, truncation_cutoff)
+        return shape, self.texture_features(shape, z_texture, truncation_psi, noise_mode, truncation_cutoff)
 
     def discriminators(self) -> dict[str, ResNetDiscriminator]:
         """Fresh feature-volume discriminators matching this generator ('shape': F channels,
