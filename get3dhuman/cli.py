@@ -1,4 +1,8 @@
-"""The `get3dhuman` command line: `get3dhuman info` (more subcommands come with sampling)."""
+"""The `get3dhuman` command line.
+
+- `get3dhuman info`: what was built and what this machine can run.
+- `get3dhuman synthetic --out FILE.png`: a grid of humans from the synthetic world.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,14 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synthetic(args: argparse.Namespace) -> int:
+    from get3dhuman.synthetic.preview import sample_grid
+
+    sample_grid(args.out, args.num, args.seed, args.resolution)
+    print(f"wrote {args.num} synthetic humans to {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `get3dhuman` console script; returns the exit status."""
     parser = argparse.ArgumentParser(prog="get3dhuman", description=__doc__)
@@ -29,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     info = commands.add_parser("info", help="show what was built and what this machine can run")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(handler=_info)
+    synthetic = commands.add_parser("synthetic", help="render a PNG grid of humans from the synthetic world")
+    synthetic.add_argument("--out", required=True, help="PNG file to write")
+    synthetic.add_argument("--num", type=int, default=16, help="number of humans (default 16)")
+    synthetic.add_argument("--seed", type=int, default=0, help="seed of the latents (default 0)")
+    synthetic.add_argument("--resolution", type=int, default=256, help="pixels per side of each render (default 256)")
+    synthetic.set_defaults(handler=_synthetic)
     args = parser.parse_args(argv)
     return args.handler(args)
 

@@ -1,0 +1,42 @@
+"""Pictures of the synthetic world: shaded renders of humans and a PNG grid of samples."""
+
+from __future__ import annotations
+
+import torch
+
+from get3dhuman.render import orbit_calibration, sphere_trace
+from get3dhuman.synthetic.human import human_color, human_sdf
+from get3dhuman.synthetic.latent import human_parameters
+
+LIGHT = (0.3, 0.5, 0.8)  # camera-space direction of the key light
+
+
+def render_humans(params: torch.Tensor, resolution: int = 256, angle_deg: float = 0.0) -> torch.Tensor:
+    """Shaded colour images [B, H, W, 3] in [0, 1] of the humans `params` [B, P] on white,
+    seen by the orbit camera at `angle_deg` (0: front)."""
+    calib = orbit_calibration(torch.full((params.shape[0],), float(angle_deg)))
+    with torch.no_grad():
+        rendering = sphere_trace(lambda p: human_sdf(params, p), calib, resolution, lambda p: human_color(params, p))
+    light = torch.tensor(LIGHT) / torch.tensor(LIGHT).norm()
+    shade = 0.35 + 0.65 * (rendering.normal @ light).clamp_min(0)
+    mask = rendering.mask.unsqueeze(-1)
+    return mask * rendering.color * shade.unsqueeze(-1) + (1 - mask)
+
+
+def save_grid(images: torch.Tensor, path: str, columns: int = 4) -> None:
+    """Writes images [B, H, W, 3] in [0, 1] as one PNG grid (Pillow)."""
+    from PIL import Image
+
+    batch, height, width, _ = images.shape
+    rows = -(-batch // columns)
+    grid = torch.ones(rows * height, columns * width, 3)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[r * height : (r + 1) * height, c * width : (c + 1) * width] = image
+    Image.fromarray((grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy()).save(path)
+
+
+def sample_grid(path: str, num: int = 16, seed: int = 0, resolution: int = 256, z_dim: int = 512) -> None:
+    """Renders `num` humans from z ~ N(0, I) (seeded) front-on and saves them as a PNG grid."""
+    z = torch.randn(num, z_dim, generator=torch.Generator().manual_seed(seed))
+    save_grid(render_humans(human_parameters(z), resolution), path)

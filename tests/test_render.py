@@ -1,0 +1,100 @@
+"""The orthographic sphere tracer against analytic answers, and its camera convention."""
+
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from get3dhuman.ops import sample_pixel_aligned
+from get3dhuman.render import orbit_calibration, sphere_trace
+from get3dhuman.synthetic import human_parameters, human_sdf
+
+RES = 65
+COORDS = torch.linspace(-1, 1, RES)
+V, U = torch.meshgrid(COORDS, COORDS, indexing="ij")  # NDC of the pixel centres (rows: y downwards)
+
+
+def test_sphere_depth_normals_and_radius_gradient():
+    radius = torch.tensor(0.6, requires_grad=True)
+    out = sphere_trace(lambda p: p.norm(dim=-1) - radius, orbit_calibration(torch.tensor([0.0, 90.0])), RES)
+    z = (0.36 - U**2 - V**2).clamp_min(0).sqrt()
+    interior = z > 0.15
+    assert torch.equal(out.mask[0].bool()[interior], torch.ones(int(interior.sum()), dtype=torch.bool))
+    assert not out.mask[0].bool()[(U**2 + V**2) > 0.37].any()
+    assert (out.depth[:, interior] - z[interior]).abs().max() < 1e-4  # both views of a sphere agree
+    expected_normal = torch.stack([U, -V, z], -1) / 0.6  # camera space: y up
+    assert (out.normal[0][interior] - expected_normal[interior]).abs().max() < 5e-3
+    (gradient,) = torch.autograd.grad(out.depth[0][interior].sum(), radius)
+    assert gradient.item() == pytest.approx((0.6 / z[interior]).sum().item(), rel=2e-3)  # d depth / d r = r / z
+
+
+def test_box_silhouettes_follow_the_camera_rotation():
+    half = torch.tensor([0.45, 0.25, 0.15])
+
+    def box(points):
+        q = points.abs() - half
+        return q.clamp_min(0).norm(dim=-1) + q.max(-1).values.clamp_max(0)
+
+    out = sphere_trace(box, orbit_calibration(torch.tensor([0.0, 90.0])), RES)
+    front = (U.abs() < 0.45) & (V.abs() < 0.25)
+    side = (U.abs() < 0.15) & (V.abs() < 0.25)
+    margin = lambda m: m & ~((U.abs() - 0.45).abs() < 0.04) & ~((U.abs() - 0.15).abs() < 0.04) & ~((V.abs() - 0.25).abs() < 0.04)  # noqa: E731
+    for image, expected in zip(out.mask.bool(), (front, side)):
+        keep = margin(torch.ones_like(expected))
+        assert torch.equal(image[keep], expected[keep])
+    assert (out.depth[0][front & margin(front)] - 0.15).abs().max() < 1e-3  # the front face at z = 0.15
+
+
+def test_depth_matches_the_pixel_aligned_convention():
+    """Sampling the depth map at the projection of each hit point returns that point's NDC z:
+    the renderer and the pixel-aligned query share one camera convention."""
+    params = human_parameters(torch.randn(2, 64, generator=torch.Generator().manual_seed(0)))
+    calib = orbit_calibration(torch.tensor([30.0, 200.0]))
+    out = sphere_trace(lambda p: human_sdf(params, p), calib, 96)
+    hits = out.mask.bool()
+    for b in range(2):
+        points = out.points[b][hits[b]].unsqueeze(0)
+        # Interior pixels only: bilinear sampling mixes in background at the silhouette.
+        eroded = torch.nn.functional.max_pool2d((~hits[b]).float()[None, None], 5, stride=1, padding=2)[0, 0] == 0
+        keep = eroded[hits[b]]
+        sampled = sample_pixel_aligned(out.depth[b][None, None], points, calib[b : b + 1], 1.0)
+        assert (sampled[0, 0] - sampled[0, 1])[keep].abs().max() < 0.02
+
+
+def test_normal_maps_are_differentiable():
+    radii = torch.tensor([0.5, 0.3, 0.4], requires_grad=True)
+
+    def ellipsoid(points):
+        scaled = points / radii
+        k0 = scaled.norm(dim=-1)
+        return k0 * (k0 - 1) / (points / radii.square()).norm(dim=-1).clamp_min(1e-9)
+
+    out = sphere_trace(ellipsoid, orbit_calibration(torch.zeros(1)), 33)
+    (gradient,) = torch.autograd.grad((out.normal[..., 0] * out.mask).square().sum(), radii)
+    assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
+
+
+def test_front_and_back_views_of_a_human_differ():
+    params = human_parameters(torch.randn(1, 64, generator=torch.Generator().manual_seed(3)))
+    views = sphere_trace(lambda p: human_sdf(params.expand(2, -1), p), orbit_calibration(torch.tensor([0.0, 180.0])), 64)
+    assert views.mask.sum() > 0.1 * 2 * 64 * 64 / 4
+    assert not torch.allclose(views.depth[0], views.depth[1].flip(-1), atol=1e-2)
+
+
+def test_bad_calibration():
+    with pytest.raises(ValueError, match="calib"):
+        sphere_trace(lambda p: p.norm(dim=-1) - 0.5, torch.eye(3).unsqueeze(0))
+
+
+def test_synthetic_command_writes_a_png(tmp_path):
+    out = tmp_path / "grid.png"
+    subprocess.run([shutil.which("get3dhuman"), "synthetic", "--out", str(out), "--num", "2", "--resolution", "32"],
+                   check=True, cwd=tmp_path, capture_output=True)
+    import numpy as np
+    from PIL import Image
+
+    image = Image.open(out)
+    assert image.size == (4 * 32, 32)
+    colors = np.unique(np.asarray(image).reshape(-1, 3), axis=0)
+    assert len(colors) > 10  # humans were drawn on the white background
