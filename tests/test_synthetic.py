@@ -8,6 +8,7 @@ import torch
 from get3dhuman.synthetic import (
     PARAMETERS,
     default_parameters,
+    ground_truth_mesh,
     human_color,
     human_parameters,
     human_sdf,
@@ -168,6 +169,17 @@ def test_samples():
     assert human_sdf(params, colors.points).abs().max() < 0.03
     again = sample_occupancy(params, 800, generator=torch.Generator().manual_seed(7))
     assert torch.equal(again.points, sample_occupancy(params, 800, generator=torch.Generator().manual_seed(7)).points)
+
+
+def test_ground_truth_mesh_is_watertight_outward_and_on_the_surface():
+    params = human_parameters(torch.randn(1, 64, generator=torch.Generator().manual_seed(6)))[0]
+    mesh = ground_truth_mesh(params, resolution=72)
+    assert mesh.is_watertight and mesh.volume > 0  # closed, triangles facing outwards
+    distance = human_sdf(params.unsqueeze(0), torch.from_numpy(mesh.vertices).float().unsqueeze(0))
+    assert distance.abs().max() < 2 / 71  # within a voxel of the analytic surface
+    assert mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
+    height = params[INDEX["height"]].item()
+    assert mesh.bounds[1, 1] - mesh.bounds[0, 1] == pytest.approx(height, abs=0.06)
 
 
 def test_bad_parameter_shapes():

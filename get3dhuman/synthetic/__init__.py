@@ -5,10 +5,13 @@ and 3-D ground truth (DESIGN.md section 5).
 - human_sdf / human_color: analytic signed distance and colour fields of a batch of humans.
 - human_parameters: the latent map z ~ N(0, I) -> parameters (the 2-D generator stand-in).
 - sample_surface / sample_occupancy / sample_surface_colors: PIFu-style training samples.
+- ground_truth_mesh / sdf_grid: meshes (scikit-image marching cubes until issue 4's own).
+- preview: shaded renders and PNG grids (`get3dhuman synthetic`).
 """
 
 from get3dhuman.synthetic.human import NUM_PARAMETERS, PARAMETERS, Parameter, default_parameters, human_color, human_sdf
 from get3dhuman.synthetic.latent import human_parameters, latent_directions
+from get3dhuman.synthetic.meshes import ground_truth_mesh, sdf_grid
 from get3dhuman.synthetic.sampling import (
     ColorSamples,
     OccupancySamples,
@@ -25,6 +28,7 @@ __all__ = [
     "OccupancySamples",
     "Parameter",
     "default_parameters",
+    "ground_truth_mesh",
     "human_color",
     "human_parameters",
     "human_sdf",
@@ -33,4 +37,5 @@ __all__ = [
     "sample_occupancy",
     "sample_surface",
     "sample_surface_colors",
+    "sdf_grid",
 ]
