@@ -98,6 +98,19 @@ def _vec(x, y, z):
     return torch.stack(torch.broadcast_tensors(torch.as_tensor(x), torch.as_tensor(y), torch.as_tensor(z)), -1)
 
 
+def _clothing(points, segments, cover, loose, height):
+    """Distances of a garment over a chain of limb segments (start, end, r0, r1, length),
+    covering the first `cover` metres [B] of the chain, `loose` [B] thicker than the limb. A
+    segment with no cover shrinks to a point inside the limb, where it cannot show."""
+    covered = torch.zeros_like(cover)
+    for start, end, r0, r1, length in segments:
+        part = (cover - covered).clamp(0).minimum(length) / length
+        shrink = (part * length / (0.02 * height)).clamp(max=1)
+        end_point = start + (end - start) * part.unsqueeze(-1)
+        yield tapered_capsule(points, start, end_point, (r0 + loose) * shrink, (r0 + (r1 - r0) * part + loose) * shrink)[0]
+        covered = covered + length
+
+
 class Parts(NamedTuple):
     """Per-part distances [B, N, P], per-part base colours [B, P, 3], and part names."""
 
@@ -163,17 +176,9 @@ def _parts(params: torch.Tensor, points: torch.Tensor) -> Parts:
         for k, (start, end, r0, r1, _) in enumerate(segments):
             add(f"{side}_arm{k}", tapered_capsule(points, start, end, r0, r1)[0], skin)
         add(f"{side}_hand", tapered_capsule(points, wrist, wrist + fore_dir * hand.unsqueeze(-1), 0.6 * arm_r, 0.5 * arm_r)[0], skin)
-        # Sleeves cover `sleeve_length` of shoulder -> wrist; a segment with no cover shrinks
-        # to a point inside the arm, where it cannot show.
-        cover = p["sleeve_length"] * (upper + fore)
-        start_cover = zero
-        for k, (start, end, r0, r1, length) in enumerate(segments):
-            part = (cover - start_cover).clamp(0).minimum(length) / length
-            sleeve_end = start + (end - start) * part.unsqueeze(-1)
-            shrink = (part * length / (0.02 * height)).clamp(max=1)
-            radius0, radius1 = (r0 + loose) * shrink, (r0 + (r1 - r0) * part + loose) * shrink
-            add(f"{side}_sleeve{k}", tapered_capsule(points, start, sleeve_end, radius0, radius1)[0], top)
-            start_cover = start_cover + length
+        sleeves = _clothing(points, segments, p["sleeve_length"] * (upper + fore), loose, height)
+        for k, sleeve in enumerate(sleeves):
+            add(f"{side}_sleeve{k}", sleeve, top)
 
     # Legs: hip -> knee -> ankle, feet pointing forward, knees bent backwards.
     foot_h = 0.04 * height
@@ -189,16 +194,10 @@ def _parts(params: torch.Tensor, points: torch.Tensor) -> Parts:
         knee = hip + leg_dir * thigh.unsqueeze(-1)
         ankle = knee + shin_dir * shin.unsqueeze(-1)
         segments = ((hip, knee, leg_r, 0.62 * leg_r, thigh), (knee, ankle, 0.6 * leg_r, 0.38 * leg_r, shin))
-        cover = leg_cover * (thigh + shin)
-        start_cover = zero
-        for k, (start, end, r0, r1, length) in enumerate(segments):
+        for k, (start, end, r0, r1, _) in enumerate(segments):
             add(f"{side}_leg{k}", tapered_capsule(points, start, end, r0, r1)[0], skin)
-            part = (cover - start_cover).clamp(0).minimum(length) / length
-            leg_end = start + (end - start) * part.unsqueeze(-1)
-            shrink = (part * length / (0.02 * height)).clamp(max=1)
-            radius0, radius1 = (r0 + loose) * shrink, (r0 + (r1 - r0) * part + loose) * shrink
-            add(f"{side}_trouser{k}", tapered_capsule(points, start, leg_end, radius0, radius1)[0], bottom)
-            start_cover = start_cover + length
+        for k, trouser in enumerate(_clothing(points, segments, leg_cover * (thigh + shin), loose, height)):
+            add(f"{side}_trouser{k}", trouser, bottom)
         heel = _vec(ankle[:, 0], 0.028 * height, ankle[:, 2] - 0.02 * height)
         toe = _vec(ankle[:, 0] + sign * 0.01 * height, 0.022 * height, ankle[:, 2] + 0.1 * height)
         add(f"{side}_shoe", tapered_capsule(points, heel, toe, 0.03 * height, 0.024 * height)[0], shoe_color)

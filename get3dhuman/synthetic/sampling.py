@@ -17,6 +17,7 @@ from get3dhuman.synthetic.human import human_color, human_sdf
 BOX = 1.0  # samples live in [-BOX, BOX]^3
 SHELL = 0.05  # metres: half-width of the shell whose points are projected onto the surface
 SURFACE_TOLERANCE = 1e-3
+MAX_ROUNDS = 50  # candidate batches before sample_surface gives up
 
 
 class OccupancySamples(NamedTuple):
@@ -54,7 +55,9 @@ def sample_surface(params: torch.Tensor, count: int, generator: torch.Generator 
     batch = params.shape[0]
     chosen = [[] for _ in range(batch)]
     found = [0] * batch
-    while min(found) < count:
+    for _ in range(MAX_ROUNDS):
+        if min(found) >= count:
+            break
         candidates = (torch.rand(batch, 8 * count, 3, generator=generator) * 2 - 1) * BOX
         near = human_sdf(params, candidates).abs() < SHELL
         # Shell points of each human, topped up to the same number with repeats for projection.
@@ -63,9 +66,13 @@ def sample_surface(params: torch.Tensor, count: int, generator: torch.Generator 
         padded = torch.stack([p[torch.arange(width) % max(1, len(p))] if len(p) else torch.zeros(width, 3) for p in picked])
         projected, residual = project_to_surface(params, padded)
         for b in range(batch):
-            good = projected[b][(residual[b] < SURFACE_TOLERANCE) & (projected[b].abs() <= BOX).all(-1)][: len(picked[b])]
+            mine, error = projected[b][: len(picked[b])], residual[b][: len(picked[b])]  # drop the repeats
+            good = mine[(error < SURFACE_TOLERANCE) & (mine.abs() <= BOX).all(-1)]
             chosen[b].append(good)
             found[b] += len(good)
+    else:
+        if min(found) < count:
+            raise RuntimeError(f"found only {min(found)} of {count} surface points: is there a surface in the box?")
     return torch.stack([torch.cat(c)[:count] for c in chosen])
 
 
