@@ -2,6 +2,8 @@
 
 - `get3dhuman info`: what was built and what this machine can run.
 - `get3dhuman synthetic --out FILE.png`: a grid of humans from the synthetic world.
+- `get3dhuman train reconstructor --preset tiny|small|official --out DIR`: training stage 1
+  (resumes from the newest checkpoint in DIR).
 """
 
 from __future__ import annotations
@@ -34,6 +36,17 @@ def _synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from get3dhuman.train import RECONSTRUCTOR_PRESETS, train_reconstructor
+
+    config = RECONSTRUCTOR_PRESETS[args.preset]
+    overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
+    train_reconstructor(dataclasses.replace(config, **overrides), args.out, args.device, progress=not args.quiet)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `get3dhuman` console script; returns the exit status."""
     parser = argparse.ArgumentParser(prog="get3dhuman", description=__doc__)
@@ -47,6 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     synthetic.add_argument("--seed", type=int, default=0, help="seed of the latents (default 0)")
     synthetic.add_argument("--resolution", type=int, default=256, help="pixels per side of each render (default 256)")
     synthetic.set_defaults(handler=_synthetic)
+    train = commands.add_parser("train", help="train a stage (resumes from the newest checkpoint in --out)")
+    train.add_argument("stage", choices=["reconstructor"], help="the training stage")
+    train.add_argument("--preset", choices=["tiny", "small", "official"], default="small")
+    train.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, config.json)")
+    train.add_argument("--steps", type=int, help="total steps (default: the preset's)")
+    train.add_argument("--seed", type=int, help="seed (default: the preset's)")
+    train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=_train)
     args = parser.parse_args(argv)
     return args.handler(args)
 

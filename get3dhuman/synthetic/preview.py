@@ -11,16 +11,18 @@ from get3dhuman.synthetic.latent import human_parameters
 LIGHT = (0.3, 0.5, 0.8)  # camera-space direction of the key light
 
 
-def render_humans(params: torch.Tensor, resolution: int = 256, angle_deg: float = 0.0) -> torch.Tensor:
-    """Shaded colour images [B, H, W, 3] in [0, 1] of the humans `params` [B, P] on white,
-    seen by the orbit camera at `angle_deg` (0: front)."""
-    calib = orbit_calibration(torch.full((params.shape[0],), float(angle_deg)))
+def render_humans(params: torch.Tensor, resolution: int = 256, angles_deg: float | torch.Tensor = 0.0,
+                  background: float = 1.0) -> torch.Tensor:
+    """Shaded colour images [B, H, W, 3] in [0, 1] of the humans `params` [B, P] on a grey
+    `background`, seen by orbit cameras at `angles_deg` (a float or [B]; 0: front). The
+    cameras are render.orbit_calibration(angles_deg)."""
+    calib = orbit_calibration(torch.as_tensor(angles_deg, dtype=torch.float32).expand(params.shape[0]))
     with torch.no_grad():
         rendering = sphere_trace(lambda p: human_sdf(params, p), calib, resolution, lambda p: human_color(params, p))
     light = torch.tensor(LIGHT) / torch.tensor(LIGHT).norm()
     shade = 0.35 + 0.65 * (rendering.normal @ light).clamp_min(0)
     mask = rendering.mask.unsqueeze(-1)
-    return mask * rendering.color * shade.unsqueeze(-1) + (1 - mask)
+    return mask * rendering.color * shade.unsqueeze(-1) + (1 - mask) * background
 
 
 def save_grid(images: torch.Tensor, path: str, columns: int = 4) -> None:
