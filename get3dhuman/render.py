@@ -104,11 +104,11 @@ def sphere_trace(field: Field, calib: torch.Tensor, resolution: int = 256, color
             t = t.scatter(1, order, t_new)
             done = valid & ((value.abs() < epsilon) | (t_new > far))
             active = active.scatter(1, order, torch.gather(active, 1, order) & ~done)
-        hit = (t < far) & (field(origin + t.unsqueeze(-1) * direction).abs() < 10 * epsilon)
 
     # Implicit differentiation: re-attach the hit points to the field's parameters.
     surface = origin + t.unsqueeze(-1) * direction
     value, gradient = _gradient(field, surface.detach().clone(), create_graph=torch.is_grad_enabled())
+    hit = (t < far) & (value.detach().abs() < 10 * epsilon)
     along = (gradient.detach() * direction).sum(-1)
     safe_along = torch.where(along.abs() > 1e-6, along, -torch.ones_like(along))
     surface = surface.detach() - direction * (value / safe_along).unsqueeze(-1)
