@@ -84,6 +84,7 @@ def load_checkpoint(path: str, model: torch.nn.Module, optimizer: torch.optim.Op
             index, name = key.split(".", 1)
             state.setdefault(int(index), {})[name] = value
         device = next(model.parameters()).device
+        # Moments follow the parameters' device; Adam keeps its 'step' counter on the CPU.
         state = {i: {k: v.to(device) if isinstance(v, torch.Tensor) and k != "step" else v for k, v in s.items()}
                  for i, s in state.items()}
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
