@@ -17,7 +17,7 @@ from get3dhuman.benchmark import IMPLEMENTATIONS, peak_memory, query_case, run_q
 def test_query(benchmark, record, implementation, decoder_name, count, device):
     case = query_case(decoder_name, count, device, FEATURE_SIZE)
 
-    def query():
+    def query(case):
         with torch.no_grad():
             out = run_query(implementation, *case)
         if device == "cuda":
@@ -27,8 +27,8 @@ def test_query(benchmark, record, implementation, decoder_name, count, device):
     name = f"{decoder_name} N=2^{count.bit_length() - 1} {device}"
     benchmark.group = name
     rounds = 3 if count <= 1 << 16 or device == "cuda" else 2
-    benchmark.pedantic(query, rounds=rounds, iterations=1, warmup_rounds=1 if device == "cuda" else 0)
-    del case
+    benchmark.pedantic(query, args=(case,), rounds=rounds, iterations=1, warmup_rounds=1 if device == "cuda" else 0)
+    del case  # free the inputs before the peak-memory measurement
     memory = peak_memory(implementation, decoder_name, count, device, FEATURE_SIZE)
     benchmark.extra_info["peak_bytes"] = memory["peak_bytes"]
     if benchmark.stats is not None:  # None under --benchmark-disable

@@ -1,5 +1,8 @@
 """Deterministic random inputs shared by the tests and the benchmarks."""
 
+import ast
+import os
+
 import torch
 
 import get3dhuman
@@ -28,3 +31,15 @@ def random_inputs(batch=2, channels=5, height=7, width=9, count=200, dtype=torch
     points = (torch.rand(batch, count, 3, generator=generator, dtype=torch.float64) * 2 - 1) * 1.4
     calib = random_calib(batch, torch.float64, seed)
     return tuple(t.to(device=device, dtype=dtype) for t in (features, points, calib))
+
+
+# Parameter names and shapes of the authors' generator module (a copy of
+# shared/reference/official-checkpoint-keys.tsv, so the tests do not depend on ../shared).
+OFFICIAL_KEYS_FILE = os.path.join(os.path.dirname(__file__), "data", "official-checkpoint-keys.tsv")
+
+
+def official_checkpoint_layout(prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """{name without `prefix`: shape} of every checkpoint tensor whose name starts with `prefix`."""
+    with open(OFFICIAL_KEYS_FILE) as keys:
+        rows = [line.rstrip("\n").split("\t") for line in keys if line.strip()]
+    return {name[len(prefix):]: tuple(ast.literal_eval(shape)) for name, shape in rows if name.startswith(prefix)}

@@ -1,24 +1,13 @@
 """The two-branch Generator: presets, the authors' checkpoint, occupancy convention."""
 
-import ast
-import os
-
 import pytest
 import torch
+from inputs import official_checkpoint_layout
 from safetensors.torch import save_file
 
 from get3dhuman import Generator
 from get3dhuman.nn import PRESETS, GeneratorConfig
 from get3dhuman.ops import reference_query_field
-
-KEYS_FILE = os.path.join(os.path.dirname(__file__), "data", "official-checkpoint-keys.tsv")
-
-
-def official_layout():
-    with open(KEYS_FILE) as keys:
-        rows = [line.rstrip("\n").split("\t") for line in keys if line.strip()]
-    return {name: tuple(ast.literal_eval(shape)) for name, shape in rows}
-
 
 def tiny(seed=0):
     torch.manual_seed(seed)
@@ -26,7 +15,7 @@ def tiny(seed=0):
 
 
 def test_official_generator_holds_every_generator_name_of_the_checkpoint():
-    expected = {k: v for k, v in official_layout().items() if not k.startswith("Dis_")}
+    expected = {k: v for k, v in official_checkpoint_layout().items() if not k.startswith("Dis_")}
     assert {k: tuple(v.shape) for k, v in Generator("official").state_dict().items()} == expected
 
 
@@ -124,7 +113,7 @@ def test_presets_are_consistent():
 def _authors_checkpoint(seed=0):
     """A file saved the authors' way: every name of their module, random values, 'module.' prefix."""
     generator = torch.Generator().manual_seed(seed)
-    return {f"module.{name}": torch.randn(shape, generator=generator) for name, shape in official_layout().items()}
+    return {f"module.{name}": torch.randn(shape, generator=generator) for name, shape in official_checkpoint_layout().items()}
 
 
 @pytest.mark.slow

@@ -1,26 +1,13 @@
 """StyleGAN2 backbone and HGFilter: the authors' checkpoint layout and independent checks."""
 
-import ast
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
+from inputs import official_checkpoint_layout
 
 from get3dhuman.nn import HGFilter, ImplicitDecoder, ResNetDiscriminator, StyleGAN2Generator
 from get3dhuman.nn.discriminator import minibatch_stddev
 from get3dhuman.nn.stylegan2 import conv2d_resample, modulated_conv2d, setup_filter, upfirdn2d, upsample2d
-
-# Parameter names and shapes of the authors' generator module (copied from
-# shared/reference/official-checkpoint-keys.tsv).
-KEYS_FILE = os.path.join(os.path.dirname(__file__), "data", "official-checkpoint-keys.tsv")
-
-
-def official_keys(prefix):
-    with open(KEYS_FILE) as keys:
-        rows = [line.rstrip("\n").split("\t") for line in keys if line.strip()]
-    return {name[len(prefix):]: tuple(ast.literal_eval(shape)) for name, shape in rows if name.startswith(prefix)}
-
 
 def layout(module):
     return {name: tuple(t.shape) for name, t in module.state_dict().items()}
@@ -34,18 +21,18 @@ def tiny_generator(**overrides):
 
 @pytest.mark.parametrize("branch", ["shape", "texture"])
 def test_official_backbone_matches_the_checkpoint_layout(branch):
-    assert layout(StyleGAN2Generator()) == official_keys(f"backbone_{branch}.")
+    assert layout(StyleGAN2Generator()) == official_checkpoint_layout(f"backbone_{branch}.")
 
 
 @pytest.mark.parametrize("branch, in_channels", [("shape", 16), ("texture", 32)])
 def test_official_filter_matches_the_checkpoint_layout(branch, in_channels):
-    assert layout(HGFilter(in_channels)) == official_keys(f"filter_{branch}.")
+    assert layout(HGFilter(in_channels)) == official_checkpoint_layout(f"filter_{branch}.")
 
 
 @pytest.mark.parametrize("branch", ["shape", "texture"])
 def test_official_decoder_matches_the_checkpoint_layout(branch):
     decoder = getattr(ImplicitDecoder, f"official_{branch}")()
-    assert layout(decoder) == official_keys(f"mlp_{branch}.")
+    assert layout(decoder) == official_checkpoint_layout(f"mlp_{branch}.")
 
 
 def test_fir_upsampling_preserves_constants():
@@ -190,7 +177,7 @@ def test_hgfilter_sizes_and_gradients():
 
 @pytest.mark.parametrize("branch, channels", [("shape", 256), ("texture", 512)])
 def test_official_discriminator_matches_the_checkpoint_layout(branch, channels):
-    assert layout(ResNetDiscriminator(img_channels=channels)) == official_keys(f"Dis_{branch}.")
+    assert layout(ResNetDiscriminator(img_channels=channels)) == official_checkpoint_layout(f"Dis_{branch}.")
 
 
 @pytest.mark.parametrize("kernel_size", [1, 3])
