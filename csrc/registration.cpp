@@ -12,6 +12,21 @@ TORCH_LIBRARY(get3dhuman, m) {
   m.def(
       "pixel_aligned_sample_backward(Tensor grad_out, Tensor features, Tensor points, "
       "Tensor calib, bool features_requires_grad) -> (Tensor, Tensor)");
+  // volume [D,H,W] float32/64 -> (vertices [V,3] float32 in index coordinates, faces [F,3] int64),
+  // faces oriented towards increasing values unless flip.
+  m.def("marching_cubes_dense(Tensor volume, float level, bool flip) -> (Tensor, Tensor)");
+  // cells [M] sorted int64 keys ((b*R0 + i)*R1 + j)*R2 + k, corner_values [M,8], dims [R0,R1,R2]
+  // -> (vertices [V,3], faces [F,3], vertex_offsets [M+1], face_offsets [M+1]) in cell order.
+  m.def(
+      "marching_cubes_sparse(Tensor cells, Tensor corner_values, int[] dims, float level, bool flip) -> "
+      "(Tensor, Tensor, Tensor, Tensor)");
+  // One coarse-to-fine step: keep the cells [M] (keys over dims) whose corner_values [M,8] cross
+  // the level or lie within threshold of it, and split each into 8 children over 2*dims ->
+  // (child keys [K], child corner values [K,8] (those of parent corners; others 0), child
+  // corner point keys [K,8] over the (2*dims+1) point lattice), in parent order.
+  m.def(
+      "narrow_band_refine(Tensor cells, Tensor corner_values, int[] dims, float level, float threshold) -> "
+      "(Tensor, Tensor, Tensor)");
 }
 
 #ifdef GET3DHUMAN_PYTHON_MODULE
