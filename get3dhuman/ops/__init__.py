@@ -4,8 +4,13 @@
 - query_field / reference_query_field: an implicit decoder evaluated at points, fused and chunked.
 - project_inputs: precomputes the 'projected' variant's map for repeated queries.
 - pixel_order: the cache-friendly point order query_field uses on the CPU.
+- marching_cubes / marching_cubes_sparse / reference_marching_cubes: iso-surfaces of dense
+  volumes and of sparse cell sets.
+- narrow_band / SparseVolume: coarse-to-fine evaluation of a field near its iso-surface.
 """
 
+from get3dhuman.ops.marching_cubes import marching_cubes, marching_cubes_sparse, reference_marching_cubes
+from get3dhuman.ops.narrow_band import SparseVolume, narrow_band
 from get3dhuman.ops.pixel_aligned import (
     OFFICIAL_DEPTH_SCALE,
     check_sample_inputs,
@@ -24,11 +29,16 @@ from get3dhuman.ops.query import (
 __all__ = [
     "OFFICIAL_DEPTH_SCALE",
     "ProjectedInputs",
+    "SparseVolume",
     "check_sample_inputs",
     "choose_variant",
+    "marching_cubes",
+    "marching_cubes_sparse",
+    "narrow_band",
     "pixel_order",
     "project_inputs",
     "query_field",
+    "reference_marching_cubes",
     "reference_query_field",
     "reference_sample_pixel_aligned",
     "sample_pixel_aligned",

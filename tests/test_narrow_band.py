@@ -1,0 +1,148 @@
+"""Narrow band (coarse-to-fine) evaluation against dense evaluation on body-like fields."""
+
+import numpy as np
+import pytest
+import torch
+from inputs import CUDA_READY
+from scipy.spatial import cKDTree
+from test_marching_cubes import assert_closed_oriented
+
+from get3dhuman.ops import marching_cubes, narrow_band
+from get3dhuman.synthetic import human_parameters, human_sdf
+
+
+def humans(count, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return human_parameters(torch.randn(count, 512, generator=generator))
+
+
+def dense_mesh(params, resolution):
+    x = torch.linspace(-1, 1, resolution + 1)
+    grid = torch.stack(torch.meshgrid(x, x, x, indexing="ij"), -1).reshape(1, -1, 3)
+    volume = human_sdf(params.reshape(1, -1), grid).reshape((resolution + 1,) * 3)
+    return marching_cubes(volume, 0.0, spacing=2 / resolution, origin=-1.0)
+
+
+def hausdorff(a, b):
+    return max(cKDTree(b.numpy()).query(a.numpy())[0].max(), cKDTree(a.numpy()).query(b.numpy())[0].max())
+
+
+@pytest.mark.parametrize("resolution", [64, 128])
+def test_sparse_matches_dense_on_humans(resolution):
+    params = humans(2)
+    volume = narrow_band(lambda p: human_sdf(params, p), resolution, batch_size=2, coarse_resolution=16, band=1.0)
+    meshes = volume.marching_cubes()
+    voxel = 2 / resolution
+    for b, (vertices, faces) in enumerate(meshes):
+        dense_vertices, dense_faces = dense_mesh(params[b], resolution)
+        assert hausdorff(vertices, dense_vertices) <= voxel
+        assert_closed_oriented(vertices, faces)
+    fraction = volume.fraction_evaluated
+    assert fraction.shape == (2,) and bool((fraction > 0).all()) and bool((fraction < 0.25).all())
+    assert volume.evaluated_points.sum() < 2 * (resolution + 1) ** 3
+
+
+def test_batch_rows_are_independent():
+    params = humans(2, seed=1)
+    together = narrow_band(lambda p: human_sdf(params, p), 64, batch_size=2, coarse_resolution=16).marching_cubes()
+    for b in range(2):
+        alone = narrow_band(lambda p: human_sdf(params[b:b + 1], p), 64, coarse_resolution=16).marching_cubes()[0]
+        assert torch.equal(together[b][0], alone[0]) and torch.equal(together[b][1], alone[1])
+
+
+def test_closure_follows_the_surface_past_coarse_misses():
+    """A sphere with a thin fin that no coarse corner sees: the coarse levels find the sphere, and
+    the closure follows the surface from the junction along the whole fin."""
+    def field(p):
+        sphere = p.norm(dim=-1) - 0.5
+        q = (p - torch.tensor([0.7, 0.0, 0.03])).abs() - torch.tensor([0.25, 0.2, 0.01])
+        fin = q.clamp(min=0).norm(dim=-1) + q.max(dim=-1).values.clamp(max=0)
+        return torch.minimum(sphere, fin)
+
+    volume = narrow_band(field, 128, coarse_resolution=16, band=0.0)
+    first_fine_level = volume.levels[1]
+    vertices, faces = volume.marching_cubes()[0]
+    x = torch.linspace(-1, 1, 129)
+    grid = torch.stack(torch.meshgrid(x, x, x, indexing="ij"), -1)
+    dense_vertices, _ = marching_cubes(field(grid), 0.0, spacing=2 / 128, origin=-1.0)
+    fin_tip = torch.tensor([0.9, 0.0, 0.0])
+    assert (first_fine_level[1].numel() > 0) and (dense_vertices - fin_tip).norm(dim=-1).min() < 0.05
+    assert len(vertices) == len(dense_vertices)
+    assert hausdorff(vertices, dense_vertices) < 1e-5
+    assert_closed_oriented(vertices, faces)
+
+
+def test_query_is_exact_on_the_band_and_close_elsewhere():
+    params = humans(1, seed=2)
+    field = lambda p: human_sdf(params, p)  # noqa: E731
+    volume = narrow_band(field, 64, coarse_resolution=16, band=1.0)
+    vertices, _ = volume.marching_cubes()[0]
+    # A vertex lies on a lattice edge where the trilinear interpolant is linear: exactly the level.
+    on_surface = volume.query(vertices[None])
+    assert on_surface.abs().max() < 1e-5
+    points = torch.rand(1, 2000, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert (volume.query(points) - field(points)).abs().max() < 0.1
+
+
+def test_empty_field_gives_no_cells_and_empty_mesh():
+    volume = narrow_band(lambda p: p.norm(dim=-1) + 1.0, 64, coarse_resolution=16)
+    vertices, faces = volume.marching_cubes()[0]
+    assert volume.cells.numel() == 0 and vertices.shape == (0, 3) and faces.shape == (0, 3)
+    assert int(volume.evaluated_points[0]) == 17 ** 3
+
+
+def reference_refine(cells, corner_values, n, level, threshold):
+    """Pure-torch narrow_band_refine: kept cells' children, in parent order."""
+    above = corner_values > level
+    keep = (above.any(1) & ~above.all(1)) | ((corner_values - level).abs() <= threshold).any(1)
+    offsets = torch.tensor([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)])
+    coords = torch.stack([cells // n ** 2 % n, cells // n % n, cells % n], 1)[keep]
+    batch = (cells // n ** 3)[keep]
+    child = 2 * coords[:, None, :] + offsets  # [K, 8, 3]
+    keys = ((batch[:, None] * 2 * n + child[..., 0]) * 2 * n + child[..., 1]) * 2 * n + child[..., 2]
+    corner = child[:, :, None, :] + offsets  # [K, 8, 8, 3]
+    p = 2 * n + 1
+    points = ((batch[:, None, None] * p + corner[..., 0]) * p + corner[..., 1]) * p + corner[..., 2]
+    return keys.reshape(-1), points.reshape(-1, 8), keep
+
+
+def test_refine_kernel_matches_reference(device):
+    generator = torch.Generator().manual_seed(4)
+    n = 6
+    cells = torch.arange(2 * n ** 3)
+    corner_values = torch.randn(cells.numel(), 8, generator=generator) + 1.5
+    keys, values, points = torch.ops.get3dhuman.narrow_band_refine(
+        cells.to(device), corner_values.to(device), [n, n, n], 0.0, 0.3)
+    ref_keys, ref_points, keep = reference_refine(cells, corner_values, n, 0.0, 0.3)
+    assert torch.equal(keys.cpu(), ref_keys) and torch.equal(points.cpu(), ref_points)
+    # Known child corners carry the parent's values: child n, corner q at doubled offsets.
+    parents = corner_values[keep]
+    offsets = np.array([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)])
+    for child in range(8):
+        for q in range(8):
+            position = offsets[child] + offsets[q]
+            if (position % 2 == 0).all():
+                parent_corner = int(position[0] // 2 * 4 + position[1] // 2 * 2 + position[2] // 2)
+                assert torch.equal(values.cpu()[child::8, q], parents[:, parent_corner])
+
+
+def test_bad_arguments():
+    field = lambda p: p.norm(dim=-1) - 0.5  # noqa: E731
+    with pytest.raises(ValueError, match="power of two"):
+        narrow_band(field, 100, coarse_resolution=32)
+    with pytest.raises(ValueError, match="bounds"):
+        narrow_band(field, 64, bounds=((0, 0, 0), (0, 1, 1)))
+    with pytest.raises(ValueError, match=r"field must return values \[B, N\]"):
+        narrow_band(lambda p: p, 64)
+    with pytest.raises(ValueError, match="band"):
+        narrow_band(field, 64, band=-1.0)
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels")
+def test_cuda_matches_cpu():
+    params = humans(1, seed=3)
+    cpu = narrow_band(lambda p: human_sdf(params, p), 64, coarse_resolution=16).marching_cubes()[0]
+    params_cuda = params.cuda()
+    cuda = narrow_band(lambda p: human_sdf(params_cuda, p), 64, coarse_resolution=16, device="cuda").marching_cubes()[0]
+    assert torch.equal(cpu[1], cuda[1].cpu())
+    torch.testing.assert_close(cpu[0], cuda[0].cpu(), rtol=0, atol=1e-5)
