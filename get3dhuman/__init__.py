@@ -4,6 +4,8 @@ Public names:
 - Generator: the two-branch Get3DHuman generator (presets 'official', 'small', 'tiny';
   Generator.from_official_checkpoint loads the authors' weights).
 - Reconstructor, Refiner: the pixel-aligned reconstructor and the refinement U-Net.
+- TexturedMesh: vertices, faces, vertex colours and normals; .to_trimesh(), .export(path).
+  Generator.extract_mesh / Generator.sample produce them.
 - build_info(): what was compiled and what this machine can run.
 - ops: the custom operators (pixel-aligned sampling, fused decoded queries) and their
   pure-torch references.
@@ -17,6 +19,7 @@ from get3dhuman._ext import build_info, load_extension
 load_extension()
 
 from get3dhuman import nn, ops  # noqa: E402
+from get3dhuman.mesh import TexturedMesh  # noqa: E402
 from get3dhuman.nn import Generator, Reconstructor, Refiner  # noqa: E402
 
-__all__ = ["Generator", "Reconstructor", "Refiner", "__version__", "build_info", "nn", "ops"]
+__all__ = ["Generator", "Reconstructor", "Refiner", "TexturedMesh", "__version__", "build_info", "nn", "ops"]

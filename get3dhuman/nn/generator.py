@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from get3dhuman.mesh import ExtractionTimings, TexturedMesh, extract_textured_meshes
 from get3dhuman.nn.discriminator import ResNetDiscriminator
 from get3dhuman.nn.hourglass import HGFilter
 from get3dhuman.nn.implicit import ImplicitDecoder
@@ -166,6 +168,58 @@ class Generator(PixelAlignedModel):
         """Both branches: (ShapeFeatures, texture volume)."""
         shape = self.shape_features(z_shape, truncation_psi, noise_mode, truncation_cutoff)
         return shape, self.texture_features(shape, z_texture, truncation_psi, noise_mode, truncation_cutoff)
+
+    @torch.no_grad()
+    def extract_mesh(self, z_shape: torch.Tensor, z_texture: torch.Tensor, resolution: int = 256, *,
+                     truncation_psi: float = 1.0, noise_mode: str = "const", coarse_resolution: int = 32,
+                     band: float = 0.0, chunk: int = 1 << 18,
+                     timings: ExtractionTimings | None = None) -> list[TexturedMesh]:
+        """Textured meshes of latents z_shape, z_texture [B, z_dim], one per row.
+
+        The occupancy field (level 0.5) is sampled coarse to fine over the NDC box [-1, 1]^3 up to
+        `resolution` cells per axis (see ops.narrow_band), meshed by sparse marching cubes, and
+        coloured by the texture decoder at the vertices. Runs in eval mode (no w_avg update).
+        Vertices are in NDC; `timings` (an ExtractionTimings) receives the time per stage.
+        Rows whose field has no surface give empty meshes.
+        """
+        if z_shape.dim() != 2 or z_shape.shape[1] != self.config.z_dim or z_texture.shape != z_shape.shape:
+            raise ValueError(f"z_shape and z_texture must both be [B, {self.config.z_dim}], got "
+                             f"{tuple(z_shape.shape)} and {tuple(z_texture.shape)}")
+        timings = timings if timings is not None else ExtractionTimings()
+        was_training = self.training
+        self.eval()
+        try:
+            start = time.perf_counter()
+            shape, texture = self(z_shape, z_texture, truncation_psi, noise_mode)
+            timings.networks += time.perf_counter() - start
+            dtype = shape.volume.dtype
+            return extract_textured_meshes(
+                lambda p: self.query_occupancy(shape.volume, p.to(dtype)),
+                lambda p: self.query_color(shape.volume, texture, p.to(dtype)),
+                z_shape.shape[0], resolution, level=0.5, inside_is_above=True, coarse_resolution=coarse_resolution,
+                band=band, device=z_shape.device, chunk=chunk, timings=timings)
+        finally:
+            self.train(was_training)
+
+    def sample(self, num: int, seed: int = 0, resolution: int = 256, *, batch_size: int = 4,
+               **options) -> list[TexturedMesh]:
+        """`num` textured meshes. Sample i draws (z_shape, z_texture) from its own generator seeded
+        with seed + i, so a seed gives the same mesh whatever `num` and `batch_size`. Other
+        options go to `extract_mesh`."""
+        if not isinstance(num, int) or num < 0:
+            raise ValueError(f"num must be a non-negative int, got {num!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        device = next(self.parameters()).device
+        latents = []
+        for i in range(num):
+            generator = torch.Generator().manual_seed(seed + i)
+            latents.append(torch.randn(2, self.config.z_dim, generator=generator))
+        meshes = []
+        for begin in range(0, num, batch_size):
+            z = torch.stack(latents[begin:begin + batch_size]).to(device)
+            meshes += self.extract_mesh(z[:, 0], z[:, 1], resolution, **options)
+        return meshes
 
     def discriminators(self) -> dict[str, ResNetDiscriminator]:
         """Fresh feature-volume discriminators matching this generator ('shape': F channels,

@@ -1,0 +1,148 @@
+"""Mesh extraction: narrow band -> sparse marching cubes -> vertex colours -> TexturedMesh.
+
+`extract_textured_meshes` works for any batch of fields given as callables (the Generator's
+fused queries, analytic fields); `Generator.extract_mesh` and `Generator.sample` call it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from get3dhuman.ops.narrow_band import narrow_band
+
+Field = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclasses.dataclass
+class TexturedMesh:
+    """A triangle mesh with per-vertex colours.
+
+    Attributes:
+        vertices: [V, 3] float32 positions.
+        faces: [F, 3] int64 vertex indices, counter-clockwise seen from outside.
+        colors: [V, 3] float32 RGB in [0, 1].
+        normals: [V, 3] float32 unit outward normals (area-weighted face normals).
+    """
+
+    vertices: torch.Tensor
+    faces: torch.Tensor
+    colors: torch.Tensor
+    normals: torch.Tensor
+
+    @classmethod
+    def from_geometry(cls, vertices: torch.Tensor, faces: torch.Tensor, colors: torch.Tensor) -> TexturedMesh:
+        """Builds the mesh and its vertex normals from vertices [V, 3], faces [F, 3], colours [V, 3]."""
+        return cls(vertices, faces, colors, vertex_normals(vertices, faces))
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the mesh has no faces (the field never crossed its level)."""
+        return self.faces.shape[0] == 0
+
+    def to_trimesh(self):
+        """A trimesh.Trimesh (vertices and faces as they are, 8-bit RGBA vertex colours)."""
+        import trimesh
+
+        colors = (self.colors.detach().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        rgba = np.concatenate([colors, np.full((len(colors), 1), 255, np.uint8)], 1)
+        normals = self.normals.detach().cpu().numpy() if len(colors) else None
+        return trimesh.Trimesh(self.vertices.detach().cpu().numpy(), self.faces.cpu().numpy(), vertex_colors=rgba,
+                               vertex_normals=normals, process=False)
+
+    def export(self, path: str | os.PathLike, file_type: str | None = None) -> None:
+        """Writes the mesh through trimesh (PLY, OBJ, GLB, ... from the suffix or `file_type`).
+        The file appears complete or not at all: it is written under a temporary name, then renamed."""
+        path = os.fspath(path)
+        file_type = file_type or os.path.splitext(path)[1].lstrip(".").lower()
+        if not file_type:
+            raise ValueError(f"path must end in a mesh suffix (.ply, .obj, .glb, ...) or file_type be given, got {path!r}")
+        directory = os.path.dirname(os.path.abspath(path))
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=".partial-", suffix=f".{file_type}")
+        os.close(handle)
+        try:
+            self.to_trimesh().export(temporary, file_type=file_type)
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+
+
+def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Unit area-weighted vertex normals [V, 3] of a mesh (zero for unused vertices)."""
+    corners = vertices[faces]  # [F, 3, 3]
+    face_normals = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    normals = torch.zeros_like(vertices).index_add_(0, faces.reshape(-1), face_normals.repeat_interleave(3, 0))
+    return torch.nn.functional.normalize(normals, dim=1)
+
+
+@dataclasses.dataclass
+class ExtractionTimings:
+    """Seconds spent per stage of `extract_textured_meshes` (summed over the batch)."""
+
+    networks: float = 0.0         # latents -> feature volumes (Generator.extract_mesh)
+    queries: float = 0.0          # field evaluations
+    narrow_band: float = 0.0      # classification, child generation, de-duplication, closure
+    marching_cubes: float = 0.0
+    colors: float = 0.0
+    evaluated_fraction: list[float] = dataclasses.field(default_factory=list)  # per mesh
+
+
+def extract_textured_meshes(field: Field, color: Field | None, batch_size: int, resolution: int = 256, *,
+                            level: float = 0.5, inside_is_above: bool = True,
+                            bounds: tuple[Sequence[float], Sequence[float]] = ((-1.0,) * 3, (1.0,) * 3),
+                            coarse_resolution: int = 32, band: float = 0.0, device: torch.device | str = "cpu",
+                            chunk: int = 1 << 18, timings: ExtractionTimings | None = None) -> list[TexturedMesh]:
+    """Meshes of `batch_size` fields evaluated together.
+
+    Args:
+        field: points [B, N, 3] -> values [B, N] (e.g. occupancy probability).
+        color: points [B, N, 3] -> RGB [B, N, 3] in [0, 1], or None for grey.
+        level: the iso-value; inside_is_above: whether inside means values above it (occupancy)
+            or below (signed distance); faces are oriented outward either way.
+        resolution, coarse_resolution, band, bounds, chunk: as for `ops.narrow_band`.
+        timings: filled with the time per stage when given.
+
+    Returns:
+        one TexturedMesh per batch row; empty (no faces) where the field never crosses the level.
+    """
+    timings = timings if timings is not None else ExtractionTimings()
+    query_seconds = 0.0
+
+    def timed_field(points):
+        nonlocal query_seconds
+        start = time.perf_counter()
+        values = field(points)
+        query_seconds += time.perf_counter() - start
+        return values
+
+    start = time.perf_counter()
+    volume = narrow_band(timed_field, resolution, batch_size=batch_size, bounds=bounds, level=level,
+                         coarse_resolution=coarse_resolution, band=band, device=device, chunk=chunk)
+    timings.queries += query_seconds
+    timings.narrow_band += time.perf_counter() - start - query_seconds
+    timings.evaluated_fraction += volume.fraction_evaluated.tolist()
+
+    start = time.perf_counter()
+    geometry = volume.marching_cubes(flip=inside_is_above)
+    timings.marching_cubes += time.perf_counter() - start
+
+    start = time.perf_counter()
+    longest = max(len(vertices) for vertices, _ in geometry)
+    if color is None or longest == 0:
+        colors = [torch.full_like(vertices, 0.5) for vertices, _ in geometry]
+    else:
+        padded = torch.zeros(batch_size, longest, 3, device=geometry[0][0].device)
+        for b, (vertices, _) in enumerate(geometry):
+            padded[b, : len(vertices)] = vertices
+        with torch.no_grad():
+            rgb = torch.cat([color(part) for part in padded.split(chunk, dim=1)], 1)
+        colors = [rgb[b, : len(vertices)].float().clamp(0, 1) for b, (vertices, _) in enumerate(geometry)]
+    timings.colors += time.perf_counter() - start
+    return [TexturedMesh.from_geometry(vertices, faces, rgb) for (vertices, faces), rgb in zip(geometry, colors)]

@@ -1,0 +1,112 @@
+"""TexturedMesh, the extraction pipeline, and Generator.extract_mesh / sample."""
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from test_marching_cubes import assert_closed_oriented, signed_volume
+from test_narrow_band import humans
+
+import get3dhuman
+from get3dhuman.mesh import ExtractionTimings, TexturedMesh, extract_textured_meshes, vertex_normals
+from get3dhuman.synthetic import human_color, human_sdf
+
+
+def test_pipeline_on_analytic_humans():
+    params = humans(2, seed=5)
+    timings = ExtractionTimings()
+    meshes = extract_textured_meshes(lambda p: human_sdf(params, p), lambda p: human_color(params, p), 2, 64,
+                                     level=0.0, inside_is_above=False, coarse_resolution=16, timings=timings)
+    for b, mesh in enumerate(meshes):
+        assert_closed_oriented(mesh.vertices, mesh.faces)
+        assert signed_volume(mesh.vertices, mesh.faces) > 0
+        torch.testing.assert_close(mesh.colors, human_color(params[b:b + 1], mesh.vertices[None])[0].clamp(0, 1))
+        # Outward normals: stepping along them increases the signed distance.
+        step = human_sdf(params[b:b + 1], (mesh.vertices + 0.01 * mesh.normals)[None])[0]
+        assert (step > 0).float().mean() > 0.97
+    assert timings.queries > 0 and timings.marching_cubes > 0 and len(timings.evaluated_fraction) == 2
+
+
+def test_occupancy_orientation_is_outward():
+    occupancy = lambda p: torch.sigmoid(-20 * (p.norm(dim=-1) - 0.5))  # noqa: E731
+    mesh = extract_textured_meshes(occupancy, None, 1, 32, coarse_resolution=8)[0]
+    assert signed_volume(mesh.vertices, mesh.faces) == pytest.approx(4 / 3 * np.pi * 0.125, rel=0.05)
+    assert torch.equal(mesh.colors, torch.full_like(mesh.vertices, 0.5))
+
+
+def test_vertex_normals_of_a_tetrahedron():
+    vertices = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    faces = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    normals = vertex_normals(vertices, faces)
+    torch.testing.assert_close(normals[0], torch.full((3,), -(3 ** -0.5)))  # three unit faces, -x, -y, -z
+    assert (normals * (vertices - 0.25)).sum(1).gt(0).all()  # away from the centroid
+    torch.testing.assert_close(normals.norm(dim=1), torch.ones(4))
+
+
+@pytest.mark.parametrize("suffix", ["ply", "obj", "glb"])
+def test_export_round_trip(tmp_path, suffix):
+    params = humans(1, seed=6)
+    mesh = extract_textured_meshes(lambda p: human_sdf(params, p), lambda p: human_color(params, p), 1, 32,
+                                   level=0.0, inside_is_above=False, coarse_resolution=8)[0]
+    path = tmp_path / f"human.{suffix}"
+    mesh.export(path)
+    loaded = trimesh.load(path, force="mesh", process=False)
+    assert len(loaded.faces) == len(mesh.faces)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no partial file left
+    if suffix == "ply":
+        np.testing.assert_allclose(loaded.vertices, mesh.vertices.numpy(), atol=1e-6)
+        colors = loaded.visual.vertex_colors[:, :3]
+        np.testing.assert_array_equal(colors, (mesh.colors.numpy() * 255).round().astype(np.uint8))
+    with pytest.raises(ValueError, match="suffix"):
+        mesh.export(tmp_path / "no_suffix")
+
+
+def test_empty_mesh_exports(tmp_path):
+    mesh = extract_textured_meshes(lambda p: p.norm(dim=-1) + 2, None, 1, 16, coarse_resolution=8)[0]
+    assert mesh.is_empty and mesh.vertices.shape == (0, 3)
+    assert len(mesh.to_trimesh().faces) == 0
+
+
+def generator_with_a_surface():
+    """A tiny random Generator whose occupancy is shifted to cross 0.5 inside the box."""
+    torch.manual_seed(0)
+    generator = get3dhuman.Generator("tiny")
+    z = torch.randn(4, generator.config.z_dim)
+    with torch.no_grad():
+        shape = generator.shape_features(z)
+        probe = generator.query_occupancy(shape.volume, torch.rand(4, 4096, 3) * 1.6 - 0.8)
+        generator.mlp_shape.filters[-1].bias -= torch.logit(probe.median())
+    return generator
+
+
+def test_generator_sample_is_seeded_per_sample():
+    generator = generator_with_a_surface()
+    together = generator.sample(3, seed=10, resolution=32, coarse_resolution=8, batch_size=3)
+    apart = generator.sample(2, seed=11, resolution=32, coarse_resolution=8, batch_size=1)
+    assert any(not m.is_empty for m in together)
+    for a, b in zip(together[1:], apart):
+        torch.testing.assert_close(a.colors, b.colors, atol=1e-4, rtol=0)  # batch size changes GEMM rounding only
+        assert a.faces.shape == b.faces.shape
+    again = generator.sample(1, seed=10, resolution=32, coarse_resolution=8)[0]
+    assert torch.equal(again.vertices, generator.sample(1, seed=10, resolution=32, coarse_resolution=8)[0].vertices)
+    for mesh in together:
+        if not mesh.is_empty:
+            assert bool(((mesh.colors >= 0) & (mesh.colors <= 1)).all())
+            assert mesh.vertices.abs().max() <= 1
+
+
+def test_generator_extract_mesh_checks_latents_and_keeps_mode():
+    generator = generator_with_a_surface()
+    generator.train()
+    with pytest.raises(ValueError, match="z_shape and z_texture"):
+        generator.extract_mesh(torch.randn(2, 3), torch.randn(2, 3))
+    z = torch.randn(1, generator.config.z_dim)
+    timings = ExtractionTimings()
+    generator.extract_mesh(z, z, 32, coarse_resolution=8, timings=timings)
+    assert generator.training and timings.networks > 0
+    with pytest.raises(ValueError, match="num"):
+        generator.sample(-1)
+
+
+def test_textured_mesh_is_public():
+    assert get3dhuman.TexturedMesh is TexturedMesh
