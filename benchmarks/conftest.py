@@ -5,6 +5,8 @@ from collections import defaultdict
 import pytest
 
 _RESULTS = defaultdict(dict)  # (case) -> {implementation: (median seconds, peak bytes)}
+# The row each case is compared with: our reference implementation, or a peer library.
+_BASELINES = ("reference", "skimage", "authors-dense")
 
 
 @pytest.fixture
@@ -22,10 +24,11 @@ def pytest_terminal_summary(terminalreporter):
         return
     write = terminalreporter.write_line
     write("")
-    write("get3dhuman: same-run comparison (speed-up and memory relative to the reference)")
+    write("get3dhuman: same-run comparison (speed-up and memory relative to the baseline: "
+          + " / ".join(_BASELINES) + ")")
     write(f"{'case':<28} {'implementation':<12} {'median s':>10} {'speed-up':>9} {'peak MiB':>10} {'mem ratio':>10}")
     for case, rows in sorted(_RESULTS.items()):
-        reference = rows.get("reference")
+        reference = next((rows[name] for name in _BASELINES if name in rows), None)
         for implementation, (seconds, peak) in sorted(rows.items()):
             speedup = f"{reference[0] / seconds:.2f}x" if reference else "-"
             ratio = f"{peak / reference[1]:.3f}" if reference and reference[1] > 0 else "-"

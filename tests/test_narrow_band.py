@@ -146,3 +146,13 @@ def test_cuda_matches_cpu():
     cuda = narrow_band(lambda p: human_sdf(params_cuda, p), 64, coarse_resolution=16, device="cuda").marching_cubes()[0]
     assert torch.equal(cpu[1], cuda[1].cpu())
     torch.testing.assert_close(cpu[0], cuda[0].cpu(), rtol=0, atol=1e-5)
+
+
+def test_no_refinement_when_resolution_is_coarse():
+    volume = narrow_band(lambda p: p.norm(dim=-1) - 0.5, 16, coarse_resolution=16)
+    vertices, faces = volume.marching_cubes()[0]
+    x = torch.linspace(-1, 1, 17)
+    grid = torch.stack(torch.meshgrid(x, x, x, indexing="ij"), -1)
+    dense_vertices, dense_faces = marching_cubes(grid.norm(dim=-1) - 0.5, 0.0, spacing=2 / 16, origin=-1.0)
+    assert len(vertices) == len(dense_vertices) and len(faces) == len(dense_faces)
+    assert int(volume.evaluated_points[0]) == 17 ** 3

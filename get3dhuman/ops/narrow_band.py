@@ -162,7 +162,8 @@ def narrow_band(field: Field, resolution: int = 256, *, batch_size: int = 1,
     points = torch.arange(batch_size * (n + 1) ** 3, device=device)
     values = evaluator(points, n + 1)
     cells = torch.arange(batch_size * n ** 3, device=device)
-    corner_values = values[_corner_points(cells, n)]
+    point_keys = _corner_points(cells, n)
+    corner_values = values[point_keys]
     levels = [(n, cells, corner_values)]
     while n < resolution:
         edge = float((upper - lower).max()) / n

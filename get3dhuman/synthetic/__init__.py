@@ -5,7 +5,7 @@ and 3-D ground truth (DESIGN.md section 5).
 - human_sdf / human_color: analytic signed distance and colour fields of a batch of humans.
 - human_parameters: the latent map z ~ N(0, I) -> parameters (the 2-D generator stand-in).
 - sample_surface / sample_occupancy / sample_surface_colors: PIFu-style training samples.
-- ground_truth_mesh / sdf_grid: meshes (scikit-image marching cubes until issue 4's own).
+- ground_truth_mesh / sdf_grid: ground-truth meshes (dense SDF grid + ops.marching_cubes).
 - preview: shaded renders and PNG grids (`get3dhuman synthetic`).
 """
 

@@ -1,8 +1,7 @@
 """Ground-truth meshes of synthetic humans, for evaluation (Chamfer, IoU) and dataset export.
 
-Until the project's marching cubes exists (issue 4), the iso-surface is extracted with
-scikit-image's marching cubes (`pip install scikit-image`, part of the `test` extra) on a dense
-SDF grid over the [-1, 1]^3 box, padded so that nothing stays open at the border.
+The iso-surface is extracted by the package's marching cubes on a dense SDF grid over the
+[-1, 1]^3 box, padded so that nothing stays open at the border.
 """
 
 from __future__ import annotations
@@ -10,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from get3dhuman.ops.marching_cubes import marching_cubes
 from get3dhuman.synthetic.human import human_color, human_sdf
 
 CHUNK = 1 << 18  # points per SDF evaluation
@@ -27,18 +27,13 @@ def sdf_grid(params: torch.Tensor, resolution: int) -> torch.Tensor:
 def ground_truth_mesh(params: torch.Tensor, resolution: int = 128):
     """The surface of one human `params` [P] as a trimesh.Trimesh in world coordinates, with
     outward-facing triangles and vertex colours from the colour field. Watertight."""
-    try:
-        from skimage.measure import marching_cubes
-    except ImportError as error:
-        raise ImportError("ground_truth_mesh needs scikit-image: pip install scikit-image") from error
     import trimesh
 
     if resolution < 8:
         raise ValueError(f"resolution must be >= 8, got {resolution}")
-    volume = np.pad(sdf_grid(params, resolution).numpy(), 1, constant_values=1.0)  # closes shapes at the border
-    spacing = 2.0 / (resolution - 1)
-    vertices, faces, _, _ = marching_cubes(volume, level=0.0, spacing=(spacing,) * 3)
-    vertices = vertices - 1.0 - spacing  # undo the padding offset: lattice index 0 is at -1
-    # skimage's default orientation is outward for a field that is negative inside.
-    colors = human_color(params.reshape(1, -1), torch.from_numpy(vertices).float().unsqueeze(0))[0]
-    return trimesh.Trimesh(vertices, faces, vertex_colors=(colors.numpy() * 255).astype(np.uint8), process=False)
+    # Outward faces for a field negative inside; +inf padding closes shapes at the border.
+    vertices, faces = marching_cubes(sdf_grid(params, resolution), 0.0, spacing=2.0 / (resolution - 1), origin=-1.0,
+                                     pad_value=float("inf"))
+    colors = human_color(params.reshape(1, -1), vertices.unsqueeze(0))[0]
+    return trimesh.Trimesh(vertices.numpy(), faces.numpy(), vertex_colors=(colors.numpy() * 255).astype(np.uint8),
+                           process=False)
