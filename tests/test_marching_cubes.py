@@ -258,3 +258,11 @@ def test_cuda_matches_cpu_exactly(dtype):
     cuda = marching_cubes(volume.cuda(), 0.01)
     assert torch.equal(cpu[1], cuda[1].cpu())
     torch.testing.assert_close(cpu[0], cuda[0].cpu(), rtol=0, atol=1e-5)
+
+
+def test_opcheck_dense_and_sparse():
+    volume = smooth_random(12, 1).float()
+    torch.library.opcheck(torch.ops.get3dhuman.marching_cubes_dense.default, (volume, 0.0, False))
+    cells, corner_values = crossing_cells(volume)
+    torch.library.opcheck(torch.ops.get3dhuman.marching_cubes_sparse.default,
+                          (cells, corner_values, [11, 11, 11], 0.0, True))

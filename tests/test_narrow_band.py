@@ -156,3 +156,8 @@ def test_no_refinement_when_resolution_is_coarse():
     dense_vertices, dense_faces = marching_cubes(grid.norm(dim=-1) - 0.5, 0.0, spacing=2 / 16, origin=-1.0)
     assert len(vertices) == len(dense_vertices) and len(faces) == len(dense_faces)
     assert int(volume.evaluated_points[0]) == 17 ** 3
+
+
+def test_opcheck_refine():
+    values = torch.randn(27, 8, generator=torch.Generator().manual_seed(5))
+    torch.library.opcheck(torch.ops.get3dhuman.narrow_band_refine.default, (torch.arange(27), values, [3, 3, 3], 0.0, 0.5))

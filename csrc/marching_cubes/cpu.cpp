@@ -11,6 +11,11 @@
 #include <algorithm>
 #include <atomic>
 #include <tuple>
+#include <type_traits>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace get3dhuman::marching_cubes {
 namespace {
@@ -44,20 +49,65 @@ struct MergeFinder {
 
 }  // namespace
 
+// 64 voxels -> one word of value > level (false for NaN, like the comparison in C++).
+template <typename scalar_t>
+uint64_t pack_word_scalar(const scalar_t* values, int64_t count, scalar_t level) {
+  uint64_t word = 0;
+  for (int64_t k = 0; k < count; ++k) word |= uint64_t(values[k] > level) << k;
+  return word;
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+// The wheel targets baseline x86-64; packing is the one pass over every voxel, so it gets
+// AVX-512 and AVX2 versions chosen at run time.
+__attribute__((target("avx512f"))) uint64_t pack_word_avx512(const float* values, float level) {
+  const __m512 threshold = _mm512_set1_ps(level);
+  uint64_t word = 0;
+  for (int q = 0; q < 4; ++q) {
+    word |= uint64_t(_mm512_cmp_ps_mask(_mm512_loadu_ps(values + 16 * q), threshold, _CMP_GT_OQ)) << (16 * q);
+  }
+  return word;
+}
+
+__attribute__((target("avx2"))) uint64_t pack_word_avx2(const float* values, float level) {
+  const __m256 threshold = _mm256_set1_ps(level);
+  uint64_t word = 0;
+  for (int q = 0; q < 8; ++q) {
+    const __m256 above = _mm256_cmp_ps(_mm256_loadu_ps(values + 8 * q), threshold, _CMP_GT_OQ);
+    word |= uint64_t(uint32_t(_mm256_movemask_ps(above))) << (8 * q);
+  }
+  return word;
+}
+#endif
+
+using PackFull = uint64_t (*)(const float*, float);
+
+PackFull float_packer() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  if (__builtin_cpu_supports("avx512f")) return &pack_word_avx512;
+  if (__builtin_cpu_supports("avx2")) return &pack_word_avx2;
+#endif
+  return nullptr;
+}
+
 // Packs value > level into bits, rows of `words_per_row` words (padding bits 0).
 template <typename scalar_t>
 void pack_above(const scalar_t* values, int64_t rows, int64_t width, int64_t words_per_row, scalar_t level,
                 uint64_t* words) {
+  static const PackFull simd = float_packer();
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const scalar_t* in = values + row * width;
       uint64_t* out = words + row * words_per_row;
       for (int64_t w = 0; w < words_per_row; ++w) {
-        const int64_t n = std::min<int64_t>(64, width - 64 * w);
-        const scalar_t* chunk = in + 64 * w;
-        uint64_t word = 0;
-        for (int64_t k = 0; k < n; ++k) word |= uint64_t(chunk[k] > level) << k;
-        out[w] = word;
+        const int64_t count = std::min<int64_t>(64, width - 64 * w);
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (simd != nullptr && count == 64) {
+            out[w] = simd(in + 64 * w, level);
+            continue;
+          }
+        }
+        out[w] = pack_word_scalar(in + 64 * w, count, level);
       }
     }
   });

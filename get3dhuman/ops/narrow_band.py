@@ -182,6 +182,12 @@ def narrow_band(field: Field, resolution: int = 256, *, batch_size: int = 1,
     return SparseVolume(resolution, lower, upper, batch_size, float(level), levels, evaluator.counts)
 
 
+@torch.library.register_fake("get3dhuman::narrow_band_refine")
+def _refine_fake(cells, corner_values, dims, level, threshold):
+    children = 8 * torch.library.get_ctx().new_dynamic_size()
+    return cells.new_empty(children), corner_values.new_empty(children, 8), cells.new_empty(children, 8)
+
+
 def _corner_points(cells: torch.Tensor, n: int) -> torch.Tensor:
     """Point keys [M, 8] over the (n + 1)^3 lattice of the corners of cells [M] over n^3."""
     coords = _decode(cells, n)
@@ -205,14 +211,14 @@ def _close(evaluator, cells, corner_values, point_keys, n, level):
     table_keys, inverse = torch.unique(point_keys.reshape(-1), return_inverse=True)
     table_values = corner_values.new_empty(table_keys.numel()).scatter_(0, inverse, corner_values.reshape(-1))
     offsets = _OFFSETS.to(cells.device)
+    frontier, frontier_values = cells, corner_values  # cells whose face neighbours are unchecked
     while True:
-        above = corner_values > level
-        coords = _decode(cells, n)
+        above = frontier_values > level
+        coords = _decode(frontier, n)
         wanted = []
         for axis in range(3):
             for side in (0, 1):
-                on_face = offsets[:, axis] == side
-                face_above = above[:, on_face]
+                face_above = above[:, offsets[:, axis] == side]
                 crossed = face_above.any(1) & ~face_above.all(1)
                 neighbour = coords.clone()
                 neighbour[:, axis + 1] += 2 * side - 1
@@ -231,9 +237,9 @@ def _close(evaluator, cells, corner_values, point_keys, n, level):
         new_values = evaluator(new_points, n + 1)
         table_keys, order = torch.sort(torch.cat([table_keys, new_points]))
         table_values = torch.cat([table_values, new_values])[order]
-        new_corner_values = table_values[torch.searchsorted(table_keys, new_keys)]
-        cells, order = torch.sort(torch.cat([cells, missing]))
-        corner_values = torch.cat([corner_values, new_corner_values])[order]
+        frontier, frontier_values = missing, table_values[torch.searchsorted(table_keys, new_keys)]
+        cells, order = torch.sort(torch.cat([cells, frontier]))
+        corner_values = torch.cat([corner_values, frontier_values])[order]
 
 
 class _Evaluator:
