@@ -2,8 +2,10 @@
 
 - `get3dhuman info`: what was built and what this machine can run.
 - `get3dhuman synthetic --out FILE.png`: a grid of humans from the synthetic world.
-- `get3dhuman train reconstructor --preset tiny|small|official --out DIR`: training stage 1
-  (resumes from the newest checkpoint in DIR).
+- `get3dhuman train reconstructor --preset tiny|small|official --out DIR`: training stage 1.
+- `get3dhuman train prior --reconstructor RUN --out DIR`: stage 2, the prior cache.
+- `get3dhuman train generator --prior DIR --reconstructor RUN --out DIR`: stage 3.
+Every stage resumes where it stopped when run again with the same DIR.
 """
 
 from __future__ import annotations
@@ -39,11 +41,24 @@ def _synthetic(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from get3dhuman.train import RECONSTRUCTOR_PRESETS, train_reconstructor
+    from get3dhuman import train
 
-    config = RECONSTRUCTOR_PRESETS[args.preset]
+    if args.stage == "prior":
+        if args.reconstructor is None:
+            raise SystemExit("get3dhuman train prior: --reconstructor RUN is required")
+        config = dataclasses.replace(train.PRIOR_PRESETS[args.preset],
+                                     **({"seed": args.seed} if args.seed is not None else {}))
+        train.induce_priors(config, args.reconstructor, args.out, args.device, progress=not args.quiet)
+        return 0
     overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
-    train_reconstructor(dataclasses.replace(config, **overrides), args.out, args.device, progress=not args.quiet)
+    if args.stage == "reconstructor":
+        config = dataclasses.replace(train.RECONSTRUCTOR_PRESETS[args.preset], **overrides)
+        train.train_reconstructor(config, args.out, args.device, progress=not args.quiet)
+    else:
+        if args.prior is None or args.reconstructor is None:
+            raise SystemExit("get3dhuman train generator: --prior DIR and --reconstructor RUN are required")
+        config = dataclasses.replace(train.GENERATOR_PRESETS[args.preset], **overrides)
+        train.train_generator(config, args.prior, args.reconstructor, args.out, args.device, progress=not args.quiet)
     return 0
 
 
@@ -61,9 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     synthetic.add_argument("--resolution", type=int, default=256, help="pixels per side of each render (default 256)")
     synthetic.set_defaults(handler=_synthetic)
     train = commands.add_parser("train", help="train a stage (resumes from the newest checkpoint in --out)")
-    train.add_argument("stage", choices=["reconstructor"], help="the training stage")
+    train.add_argument("stage", choices=["reconstructor", "prior", "generator"],
+                       help="the training stage: 1 reconstructor, 2 prior (cache), 3 generator")
     train.add_argument("--preset", choices=["tiny", "small", "official"], default="small")
-    train.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, config.json)")
+    train.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, config.json) or prior cache")
+    train.add_argument("--reconstructor", help="stage-1 run directory or checkpoint (prior, generator)")
+    train.add_argument("--prior", help="prior cache directory of stage 2 (generator)")
     train.add_argument("--steps", type=int, help="total steps (default: the preset's)")
     train.add_argument("--seed", type=int, help="seed (default: the preset's)")
     train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")

@@ -53,12 +53,47 @@ def orbit_calibration(angles_deg: torch.Tensor, extent: float = 1.0) -> torch.Te
 
 
 def _gradient(field: Field, points: torch.Tensor, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The field and its gradient at points; the value keeps its graph to the field's parameters."""
     with torch.enable_grad():
         if not points.requires_grad:
             points = points.requires_grad_()
         value = field(points)
-        (gradient,) = torch.autograd.grad(value.sum(), points, create_graph=create_graph)
+        (gradient,) = torch.autograd.grad(value.sum(), points, create_graph=create_graph, retain_graph=True)
     return value, gradient
+
+
+def _difference_gradient(field: Field, points: torch.Tensor, step: float) -> torch.Tensor:
+    """Central differences [B, N, 3] of the field at points (6 evaluations per point);
+    differentiable with first-order gradients only."""
+    offsets = step * torch.cat([torch.eye(3), -torch.eye(3)]).to(points)  # [6, 3]
+    values = field((points.unsqueeze(2) + offsets).flatten(1, 2)).reshape(*points.shape[:2], 6)
+    return (values[..., :3] - values[..., 3:]) / (2 * step)
+
+
+class _Rays(NamedTuple):
+    origin: torch.Tensor  # [B, N, 3] world points on the NDC plane z = +1
+    direction: torch.Tensor  # [B, 1, 3] unit world direction towards NDC z = -1
+    far: torch.Tensor  # [B, 1] world length of the NDC depth range
+    linear: torch.Tensor  # [B, 3, 3] of the calibration
+    offset: torch.Tensor  # [B, 3]
+
+
+def _camera_rays(calib: torch.Tensor, resolution: int) -> _Rays:
+    if not isinstance(calib, torch.Tensor) or calib.dim() != 3 or calib.shape[1:] != (4, 4):
+        raise ValueError(f"calib must be [B, 4, 4], got {tuple(calib.shape) if isinstance(calib, torch.Tensor) else calib!r}")
+    if resolution < 2:
+        raise ValueError(f"resolution must be >= 2, got {resolution}")
+    batch, device = calib.shape[0], calib.device
+    linear, offset = calib[:, :3, :3], calib[:, :3, 3]
+    inverse = torch.linalg.inv(linear)
+    coords = torch.linspace(-1, 1, resolution, device=device)
+    v, u = torch.meshgrid(coords, coords, indexing="ij")
+    ndc = torch.stack([u, v, torch.ones_like(u)], -1).reshape(1, -1, 3).expand(batch, -1, -1)
+    origin = (ndc - offset.unsqueeze(1)) @ inverse.transpose(1, 2)
+    toward = torch.tensor([0.0, 0.0, -1.0], device=device).expand(batch, 3)
+    direction = toward.unsqueeze(1) @ inverse.transpose(1, 2)  # world displacement per NDC unit of depth
+    ndc_length = direction.norm(dim=-1, keepdim=True)  # [B, 1, 1]
+    return _Rays(origin, direction / ndc_length, 2 * ndc_length[..., 0], linear, offset)
 
 
 def sphere_trace(field: Field, calib: torch.Tensor, resolution: int = 256, color_fn: Field | None = None,
@@ -68,24 +103,8 @@ def sphere_trace(field: Field, calib: torch.Tensor, resolution: int = 256, color
     Rays start on the NDC plane z = +1 and march towards z = -1, stepping by the field value;
     a ray hits where |field| < epsilon. color_fn(points [B, N, 3]) -> [B, N, 3] colours hits.
     """
-    if calib.dim() != 3 or calib.shape[1:] != (4, 4):
-        raise ValueError(f"calib must be [B, 4, 4], got {tuple(calib.shape)}")
-    if resolution < 2:
-        raise ValueError(f"resolution must be >= 2, got {resolution}")
-    batch, device = calib.shape[0], calib.device
-    linear, offset = calib[:, :3, :3], calib[:, :3, 3]
-    inverse = torch.linalg.inv(linear)
-    coords = torch.linspace(-1, 1, resolution, device=device)
-    v, u = torch.meshgrid(coords, coords, indexing="ij")
-    ndc = torch.stack([u, v, torch.ones_like(u)], -1).reshape(1, -1, 3).expand(batch, -1, -1)
-    origin = (ndc - offset.unsqueeze(1)) @ inverse.transpose(1, 2)  # world points on the z = +1 plane
-    toward = torch.tensor([0.0, 0.0, -1.0], device=device).expand(batch, 3)
-    direction = toward.unsqueeze(1) @ inverse.transpose(1, 2)  # world displacement per NDC unit of depth
-    ndc_length = direction.norm(dim=-1, keepdim=True)  # [B, 1, 1]
-    direction = direction / ndc_length
-    far = 2 * ndc_length[..., 0]  # world length of the NDC depth range, [B, 1]
-
-    count = resolution * resolution
+    rays = _camera_rays(calib, resolution)
+    batch, count, device = calib.shape[0], resolution * resolution, calib.device
     t = torch.zeros(batch, count, device=device)
     active = torch.ones(batch, count, dtype=torch.bool, device=device)
     with torch.no_grad():
@@ -98,26 +117,93 @@ def sphere_trace(field: Field, calib: torch.Tensor, resolution: int = 256, color
             order = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :width]
             valid = torch.arange(width, device=device).unsqueeze(0) < counts.unsqueeze(1)
             t_active = torch.gather(t, 1, order)
-            points = torch.gather(origin, 1, order.unsqueeze(-1).expand(-1, -1, 3)) + t_active.unsqueeze(-1) * direction
+            points = torch.gather(rays.origin, 1, order.unsqueeze(-1).expand(-1, -1, 3)) + t_active.unsqueeze(-1) * rays.direction
             value = field(points)
             t_new = torch.where(valid, t_active + value, t_active)
             t = t.scatter(1, order, t_new)
-            done = valid & ((value.abs() < epsilon) | (t_new > far))
+            done = valid & ((value.abs() < epsilon) | (t_new > rays.far))
             active = active.scatter(1, order, torch.gather(active, 1, order) & ~done)
+    return _surface_maps(field, rays, t, t < rays.far, resolution, color_fn, hit_tolerance=10 * epsilon)
 
-    # Implicit differentiation: re-attach the hit points to the field's parameters.
-    surface = origin + t.unsqueeze(-1) * direction
-    value, gradient = _gradient(field, surface.detach().clone(), create_graph=torch.is_grad_enabled())
-    hit = (t < far) & (value.detach().abs() < 10 * epsilon)
-    along = (gradient.detach() * direction).sum(-1)
+
+def ray_march(field: Field, calib: torch.Tensor, resolution: int = 256, color_fn: Field | None = None,
+              samples: int = 128, bisections: int = 10, slab: int = 16, normal_step: float | None = None) -> Rendering:
+    """Renders the first crossing of `field` from positive (outside) to negative (inside)
+    along each ray, for fields that are not distances (e.g. ``0.5 - occupancy``).
+
+    Each ray is sampled at `samples` uniform depths from NDC z = +1 to -1 (`slab` depths per
+    field call, stopping once every ray has crossed); the first bracketing pair is narrowed
+    by `bisections` bisection steps and the hit placed by linear interpolation inside it.
+    A ray that starts inside hits only where it enters the shape again. Maps and their
+    gradients are those of `sphere_trace` (implicit differentiation at the hit). With
+    `normal_step`, normals are central differences of that world step instead of autograd
+    gradients: normal losses then need only first-order derivatives of the field (fused
+    queries have no second-order backward).
+    """
+    if samples < 2 or bisections < 0 or slab < 1:
+        raise ValueError(f"samples must be >= 2, bisections >= 0 and slab >= 1, got {samples}, {bisections}, {slab}")
+    if normal_step is not None and not normal_step > 0:
+        raise ValueError(f"normal_step must be a positive world length or None, got {normal_step!r}")
+    rays = _camera_rays(calib, resolution)
+    batch, count, device = calib.shape[0], resolution * resolution, calib.device
+    step = rays.far / (samples - 1)  # [B, 1]
+
+    def evaluate(t: torch.Tensor) -> torch.Tensor:  # t [B, N, K] -> field [B, N, K]
+        points = rays.origin.unsqueeze(2) + t.unsqueeze(-1) * rays.direction.unsqueeze(2)
+        return field(points.reshape(batch, -1, 3)).reshape(t.shape)
+
+    with torch.no_grad():
+        low = torch.zeros(batch, count, device=device)
+        value_low = torch.zeros(batch, count, device=device)
+        found = torch.zeros(batch, count, dtype=torch.bool, device=device)
+        previous = None  # the field at the last depth of the previous slab
+        for begin in range(0, samples, slab):
+            index = torch.arange(begin, min(begin + slab, samples), device=device, dtype=torch.float32)
+            values = evaluate((index * step.unsqueeze(-1)).expand(batch, count, -1))
+            # Index 0 is compared with itself, so it never brackets.
+            before = torch.cat([values[..., :1] if previous is None else previous.unsqueeze(-1), values[..., :-1]], -1)
+            crossing = (before >= 0) & (values < 0)
+            first = crossing.int().argmax(-1)
+            new = crossing.any(-1) & ~found
+            low = torch.where(new, (index[first] - 1) * step, low)
+            value_low = torch.where(new, before.gather(-1, first.unsqueeze(-1)).squeeze(-1), value_low)
+            found |= new
+            previous = values[..., -1]
+            if found.all():
+                break
+        high = low + step
+        for _ in range(bisections):
+            middle = 0.5 * (low + high)
+            value = evaluate(middle.unsqueeze(-1)).squeeze(-1)
+            outside = value >= 0
+            low, value_low = torch.where(outside, middle, low), torch.where(outside, value, value_low)
+            high = torch.where(outside, high, middle)
+        value_high = evaluate(high.unsqueeze(-1)).squeeze(-1)
+        fraction = (value_low / (value_low - value_high).clamp_min(1e-12)).clamp(0, 1)
+        t = low + fraction * (high - low)
+    return _surface_maps(field, rays, t, found, resolution, color_fn, hit_tolerance=None, normal_step=normal_step)
+
+
+def _surface_maps(field: Field, rays: _Rays, t: torch.Tensor, found: torch.Tensor, resolution: int,
+                  color_fn: Field | None, hit_tolerance: float | None, normal_step: float | None = None) -> Rendering:
+    """Maps from ray lengths t [B, N] (rays with `found` false are misses), with the hit points
+    re-attached to the field's parameters by implicit differentiation."""
+    batch, device = t.shape[0], t.device
+    t = torch.where(found, t, torch.zeros_like(t))  # misses are masked out; keep their points finite
+    surface = rays.origin + t.unsqueeze(-1) * rays.direction
+    value, gradient = _gradient(field, surface.detach().clone(), create_graph=torch.is_grad_enabled() and normal_step is None)
+    hit = found if hit_tolerance is None else found & (value.detach().abs() < hit_tolerance)
+    along = (gradient.detach() * rays.direction).sum(-1)
     safe_along = torch.where(along.abs() > 1e-6, along, -torch.ones_like(along))
-    surface = surface.detach() - direction * (value / safe_along).unsqueeze(-1)
+    surface = surface.detach() - rays.direction * (value / safe_along).unsqueeze(-1)
     mask = hit.float()
+    if normal_step is not None:
+        gradient = _difference_gradient(field, surface.detach(), normal_step)
     normal_world = gradient / gradient.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     # Camera axes: the calibration's rows without their scale, y flipped to point up.
-    rotation = linear / linear.norm(dim=2, keepdim=True) * torch.tensor([1.0, -1.0, 1.0], device=device).reshape(1, 3, 1)
+    rotation = rays.linear / rays.linear.norm(dim=2, keepdim=True) * torch.tensor([1.0, -1.0, 1.0], device=device).reshape(1, 3, 1)
     normal = normal_world @ rotation.transpose(1, 2)
-    depth = ((surface @ linear.transpose(1, 2)) + offset.unsqueeze(1))[..., 2]
+    depth = ((surface @ rays.linear.transpose(1, 2)) + rays.offset.unsqueeze(1))[..., 2]
     color = color_fn(surface) if color_fn is not None else torch.zeros_like(surface)
 
     def image(x):

@@ -1,10 +1,16 @@
 """Training: one resumable loop per stage (DESIGN.md section 6).
 
 - reconstructor: stage 1, the pixel-aligned Reconstructor on the synthetic world.
-- checkpoint: safetensors + json checkpoints that resume bit for bit.
+- prior: stage 2, the prior cache (the Reconstructor's volumes and maps of many latents).
+- generator: stage 3, the Generator from the prior (latent prior, adversarial, geometry losses).
+- checkpoint, loop: safetensors + json checkpoints that resume bit for bit; the shared loop.
 """
 
 from get3dhuman.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from get3dhuman.train.generator import PRESETS as GENERATOR_PRESETS
+from get3dhuman.train.generator import GeneratorTrainer, GeneratorTrainingConfig, train_generator
+from get3dhuman.train.prior import PRESETS as PRIOR_PRESETS
+from get3dhuman.train.prior import PriorCache, PriorConfig, induce_priors, load_reconstructor
 from get3dhuman.train.reconstructor import (
     PRESETS as RECONSTRUCTOR_PRESETS,
     ReconstructorTrainingConfig,
@@ -15,13 +21,22 @@ from get3dhuman.train.reconstructor import (
 )
 
 __all__ = [
+    "GENERATOR_PRESETS",
+    "GeneratorTrainer",
+    "GeneratorTrainingConfig",
+    "PRIOR_PRESETS",
+    "PriorCache",
+    "PriorConfig",
     "RECONSTRUCTOR_PRESETS",
     "ReconstructorTrainingConfig",
     "evaluate_iou",
+    "induce_priors",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_reconstructor",
     "make_batch",
     "save_checkpoint",
+    "train_generator",
     "train_reconstructor",
     "training_loss",
 ]

@@ -1,5 +1,8 @@
 """Resumable training checkpoints: model and optimiser tensors in safetensors, the step, the
-optimiser's hyper-parameters and any extra state in a small json.
+optimisers' hyper-parameters and any extra state in a small json.
+
+A checkpoint holds one model and optimiser, or several of each (named dicts: a GAN's
+generator and discriminators with their optimisers).
 
 Files are written under temporary names and renamed, the json last, so an interrupted save
 never leaves a checkpoint that looks complete. Loading a file that is damaged or belongs to
@@ -16,7 +19,30 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-FORMAT = 1
+FORMAT = 2  # tensors named model/<module>/<key> and optimizer/<optimiser>/<index>/<key>
+
+Modules = torch.nn.Module | dict[str, torch.nn.Module]
+Optimizers = torch.optim.Optimizer | dict[str, torch.optim.Optimizer]
+
+
+def _named(value, default_name: str) -> dict:
+    return dict(value) if isinstance(value, dict) else {default_name: value}
+
+
+def record_settings(path: str, settings: dict, may_change: tuple[str, ...] = ("steps",)) -> None:
+    """Writes `settings` as json to `path`, after checking that a file already there (an earlier
+    run in the same directory) differs at most in `may_change`; raises ValueError naming the
+    settings that changed."""
+    if os.path.exists(path):
+        with open(path) as handle:
+            saved = json.load(handle)
+        changed = sorted(k for k in {*settings, *saved} if k not in may_change and saved.get(k) != settings.get(k))
+        if changed:
+            raise ValueError(f"{os.path.dirname(path) or '.'} holds a run with other settings ({', '.join(changed)}); "
+                             "use a new directory")
+    with open(path + ".tmp", "w") as handle:
+        json.dump(settings, handle, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def _paths(directory: str, step: int) -> tuple[str, str]:
@@ -24,21 +50,25 @@ def _paths(directory: str, step: int) -> tuple[str, str]:
     return stem + ".safetensors", stem + ".json"
 
 
-def save_checkpoint(directory: str, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def save_checkpoint(directory: str, step: int, model: Modules, optimizer: Optimizers,
                     extra: dict | None = None) -> str:
-    """Saves the state after `step` completed steps; returns the safetensors path."""
+    """Saves the state after `step` completed steps; returns the safetensors path. `model` and
+    `optimizer` are one module / optimiser or dicts of them by name."""
     os.makedirs(directory, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    optimizer_state = optimizer.state_dict()
-    scalars = {}
-    for index, state in optimizer_state["state"].items():
-        for name, value in state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{name}"] = value.detach().contiguous().cpu()
-            else:
-                scalars[f"{index}.{name}"] = value
-    meta = {"format": FORMAT, "step": step, "param_groups": optimizer_state["param_groups"],
-            "optimizer_scalars": scalars, "extra": extra or {}}
+    tensors, param_groups, scalars = {}, {}, {}
+    for name, module in _named(model, "model").items():
+        tensors.update({f"model/{name}/{k}": v.detach().contiguous().cpu() for k, v in module.state_dict().items()})
+    for name, optim in _named(optimizer, "optimizer").items():
+        optimizer_state = optim.state_dict()
+        param_groups[name] = optimizer_state["param_groups"]
+        for index, state in optimizer_state["state"].items():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optimizer/{name}/{index}/{key}"] = value.detach().contiguous().cpu()
+                else:
+                    scalars[f"optimizer/{name}/{index}/{key}"] = value
+    meta = {"format": FORMAT, "step": step, "param_groups": param_groups, "optimizer_scalars": scalars,
+            "extra": extra or {}}
     tensor_path, meta_path = _paths(directory, step)
     save_file(tensors, tensor_path + ".tmp")
     os.replace(tensor_path + ".tmp", tensor_path)
@@ -55,8 +85,9 @@ def latest_checkpoint(directory: str) -> str | None:
     return max(complete) if complete else None
 
 
-def load_checkpoint(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[int, dict]:
-    """Restores `model` (and `optimizer`) from a checkpoint; returns (step, extra)."""
+def load_checkpoint(path: str, model: Modules, optimizer: Optimizers | None = None) -> tuple[int, dict]:
+    """Restores `model` (and `optimizer`), named as when saved, from a checkpoint; returns
+    (step, extra). Raises ValueError for a damaged file or one of another model."""
     meta_path = path[: -len(".safetensors")] + ".json"
     try:
         tensors = load_file(path)
@@ -66,26 +97,35 @@ def load_checkpoint(path: str, model: torch.nn.Module, optimizer: torch.optim.Op
         raise ValueError(f"checkpoint {path} is corrupted or incomplete: {error}") from error
     if meta.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path} has format {meta.get('format')!r}, expected {FORMAT}")
-    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    expected = model.state_dict()
-    problems = [k for k in expected if k not in weights] + [k for k in weights if k not in expected]
-    problems += [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
+    modules = _named(model, "model")
+    weights = {name: {k[len(name) + 7:]: v for k, v in tensors.items() if k.startswith(f"model/{name}/")} for name in modules}
+    problems = []
+    for name, module in modules.items():
+        expected = module.state_dict()
+        given = weights[name]
+        problems += [f"{name}.{k}" for k in expected if k not in given]
+        problems += [f"{name}.{k}" for k in given if k not in expected]
+        problems += [f"{name}.{k}" for k in expected if k in given and given[k].shape != expected[k].shape]
     if problems:
         raise ValueError(f"checkpoint {path} does not match the model (e.g. {', '.join(problems[:5])}): "
                          "was it written with another preset?")
-    model.load_state_dict(weights)
-    if optimizer is not None:
+    for name, module in modules.items():
+        module.load_state_dict(weights[name])
+    if optimizer is None:
+        return meta["step"], meta["extra"]
+    optimizers = _named(optimizer, "optimizer")
+    missing = [name for name in optimizers if name not in meta["param_groups"]]
+    if missing:
+        raise ValueError(f"checkpoint {path} holds no optimiser state for {', '.join(missing)}")
+    for name, optim in optimizers.items():
+        device = optim.param_groups[0]["params"][0].device
         state: dict[int, dict] = {}
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
-        for key, value in meta["optimizer_scalars"].items():
-            index, name = key.split(".", 1)
-            state.setdefault(int(index), {})[name] = value
-        device = next(model.parameters()).device
+        for key, value in [*tensors.items(), *meta["optimizer_scalars"].items()]:
+            if key.startswith(f"optimizer/{name}/"):
+                _, _, index, entry = key.split("/", 3)
+                state.setdefault(int(index), {})[entry] = value
         # Moments follow the parameters' device; Adam keeps its 'step' counter on the CPU.
         state = {i: {k: v.to(device) if isinstance(v, torch.Tensor) and k != "step" else v for k, v in s.items()}
                  for i, s in state.items()}
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        optim.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
     return meta["step"], meta["extra"]

@@ -13,10 +13,6 @@ Metric: occupancy IoU on held-out humans (front views, uniform points in the box
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import time
-
 import torch
 import torch.nn.functional as F
 
@@ -24,7 +20,7 @@ from get3dhuman.nn import Reconstructor
 from get3dhuman.render import orbit_calibration
 from get3dhuman.synthetic import human_parameters, human_sdf, sample_occupancy, sample_surface_colors
 from get3dhuman.synthetic.preview import render_humans
-from get3dhuman.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from get3dhuman.train.loop import run_training
 
 EVAL_SEED_OFFSET = 1_000_000_007  # held-out humans come from a seed stream training never uses
 
@@ -105,45 +101,20 @@ def train_reconstructor(config: ReconstructorTrainingConfig, out_dir: str, devic
 
     out_dir receives checkpoint-*.safetensors/json, metrics.jsonl and config.json.
     """
-    os.makedirs(out_dir, exist_ok=True)
-    config_path = os.path.join(out_dir, "config.json")
-    if os.path.exists(config_path):
-        with open(config_path) as handle:
-            saved = json.load(handle)
-        changed = {k for k, v in dataclasses.asdict(config).items() if k != "steps" and saved.get(k) != v}
-        if changed:
-            raise ValueError(f"{out_dir} holds a run with other settings ({', '.join(sorted(changed))}); use a new directory")
-    with open(config_path, "w") as handle:
-        json.dump(dataclasses.asdict(config), handle, indent=2)
-
     torch.manual_seed(config.seed)
     model = Reconstructor(config.preset).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    start = 0
-    checkpoint = latest_checkpoint(out_dir)
-    if checkpoint is not None:
-        start, _ = load_checkpoint(checkpoint, model, optimizer)
-    model.train()
     side = model.config.backbone_resolution
-    steps = range(start, config.steps)
-    if progress:
-        from tqdm import tqdm
 
-        steps = tqdm(steps, initial=start, total=config.steps, desc="reconstructor")
-    with open(os.path.join(out_dir, "metrics.jsonl"), "a") as log:
-        for step in steps:
-            began = time.perf_counter()
-            batch = {k: v.to(device) for k, v in make_batch(config, step, side).items()}
-            losses = training_loss(model, batch, config.color_weight)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            optimizer.step()
-            record = {"step": step + 1, **{k: v.item() for k, v in losses.items()}, "seconds": time.perf_counter() - began}
-            done = step + 1
-            if done % config.eval_every == 0 or done == config.steps:
-                record["iou"] = evaluate_iou(model, config, device)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            if done % config.checkpoint_every == 0 or done == config.steps:
-                save_checkpoint(out_dir, done, model, optimizer)
+    def train_step(step: int) -> dict[str, float]:
+        model.train()
+        batch = {k: v.to(device) for k, v in make_batch(config, step, side).items()}
+        losses = training_loss(model, batch, config.color_weight)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        return {k: v.item() for k, v in losses.items()}
+
+    run_training(config, out_dir, {"model": model}, {"optimizer": optimizer}, train_step,
+                 lambda: {"iou": evaluate_iou(model, config, device)}, "reconstructor", progress)
     return model

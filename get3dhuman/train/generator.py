@@ -1,0 +1,260 @@
+"""Training stage 3: the Generator, from the prior cache of stage 2 and the Reconstructor of
+stage 1.
+
+Every step takes `batch_size` cached latents z (drawn with replacement from a stream seeded by
+the step, so a resumed run sees the same batches) and feeds z to both branches (z_shape =
+z_texture = z: the prior of z was made from one image). Then:
+
+1. Discriminator step: non-saturating logistic loss on feature volumes, real = the prior's
+   volumes, fake = the Generator's; the shape discriminator sees the shape volume, the texture
+   discriminator the concatenated shape and texture volumes. Every `r1_every` steps the R1
+   penalty on real volumes, weighted gamma / 2 * r1_every (lazy regularisation).
+2. Generator step, the weighted sum of
+   - `volume_prior_weight` x L1 of the generated volumes against the prior's,
+   - `decoded_prior_weight` x (L1 + L2) of decoded occupancy and colour at `prior_points` points
+     per latent (half near the prior's surface, unprojected from its depth map and jittered by
+     `surface_sigma`; half uniform in the box), the teacher (the Reconstructor's decoders)
+     decoding the prior's volumes and the Generator's decoders the generated ones,
+   - `adversarial_weight` x the non-saturating generator loss of both discriminators,
+   - every `geometry_every` steps, `depth_weight` x L1 depth and `normal_weight` x angular
+     normal error of the generated occupancy field rendered by `render.ray_march` against the
+     prior's maps, on pixels where both hit (weights multiplied by `geometry_every`).
+
+The decoders start as copies of the Reconstructor's, so generated volumes live in its feature
+space, and stay frozen unless `train_decoders`. Style mixing and path-length regularisation
+(StyleGAN2 defaults) are left out: every latent is paired with its own prior target. An
+exponential moving average of the Generator's weights (`ema_beta`) is the model to sample.
+Optimisers: Adam with betas (0, 0.99), as StyleGAN2.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+
+from get3dhuman import losses
+from get3dhuman.nn import Generator
+from get3dhuman.nn.generator import resolve_config
+from get3dhuman.render import orbit_calibration, ray_march
+from get3dhuman.train.loop import run_training
+from get3dhuman.train.prior import PriorCache, load_reconstructor
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorTrainingConfig:
+    """Stage-3 settings. Defaults: the 'small' preset."""
+
+    preset: str = "small"  # must match the prior cache and the Reconstructor
+    steps: int = 20000
+    batch_size: int = 4
+    learning_rate: float = 2e-3
+    discriminator_learning_rate: float = 2e-3
+    volume_prior_weight: float = 1.0
+    decoded_prior_weight: float = 1.0
+    adversarial_weight: float = 0.05
+    depth_weight: float = 1.0
+    normal_weight: float = 0.5
+    r1_gamma: float = 10.0
+    r1_every: int = 16
+    geometry_every: int = 4
+    geometry_samples: int = 64  # depth samples per ray of the geometry renders
+    normal_step: float = 0.01  # world step of the central-difference normals of the renders
+    prior_points: int = 2048
+    surface_sigma: float = 0.03
+    ema_beta: float = 0.999
+    train_decoders: bool = False
+    seed: int = 0
+    checkpoint_every: int = 500
+    eval_every: int = 500
+    eval_latents: int = 8  # the first cache entries; the IoU of the EMA generator's occupancy vs the prior's
+    eval_points: int = 20000
+
+
+PRESETS = {
+    "tiny": GeneratorTrainingConfig(preset="tiny", steps=20, batch_size=2, prior_points=256, geometry_every=2,
+                                    geometry_samples=24, checkpoint_every=10, eval_every=10, eval_latents=2,
+                                    eval_points=2000, ema_beta=0.9),
+    "small": GeneratorTrainingConfig(),
+    "official": GeneratorTrainingConfig(preset="official", batch_size=8, prior_points=8192, geometry_samples=128),
+}
+
+FRONT = orbit_calibration(torch.zeros(1))  # the camera of the prior's image, volumes and maps
+
+
+def prior_points(batch: dict[str, torch.Tensor], count: int, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """[B, count, 3] world points: half near the prior's surface (hit pixels of its depth map,
+    unprojected through the front camera, plus N(0, sigma^2) noise), half uniform in [-1, 1]^3."""
+    depth, mask = batch["depth"], batch["mask"]
+    size, side = depth.shape[0], depth.shape[-1]
+    near = count // 2
+    weights = mask.reshape(size, -1) + 1e-6  # a latent whose map is empty falls back to any pixel
+    pixels = torch.multinomial(weights, near, replacement=True, generator=generator)
+    rows, columns = pixels // side, pixels % side
+    ndc = torch.stack([columns, rows], -1).float() / (side - 1) * 2 - 1
+    ndc = torch.cat([ndc, depth.reshape(size, -1).gather(1, pixels).unsqueeze(-1)], -1)
+    linear, offset = FRONT[0, :3, :3], FRONT[0, :3, 3]
+    surface = (ndc - offset) @ torch.linalg.inv(linear).T
+    surface = surface + sigma * torch.randn(surface.shape, generator=generator)
+    uniform = torch.rand(size, count - near, 3, generator=generator) * 2 - 1
+    return torch.cat([surface, uniform], 1)
+
+
+class GeneratorTrainer:
+    """The models, optimisers and one step of stage 3 (see the module docstring).
+
+    Args:
+        config: the settings.
+        prior: a PriorCache (stage 2) of the same preset.
+        reconstructor: the trained Reconstructor (stage 1): the teacher and the decoders' start.
+        device: torch device of the models.
+    """
+
+    def __init__(self, config: GeneratorTrainingConfig, prior: PriorCache, reconstructor, device: str = "cpu"):
+        if prior.settings.get("preset") != config.preset or reconstructor.config != resolve_config(config.preset):
+            raise ValueError(f"the prior cache ({prior.settings.get('preset')!r}) and the reconstructor must be of the "
+                             f"training preset {config.preset!r}")
+        self.config, self.prior, self.device = config, prior, device
+        torch.manual_seed(config.seed)
+        self.teacher = reconstructor.to(device).eval().requires_grad_(False)
+        self.generator = Generator(config.preset).to(device)
+        self.generator.mlp_shape.load_state_dict(self.teacher.mlp_shape.state_dict())
+        self.generator.mlp_texture.load_state_dict(self.teacher.mlp_texture.state_dict())
+        if not config.train_decoders:
+            self.generator.mlp_shape.requires_grad_(False)
+            self.generator.mlp_texture.requires_grad_(False)
+        self.ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
+        discriminators = self.generator.discriminators()
+        self.shape_discriminator = discriminators["shape"].to(device)
+        self.texture_discriminator = discriminators["texture"].to(device)
+        betas = (0.0, 0.99)
+        trainable = [p for p in self.generator.parameters() if p.requires_grad]
+        self.generator_optimizer = torch.optim.Adam(trainable, lr=config.learning_rate, betas=betas)
+        self.discriminator_optimizer = torch.optim.Adam(
+            [*self.shape_discriminator.parameters(), *self.texture_discriminator.parameters()],
+            lr=config.discriminator_learning_rate, betas=betas)
+
+    @property
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """What a checkpoint holds, by name."""
+        return {"generator": self.generator, "ema": self.ema, "shape_discriminator": self.shape_discriminator,
+                "texture_discriminator": self.texture_discriminator}
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"generator": self.generator_optimizer, "discriminator": self.discriminator_optimizer}
+
+    def batch(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Generator]:
+        """The cache entries of `step` and the step's random stream (for points)."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+        indices = torch.randint(len(self.prior), (self.config.batch_size,), generator=generator)
+        return self.prior.batch(indices), generator
+
+    def _discriminate(self, shape: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.shape_discriminator(shape), self.texture_discriminator(torch.cat([shape, texture], 1))])
+
+    def discriminator_step(self, step: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One update of both discriminators; returns its losses."""
+        c, device = self.config, self.device
+        z = batch["z"].to(device)
+        with torch.no_grad():
+            fake_shape, fake_texture = self.generator(z, z)
+        real_shape, real_texture = batch["shape"].to(device), batch["texture"].to(device)
+        regularise = c.r1_gamma > 0 and step % c.r1_every == 0
+        real_shape = real_shape.detach().requires_grad_(regularise)
+        real_texture = real_texture.detach().requires_grad_(regularise)
+        real_logits = self._discriminate(real_shape, real_texture)
+        loss = losses.discriminator_adversarial_loss(real_logits, self._discriminate(fake_shape.volume, fake_texture))
+        record = {"d_loss": loss.item()}
+        if regularise:
+            penalty = losses.r1_penalty(real_logits, (real_shape, real_texture))
+            loss = loss + c.r1_gamma / 2 * c.r1_every * penalty
+            record["r1"] = penalty.item()
+        self.discriminator_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.discriminator_optimizer.step()
+        return record
+
+    def generator_losses(self, step: int, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The Generator's weighted losses of a batch: {'loss', and each term}."""
+        c, device = self.config, self.device
+        z = batch["z"].to(device)
+        shape, texture = self.generator(z, z)
+        prior_shape, prior_texture = batch["shape"].to(device), batch["texture"].to(device)
+        calib = FRONT.to(device).expand(len(z), 4, 4)
+        points = prior_points(batch, c.prior_points, c.surface_sigma, generator).to(device)
+        with torch.no_grad():
+            teacher_occupancy = self.teacher.query_occupancy(prior_shape, points, calib)
+            teacher_color = self.teacher.query_color(prior_shape, prior_texture, points, calib)
+        terms = {
+            "volume_prior": losses.volume_prior_loss(shape.volume, prior_shape)
+            + losses.volume_prior_loss(texture, prior_texture),
+            "decoded_prior": losses.decoded_prior_loss(self.generator.query_occupancy(shape.volume, points, calib), teacher_occupancy)
+            + losses.decoded_prior_loss(self.generator.query_color(shape.volume, texture, points, calib), teacher_color),
+            "adversarial": losses.generator_adversarial_loss(self._discriminate(shape.volume, texture)),
+        }
+        total = (c.volume_prior_weight * terms["volume_prior"] + c.decoded_prior_weight * terms["decoded_prior"]
+                 + c.adversarial_weight * terms["adversarial"])
+        if c.geometry_every > 0 and step % c.geometry_every == 0 and (c.depth_weight > 0 or c.normal_weight > 0):
+            rendering = ray_march(lambda p: 0.5 - self.generator.query_occupancy(shape.volume, p, calib), calib,
+                                  batch["depth"].shape[-1], samples=c.geometry_samples, normal_step=c.normal_step)
+            both = rendering.mask * batch["mask"].to(device)
+            terms["depth"] = losses.depth_loss(rendering.depth, batch["depth"].to(device), both)
+            terms["normal"] = losses.normal_loss(rendering.normal, batch["normal"].to(device), both)
+            total = total + c.geometry_every * (c.depth_weight * terms["depth"] + c.normal_weight * terms["normal"])
+        return {"loss": total, **terms}
+
+    def generator_step(self, step: int, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, float]:
+        """One update of the Generator and its moving average; returns its losses."""
+        self.shape_discriminator.requires_grad_(False)
+        self.texture_discriminator.requires_grad_(False)
+        try:
+            terms = self.generator_losses(step, batch, generator)
+            self.generator_optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            self.generator_optimizer.step()
+        finally:
+            self.shape_discriminator.requires_grad_(True)
+            self.texture_discriminator.requires_grad_(True)
+        with torch.no_grad():
+            for average, current in zip(self.ema.parameters(), self.generator.parameters()):
+                average.lerp_(current, 1 - self.config.ema_beta)
+            for average, current in zip(self.ema.buffers(), self.generator.buffers()):
+                average.copy_(current)
+        return {("g_loss" if k == "loss" else k): v.item() for k, v in terms.items()}
+
+    def step(self, step: int) -> dict[str, float]:
+        """Discriminator step, then Generator step, on the batch of `step`."""
+        self.generator.train()
+        batch, generator = self.batch(step)
+        return {**self.discriminator_step(step, batch), **self.generator_step(step, batch, generator)}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """{'prior_iou'}: occupancy IoU (level 0.5) of the EMA generator against the teacher on
+        the prior's volumes, for the first `eval_latents` cache entries, uniform box points."""
+        c, device = self.config, self.device
+        batch = self.prior.batch(range(min(c.eval_latents, len(self.prior))), ("z", "shape"))
+        z = batch["z"].to(device)
+        generator = torch.Generator().manual_seed(c.seed + 1)
+        points = (torch.rand(len(z), c.eval_points, 3, generator=generator) * 2 - 1).to(device)
+        calib = FRONT.to(device).expand(len(z), 4, 4)
+        predicted = self.ema.query_occupancy(self.ema.shape_features(z).volume, points, calib) > 0.5
+        target = self.teacher.query_occupancy(batch["shape"].to(device), points, calib) > 0.5
+        union = (predicted | target).sum(1).clamp_min(1)
+        return {"prior_iou": float(((predicted & target).sum(1) / union).mean())}
+
+
+def train_generator(config: GeneratorTrainingConfig, prior_dir: str, reconstructor: str, out_dir: str,
+                    device: str = "cpu", progress: bool = True) -> Generator:
+    """Trains (or resumes training in `out_dir`) up to `config.steps` steps from the prior cache
+    `prior_dir` and the stage-1 run or checkpoint `reconstructor`; returns the EMA Generator.
+
+    out_dir receives checkpoint-*.safetensors/json, metrics.jsonl and config.json.
+    """
+    trainer = GeneratorTrainer(config, PriorCache(prior_dir), load_reconstructor(reconstructor, config.preset, device),
+                               device)
+    run_training(config, out_dir, trainer.modules, trainer.optimizers, trainer.step, trainer.evaluate, "generator",
+                 progress)
+    return trainer.ema.eval()

@@ -1,0 +1,48 @@
+"""The loop every training stage shares: settings check, resume, metrics log, evaluation and
+checkpoints at fixed intervals, progress bar."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+
+import torch
+
+from get3dhuman.train.checkpoint import latest_checkpoint, load_checkpoint, record_settings, save_checkpoint
+
+
+def run_training(config, out_dir: str, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                 train_step: Callable[[int], dict[str, float]], evaluate: Callable[[], dict[str, float]],
+                 description: str, progress: bool = True) -> None:
+    """Runs train_step(step) for step = (the newest checkpoint's step) .. config.steps - 1.
+
+    `config` is a dataclass with `steps`, `eval_every` and `checkpoint_every`; out_dir receives
+    config.json (a directory of a run with other settings is refused), metrics.jsonl (one record
+    per step: train_step's values, seconds, and evaluate()'s every `eval_every` steps and at the
+    end) and checkpoints of `modules` and `optimizers` every `checkpoint_every` steps and at the end.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    record_settings(os.path.join(out_dir, "config.json"), dataclasses.asdict(config))
+    start = 0
+    checkpoint = latest_checkpoint(out_dir)
+    if checkpoint is not None:
+        start, _ = load_checkpoint(checkpoint, modules, optimizers)
+    steps = range(start, config.steps)
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, initial=start, total=config.steps, desc=description)
+    with open(os.path.join(out_dir, "metrics.jsonl"), "a") as log:
+        for step in steps:
+            began = time.perf_counter()
+            record = {"step": step + 1, **train_step(step), "seconds": time.perf_counter() - began}
+            done = step + 1
+            if done % config.eval_every == 0 or done == config.steps:
+                record.update(evaluate())
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                save_checkpoint(out_dir, done, modules, optimizers)

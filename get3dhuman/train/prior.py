@@ -1,0 +1,169 @@
+"""Training stage 2: prior induction.
+
+For many latents z, the stand-in 2-D generator renders its image (the synthetic human of
+`human_parameters(z)`, front view, as the Reconstructor was trained on), the trained
+Reconstructor turns the image into shape and texture feature volumes, and the Reconstructor's
+occupancy field is rendered to depth, normal and mask maps (`render.ray_march` of 0.5 -
+occupancy, front camera). These are the targets of the Generator's latent prior loss and of
+its depth and normal losses for the same z.
+
+The cache is a directory of shards `prior-00000.safetensors`, ... (`shard_size` latents each,
+written under a temporary name and renamed, so a shard either is complete or absent) and
+`prior.json` with the settings. Latent j is drawn from its own seed (seed * 1_000_003 + j), so
+an interrupted run resumes with the first missing shard and produces the same cache.
+
+Shard tensors: z [S, z_dim] float32; image [S, H, W, 3] uint8 (the stand-in image, for the
+refiner); shape, texture [S, F, V, V] (`volume_dtype`); depth, mask [S, M, M] and normal
+[S, M, M, 3] float32 (camera space, y up, as `render.Rendering`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from get3dhuman.nn import Reconstructor
+from get3dhuman.nn.generator import resolve_config
+from get3dhuman.render import orbit_calibration, ray_march
+from get3dhuman.synthetic import human_parameters
+from get3dhuman.synthetic.preview import render_humans
+from get3dhuman.train.checkpoint import latest_checkpoint, load_checkpoint, record_settings
+
+SHARD_KEYS = ("z", "image", "shape", "texture", "depth", "normal", "mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorConfig:
+    """Stage-2 settings. Defaults: the 'small' preset."""
+
+    preset: str = "small"  # Generator/Reconstructor preset: fixes z_dim, the image side and the volumes
+    count: int = 2048  # latents in the cache
+    shard_size: int = 128
+    batch_size: int = 16  # latents per reconstructor pass
+    map_resolution: int = 64  # side of the depth/normal/mask maps
+    march_samples: int = 96  # depth samples per ray of the maps
+    volume_dtype: str = "float16"  # storage type of the feature volumes (float16, bfloat16, float32)
+    seed: int = 0
+
+
+PRESETS = {
+    "tiny": PriorConfig(preset="tiny", count=16, shard_size=8, batch_size=4, map_resolution=16, march_samples=32),
+    "small": PriorConfig(),
+    "official": PriorConfig(preset="official", count=16384, shard_size=64, batch_size=8, map_resolution=128,
+                            march_samples=128),
+}
+
+
+def latents(config: PriorConfig, begin: int, end: int) -> torch.Tensor:
+    """Latents begin..end-1 of the cache, [end - begin, z_dim]; latent j from seed * 1_000_003 + j."""
+    z_dim = resolve_config(config.preset).z_dim
+    return torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + j))
+                        for j in range(begin, end)])
+
+
+def load_reconstructor(path: str, preset: str, device: str = "cpu") -> Reconstructor:
+    """A trained Reconstructor in eval mode from a stage-1 run directory (its newest checkpoint)
+    or a checkpoint file."""
+    checkpoint = latest_checkpoint(path) if os.path.isdir(path) else path
+    if checkpoint is None or not os.path.exists(checkpoint):
+        raise ValueError(f"reconstructor must be a stage-1 run directory with a checkpoint or a checkpoint file, got {path!r}")
+    model = Reconstructor(preset)
+    load_checkpoint(checkpoint, model)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def prior_targets(model: Reconstructor, z: torch.Tensor, config: PriorConfig) -> dict[str, torch.Tensor]:
+    """The cache entries (see the module docstring) of latents z [B, z_dim], on the CPU."""
+    device = next(model.parameters()).device
+    side = model.config.backbone_resolution
+    image = render_humans(human_parameters(z), side, 0.0, background=0.0)  # [B, S, S, 3] in [0, 1]
+    shape, texture = model(image.permute(0, 3, 1, 2).to(device) * 2 - 1)
+    calib = orbit_calibration(torch.zeros(len(z))).to(device)
+    maps = ray_march(lambda p: 0.5 - model.query_occupancy(shape, p, calib), calib, config.map_resolution,
+                     samples=config.march_samples)
+    dtype = getattr(torch, config.volume_dtype)
+    return {"z": z.float(), "image": (image * 255).round().to(torch.uint8), "shape": shape.to(dtype).cpu(),
+            "texture": texture.to(dtype).cpu(), "depth": maps.depth.cpu(), "normal": maps.normal.cpu(),
+            "mask": maps.mask.cpu()}
+
+
+def induce_priors(config: PriorConfig, reconstructor: str, out_dir: str, device: str = "cpu",
+                  progress: bool = True) -> list[str]:
+    """Fills (or completes) the prior cache in `out_dir` from the stage-1 run or checkpoint
+    `reconstructor`; returns the shard paths in order."""
+    if config.count < 1 or config.shard_size < 1 or config.batch_size < 1:
+        raise ValueError(f"count, shard_size and batch_size must be positive, got {config.count}, "
+                         f"{config.shard_size}, {config.batch_size}")
+    if config.volume_dtype not in ("float16", "bfloat16", "float32"):
+        raise ValueError(f"volume_dtype must be float16, bfloat16 or float32, got {config.volume_dtype!r}")
+    os.makedirs(out_dir, exist_ok=True)
+    record_settings(os.path.join(out_dir, "prior.json"),
+                    {**dataclasses.asdict(config), "reconstructor": os.path.abspath(reconstructor)}, may_change=("count",))
+    model = load_reconstructor(reconstructor, config.preset, device)
+    shards = range(-(-config.count // config.shard_size))
+    paths = [os.path.join(out_dir, f"prior-{index:05d}.safetensors") for index in shards]
+    missing = [index for index in shards if not os.path.exists(paths[index])]
+    if progress:
+        from tqdm import tqdm
+
+        missing = tqdm(missing, desc="prior shards", initial=len(paths) - len(missing), total=len(paths))
+    for index in missing:
+        begin = index * config.shard_size
+        end = min(begin + config.shard_size, config.count)
+        parts = [prior_targets(model, latents(config, b, min(b + config.batch_size, end)), config)
+                 for b in range(begin, end, config.batch_size)]
+        tensors = {key: torch.cat([part[key] for part in parts]).contiguous() for key in SHARD_KEYS}
+        save_file(tensors, paths[index] + ".tmp", metadata={"first": str(begin), "preset": config.preset})
+        os.replace(paths[index] + ".tmp", paths[index])
+    return paths
+
+
+class PriorCache:
+    """Read access to a prior cache directory: `len(cache)` latents, `cache.batch(indices)`.
+
+    Shards are opened lazily and sliced without loading whole files; volumes come back as
+    float32. Raises ValueError when the directory holds no complete cache.
+    """
+
+    def __init__(self, directory: str):
+        settings_path = os.path.join(directory, "prior.json")
+        if not os.path.exists(settings_path):
+            raise ValueError(f"{directory} is not a prior cache (no prior.json); run `get3dhuman train prior` first")
+        with open(settings_path) as handle:
+            self.settings = json.load(handle)
+        self.paths = sorted(glob.glob(os.path.join(directory, "prior-*.safetensors")))
+        size, count = self.settings["shard_size"], self.settings["count"]
+        expected = -(-count // size)
+        if len(self.paths) != expected:
+            raise ValueError(f"{directory} holds {len(self.paths)} of {expected} prior shards: finish it with "
+                             "`get3dhuman train prior` (it resumes)")
+        self.shard_size, self.count = size, count
+        self._handles: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _shard(self, index: int):
+        if index not in self._handles:
+            self._handles[index] = safe_open(self.paths[index], framework="pt")
+        return self._handles[index]
+
+    def batch(self, indices: list[int] | torch.Tensor, keys: tuple[str, ...] = SHARD_KEYS) -> dict[str, torch.Tensor]:
+        """Entries `indices` (ints in [0, len)) stacked per key; volumes as float32."""
+        rows = {key: [] for key in keys}
+        for i in (int(i) for i in indices):
+            if not 0 <= i < self.count:
+                raise IndexError(f"prior index {i} is outside [0, {self.count})")
+            shard, offset = divmod(i, self.shard_size)
+            handle = self._shard(shard)
+            for key in keys:
+                rows[key].append(handle.get_slice(key)[offset : offset + 1])
+        return {key: torch.cat(value).float() if key in ("shape", "texture") else torch.cat(value)
+                for key, value in rows.items()}

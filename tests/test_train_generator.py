@@ -1,0 +1,176 @@
+"""Training stages 2 (prior induction) and 3 (Generator): caches, losses, resume, errors."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+
+from get3dhuman import losses
+from get3dhuman.cli import main
+from get3dhuman.render import orbit_calibration, sphere_trace
+from get3dhuman.synthetic import human_parameters, human_sdf
+from get3dhuman.train import RECONSTRUCTOR_PRESETS, train_reconstructor
+from get3dhuman.train.generator import PRESETS as GENERATOR_PRESETS
+from get3dhuman.train.generator import GeneratorTrainer, prior_points, train_generator
+from get3dhuman.train.prior import PRESETS as PRIOR_PRESETS
+from get3dhuman.train.prior import PriorCache, induce_priors, latents, load_reconstructor, prior_targets
+
+PRIOR = PRIOR_PRESETS["tiny"]
+TINY = GENERATOR_PRESETS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    """A tiny stage-1 run and its tiny prior cache."""
+    root = tmp_path_factory.mktemp("stages")
+    config = dataclasses.replace(RECONSTRUCTOR_PRESETS["tiny"], steps=2, checkpoint_every=2, eval_every=100)
+    train_reconstructor(config, str(root / "reconstructor"), progress=False)
+    induce_priors(PRIOR, str(root / "reconstructor"), str(root / "prior"), progress=False)
+    return root
+
+
+def test_prior_cache_holds_the_reconstructors_targets(stages):
+    cache = PriorCache(str(stages / "prior"))
+    assert len(cache) == PRIOR.count and len(cache.paths) == PRIOR.count // PRIOR.shard_size
+    model = load_reconstructor(str(stages / "reconstructor"), "tiny")
+    indices = [1, PRIOR.shard_size + 2]  # rows of two shards
+    expected = prior_targets(model, torch.cat([latents(PRIOR, i, i + 1) for i in indices]), PRIOR)
+    batch = cache.batch(indices)
+    for key, value in expected.items():
+        torch.testing.assert_close(batch[key], value.float() if key in ("shape", "texture") else value, msg=key)
+    side, maps = model.config.backbone_resolution, PRIOR.map_resolution
+    assert batch["image"].shape == (2, side, side, 3) and batch["normal"].shape == (2, maps, maps, 3)
+    # Latent j depends on j only, not on how the cache is split into shards.
+    torch.testing.assert_close(latents(dataclasses.replace(PRIOR, shard_size=3), 9, 10), latents(PRIOR, 9, 10))
+
+
+def test_prior_induction_resumes_and_refuses_other_settings(stages, tmp_path):
+    directory = tmp_path / "prior"
+    reconstructor = str(stages / "reconstructor")
+    paths = induce_priors(PRIOR, reconstructor, str(directory), progress=False)
+    first = PriorCache(str(directory)).batch(range(PRIOR.count))
+    os.remove(paths[-1])  # an interrupted run: the last shard is missing
+    with pytest.raises(ValueError, match="1 of 2 prior shards|of 2 prior shards"):
+        PriorCache(str(directory))
+    induce_priors(PRIOR, reconstructor, str(directory), progress=False)
+    again = PriorCache(str(directory)).batch(range(PRIOR.count))
+    for key in first:
+        assert torch.equal(first[key], again[key]), key
+    with pytest.raises(ValueError, match="other settings .*map_resolution"):
+        induce_priors(dataclasses.replace(PRIOR, map_resolution=8), reconstructor, str(directory), progress=False)
+    with pytest.raises(ValueError, match="reconstructor must be"):
+        induce_priors(PRIOR, str(tmp_path / "nothing"), str(tmp_path / "other"), progress=False)
+    with pytest.raises(ValueError, match="not a prior cache"):
+        PriorCache(str(tmp_path))
+    with pytest.raises(IndexError, match="outside"):
+        PriorCache(str(directory)).batch([PRIOR.count])
+
+
+def test_prior_points_lie_near_the_prior_surface():
+    params = human_parameters(torch.randn(2, 32, generator=torch.Generator().manual_seed(0)))
+    maps = sphere_trace(lambda p: human_sdf(params, p), orbit_calibration(torch.zeros(2)), 32)
+    batch = {"depth": maps.depth, "mask": maps.mask}
+    points = prior_points(batch, 400, 0.0, torch.Generator().manual_seed(1))
+    near = human_sdf(params, points[:, :200]).abs()
+    assert near.max() < 2e-3  # unprojected depth pixels are surface points (sigma 0)
+    assert points[:, 200:].abs().max() <= 1 and points.shape == (2, 400, 3)
+
+
+def _fixed_batch(trainer):
+    """Cached latents with analytic geometry targets, and shape decoders made to cross 0.5
+    along the rays (untrained ones rarely do): the depth input is amplified, mirrored if
+    needed so that occupancy grows away from the camera, and the bias centred."""
+    batch, generator = trainer.batch(0)
+    params = human_parameters(batch["z"])
+    side = batch["depth"].shape[-1]
+    with torch.no_grad():
+        maps = sphere_trace(lambda p: human_sdf(params, p), orbit_calibration(torch.zeros(len(params))), side)
+    batch.update(depth=maps.depth, normal=maps.normal, mask=maps.mask)
+    decoders = [model.mlp_shape for model in (trainer.generator, trainer.teacher, trainer.ema)]
+    with torch.no_grad():
+        volume = trainer.generator.shape_features(batch["z"]).volume
+        plane = torch.rand(len(volume), 2000, 3) * 2 - 1
+
+        def occupancy(z):
+            return trainer.generator.query_occupancy(volume, plane * torch.tensor([1.0, 1.0, 0.0]) + torch.tensor([0.0, 0.0, z]))
+
+        sign = 1.0 if occupancy(-0.9).mean() > occupancy(0.9).mean() else -1.0
+        for decoder in decoders:
+            for layer in decoder.input_layers():
+                decoder.input_weight(layer)[:, -1] *= 20 * sign
+        shift = torch.logit(occupancy(0.0).median())
+        for decoder in decoders:
+            decoder.filters[-1].bias -= shift
+    return batch, generator
+
+
+def test_each_generator_loss_goes_down_on_a_fixed_batch(stages):
+    config = dataclasses.replace(TINY, geometry_every=1, learning_rate=1e-2)
+    trainer = GeneratorTrainer(config, PriorCache(str(stages / "prior")), load_reconstructor(str(stages / "reconstructor"), "tiny"))
+    batch, _ = _fixed_batch(trainer)
+    history = []
+    for _ in range(30):
+        terms = trainer.generator_losses(0, batch, torch.Generator().manual_seed(5))
+        trainer.generator_optimizer.zero_grad()
+        terms["loss"].backward()
+        trainer.generator_optimizer.step()
+        history.append({k: v.item() for k, v in terms.items()})
+    assert all(step["depth"] > 0 and step["normal"] > 0 for step in history[:5])  # renders and targets overlap
+    for name in ("volume_prior", "decoded_prior", "adversarial", "depth", "normal"):
+        first, last = (sum(step[name] for step in window) / 5 for window in (history[:5], history[-5:]))
+        assert last < 0.95 * first, name
+    d_losses = [trainer.discriminator_step(1, batch)["d_loss"] for _ in range(20)]  # step 1: no R1
+    assert sum(d_losses[-5:]) < 0.95 * sum(d_losses[:5])
+
+
+def test_generator_training_resumes_bit_for_bit(stages, tmp_path):
+    config = dataclasses.replace(TINY, steps=4, checkpoint_every=2, eval_every=4, r1_every=3)
+    args = (str(stages / "prior"), str(stages / "reconstructor"))
+    straight = train_generator(config, *args, str(tmp_path / "straight"), progress=False)
+    train_generator(dataclasses.replace(config, steps=2), *args, str(tmp_path / "resumed"), progress=False)
+    resumed = train_generator(config, *args, str(tmp_path / "resumed"), progress=False)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    with open(tmp_path / "resumed" / "metrics.jsonl") as log:
+        records = [json.loads(line) for line in log]
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and "r1" in records[0] and "r1" in records[3]
+    assert 0 <= records[-1]["prior_iou"] <= 1 and "depth" in records[0] and "depth" not in records[1]
+    with pytest.raises(ValueError, match="other settings"):
+        train_generator(dataclasses.replace(config, adversarial_weight=1.0), *args, str(tmp_path / "resumed"), progress=False)
+
+
+def test_mismatched_stages_are_refused(stages):
+    cache = PriorCache(str(stages / "prior"))
+    with pytest.raises(ValueError, match="training preset 'small'"):
+        GeneratorTrainer(dataclasses.replace(TINY, preset="small"), cache, load_reconstructor(str(stages / "reconstructor"), "tiny"))
+
+
+def test_losses_against_hand_computed_values():
+    real, fake = torch.tensor([[2.0], [-1.0]]), torch.tensor([[0.5], [-3.0]])
+    softplus = lambda x: torch.log1p(torch.exp(x))  # noqa: E731
+    assert losses.discriminator_adversarial_loss(real, fake).item() == pytest.approx(
+        (softplus(fake).mean() + softplus(-real).mean()).item())
+    assert losses.generator_adversarial_loss(fake).item() == pytest.approx(softplus(-fake).mean().item())
+    x = torch.tensor([[1.0, 2.0], [3.0, -1.0]], requires_grad=True)
+    logits = (x ** 2).sum(1, keepdim=True)  # gradient 2x: squared norms 20 and 40
+    assert losses.r1_penalty(logits, (x,)).item() == pytest.approx(30.0)
+    mask = torch.tensor([[[1.0, 0.0]]])
+    assert losses.depth_loss(torch.tensor([[[0.5, 9.0]]]), torch.tensor([[[0.2, 0.0]]]), mask).item() == pytest.approx(0.3)
+    normals = torch.tensor([[[[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]]])
+    target = torch.tensor([[[[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]]])
+    assert losses.normal_loss(normals, target, mask).item() == pytest.approx(1.0)
+    assert losses.decoded_prior_loss(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 1.0])).item() == pytest.approx(1.5 + 2.5)
+
+
+def test_command_line_runs_the_stages(stages, tmp_path):
+    prior = str(tmp_path / "prior")
+    assert main(["train", "prior", "--preset", "tiny", "--reconstructor", str(stages / "reconstructor"), "--out", prior,
+                 "--quiet"]) == 0
+    assert len(PriorCache(prior)) == PRIOR.count
+    assert main(["train", "generator", "--preset", "tiny", "--prior", prior, "--reconstructor",
+                 str(stages / "reconstructor"), "--out", str(tmp_path / "generator"), "--steps", "1", "--quiet"]) == 0
+    assert os.path.exists(tmp_path / "generator" / "checkpoint-00000001.safetensors")
+    with pytest.raises(SystemExit):
+        main(["train", "generator", "--preset", "tiny", "--out", str(tmp_path / "g2")])  # --prior is required
