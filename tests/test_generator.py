@@ -7,6 +7,7 @@ from safetensors.torch import save_file
 
 from get3dhuman import Generator
 from get3dhuman.nn import PRESETS, GeneratorConfig
+from get3dhuman.nn.generator import OFFICIAL_CALIBRATION
 from get3dhuman.ops import reference_query_field
 
 def tiny(seed=0):
@@ -123,7 +124,9 @@ def test_from_official_checkpoint_consumes_every_tensor(tmp_path, file_format):
     path = tmp_path / f"official.{file_format}"
     torch.save(state, path) if file_format == "pt" else save_file(state, str(path))
     generator, discriminators = Generator.from_official_checkpoint(path, return_discriminators=True)
-    assert not generator.training
+    assert not generator.training and torch.equal(generator.calibration, OFFICIAL_CALIBRATION)
+    lower, upper = generator.world_bounds()  # NDC cube in the authors' units: x, z within +-107.8, y in [-12.8, 202.8]
+    assert lower == pytest.approx([-107.79, -12.79, -107.79], abs=0.01) and upper == pytest.approx([107.79, 202.79, 107.79], abs=0.01)
     loaded = {k: v for k, v in generator.state_dict().items()}
     loaded |= {f"Dis_{n}.{k}": v for n, d in discriminators.items() for k, v in d.state_dict().items()}
     assert set(loaded) == {k[len("module."):] for k in state}

@@ -108,5 +108,21 @@ def test_generator_extract_mesh_checks_latents_and_keeps_mode():
         generator.sample(-1)
 
 
+def test_generator_meshes_are_in_world_coordinates():
+    """The same field seen through the identity camera and through the front camera (y flipped):
+    the meshes are mirror images, both oriented outward."""
+    generator = generator_with_a_surface()
+    z = torch.randn(1, generator.config.z_dim, generator=torch.Generator().manual_seed(2))
+    front = generator.extract_mesh(z, z, 24, coarse_resolution=6)[0]
+    generator.calibration = torch.eye(4)
+    ndc = generator.extract_mesh(z, z, 24, coarse_resolution=6)[0]
+    assert not front.is_empty and front.faces.shape == ndc.faces.shape
+    mirrored = ndc.vertices * torch.tensor([1.0, -1.0, 1.0])
+    distance = torch.cdist(front.vertices, mirrored, compute_mode="donot_use_mm_for_euclid_dist")
+    assert distance.min(1).values.max() < 1e-4
+    for mesh in (front, ndc):
+        assert mesh.to_trimesh().volume > 0  # outward-facing: positive signed volume
+
+
 def test_textured_mesh_is_public():
     assert get3dhuman.TexturedMesh is TexturedMesh

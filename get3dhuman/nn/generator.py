@@ -5,6 +5,11 @@ volume [B, F, R/4, R/4] -> shape decoder (occupancy). Texture branch: z_texture 
 concat(texture map, shape map) -> HGFilter -> texture feature volume -> texture decoder on
 concat(shape, texture) sampled features (colour).
 
+Camera: the feature volumes are pixel-aligned for a world -> NDC calibration, the Generator's
+`calibration` buffer ([4, 4]; not saved in the state dict): `render.orbit_calibration(0)` for
+models of this package (the synthetic world's front camera, the one the prior was made with),
+OFFICIAL_CALIBRATION after `from_official_checkpoint`. Meshes come out in world coordinates.
+
 Occupancy convention of this package: the shape decoder's output is the probability of being
 INSIDE (iso-level 0.5). The authors' decoder predicts 1 = outside; `from_official_checkpoint`
 converts by negating its last layer (sigmoid(-a) = 1 - sigmoid(a), exact).
@@ -26,6 +31,7 @@ from get3dhuman.nn.hourglass import HGFilter
 from get3dhuman.nn.implicit import ImplicitDecoder
 from get3dhuman.nn.stylegan2 import StyleGAN2Generator
 from get3dhuman.ops import OFFICIAL_DEPTH_SCALE, query_field
+from get3dhuman.render import orbit_calibration
 
 # The authors' world -> NDC calibration (x*s, -y*s + 0.88134766, z*s; body centred at y = 95
 # in a [-128, -28, -128] .. [128, 228, 128] box).
@@ -145,6 +151,15 @@ class Generator(PixelAlignedModel):
         self.backbone_texture = StyleGAN2Generator(**backbone)
         self.filter_shape = HGFilter(c.backbone_channels, c.hourglass_depth, c.feature_channels)
         self.filter_texture = HGFilter(2 * c.backbone_channels, c.hourglass_depth, c.feature_channels)
+        self.register_buffer("calibration", orbit_calibration(torch.zeros(1))[0], persistent=False)
+
+    def world_bounds(self) -> tuple[list[float], list[float]]:
+        """(lower, upper) world corners of the box the camera sees: the axis-aligned bounds of
+        the NDC cube [-1, 1]^3 mapped back through `calibration`."""
+        corners = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0], dtype=torch.float64)] * 3)
+        calibration = self.calibration.double().cpu()
+        world = (corners - calibration[:3, 3]) @ torch.linalg.inv(calibration[:3, :3]).T
+        return world.min(0).values.tolist(), world.max(0).values.tolist()
 
     def shape_features(self, z_shape: torch.Tensor, truncation_psi: float = 1.0, noise_mode: str = "const",
                        truncation_cutoff: int | None = None) -> ShapeFeatures:
@@ -176,10 +191,11 @@ class Generator(PixelAlignedModel):
                      timings: ExtractionTimings | None = None) -> list[TexturedMesh]:
         """Textured meshes of latents z_shape, z_texture [B, z_dim], one per row.
 
-        The occupancy field (level 0.5) is sampled coarse to fine over the NDC box [-1, 1]^3 up to
+        The occupancy field (level 0.5) is sampled coarse to fine over `world_bounds()` up to
         `resolution` cells per axis (see ops.narrow_band), meshed by sparse marching cubes, and
         coloured by the texture decoder at the vertices. Runs in eval mode (no w_avg update).
-        Vertices are in NDC; `timings` (an ExtractionTimings) receives the time per stage.
+        Vertices are in world coordinates (through `calibration`), faces oriented outward;
+        `timings` (an ExtractionTimings) receives the time per stage.
         Rows whose field has no surface give empty meshes.
         """
         if z_shape.dim() != 2 or z_shape.shape[1] != self.config.z_dim or z_texture.shape != z_shape.shape:
@@ -193,11 +209,12 @@ class Generator(PixelAlignedModel):
             shape, texture = self(z_shape, z_texture, truncation_psi, noise_mode)
             timings.networks += time.perf_counter() - start
             dtype = shape.volume.dtype
+            calib = self.calibration.to(dtype).expand(z_shape.shape[0], 4, 4)
             return extract_textured_meshes(
-                lambda p: self.query_occupancy(shape.volume, p.to(dtype)),
-                lambda p: self.query_color(shape.volume, texture, p.to(dtype)),
-                z_shape.shape[0], resolution, level=0.5, inside_is_above=True, coarse_resolution=coarse_resolution,
-                band=band, device=z_shape.device, chunk=chunk, timings=timings)
+                lambda p: self.query_occupancy(shape.volume, p.to(dtype), calib),
+                lambda p: self.query_color(shape.volume, texture, p.to(dtype), calib),
+                z_shape.shape[0], resolution, level=0.5, inside_is_above=True, bounds=self.world_bounds(),
+                coarse_resolution=coarse_resolution, band=band, device=z_shape.device, chunk=chunk, timings=timings)
         finally:
             self.train(was_training)
 
@@ -273,6 +290,7 @@ class Generator(PixelAlignedModel):
             last = generator.mlp_shape.filters[-1]
             last.weight.neg_()
             last.bias.neg_()
+            generator.calibration.copy_(OFFICIAL_CALIBRATION)
         generator.eval()
         return (generator, discriminators) if return_discriminators else generator
 
