@@ -8,7 +8,7 @@
 
 from get3dhuman.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from get3dhuman.train.generator import PRESETS as GENERATOR_PRESETS
-from get3dhuman.train.generator import GeneratorTrainer, GeneratorTrainingConfig, train_generator
+from get3dhuman.train.generator import GeneratorTrainer, GeneratorTrainingConfig, load_generator, train_generator
 from get3dhuman.train.prior import PRESETS as PRIOR_PRESETS
 from get3dhuman.train.prior import PriorCache, PriorConfig, induce_priors, load_reconstructor
 from get3dhuman.train.reconstructor import (
@@ -33,6 +33,7 @@ __all__ = [
     "induce_priors",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_generator",
     "load_reconstructor",
     "make_batch",
     "save_checkpoint",
