@@ -5,6 +5,7 @@
 - `get3dhuman train reconstructor --preset tiny|small|official --out DIR`: training stage 1.
 - `get3dhuman train prior --reconstructor RUN --out DIR`: stage 2, the prior cache.
 - `get3dhuman train generator --prior DIR --reconstructor RUN --out DIR`: stage 3.
+- `get3dhuman train refiner --prior DIR --generator RUN --out DIR`: stage 4.
 Every stage resumes where it stopped when run again with the same DIR.
 - `get3dhuman eval --generator RUN --preset small`: COV, MMD, 1-NNA and colour error against
   held-out synthetic humans, with an untrained generator of the same preset as the baseline row.
@@ -56,6 +57,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.stage == "reconstructor":
         config = dataclasses.replace(train.RECONSTRUCTOR_PRESETS[args.preset], **overrides)
         train.train_reconstructor(config, args.out, args.device, progress=not args.quiet)
+    elif args.stage == "refiner":
+        if args.prior is None or args.generator is None:
+            raise SystemExit("get3dhuman train refiner: --prior DIR and --generator RUN are required")
+        config = dataclasses.replace(train.REFINER_PRESETS[args.preset], **overrides)
+        train.train_refiner(config, args.prior, args.generator, args.out, args.device, progress=not args.quiet)
     else:
         if args.prior is None or args.reconstructor is None:
             raise SystemExit("get3dhuman train generator: --prior DIR and --reconstructor RUN are required")
@@ -101,12 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     synthetic.add_argument("--resolution", type=int, default=256, help="pixels per side of each render (default 256)")
     synthetic.set_defaults(handler=_synthetic)
     train = commands.add_parser("train", help="train a stage (resumes from the newest checkpoint in --out)")
-    train.add_argument("stage", choices=["reconstructor", "prior", "generator"],
-                       help="the training stage: 1 reconstructor, 2 prior (cache), 3 generator")
+    train.add_argument("stage", choices=["reconstructor", "prior", "generator", "refiner"],
+                       help="the training stage: 1 reconstructor, 2 prior (cache), 3 generator, 4 refiner")
     train.add_argument("--preset", choices=["tiny", "small", "official"], default="small")
     train.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, config.json) or prior cache")
     train.add_argument("--reconstructor", help="stage-1 run directory or checkpoint (prior, generator)")
-    train.add_argument("--prior", help="prior cache directory of stage 2 (generator)")
+    train.add_argument("--prior", help="prior cache directory of stage 2 (generator, refiner)")
+    train.add_argument("--generator", help="stage-3 run directory or checkpoint (refiner)")
     train.add_argument("--steps", type=int, help="total steps (default: the preset's)")
     train.add_argument("--seed", type=int, help="seed (default: the preset's)")
     train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")

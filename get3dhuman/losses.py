@@ -7,6 +7,10 @@
 - Adversarial: non-saturating logistic loss on feature volumes, R1 penalty on real volumes.
 - Geometry: depth (L1) and normal (angular, 1 - cosine) errors of rendered maps where both the
   rendering and the target hit the surface.
+- Refinement (stage 4, pix2pixHD style): least-squares GAN losses and feature matching over a
+  multi-scale PatchGAN's layers, and a perceptual-style loss that needs no pretrained network
+  (no VGG weights can be downloaded): L1 of the images and of their horizontal and vertical
+  differences over an image pyramid.
 """
 
 from __future__ import annotations
@@ -54,3 +58,33 @@ def normal_loss(normal: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     mask = mask.to(normal.dtype)
     cosine = F.cosine_similarity(normal, target, dim=-1, eps=1e-8)
     return ((1 - cosine) * mask).sum() / mask.sum().clamp_min(1)
+
+
+def lsgan_discriminator_loss(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]) -> torch.Tensor:
+    """Least squares, per scale: mean (D(real) - 1)^2 + mean D(fake)^2 of the last layer; summed over scales."""
+    return sum((r[-1] - 1).square().mean() + f[-1].square().mean() for r, f in zip(real, fake))
+
+
+def lsgan_generator_loss(fake: list[list[torch.Tensor]]) -> torch.Tensor:
+    """Least squares, per scale: mean (D(fake) - 1)^2 of the last layer; summed over scales."""
+    return sum((f[-1] - 1).square().mean() for f in fake)
+
+
+def feature_matching_loss(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]) -> torch.Tensor:
+    """Mean over scales and intermediate layers of L1(D_layer(fake), D_layer(real)), real detached."""
+    terms = [(f - r.detach()).abs().mean() for rs, fs in zip(real, fake) for r, f in zip(rs[:-1], fs[:-1])]
+    return sum(terms) / len(terms)
+
+
+def pyramid_l1_loss(image: torch.Tensor, target: torch.Tensor, levels: int = 3) -> torch.Tensor:
+    """Mean over `levels` 2x average-pooled levels of L1(image, target) + L1 of their x and y
+    differences (where a level is at least 2 pixels wide); images [B, C, H, W]."""
+    total = image.new_zeros(())
+    for level in range(levels):
+        if level:
+            image, target = F.avg_pool2d(image, 2), F.avg_pool2d(target, 2)
+        total = total + (image - target).abs().mean()
+        for dim in (2, 3):
+            if image.shape[dim] > 1:
+                total = total + (image.diff(dim=dim) - target.diff(dim=dim)).abs().mean()
+    return total / levels

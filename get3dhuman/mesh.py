@@ -146,3 +146,35 @@ def extract_textured_meshes(field: Field, color: Field | None, batch_size: int, 
         colors = [rgb[b, : len(vertices)].float().clamp(0, 1) for b, (vertices, _) in enumerate(geometry)]
     timings.colors += time.perf_counter() - start
     return [TexturedMesh.from_geometry(vertices, faces, rgb) for (vertices, faces), rgb in zip(geometry, colors)]
+
+
+def back_project_colors(mesh: TexturedMesh, images: torch.Tensor, calib: torch.Tensor, depth: torch.Tensor,
+                        mask: torch.Tensor, tolerance: float = 0.02) -> TexturedMesh:
+    """The mesh with vertex colours taken from views of it: images [K, H, W, 3] seen through
+    orthographic cameras calib [K, 4, 4] (world -> NDC, as render.Rendering), with their depth
+    and mask maps [K, H, W]. A vertex takes the colour at its projection in every view where it
+    is visible (inside the mask, NDC z within `tolerance` of the depth map's), weighted by how
+    squarely its normal faces the camera; vertices seen by no view keep their colour."""
+    if mesh.is_empty:
+        return mesh
+    views = images.shape[0]
+    if images.dim() != 4 or images.shape[-1] != 3 or calib.shape != (views, 4, 4) or depth.shape != images.shape[:3] \
+            or mask.shape != images.shape[:3]:
+        raise ValueError(f"images must be [K, H, W, 3] with calib [K, 4, 4] and depth, mask [K, H, W], got "
+                         f"{tuple(images.shape)}, {tuple(calib.shape)}, {tuple(depth.shape)}, {tuple(mask.shape)}")
+    vertices = mesh.vertices.to(images).unsqueeze(0).expand(views, -1, -1)
+    ndc = vertices @ calib[:, :3, :3].transpose(1, 2) + calib[:, :3, 3].unsqueeze(1)  # [K, N, 3]
+    grid = ndc[..., :2].unsqueeze(2)  # [K, N, 1, 2]
+
+    def sample(maps):  # [K, H, W, C] -> [K, N, C]
+        return torch.nn.functional.grid_sample(maps.permute(0, 3, 1, 2), grid, align_corners=True)[..., 0].transpose(1, 2)
+
+    colors, seen_depth, seen = sample(images), sample(depth.unsqueeze(-1))[..., 0], sample(mask.unsqueeze(-1))[..., 0]
+    normals = mesh.normals.to(images).unsqueeze(0) @ calib[:, :3, :3].transpose(1, 2)
+    facing = (normals[..., 2] / normals.norm(dim=-1).clamp_min(1e-12)).clamp_min(0)  # NDC z points at the camera
+    visible = (seen > 0.999) & ((ndc[..., 2] - seen_depth).abs() < tolerance) & (ndc[..., :2].abs() <= 1).all(-1)
+    weight = visible * facing  # [K, N]
+    total = weight.sum(0)
+    blended = (weight.unsqueeze(-1) * colors).sum(0) / total.clamp_min(1e-12).unsqueeze(-1)
+    new_colors = torch.where((total > 0).unsqueeze(-1), blended, mesh.colors.to(images))
+    return TexturedMesh(mesh.vertices, mesh.faces, new_colors.to(mesh.colors), mesh.normals)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from get3dhuman.render import orbit_calibration, sphere_trace
+from get3dhuman.render import Rendering, orbit_calibration, sphere_trace
 from get3dhuman.synthetic.human import human_color, human_sdf
 from get3dhuman.synthetic.latent import human_parameters
 
@@ -19,10 +19,16 @@ def render_humans(params: torch.Tensor, resolution: int = 256, angles_deg: float
     calib = orbit_calibration(torch.as_tensor(angles_deg, dtype=torch.float32).expand(params.shape[0]))
     with torch.no_grad():
         rendering = sphere_trace(lambda p: human_sdf(params, p), calib, resolution, lambda p: human_color(params, p))
-    light = torch.tensor(LIGHT) / torch.tensor(LIGHT).norm()
-    shade = 0.35 + 0.65 * (rendering.normal @ light).clamp_min(0)
+    return shade(rendering, background)
+
+
+def shade(rendering: Rendering, background: float = 1.0) -> torch.Tensor:
+    """The shaded colour image [B, H, W, 3] of a rendering: colour x (0.35 + 0.65 max(0, n . l))
+    for the camera-space key light LIGHT, `background` where nothing was hit."""
+    light = torch.tensor(LIGHT, device=rendering.normal.device)
+    factor = 0.35 + 0.65 * (rendering.normal @ (light / light.norm())).clamp_min(0)
     mask = rendering.mask.unsqueeze(-1)
-    return mask * rendering.color * shade.unsqueeze(-1) + (1 - mask) * background
+    return mask * rendering.color * factor.unsqueeze(-1) + (1 - mask) * background
 
 
 def save_grid(images: torch.Tensor, path: str, columns: int = 4) -> None:

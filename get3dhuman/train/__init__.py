@@ -3,6 +3,7 @@
 - reconstructor: stage 1, the pixel-aligned Reconstructor on the synthetic world.
 - prior: stage 2, the prior cache (the Reconstructor's volumes and maps of many latents).
 - generator: stage 3, the Generator from the prior (latent prior, adversarial, geometry losses).
+- refiner: stage 4, the texture Refiner (rendered views -> stand-in images).
 - checkpoint, loop: safetensors + json checkpoints that resume bit for bit; the shared loop.
 """
 
@@ -11,6 +12,8 @@ from get3dhuman.train.generator import PRESETS as GENERATOR_PRESETS
 from get3dhuman.train.generator import GeneratorTrainer, GeneratorTrainingConfig, load_generator, train_generator
 from get3dhuman.train.prior import PRESETS as PRIOR_PRESETS
 from get3dhuman.train.prior import PriorCache, PriorConfig, induce_priors, load_reconstructor
+from get3dhuman.train.refiner import PRESETS as REFINER_PRESETS
+from get3dhuman.train.refiner import RefinerTrainer, RefinerTrainingConfig, load_refiner, train_refiner
 from get3dhuman.train.reconstructor import (
     PRESETS as RECONSTRUCTOR_PRESETS,
     ReconstructorTrainingConfig,
@@ -28,6 +31,9 @@ __all__ = [
     "PriorCache",
     "PriorConfig",
     "RECONSTRUCTOR_PRESETS",
+    "REFINER_PRESETS",
+    "RefinerTrainer",
+    "RefinerTrainingConfig",
     "ReconstructorTrainingConfig",
     "evaluate_iou",
     "induce_priors",
@@ -35,9 +41,11 @@ __all__ = [
     "load_checkpoint",
     "load_generator",
     "load_reconstructor",
+    "load_refiner",
     "make_batch",
     "save_checkpoint",
     "train_generator",
     "train_reconstructor",
+    "train_refiner",
     "training_loss",
 ]

@@ -1,0 +1,65 @@
+"""Texture refinement at inference: render views of generated humans, refine them with the
+Refiner U-Net, and back-project the refined colours onto the meshes' vertices (the authors'
+step 3, with projection and a depth test instead of a nearest-neighbour search)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from get3dhuman.mesh import TexturedMesh, back_project_colors
+from get3dhuman.render import Rendering, ray_march
+from get3dhuman.synthetic.preview import shade
+
+
+def view_calibration(generator, angle_deg: float) -> torch.Tensor:
+    """[4, 4] world -> NDC camera of `generator`'s calibration turned by `angle_deg` about the
+    vertical axis through the world point its NDC origin sees (0: the generator's own view)."""
+    base = generator.calibration.double().cpu()
+    centre = torch.linalg.solve(base[:3, :3], -base[:3, 3])
+    cos, sin = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
+    turn = torch.eye(4, dtype=torch.float64)
+    turn[:3, :3] = torch.tensor([[cos, 0, -sin], [0, 1, 0], [sin, 0, cos]], dtype=torch.float64)
+    turn[:3, 3] = centre - turn[:3, :3] @ centre
+    return (base @ turn).to(generator.calibration)
+
+
+def render_textured(generator, shape_volume: torch.Tensor, texture_volume: torch.Tensor, calib: torch.Tensor,
+                    resolution: int, samples: int = 96) -> tuple[torch.Tensor, Rendering]:
+    """Shaded colour images [B, H, W, 3] in [0, 1] on a black background (the prior's images'
+    convention) of the generated humans with volumes [B, F, V, V], seen through cameras
+    calib [B, 4, 4]; and the Rendering (depth, mask, ...). The field is `ray_march`ed."""
+    own = generator.calibration.expand(shape_volume.shape[0], 4, 4)
+    rendering = ray_march(lambda p: 0.5 - generator.query_occupancy(shape_volume, p, own), calib, resolution,
+                          lambda p: generator.query_color(shape_volume, texture_volume, p, own), samples=samples)
+    return shade(rendering, background=0.0), rendering
+
+
+@torch.no_grad()
+def refine_meshes(generator, refiner, z_shape: torch.Tensor, z_texture: torch.Tensor, meshes: list[TexturedMesh],
+                  resolution: int | None = None, angles: tuple[float, ...] = (0.0, 180.0),
+                  samples: int = 96) -> list[TexturedMesh]:
+    """The meshes of latents z_shape, z_texture [B, z_dim] (from `generator.extract_mesh`) with
+    vertex colours back-projected from refined views at `angles` (default front and back) of
+    `resolution` pixels (default: the generator's backbone resolution)."""
+    if len(meshes) != z_shape.shape[0]:
+        raise ValueError(f"meshes must hold one mesh per latent ({z_shape.shape[0]}), got {len(meshes)}")
+    resolution = resolution or generator.config.backbone_resolution
+    was_training = generator.training, refiner.training
+    generator.eval()
+    refiner.eval()
+    try:
+        shape, texture = generator(z_shape, z_texture)
+        views = []
+        for angle in angles:
+            calib = view_calibration(generator, angle).expand(z_shape.shape[0], 4, 4)
+            image, rendering = render_textured(generator, shape.volume, texture, calib, resolution, samples)
+            refined = (refiner(image.permute(0, 3, 1, 2) * 2 - 1).permute(0, 2, 3, 1) + 1) / 2
+            views.append((refined, calib, rendering))
+        return [back_project_colors(mesh, torch.stack([v[0][b] for v in views]), torch.stack([v[1][b] for v in views]),
+                                    torch.stack([v[2].depth[b] for v in views]), torch.stack([v[2].mask[b] for v in views]))
+                for b, mesh in enumerate(meshes)]
+    finally:
+        generator.train(was_training[0])
+        refiner.train(was_training[1])

@@ -1,0 +1,153 @@
+"""Training stage 4: the Refiner, mapping rendered textured images of generated humans to the
+stand-in images of the same latents (the prior cache's images).
+
+Each step renders the trained (frozen) Generator's humans for `batch_size` cached latents from
+the front (`refine.render_textured`), refines them, and trains pix2pixHD style: least-squares
+GAN with a two-scale PatchGAN conditioned on the rendered image, plus `feature_matching_weight`
+x feature matching and `perceptual_weight` x the weight-free pyramid L1 loss (see
+get3dhuman.losses: no pretrained VGG can be downloaded). Adam (2e-4, betas 0.5 / 0.999).
+Metric: L1 to the target images of the refined and of the unrefined renders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from get3dhuman import losses
+from get3dhuman.nn import MultiScalePatchDiscriminator, Refiner
+from get3dhuman.refine import render_textured, view_calibration
+from get3dhuman.train.checkpoint import latest_checkpoint, load_checkpoint
+from get3dhuman.train.generator import load_generator
+from get3dhuman.train.loop import run_training
+from get3dhuman.train.prior import PriorCache
+
+
+@dataclasses.dataclass(frozen=True)
+class RefinerTrainingConfig:
+    """Stage-4 settings. Defaults: the 'small' preset."""
+
+    preset: str = "small"  # of the Generator and the prior cache
+    refiner_channels: int = 32  # U-Net base width (the authors: 64)
+    refiner_depth: int = 4
+    discriminator_channels: int = 32
+    steps: int = 5000
+    batch_size: int = 4
+    learning_rate: float = 2e-4
+    feature_matching_weight: float = 10.0
+    perceptual_weight: float = 10.0
+    march_samples: int = 64
+    seed: int = 0
+    checkpoint_every: int = 500
+    eval_every: int = 500
+    eval_latents: int = 8
+
+
+PRESETS = {
+    "tiny": RefinerTrainingConfig(preset="tiny", refiner_channels=8, refiner_depth=2, discriminator_channels=8, steps=20,
+                                  batch_size=2, march_samples=24, checkpoint_every=10, eval_every=10, eval_latents=2),
+    "small": RefinerTrainingConfig(),
+    "official": RefinerTrainingConfig(preset="official", refiner_channels=64, discriminator_channels=64, batch_size=8,
+                                      march_samples=128),
+}
+
+
+def make_refiner(config: RefinerTrainingConfig) -> Refiner:
+    """The Refiner of a stage-4 configuration."""
+    return Refiner(base_channels=config.refiner_channels, depth=config.refiner_depth)
+
+
+class RefinerTrainer:
+    """Models, optimisers and one step of stage 4 (see the module docstring)."""
+
+    def __init__(self, config: RefinerTrainingConfig, prior: PriorCache, generator, device: str = "cpu"):
+        if prior.settings.get("preset") != config.preset or generator.config.z_dim != prior.batch([0], ("z",))["z"].shape[1]:
+            raise ValueError(f"the prior cache ({prior.settings.get('preset')!r}) and the generator must be of the "
+                             f"training preset {config.preset!r}")
+        self.config, self.prior, self.device = config, prior, device
+        torch.manual_seed(config.seed)
+        self.generator = generator.to(device).eval().requires_grad_(False)
+        self.refiner = make_refiner(config).to(device)
+        self.discriminator = MultiScalePatchDiscriminator(6, config.discriminator_channels).to(device)
+        betas = (0.5, 0.999)
+        self.refiner_optimizer = torch.optim.Adam(self.refiner.parameters(), lr=config.learning_rate, betas=betas)
+        self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=config.learning_rate, betas=betas)
+
+    @property
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"refiner": self.refiner, "discriminator": self.discriminator}
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"refiner": self.refiner_optimizer, "discriminator": self.discriminator_optimizer}
+
+    @torch.no_grad()
+    def images(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rendered, target) images [B, 3, S, S] in [-1, 1] of cache entries `indices`."""
+        batch = self.prior.batch(indices, ("z", "image"))
+        z = batch["z"].to(self.device)
+        shape, texture = self.generator(z, z)
+        side = batch["image"].shape[1]
+        calib = view_calibration(self.generator, 0.0).expand(len(z), 4, 4)
+        rendered, _ = render_textured(self.generator, shape.volume, texture, calib, side, self.config.march_samples)
+        target = batch["image"].to(self.device).float() / 255
+        return rendered.permute(0, 3, 1, 2) * 2 - 1, target.permute(0, 3, 1, 2) * 2 - 1
+
+    def losses(self, rendered: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(discriminator loss, refiner losses {'loss', 'gan', 'feature_matching', 'perceptual'})
+        of one batch; the discriminator loss sees the refined image detached."""
+        refined = self.refiner(rendered)
+        real = self.discriminator(torch.cat([rendered, target], 1))
+        d_loss = losses.lsgan_discriminator_loss(real, self.discriminator(torch.cat([rendered, refined.detach()], 1)))
+        fake = self.discriminator(torch.cat([rendered, refined], 1))
+        terms = {"gan": losses.lsgan_generator_loss(fake), "feature_matching": losses.feature_matching_loss(real, fake),
+                 "perceptual": losses.pyramid_l1_loss(refined, target)}
+        c = self.config
+        total = terms["gan"] + c.feature_matching_weight * terms["feature_matching"] + c.perceptual_weight * terms["perceptual"]
+        return d_loss, {"loss": total, **terms}
+
+    def step(self, step: int) -> dict[str, float]:
+        """One discriminator and one refiner update on the batch of `step`."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+        indices = torch.randint(len(self.prior), (self.config.batch_size,), generator=generator)
+        rendered, target = self.images(indices)
+        self.refiner.train()
+        d_loss, terms = self.losses(rendered, target)
+        # Both gradients from the same discriminator state, then both updates (the graphs share it).
+        self.refiner_optimizer.zero_grad(set_to_none=True)
+        self.discriminator_optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward(inputs=list(self.refiner.parameters()))
+        d_loss.backward(inputs=list(self.discriminator.parameters()))
+        self.refiner_optimizer.step()
+        self.discriminator_optimizer.step()
+        return {"d_loss": d_loss.item(), **{("r_loss" if k == "loss" else k): v.item() for k, v in terms.items()}}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """{'refined_l1', 'rendered_l1'}: mean L1 (in [0, 1] units) to the targets of the first
+        `eval_latents` cache entries, with and without refinement."""
+        rendered, target = self.images(range(min(self.config.eval_latents, len(self.prior))))
+        self.refiner.eval()
+        refined = self.refiner(rendered)
+        return {"refined_l1": (refined - target).abs().mean().item() / 2, "rendered_l1": (rendered - target).abs().mean().item() / 2}
+
+
+def load_refiner(path: str, config: RefinerTrainingConfig, device: str = "cpu") -> Refiner:
+    """The Refiner of a stage-4 run directory (newest checkpoint) or checkpoint file, in eval mode."""
+    checkpoint = latest_checkpoint(path) if os.path.isdir(path) else path
+    if checkpoint is None or not os.path.exists(checkpoint):
+        raise ValueError(f"refiner must be a stage-4 run directory with a checkpoint or a checkpoint file, got {path!r}")
+    refiner = make_refiner(config)
+    load_checkpoint(checkpoint, {"refiner": refiner})
+    return refiner.to(device).eval()
+
+
+def train_refiner(config: RefinerTrainingConfig, prior_dir: str, generator: str, out_dir: str, device: str = "cpu",
+                  progress: bool = True) -> Refiner:
+    """Trains (or resumes training in `out_dir`) up to `config.steps` steps from the prior cache
+    and the stage-3 run or checkpoint `generator`; returns the Refiner (eval mode)."""
+    trainer = RefinerTrainer(config, PriorCache(prior_dir), load_generator(generator, config.preset, device), device)
+    run_training(config, out_dir, trainer.modules, trainer.optimizers, trainer.step, trainer.evaluate, "refiner", progress)
+    return trainer.refiner.eval()

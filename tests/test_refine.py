@@ -1,0 +1,134 @@
+"""Stage 4 (Refiner training) and texture refinement at inference: back-projection, views, losses."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from get3dhuman import losses
+from get3dhuman.cli import main
+from get3dhuman.mesh import TexturedMesh, back_project_colors
+from get3dhuman.nn import Generator, Refiner
+from get3dhuman.nn.generator import OFFICIAL_CALIBRATION
+from get3dhuman.ops import marching_cubes
+from get3dhuman.refine import refine_meshes, view_calibration
+from get3dhuman.render import orbit_calibration, ray_march
+from get3dhuman.train import PRIOR_PRESETS, RECONSTRUCTOR_PRESETS, induce_priors, train_reconstructor
+from get3dhuman.train.checkpoint import save_checkpoint
+from get3dhuman.train.prior import PriorCache
+from get3dhuman.train.refiner import PRESETS, RefinerTrainer, load_refiner, train_refiner
+
+TINY = PRESETS["tiny"]
+
+
+def sphere_mesh(radius=0.6, n=33):
+    coords = torch.linspace(-1, 1, n)
+    grid = torch.stack(torch.meshgrid(coords, coords, coords, indexing="ij"), -1)
+    vertices, faces = marching_cubes(grid.norm(dim=-1) - radius, 0.0, spacing=2 / (n - 1), origin=-1.0)
+    return TexturedMesh.from_geometry(vertices, faces, torch.zeros_like(vertices))
+
+
+def test_back_projection_colours_what_each_view_sees():
+    mesh = sphere_mesh()
+    calib = orbit_calibration(torch.tensor([0.0, 180.0]))
+    maps = ray_march(lambda p: p.norm(dim=-1) - 0.6, calib, 65, samples=64)
+    images = torch.zeros(2, 65, 65, 3)
+    images[0, ..., 0] = 1  # the front view is red, the back view blue
+    images[1, ..., 2] = 1
+    colored = back_project_colors(mesh, images, calib, maps.depth, maps.mask)
+    z = mesh.vertices[:, 2]  # grazing vertices (|z| small) may fail the depth test of both views
+    assert torch.equal(colored.colors[z > 0.25], torch.tensor([1.0, 0, 0]).expand(int((z > 0.25).sum()), 3))
+    assert torch.equal(colored.colors[z < -0.25], torch.tensor([0, 0, 1.0]).expand(int((z < -0.25).sum()), 3))
+    # A view of the front only leaves the back with its own colour.
+    front = back_project_colors(mesh, images[:1], calib[:1], maps.depth[:1], maps.mask[:1])
+    assert torch.equal(front.colors[z < -0.1], mesh.colors[z < -0.1])
+    with pytest.raises(ValueError, match="images must be"):
+        back_project_colors(mesh, images, calib[:1], maps.depth, maps.mask)
+
+
+def test_view_calibration_turns_about_the_centre_of_the_view():
+    generator = Generator("tiny")
+    assert torch.allclose(view_calibration(generator, 180.0), orbit_calibration(torch.tensor([180.0]))[0], atol=1e-6)
+    generator.calibration = OFFICIAL_CALIBRATION.clone()
+    back = view_calibration(generator, 180.0)
+    centre = torch.tensor([0.0, 0.88134766 / 0.00927734, 0.0, 1.0])  # the world point at NDC (0, 0, 0)
+    assert torch.allclose(back @ centre, torch.tensor([0.0, 0.0, 0.0, 1.0]), atol=1e-4)
+    point = torch.tensor([10.0, 100.0, 20.0, 1.0])  # seen from behind: x and z mirrored about the centre
+    front_ndc, back_ndc = OFFICIAL_CALIBRATION @ point, back @ point
+    assert torch.allclose(back_ndc[[0, 2]], -front_ndc[[0, 2]], atol=1e-5) and torch.allclose(back_ndc[1], front_ndc[1])
+
+
+def test_refinement_losses_against_hand_computed_values():
+    real = [[torch.ones(1, 2, 2), torch.full((1, 1, 1), 1.0)]]
+    fake = [[torch.zeros(1, 2, 2), torch.full((1, 1, 1), 0.5)]]
+    assert losses.lsgan_discriminator_loss(real, fake).item() == pytest.approx(0.25)
+    assert losses.lsgan_generator_loss(fake).item() == pytest.approx(0.25)
+    assert losses.feature_matching_loss(real, fake).item() == pytest.approx(1.0)
+    image = torch.zeros(1, 1, 4, 4)
+    target = torch.ones(1, 1, 4, 4)  # constant offset: no gradient term at any level
+    assert losses.pyramid_l1_loss(image, target).item() == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def prior(tmp_path_factory):
+    root = tmp_path_factory.mktemp("refiner")
+    train_reconstructor(dataclasses.replace(RECONSTRUCTOR_PRESETS["tiny"], steps=1, eval_every=100), str(root / "rec"),
+                        progress=False)
+    induce_priors(PRIOR_PRESETS["tiny"], str(root / "rec"), str(root / "prior"), progress=False)
+    torch.manual_seed(0)
+    generator = Generator("tiny")
+    save_checkpoint(str(root / "generator"), 1, {"ema": generator}, {"generator": torch.optim.Adam(generator.parameters())})
+    return root
+
+
+def test_refiner_losses_go_down_on_a_fixed_batch(prior):
+    trainer = RefinerTrainer(dataclasses.replace(TINY, learning_rate=2e-3), PriorCache(str(prior / "prior")), Generator("tiny"))
+    rendered, target = trainer.images([0, 1])
+    history = []
+    for _ in range(25):
+        d_loss, terms = trainer.losses(rendered, target)
+        trainer.refiner_optimizer.zero_grad()
+        terms["loss"].backward(inputs=list(trainer.refiner.parameters()))
+        trainer.refiner_optimizer.step()
+        history.append(terms["perceptual"].item())
+    assert sum(history[-5:]) < 0.8 * sum(history[:5])
+    d_history = []
+    for _ in range(15):
+        d_loss, _ = trainer.losses(rendered, target)
+        trainer.discriminator_optimizer.zero_grad()
+        d_loss.backward(inputs=list(trainer.discriminator.parameters()))
+        trainer.discriminator_optimizer.step()
+        d_history.append(d_loss.item())
+    assert sum(d_history[-5:]) < 0.95 * sum(d_history[:5])
+
+
+def test_refiner_training_resumes_bit_for_bit_and_refines_meshes(prior, tmp_path):
+    config = dataclasses.replace(TINY, steps=3, checkpoint_every=2, eval_every=3)
+    args = (str(prior / "prior"), str(prior / "generator"))
+    straight = train_refiner(config, *args, str(tmp_path / "straight"), progress=False)
+    train_refiner(dataclasses.replace(config, steps=2), *args, str(tmp_path / "resumed"), progress=False)
+    resumed = train_refiner(config, *args, str(tmp_path / "resumed"), progress=False)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    with open(tmp_path / "resumed" / "metrics.jsonl") as log:
+        records = [json.loads(line) for line in log]
+    assert [r["step"] for r in records] == [1, 2, 3] and {"refined_l1", "rendered_l1"} <= set(records[-1])
+    refiner = load_refiner(str(tmp_path / "resumed"), config)
+    assert torch.equal(next(iter(refiner.state_dict().values())), next(iter(resumed.state_dict().values())))
+    mesh = sphere_mesh(0.3)
+    generator = Generator("tiny")
+    z = torch.randn(1, generator.config.z_dim)
+    refined = refine_meshes(generator, refiner, z, z, [mesh], resolution=16, samples=16)[0]
+    assert refined.colors.shape == mesh.colors.shape and bool(((refined.colors >= 0) & (refined.colors <= 1)).all())
+    with pytest.raises(ValueError, match="one mesh per latent"):
+        refine_meshes(generator, refiner, z, z, [])
+
+
+def test_refiner_command_line(prior, tmp_path):
+    assert main(["train", "refiner", "--preset", "tiny", "--prior", str(prior / "prior"), "--generator",
+                 str(prior / "generator"), "--out", str(tmp_path / "r"), "--steps", "1", "--quiet"]) == 0
+    with pytest.raises(SystemExit):
+        main(["train", "refiner", "--preset", "tiny", "--out", str(tmp_path / "r2")])
+    with pytest.raises(ValueError, match="refiner must be"):
+        load_refiner(str(tmp_path / "missing"), TINY)
