@@ -9,7 +9,7 @@ import torch
 from get3dhuman import losses
 from get3dhuman.cli import main
 from get3dhuman.mesh import TexturedMesh, back_project_colors
-from get3dhuman.nn import Generator, Refiner
+from get3dhuman.nn import Generator
 from get3dhuman.nn.generator import OFFICIAL_CALIBRATION
 from get3dhuman.ops import marching_cubes
 from get3dhuman.refine import refine_meshes, view_calibration

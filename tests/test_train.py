@@ -19,7 +19,7 @@ def test_a_few_steps_end_to_end(tmp_path):
     with open(tmp_path / "metrics.jsonl") as log:
         records = [json.loads(line) for line in log]
     assert [r["step"] for r in records] == [1, 2, 3]
-    assert all(r["loss"] > 0 for r in records) and 0 <= records[-1]["iou"] <= 1
+    assert all(r["loss"] > 0 for r in records) and 0 <= records[-1]["iou"] <= 1 and records[-1]["chamfer"] > 0
     assert latest_checkpoint(str(tmp_path)).endswith("checkpoint-00000003.safetensors")
 
 

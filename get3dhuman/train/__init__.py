@@ -17,7 +17,7 @@ from get3dhuman.train.refiner import RefinerTrainer, RefinerTrainingConfig, load
 from get3dhuman.train.reconstructor import (
     PRESETS as RECONSTRUCTOR_PRESETS,
     ReconstructorTrainingConfig,
-    evaluate_iou,
+    evaluate_reconstruction,
     make_batch,
     train_reconstructor,
     training_loss,
@@ -35,7 +35,7 @@ __all__ = [
     "RefinerTrainer",
     "RefinerTrainingConfig",
     "ReconstructorTrainingConfig",
-    "evaluate_iou",
+    "evaluate_reconstruction",
     "induce_priors",
     "latest_checkpoint",
     "load_checkpoint",

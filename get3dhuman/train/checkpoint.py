@@ -85,6 +85,15 @@ def latest_checkpoint(directory: str) -> str | None:
     return max(complete) if complete else None
 
 
+def resolve_checkpoint(path: str, what: str) -> str:
+    """The checkpoint file `path`, or the newest complete checkpoint of the run directory `path`;
+    raises ValueError naming the argument `what` when there is none."""
+    checkpoint = latest_checkpoint(path) if os.path.isdir(path) else path
+    if checkpoint is None or not os.path.exists(checkpoint):
+        raise ValueError(f"{what} must be a run directory with a checkpoint, or a checkpoint file, got {path!r}")
+    return checkpoint
+
+
 def load_checkpoint(path: str, model: Modules, optimizer: Optimizers | None = None) -> tuple[int, dict]:
     """Restores `model` (and `optimizer`), named as when saved, from a checkpoint; returns
     (step, extra). Raises ValueError for a damaged file or one of another model."""

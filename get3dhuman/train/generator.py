@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 
 import torch
 
@@ -39,7 +38,7 @@ from get3dhuman import losses
 from get3dhuman.nn import Generator
 from get3dhuman.nn.generator import resolve_config
 from get3dhuman.render import orbit_calibration, ray_march
-from get3dhuman.train.checkpoint import latest_checkpoint, load_checkpoint
+from get3dhuman.train.checkpoint import load_checkpoint, resolve_checkpoint
 from get3dhuman.train.loop import run_training
 from get3dhuman.train.prior import PriorCache, load_reconstructor
 
@@ -251,9 +250,7 @@ class GeneratorTrainer:
 def load_generator(path: str, preset: str, device: str = "cpu") -> Generator:
     """The moving-average Generator of a stage-3 run directory (its newest checkpoint) or
     checkpoint file, in eval mode."""
-    checkpoint = latest_checkpoint(path) if os.path.isdir(path) else path
-    if checkpoint is None or not os.path.exists(checkpoint):
-        raise ValueError(f"generator must be a stage-3 run directory with a checkpoint or a checkpoint file, got {path!r}")
+    checkpoint = resolve_checkpoint(path, "generator")
     generator = Generator(preset)
     load_checkpoint(checkpoint, {"ema": generator})
     return generator.to(device).eval()

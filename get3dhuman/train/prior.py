@@ -33,7 +33,7 @@ from get3dhuman.nn.generator import resolve_config
 from get3dhuman.render import orbit_calibration, ray_march
 from get3dhuman.synthetic import human_parameters
 from get3dhuman.synthetic.preview import render_humans
-from get3dhuman.train.checkpoint import latest_checkpoint, load_checkpoint, record_settings
+from get3dhuman.train.checkpoint import load_checkpoint, record_settings, resolve_checkpoint
 
 SHARD_KEYS = ("z", "image", "shape", "texture", "depth", "normal", "mask")
 
@@ -70,9 +70,7 @@ def latents(config: PriorConfig, begin: int, end: int) -> torch.Tensor:
 def load_reconstructor(path: str, preset: str, device: str = "cpu") -> Reconstructor:
     """A trained Reconstructor in eval mode from a stage-1 run directory (its newest checkpoint)
     or a checkpoint file."""
-    checkpoint = latest_checkpoint(path) if os.path.isdir(path) else path
-    if checkpoint is None or not os.path.exists(checkpoint):
-        raise ValueError(f"reconstructor must be a stage-1 run directory with a checkpoint or a checkpoint file, got {path!r}")
+    checkpoint = resolve_checkpoint(path, "reconstructor")
     model = Reconstructor(preset)
     load_checkpoint(checkpoint, model)
     return model.to(device).eval()

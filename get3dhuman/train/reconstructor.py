@@ -7,7 +7,8 @@ and surface colour samples in world coordinates, queried through the same camera
 
 Losses: binary cross-entropy of the predicted inside-probability against the occupancy labels,
 plus `color_weight` times the L1 error of the predicted colours.
-Metric: occupancy IoU on held-out humans (front views, uniform points in the box).
+Metrics: occupancy IoU and the Chamfer distance of reconstructed meshes on held-out humans
+(front views).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import torch.nn.functional as F
 
 from get3dhuman.nn import Reconstructor
 from get3dhuman.render import orbit_calibration
-from get3dhuman.synthetic import human_parameters, human_sdf, sample_occupancy, sample_surface_colors
+from get3dhuman.evaluate import chamfer_distance, mesh_points
+from get3dhuman.mesh import extract_textured_meshes
+from get3dhuman.synthetic import human_parameters, human_sdf, sample_occupancy, sample_surface, sample_surface_colors
 from get3dhuman.synthetic.preview import render_humans
 from get3dhuman.train.loop import run_training
 
@@ -42,12 +45,14 @@ class ReconstructorTrainingConfig:
     eval_every: int = 500
     eval_humans: int = 8
     eval_points: int = 20000
+    eval_mesh_resolution: int = 64
+    eval_surface_points: int = 2048
 
 
 PRESETS = {
     "tiny": ReconstructorTrainingConfig(preset="tiny", steps=20, batch_size=2, occupancy_points=512, color_points=256,
                                         learning_rate=1e-3, checkpoint_every=10, eval_every=10, eval_humans=2,
-                                        eval_points=4000),
+                                        eval_points=4000, eval_mesh_resolution=16, eval_surface_points=256),
     "small": ReconstructorTrainingConfig(),
     "official": ReconstructorTrainingConfig(preset="official", batch_size=8, occupancy_points=8192, color_points=4096),
 }
@@ -77,22 +82,33 @@ def training_loss(model: Reconstructor, batch: dict[str, torch.Tensor], color_we
 
 
 @torch.no_grad()
-def evaluate_iou(model: Reconstructor, config: ReconstructorTrainingConfig, device: str = "cpu") -> float:
-    """Mean occupancy IoU over `eval_humans` held-out humans, front views, uniform box points."""
+def evaluate_reconstruction(model: Reconstructor, config: ReconstructorTrainingConfig, device: str = "cpu") -> dict[str, float]:
+    """{'iou', 'chamfer'} over `eval_humans` held-out humans seen from the front: the occupancy
+    IoU at `eval_points` uniform box points, and the Chamfer distance (get3dhuman.evaluate) of
+    the reconstructed mesh (`eval_mesh_resolution`) to the true surface, `eval_surface_points`
+    points each (a human without a reconstructed surface counts as the box centre)."""
     generator = torch.Generator().manual_seed(config.seed + EVAL_SEED_OFFSET)
     params = human_parameters(torch.randn(config.eval_humans, config.z_dim, generator=generator))
     side = model.config.backbone_resolution
     image = render_humans(params, side, 0.0, background=0.0).permute(0, 3, 1, 2) * 2 - 1
     points = torch.rand(config.eval_humans, config.eval_points, 3, generator=generator) * 2 - 1
     truth = human_sdf(params, points) < 0
+    surface = sample_surface(params, config.eval_surface_points, generator)
     was_training = model.training
     model.eval()
-    shape_volume, _ = model(image.to(device))
-    calib = orbit_calibration(torch.zeros(config.eval_humans)).to(device)
-    predicted = (model.query_occupancy(shape_volume, points.to(device), calib) > 0.5).cpu()
-    model.train(was_training)
+    try:
+        shape_volume, _ = model(image.to(device))
+        calib = orbit_calibration(torch.zeros(config.eval_humans)).to(device)
+        predicted = (model.query_occupancy(shape_volume, points.to(device), calib) > 0.5).cpu()
+        meshes = extract_textured_meshes(lambda p: model.query_occupancy(shape_volume, p, calib), None,
+                                         config.eval_humans, config.eval_mesh_resolution,
+                                         coarse_resolution=min(32, config.eval_mesh_resolution), device=device)
+    finally:
+        model.train(was_training)
     union = (predicted | truth).sum(1).clamp_min(1)
-    return float(((predicted & truth).sum(1) / union).mean())
+    chamfer = [chamfer_distance(mesh_points(mesh, config.eval_surface_points, i)[0], surface[i])
+               for i, mesh in enumerate(meshes)]
+    return {"iou": float(((predicted & truth).sum(1) / union).mean()), "chamfer": sum(chamfer) / len(chamfer)}
 
 
 def train_reconstructor(config: ReconstructorTrainingConfig, out_dir: str, device: str = "cpu",
@@ -116,5 +132,5 @@ def train_reconstructor(config: ReconstructorTrainingConfig, out_dir: str, devic
         return {k: v.item() for k, v in losses.items()}
 
     run_training(config, out_dir, {"model": model}, {"optimizer": optimizer}, train_step,
-                 lambda: {"iou": evaluate_iou(model, config, device)}, "reconstructor", progress)
+                 lambda: evaluate_reconstruction(model, config, device), "reconstructor", progress)
     return model

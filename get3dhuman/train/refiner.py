@@ -12,14 +12,13 @@ Metric: L1 to the target images of the refined and of the unrefined renders.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import torch
 
 from get3dhuman import losses
 from get3dhuman.nn import MultiScalePatchDiscriminator, Refiner
 from get3dhuman.refine import render_textured, view_calibration
-from get3dhuman.train.checkpoint import latest_checkpoint, load_checkpoint
+from get3dhuman.train.checkpoint import load_checkpoint, resolve_checkpoint
 from get3dhuman.train.generator import load_generator
 from get3dhuman.train.loop import run_training
 from get3dhuman.train.prior import PriorCache
@@ -136,9 +135,7 @@ class RefinerTrainer:
 
 def load_refiner(path: str, config: RefinerTrainingConfig, device: str = "cpu") -> Refiner:
     """The Refiner of a stage-4 run directory (newest checkpoint) or checkpoint file, in eval mode."""
-    checkpoint = latest_checkpoint(path) if os.path.isdir(path) else path
-    if checkpoint is None or not os.path.exists(checkpoint):
-        raise ValueError(f"refiner must be a stage-4 run directory with a checkpoint or a checkpoint file, got {path!r}")
+    checkpoint = resolve_checkpoint(path, "refiner")
     refiner = make_refiner(config)
     load_checkpoint(checkpoint, {"refiner": refiner})
     return refiner.to(device).eval()
