@@ -49,6 +49,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.stage == "prior":
         if args.reconstructor is None:
             raise SystemExit("get3dhuman train prior: --reconstructor RUN is required")
+        if args.steps is not None:
+            raise SystemExit("get3dhuman train prior: --steps does not apply (the cache size is the preset's count)")
         config = dataclasses.replace(train.PRIOR_PRESETS[args.preset],
                                      **({"seed": args.seed} if args.seed is not None else {}))
         train.induce_priors(config, args.reconstructor, args.out, args.device, progress=not args.quiet)

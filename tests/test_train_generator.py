@@ -174,3 +174,6 @@ def test_command_line_runs_the_stages(stages, tmp_path):
     assert os.path.exists(tmp_path / "generator" / "checkpoint-00000001.safetensors")
     with pytest.raises(SystemExit):
         main(["train", "generator", "--preset", "tiny", "--out", str(tmp_path / "g2")])  # --prior is required
+    with pytest.raises(SystemExit, match="--steps does not apply"):
+        main(["train", "prior", "--preset", "tiny", "--reconstructor", str(stages / "reconstructor"), "--out", prior,
+              "--steps", "3"])
