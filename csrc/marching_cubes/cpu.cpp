@@ -157,7 +157,7 @@ std::tuple<at::Tensor, at::Tensor> dense_cpu(const at::Tensor& volume_in, double
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_cpu(const at::Tensor& cells_in,
                                                                       const at::Tensor& corner_values_in,
                                                                       at::IntArrayRef dims, double level, bool flip) {
-  check_sparse_args(cells_in, corner_values_in, dims);
+  check_sparse_cells(cells_in, corner_values_in, dims);
   const at::Tensor cells = cells_in.contiguous(), corner_values = corner_values_in.contiguous();
   const int64_t count = cells.size(0);
   const SparseLattice lattice = make_lattice(dims[0], dims[1], dims[2]);
@@ -175,13 +175,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_cpu(const at::
     int64_t* face_counts = vertex_counts + count;
     at::parallel_for(0, count, kCellGrain, [&](int64_t begin, int64_t end) {
       for (int64_t cell = begin; cell < end; ++cell) {
-        int64_t coords[3];
-        lattice.decode(keys[cell], coords);
-        const unsigned config = sparse_case(values + 8 * cell, threshold);
-        const unsigned mine = owned_edges(crossed_edges(config), coords);
-        owned_ptr[cell] = static_cast<uint16_t>(mine);
-        vertex_counts[cell] = popcount(mine);
-        face_counts[cell] = tables.count[config];
+        sparse_cell_count(lattice, tables, keys, values, threshold, cell, owned_ptr, vertex_counts, face_counts);
       }
     });
     vertex_offsets = exclusive_offsets(counts[0]);

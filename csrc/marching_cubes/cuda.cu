@@ -5,12 +5,14 @@
 #include <ATen/Dispatch.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <array>
 #include <tuple>
 
 namespace get3dhuman::marching_cubes {
@@ -33,6 +35,14 @@ at::Tensor exclusive_offsets(const at::Tensor& counts) {
   at::Tensor tail = offsets.narrow(0, 1, counts.size(0));
   at::cumsum_out(tail, counts, 0);
   return offsets;
+}
+
+// The totals at `index` of vertex and face offsets, read with one device-to-host copy: the op's
+// one synchronisation before it can size its outputs.
+std::array<int64_t, 2> read_totals(const at::Tensor& vertex_offsets, const at::Tensor& face_offsets, int64_t index) {
+  const at::Tensor totals = at::stack({vertex_offsets[index], face_offsets[index]}).cpu();
+  const int64_t* host = totals.const_data_ptr<int64_t>();
+  return {host[0], host[1]};
 }
 
 // One warp packs 32 consecutive voxels of a row into half a word by ballot.
@@ -89,14 +99,7 @@ __global__ void sparse_count_kernel(SparseLattice lattice, const int64_t* __rest
                                     uint16_t* __restrict__ owned, int64_t* __restrict__ vertex_counts,
                                     int64_t* __restrict__ face_counts) {
   const int64_t cell = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (cell >= count) return;
-  int64_t coords[3];
-  lattice.decode(keys[cell], coords);
-  const unsigned config = sparse_case(values + 8 * cell, level);
-  const unsigned mine = owned_edges(crossed_edges(config), coords);
-  owned[cell] = static_cast<uint16_t>(mine);
-  vertex_counts[cell] = popcount(mine);
-  face_counts[cell] = device_tables.count[config];
+  if (cell < count) sparse_cell_count(lattice, device_tables, keys, values, level, cell, owned, vertex_counts, face_counts);
 }
 
 template <typename scalar_t>
@@ -145,7 +148,7 @@ std::tuple<at::Tensor, at::Tensor> dense_cuda(const at::Tensor& volume_in, doubl
     }
     const at::Tensor vertex_offsets = exclusive_offsets(counts[0]);
     const at::Tensor face_offsets = exclusive_offsets(counts[1]);
-    const int64_t totals[2] = {vertex_offsets[rows].item<int64_t>(), face_offsets[rows].item<int64_t>()};
+    const std::array<int64_t, 2> totals = read_totals(vertex_offsets, face_offsets, rows);
     vertices = at::empty({totals[0], 3}, volume.options().dtype(at::kFloat));
     faces = at::empty({totals[1], 3}, volume.options().dtype(at::kLong));
     if (totals[0] > 0 || totals[1] > 0) {
@@ -161,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor> dense_cuda(const at::Tensor& volume_in, doubl
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_cuda(const at::Tensor& cells_in,
                                                                        const at::Tensor& corner_values_in,
                                                                        at::IntArrayRef dims, double level, bool flip) {
-  check_sparse_args(cells_in, corner_values_in, dims);
+  check_sparse_cells(cells_in, corner_values_in, dims);
   const c10::cuda::CUDAGuard guard(cells_in.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   upload_tables(stream);
@@ -185,8 +188,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_cuda(const at:
     }
     vertex_offsets = exclusive_offsets(counts[0]);
     face_offsets = exclusive_offsets(counts[1]);
-    vertices = at::empty({vertex_offsets[count].item<int64_t>(), 3}, corner_values.options().dtype(at::kFloat));
-    faces = at::empty({face_offsets[count].item<int64_t>(), 3}, cells.options());
+    const std::array<int64_t, 2> totals = read_totals(vertex_offsets, face_offsets, count);
+    vertices = at::empty({totals[0], 3}, corner_values.options().dtype(at::kFloat));
+    faces = at::empty({totals[1], 3}, cells.options());
     if (count > 0) {
       sparse_emit_kernel<scalar_t><<<blocks_for(count), kThreads, 0, stream>>>(
           lattice, keys, values, count, threshold, owned_ptr, vertex_offsets.const_data_ptr<int64_t>(),

@@ -14,6 +14,8 @@
 // cube, which orients every triangle's normal towards increasing values.
 #pragma once
 
+#include "../sparse_cells.h"
+
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>
@@ -148,14 +150,6 @@ C10_HOST_DEVICE inline float crossing_fraction(T a, T b, T level) {
   return static_cast<float>((level - a) / (b - a));
 }
 
-C10_HOST_DEVICE inline int popcount(unsigned x) {
-#if defined(__CUDA_ARCH__)
-  return __popc(x);
-#else
-  return __builtin_popcount(x);
-#endif
-}
-
 // ----------------------------------------------------------------------------------------
 // Dense volumes. The kernels first pack "above" into one bit per voxel (rows of `words_per_row`
 // uint64 words along axis 2), then work on rows (i, j): a first pass counts each row's vertices
@@ -189,6 +183,7 @@ struct DenseBits {
   }
 };
 
+// Set bits of a mask (edge masks of 12 bits too).
 C10_HOST_DEVICE inline int popcount64(uint64_t x) {
 #if defined(__CUDA_ARCH__)
   return __popcll(x);
@@ -335,27 +330,11 @@ C10_HOST_DEVICE inline void dense_row_triangles(const DenseBits& v, const Tables
 }
 
 // ----------------------------------------------------------------------------------------
-// Sparse cells. A cell is a sorted int64 key ((b * R0 + i) * R1 + j) * R2 + k over a batch of
-// R0 x R1 x R2 cell lattices, with its 8 corner values. A crossed edge is owned by the cell with
+// Sparse cells (sparse_cells.h), sorted by key. A crossed edge is owned by the cell with
 // the smallest key among the cells that share it, which is (P_x - 1 or 0) along the edge's two
 // other axes, P being the edge's start point; so the set of cells must contain every cell
 // around each crossed edge (the narrow band closes it). Vertices are ordered by (owner cell,
 // edge), triangles by (cell, table).
-
-struct SparseLattice {
-  int64_t dims[3];  // cells per axis
-  int64_t stride[3];
-
-  C10_HOST_DEVICE void decode(int64_t key, int64_t* coords) const {
-    coords[2] = key % dims[2];
-    coords[1] = (key / dims[2]) % dims[1];
-    coords[0] = (key / (dims[2] * dims[1])) % dims[0];
-  }
-};
-
-inline SparseLattice make_lattice(int64_t d0, int64_t d1, int64_t d2) {
-  return SparseLattice{{d0, d1, d2}, {d1 * d2, d2, 1}};
-}
 
 template <typename T>
 C10_HOST_DEVICE inline unsigned sparse_case(const T* corners, T level) {
@@ -406,6 +385,20 @@ C10_HOST_DEVICE inline int edge_in_owner(int edge, const int* offset) {
   return axis * 4 + (corner_offset(start, first_other(axis)) << 1) + corner_offset(start, second_other(axis));
 }
 
+// First pass of one cell: the crossed edges it owns, its vertex and triangle counts.
+template <typename T>
+C10_HOST_DEVICE inline void sparse_cell_count(const SparseLattice& lattice, const Tables& tables, const int64_t* keys,
+                                              const T* corner_values, T level, int64_t cell, uint16_t* owned,
+                                              int64_t* vertex_counts, int64_t* face_counts) {
+  int64_t coords[3];
+  lattice.decode(keys[cell], coords);
+  const unsigned config = sparse_case(corner_values + 8 * cell, level);
+  const unsigned mine = owned_edges(crossed_edges(config), coords);
+  owned[cell] = static_cast<uint16_t>(mine);
+  vertex_counts[cell] = popcount64(mine);
+  face_counts[cell] = tables.count[config];
+}
+
 // Writes one cell's vertices (from vertex_offsets[cell]) and triangles (from face_offset).
 // `find(key, direction)` returns the index of the cell with that key or -1 (direction: which
 // of the owner offsets, 0..7, for finders that keep a cursor per direction); returns false when an owner
@@ -447,7 +440,7 @@ C10_HOST_DEVICE inline bool sparse_cell_emit(const SparseLattice& lattice, const
         ids[m] = 0;
         continue;
       }
-      ids[m] = vertex_offsets[owner] + popcount(unsigned(owned[owner]) & ((1u << local) - 1u));
+      ids[m] = vertex_offsets[owner] + popcount64(unsigned(owned[owner]) & ((1u << local) - 1u));
     }
     int64_t* out = faces + 3 * face_offset;
     face_offset += 1;
@@ -464,18 +457,6 @@ inline void check_dense_args(const at::Tensor& volume) {
   TORCH_CHECK_VALUE(volume.dim() == 3, "volume must be [D, H, W], got ", volume.sizes());
   TORCH_CHECK_TYPE(volume.scalar_type() == at::kFloat || volume.scalar_type() == at::kDouble,
                    "volume must be float32 or float64, got ", volume.scalar_type());
-}
-
-inline void check_sparse_args(const at::Tensor& cells, const at::Tensor& corner_values, at::IntArrayRef dims) {
-  TORCH_CHECK_VALUE(cells.dim() == 1 && cells.scalar_type() == at::kLong, "cells must be int64 [M], got ",
-                    cells.scalar_type(), " ", cells.sizes());
-  TORCH_CHECK_VALUE(corner_values.dim() == 2 && corner_values.size(0) == cells.size(0) && corner_values.size(1) == 8,
-                    "corner_values must be [M, 8] = [", cells.size(0), ", 8], got ", corner_values.sizes());
-  TORCH_CHECK_VALUE(dims.size() == 3 && dims[0] > 0 && dims[1] > 0 && dims[2] > 0,
-                    "dims must be three positive cell counts, got ", dims);
-  TORCH_CHECK_TYPE(corner_values.scalar_type() == at::kFloat || corner_values.scalar_type() == at::kDouble,
-                   "corner_values must be float32 or float64, got ", corner_values.scalar_type());
-  TORCH_CHECK_VALUE(cells.device() == corner_values.device(), "cells and corner_values must share a device");
 }
 
 constexpr const char* kNotClosedMessage =

@@ -14,10 +14,10 @@ namespace get3dhuman::narrow_band {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_cpu(const at::Tensor& cells_in,
                                                           const at::Tensor& corner_values_in, at::IntArrayRef dims,
                                                           double level, double threshold) {
-  check_refine_args(cells_in, corner_values_in, dims);
+  check_sparse_cells(cells_in, corner_values_in, dims);
   const at::Tensor cells = cells_in.contiguous(), corner_values = corner_values_in.contiguous();
   const int64_t count = cells.size(0);
-  const int64_t lattice[3] = {dims[0], dims[1], dims[2]};
+  const SparseLattice lattice = make_lattice(dims[0], dims[1], dims[2]);
   at::Tensor kept = at::empty({count}, cells.options());
   at::Tensor child_keys, child_values, point_keys;
   AT_DISPATCH_FLOATING_TYPES(corner_values.scalar_type(), "narrow_band_refine_cpu", [&] {

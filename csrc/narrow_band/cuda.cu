@@ -16,10 +16,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-struct Dims {
-  int64_t value[3];
-};
-
 template <typename scalar_t>
 __global__ void classify_kernel(const scalar_t* __restrict__ values, int64_t count, scalar_t level,
                                 scalar_t threshold, int64_t* __restrict__ kept) {
@@ -28,14 +24,14 @@ __global__ void classify_kernel(const scalar_t* __restrict__ values, int64_t cou
 }
 
 template <typename scalar_t>
-__global__ void children_kernel(Dims dims, const int64_t* __restrict__ keys, const scalar_t* __restrict__ values,
-                                int64_t count, const int64_t* __restrict__ kept, const int64_t* __restrict__ rank,
+__global__ void children_kernel(SparseLattice lattice, const int64_t* __restrict__ keys,
+                                const scalar_t* __restrict__ values, int64_t count, const int64_t* __restrict__ kept, const int64_t* __restrict__ rank,
                                 int64_t* __restrict__ child_keys, scalar_t* __restrict__ child_values,
                                 int64_t* __restrict__ point_keys) {
   const int64_t cell = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (cell >= count || !kept[cell]) return;
   const int64_t out = 8 * (rank[cell] - 1);
-  write_children(dims.value, keys[cell], values + 8 * cell, child_keys + out, child_values + 8 * out,
+  write_children(lattice, keys[cell], values + 8 * cell, child_keys + out, child_values + 8 * out,
                  point_keys + 8 * out);
 }
 
@@ -44,13 +40,13 @@ __global__ void children_kernel(Dims dims, const int64_t* __restrict__ keys, con
 std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_cuda(const at::Tensor& cells_in,
                                                            const at::Tensor& corner_values_in, at::IntArrayRef dims,
                                                            double level, double threshold) {
-  check_refine_args(cells_in, corner_values_in, dims);
+  check_sparse_cells(cells_in, corner_values_in, dims);
   const c10::cuda::CUDAGuard guard(cells_in.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor cells = cells_in.contiguous(), corner_values = corner_values_in.contiguous();
   const int64_t count = cells.size(0);
   const int blocks = static_cast<int>((count + kThreads - 1) / kThreads);
-  const Dims lattice{{dims[0], dims[1], dims[2]}};
+  const SparseLattice lattice = make_lattice(dims[0], dims[1], dims[2]);
   at::Tensor kept = at::empty({count}, cells.options());
   at::Tensor child_keys, child_values, point_keys;
   AT_DISPATCH_FLOATING_TYPES(corner_values.scalar_type(), "narrow_band_refine_cuda", [&] {

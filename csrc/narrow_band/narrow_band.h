@@ -1,7 +1,9 @@
 // One coarse-to-fine step of the narrow band: classify cells, compact the kept ones, split each
-// into 8 children (the CPU and CUDA kernels share these per-cell functions). Keys follow the
-// sparse marching cubes convention: ((b * R0 + i) * R1 + j) * R2 + k over a batch of lattices.
+// into 8 children (the CPU and CUDA kernels share these per-cell functions). Cells are the
+// sparse cell sets of sparse_cells.h, which sparse marching cubes consumes.
 #pragma once
+
+#include "../sparse_cells.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
@@ -28,18 +30,16 @@ C10_HOST_DEVICE inline bool keep_cell(const T* corners, T level, T threshold) {
   return (any_above && any_below) || near;
 }
 
-// The 8 children of the parent cell `key` over `dims` (children over 2 * dims): keys, corner
+// The 8 children of the parent cell `key` of `lattice` (children over twice its cells per axis): keys, corner
 // values known from the parent (children's corners at parent corners; 0 elsewhere), and every
 // child corner's point key over the (2 * dims + 1)^3 point lattice. Child n and corner q use
 // the marching cubes corner order.
 template <typename T>
-C10_HOST_DEVICE inline void write_children(const int64_t* dims, int64_t key, const T* corners, int64_t* child_keys,
-                                           T* child_values, int64_t* point_keys) {
+C10_HOST_DEVICE inline void write_children(const SparseLattice& lattice, int64_t key, const T* corners,
+                                           int64_t* child_keys, T* child_values, int64_t* point_keys) {
+  const int64_t* dims = lattice.dims;
   int64_t coords[3];
-  coords[2] = key % dims[2];
-  coords[1] = (key / dims[2]) % dims[1];
-  coords[0] = (key / (dims[2] * dims[1])) % dims[0];
-  const int64_t batch = key / (dims[0] * dims[1] * dims[2]);
+  const int64_t batch = lattice.decode(key, coords);
   for (int child = 0; child < 8; ++child) {
     const int offset[3] = {(child >> 2) & 1, (child >> 1) & 1, child & 1};
     int64_t cell[3];
@@ -55,18 +55,6 @@ C10_HOST_DEVICE inline void write_children(const int64_t* dims, int64_t key, con
           at_parent_corner ? corners[(local[0] / 2) * 4 + (local[1] / 2) * 2 + local[2] / 2] : T(0);
     }
   }
-}
-
-inline void check_refine_args(const at::Tensor& cells, const at::Tensor& corner_values, at::IntArrayRef dims) {
-  TORCH_CHECK_VALUE(cells.dim() == 1 && cells.scalar_type() == at::kLong, "cells must be int64 [M], got ",
-                    cells.scalar_type(), " ", cells.sizes());
-  TORCH_CHECK_VALUE(corner_values.dim() == 2 && corner_values.size(0) == cells.size(0) && corner_values.size(1) == 8,
-                    "corner_values must be [M, 8] = [", cells.size(0), ", 8], got ", corner_values.sizes());
-  TORCH_CHECK_VALUE(dims.size() == 3 && dims[0] > 0 && dims[1] > 0 && dims[2] > 0,
-                    "dims must be three positive cell counts, got ", dims);
-  TORCH_CHECK_TYPE(corner_values.scalar_type() == at::kFloat || corner_values.scalar_type() == at::kDouble,
-                   "corner_values must be float32 or float64, got ", corner_values.scalar_type());
-  TORCH_CHECK_VALUE(cells.device() == corner_values.device(), "cells and corner_values must share a device");
 }
 
 }  // namespace get3dhuman::narrow_band
