@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from get3dhuman.mesh import TexturedMesh
+from get3dhuman.ops import coarse_resolution_for
 from get3dhuman.synthetic import human_color, human_parameters
 from get3dhuman.synthetic.sampling import sample_surface
 
@@ -105,11 +106,8 @@ def evaluate_generator(generator, config: EvaluationConfig = EvaluationConfig(),
     """Metrics of `generator` (a get3dhuman.Generator; its samples seed .. seed + samples - 1)
     against the held-out humans: {'cov', 'mmd', '1-nna', 'color_l1', 'empty_fraction'}."""
     _, reference, reference_colors = reference_humans(config)
-    coarse = config.resolution
-    while coarse > 32 and coarse % 2 == 0:  # the narrow band's coarse lattice: at most 32^3
-        coarse //= 2
     meshes = generator.sample(config.samples, seed=config.seed, resolution=config.resolution, batch_size=batch_size,
-                              coarse_resolution=coarse)
+                              coarse_resolution=coarse_resolution_for(config.resolution))
     sampled = [mesh_points(mesh, config.points, config.seed + i) for i, mesh in enumerate(meshes)]
     generated = [points for points, _ in sampled]
     references = list(reference)

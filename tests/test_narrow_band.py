@@ -161,3 +161,10 @@ def test_no_refinement_when_resolution_is_coarse():
 def test_opcheck_refine():
     values = torch.randn(27, 8, generator=torch.Generator().manual_seed(5))
     torch.library.opcheck(torch.ops.get3dhuman.narrow_band_refine.default, (torch.arange(27), values, [3, 3, 3], 0.0, 0.5))
+
+
+def test_coarse_resolution_for_divides_by_powers_of_two():
+    from get3dhuman.ops import coarse_resolution_for
+
+    assert [coarse_resolution_for(r) for r in (16, 32, 48, 64, 512, 96, 33)] == [16, 32, 24, 32, 32, 24, 33]
+    assert coarse_resolution_for(256, largest=64) == 64

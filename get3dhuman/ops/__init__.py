@@ -6,11 +6,12 @@
 - pixel_order: the cache-friendly point order query_field uses on the CPU.
 - marching_cubes / marching_cubes_sparse / reference_marching_cubes: iso-surfaces of dense
   volumes and of sparse cell sets.
-- narrow_band / SparseVolume: coarse-to-fine evaluation of a field near its iso-surface.
+- narrow_band / SparseVolume: coarse-to-fine evaluation of a field near its iso-surface
+  (coarse_resolution_for: the coarse lattice to start from).
 """
 
 from get3dhuman.ops.marching_cubes import marching_cubes, marching_cubes_sparse, reference_marching_cubes
-from get3dhuman.ops.narrow_band import SparseVolume, narrow_band
+from get3dhuman.ops.narrow_band import SparseVolume, coarse_resolution_for, narrow_band
 from get3dhuman.ops.pixel_aligned import (
     OFFICIAL_DEPTH_SCALE,
     check_sample_inputs,
@@ -34,6 +35,7 @@ __all__ = [
     "choose_variant",
     "marching_cubes",
     "marching_cubes_sparse",
+    "coarse_resolution_for",
     "narrow_band",
     "pixel_order",
     "project_inputs",

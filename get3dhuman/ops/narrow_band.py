@@ -119,6 +119,15 @@ class SparseVolume:
         return meshes
 
 
+def coarse_resolution_for(resolution: int, largest: int = 32) -> int:
+    """The finest coarse lattice for `resolution` that narrow_band accepts (resolution divided by
+    a power of two) with at most `largest` cells per axis, or resolution itself when it is odd."""
+    coarse = resolution
+    while coarse > largest and coarse % 2 == 0:
+        coarse //= 2
+    return coarse
+
+
 def narrow_band(field: Field, resolution: int = 256, *, batch_size: int = 1,
                 bounds: tuple[Sequence[float], Sequence[float]] = ((-1.0, -1.0, -1.0), (1.0, 1.0, 1.0)),
                 level: float = 0.0, coarse_resolution: int = 32, band: float = 0.0,

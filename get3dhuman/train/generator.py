@@ -36,11 +36,10 @@ import torch
 
 from get3dhuman import losses
 from get3dhuman.nn import Generator
-from get3dhuman.nn.generator import resolve_config
 from get3dhuman.render import orbit_calibration, ray_march
 from get3dhuman.train.checkpoint import load_checkpoint, resolve_checkpoint
 from get3dhuman.train.loop import run_training
-from get3dhuman.train.prior import PriorCache, load_reconstructor
+from get3dhuman.train.prior import PriorCache, check_stage_inputs, load_reconstructor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,9 +112,7 @@ class GeneratorTrainer:
     """
 
     def __init__(self, config: GeneratorTrainingConfig, prior: PriorCache, reconstructor, device: str = "cpu"):
-        if prior.settings.get("preset") != config.preset or reconstructor.config != resolve_config(config.preset):
-            raise ValueError(f"the prior cache ({prior.settings.get('preset')!r}) and the reconstructor must be of the "
-                             f"training preset {config.preset!r}")
+        check_stage_inputs(prior, reconstructor, config.preset, "reconstructor")
         self.config, self.prior, self.device = config, prior, device
         torch.manual_seed(config.seed)
         self.teacher = reconstructor.to(device).eval().requires_grad_(False)

@@ -123,6 +123,13 @@ def induce_priors(config: PriorConfig, reconstructor: str, out_dir: str, device:
     return paths
 
 
+def check_stage_inputs(prior: "PriorCache", model, preset: str, name: str) -> None:
+    """Raises ValueError unless the prior cache and `model` (called `name`) are of `preset`."""
+    if prior.settings.get("preset") != preset or model.config != resolve_config(preset):
+        raise ValueError(f"the prior cache ({prior.settings.get('preset')!r}) and the {name} must be of the "
+                         f"training preset {preset!r}")
+
+
 class PriorCache:
     """Read access to a prior cache directory: `len(cache)` latents, `cache.batch(indices)`.
 

@@ -21,6 +21,7 @@ from get3dhuman.nn import Reconstructor
 from get3dhuman.render import orbit_calibration
 from get3dhuman.evaluate import chamfer_distance, mesh_points
 from get3dhuman.mesh import extract_textured_meshes
+from get3dhuman.ops import coarse_resolution_for
 from get3dhuman.synthetic import human_parameters, human_sdf, sample_occupancy, sample_surface, sample_surface_colors
 from get3dhuman.synthetic.preview import render_humans
 from get3dhuman.train.loop import run_training
@@ -102,7 +103,7 @@ def evaluate_reconstruction(model: Reconstructor, config: ReconstructorTrainingC
         predicted = (model.query_occupancy(shape_volume, points.to(device), calib) > 0.5).cpu()
         meshes = extract_textured_meshes(lambda p: model.query_occupancy(shape_volume, p, calib), None,
                                          config.eval_humans, config.eval_mesh_resolution,
-                                         coarse_resolution=min(32, config.eval_mesh_resolution), device=device)
+                                         coarse_resolution=coarse_resolution_for(config.eval_mesh_resolution), device=device)
     finally:
         model.train(was_training)
     union = (predicted | truth).sum(1).clamp_min(1)

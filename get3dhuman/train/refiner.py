@@ -21,7 +21,7 @@ from get3dhuman.refine import render_textured, view_calibration
 from get3dhuman.train.checkpoint import load_checkpoint, resolve_checkpoint
 from get3dhuman.train.generator import load_generator
 from get3dhuman.train.loop import run_training
-from get3dhuman.train.prior import PriorCache
+from get3dhuman.train.prior import PriorCache, check_stage_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +62,7 @@ class RefinerTrainer:
     """Models, optimisers and one step of stage 4 (see the module docstring)."""
 
     def __init__(self, config: RefinerTrainingConfig, prior: PriorCache, generator, device: str = "cpu"):
-        if prior.settings.get("preset") != config.preset or generator.config.z_dim != prior.batch([0], ("z",))["z"].shape[1]:
-            raise ValueError(f"the prior cache ({prior.settings.get('preset')!r}) and the generator must be of the "
-                             f"training preset {config.preset!r}")
+        check_stage_inputs(prior, generator, config.preset, "generator")
         self.config, self.prior, self.device = config, prior, device
         torch.manual_seed(config.seed)
         self.generator = generator.to(device).eval().requires_grad_(False)
