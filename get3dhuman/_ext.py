@@ -46,10 +46,13 @@ def build_info() -> dict:
     Returns a dict with: ``version`` (get3dhuman), ``torch``, ``torch_cuda`` (the CUDA version
     torch was built with, or None), ``compiled_backends`` (subset of ['cpu', 'cuda']),
     ``cuda_available`` (a usable GPU is present), ``devices`` (GPU names), ``triton`` (the
-    importable Triton version, or None).
+    importable Triton version, or None), ``query_backends`` (the backend order of
+    get3dhuman.ops.query_field, the GET3DHUMAN_QUERY_BACKEND override, and the backend it picks
+    for inference and for training on each device type here; see ops.query.backend_report).
     """
     from get3dhuman import __version__
     from get3dhuman.kernels import triton_version
+    from get3dhuman.ops.query import backend_report
 
     cuda_available = torch.cuda.is_available()
     return {
@@ -62,4 +65,5 @@ def build_info() -> dict:
         if cuda_available
         else [],
         "triton": triton_version(),
+        "query_backends": backend_report(),
     }

@@ -2,6 +2,8 @@
 
 - sample_pixel_aligned / reference_sample_pixel_aligned: project, bilinear-sample, append depth.
 - query_field / reference_query_field: an implicit decoder evaluated at points, fused and chunked.
+- BACKENDS / select_backend / backend_unavailable_reason / BACKEND_ENV: which implementation
+  query_field runs (CUDA, Triton, C++ CPU, reference) and why the others do not apply.
 - project_inputs: precomputes the 'projected' variant's map for repeated queries.
 - pixel_order: the cache-friendly point order query_field uses on the CPU.
 - marching_cubes / marching_cubes_sparse / reference_marching_cubes: iso-surfaces of dense
@@ -10,7 +12,11 @@
   (coarse_resolution_for: the coarse lattice to start from).
 """
 
-from get3dhuman.ops.marching_cubes import marching_cubes, marching_cubes_sparse, reference_marching_cubes
+from get3dhuman.ops.marching_cubes import (
+    marching_cubes,
+    marching_cubes_sparse,
+    reference_marching_cubes,
+)
 from get3dhuman.ops.narrow_band import SparseVolume, coarse_resolution_for, narrow_band
 from get3dhuman.ops.pixel_aligned import (
     OFFICIAL_DEPTH_SCALE,
@@ -19,23 +25,30 @@ from get3dhuman.ops.pixel_aligned import (
     sample_pixel_aligned,
 )
 from get3dhuman.ops.query import (
+    BACKEND_ENV,
+    BACKENDS,
     ProjectedInputs,
+    backend_unavailable_reason,
     choose_variant,
     pixel_order,
     project_inputs,
     query_field,
     reference_query_field,
+    select_backend,
 )
 
 __all__ = [
+    "BACKENDS",
+    "BACKEND_ENV",
     "OFFICIAL_DEPTH_SCALE",
     "ProjectedInputs",
     "SparseVolume",
+    "backend_unavailable_reason",
     "check_sample_inputs",
     "choose_variant",
+    "coarse_resolution_for",
     "marching_cubes",
     "marching_cubes_sparse",
-    "coarse_resolution_for",
     "narrow_band",
     "pixel_order",
     "project_inputs",
@@ -44,4 +57,5 @@ __all__ = [
     "reference_query_field",
     "reference_sample_pixel_aligned",
     "sample_pixel_aligned",
+    "select_backend",
 ]

@@ -11,18 +11,40 @@ Two exact variants:
   to K channels; each point then samples the projected map with bias and depth term fused
   into the gather, and only the layers' hidden-input parts remain as GEMMs. It trades
   per-point multiply-adds (C*K) for a one-off B*H*W*C*K projection and a K-channel gather.
+
+Backends, in the order 'auto' tries them (BACKENDS); each says why it does not apply to given
+inputs (backend_unavailable_reason), and `backend=` or the environment variable
+GET3DHUMAN_QUERY_BACKEND picks one:
+- 'cuda': the extension's CUDA sampling kernel, chunked, with the GEMMs in cuBLAS.
+- 'triton': the whole query in one Triton kernel (get3dhuman.kernels.decoded_query);
+  inference only (no backward); CPU tensors only under the Triton interpreter
+  (TRITON_INTERPRET=1), and then only when asked for by name.
+- 'cpu': the extension's C++ sampling kernel, chunked, with the GEMMs in torch.
+- 'reference': reference_query_field (grid_sample + Conv1d over all N at once).
+The CUDA kernel comes before Triton because it is the path verified on a GPU so far; the
+order is to be revisited with GPU measurements (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from typing import NamedTuple
 
 import torch
 
+from get3dhuman._ext import compiled_backends
 from get3dhuman.nn.implicit import ImplicitDecoder
-from get3dhuman.ops.pixel_aligned import OFFICIAL_DEPTH_SCALE, check_sample_inputs, reference_sample_pixel_aligned
+from get3dhuman.ops.pixel_aligned import (
+    OFFICIAL_DEPTH_SCALE,
+    check_sample_inputs,
+    reference_sample_pixel_aligned,
+)
 
 VARIANTS = ("auto", "direct", "projected")
+BACKENDS = ("cuda", "triton", "cpu", "reference")
+BACKEND_ENV = "GET3DHUMAN_QUERY_BACKEND"
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Points per chunk: activations of a chunk stay in cache-sized buffers on the CPU; GPUs need
 # larger chunks to fill the device.
 DEFAULT_CHUNK = {"cpu": 4096, "cuda": 262144}
@@ -88,6 +110,103 @@ def pixel_order(features: torch.Tensor, points: torch.Tensor, calib: torch.Tenso
     return torch.argsort(torch.nan_to_num((y + 1) * (width + 2) + (x + 1), nan=float(width + 2) ** 2 * 4), dim=1)
 
 
+# Facts of the installation, read once: torch.compile traces query_field, and cannot trace the
+# dispatcher queries and import machinery behind them.
+_COMPILED_BACKENDS = tuple(compiled_backends())
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
+def _triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def backend_unavailable_reason(
+    backend: str,
+    decoder: ImplicitDecoder,
+    features: torch.Tensor,
+    points: torch.Tensor,
+    calib: torch.Tensor,
+    explicit: bool = True,
+) -> str | None:
+    """Why `backend` cannot evaluate query_field on these inputs, or None when it can.
+
+    explicit: the backend was asked for by name; 'auto' (explicit=False) also skips the
+    Triton interpreter, which exists for tests, not for speed.
+    """
+    device = features.device.type
+    if backend == "reference":
+        return None
+    if backend in ("cuda", "cpu"):
+        if device != backend:
+            return f"the inputs are on {features.device}, not {backend}"
+        return None if backend in _COMPILED_BACKENDS else f"the extension was built without {backend.upper()} kernels"
+    if backend != "triton":
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    if not _TRITON_INSTALLED:
+        return "Triton is not installed"
+    if device == "cpu":
+        if not _triton_interpreted():
+            return "Triton runs CPU tensors only in its interpreter (TRITON_INTERPRET=1)"
+        if not explicit:
+            return "the Triton interpreter is for tests: ask for backend='triton' by name"
+    elif device != "cuda":
+        return f"Triton kernels run on CUDA devices, not {features.device}"
+    if features.dtype not in _TRITON_DTYPES:
+        return f"the Triton kernel takes float16, bfloat16 or float32, not {features.dtype}"
+    if torch.is_grad_enabled() and any(
+        t.requires_grad for t in (features, points, calib, *decoder.parameters())
+    ):
+        return "the Triton kernel has no backward: gradients are required (use torch.no_grad() for inference)"
+    return None
+
+
+def select_backend(
+    decoder: ImplicitDecoder,
+    features: torch.Tensor,
+    points: torch.Tensor,
+    calib: torch.Tensor,
+    backend: str | None = None,
+) -> tuple[str, dict[str, str]]:
+    """The backend query_field uses, and why each backend tried before it was skipped.
+
+    backend: a name from BACKENDS, 'auto', or None (the environment variable
+    GET3DHUMAN_QUERY_BACKEND, else 'auto'). A backend asked for by name that cannot run these
+    inputs raises ValueError with the reason.
+    """
+    requested = backend if backend is not None else (os.environ.get(BACKEND_ENV) or "auto")
+    source = "backend" if backend is not None else BACKEND_ENV
+    if requested != "auto":
+        if requested not in BACKENDS:
+            raise ValueError(f"{source} must be 'auto' or one of {BACKENDS}, got {requested!r}")
+        reason = backend_unavailable_reason(requested, decoder, features, points, calib)
+        if reason is not None:
+            raise ValueError(f"{source}={requested!r} cannot run these inputs: {reason}")
+        return requested, {}
+    skipped = {}
+    for name in BACKENDS:
+        reason = backend_unavailable_reason(name, decoder, features, points, calib, explicit=False)
+        if reason is None:
+            return name, skipped
+        skipped[name] = reason
+    raise AssertionError("the reference backend always applies")
+
+
+def backend_report() -> dict:
+    """For build_info(): the backend order, the GET3DHUMAN_QUERY_BACKEND override (or 'auto'),
+    and the backend chosen for inference and for training queries on each device type here."""
+    decoder = ImplicitDecoder([3, 16, 1])
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    chosen = {}
+    for device in devices:
+        decoder = decoder.to(device)
+        inputs = (torch.zeros(1, 2, 1, 1, device=device), torch.zeros(1, 1, 3, device=device), torch.eye(4, device=device)[None])
+        with torch.no_grad():
+            inference, skipped = select_backend(decoder, *inputs, backend="auto")
+        training, _ = select_backend(decoder, *inputs, backend="auto")
+        chosen[device] = {"inference": inference, "training": training, "skipped_for_inference": skipped}
+    return {"order": list(BACKENDS), "override": os.environ.get(BACKEND_ENV) or "auto", "chosen": chosen}
+
+
 def _run_chunk(decoder, sampled, projected_layout):
     """Runs the decoder on one chunk of point-major samples [M, width] -> [M, out_channels].
 
@@ -121,6 +240,7 @@ def query_field(
     chunk_size: int | None = None,
     projected: ProjectedInputs | None = None,
     sort_points: bool | None = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Decoder output (occupancy, colour, ...) at points, fused and chunked.
 
@@ -134,6 +254,9 @@ def query_field(
         sort_points: evaluate points in image-row order (see pixel_order) and restore the
             given order at the end; worth it for scattered points. None: sort on the CPU
             when there are several chunks (GPU gathers are far less sensitive to order).
+        backend: 'auto', a name from BACKENDS, or None for the GET3DHUMAN_QUERY_BACKEND
+            environment variable (default 'auto'); see select_backend. chunk_size and
+            sort_points apply to 'cpu' and 'cuda'; 'reference' ignores variant.
 
     Returns:
         [B, out_channels, N], equal (up to rounding) to
@@ -154,6 +277,9 @@ def query_field(
 
     if projected is not None and variant != "projected":
         raise ValueError(f"projected inputs are only used by variant='projected', got variant={variant!r}")
+    backend, _ = select_backend(decoder, features, points, calib, backend)
+    if backend == "reference":
+        return reference_query_field(decoder, features, points, calib, depth_scale)
 
     layout = None
     if variant == "projected":
@@ -167,6 +293,9 @@ def query_field(
         source, bias, depth_weight = projected
     else:
         source, bias, depth_weight = features, None, None
+
+    if backend == "triton":
+        return _triton_query(decoder, source, points, calib, depth_scale, variant == "projected")
 
     if sort_points is None:
         sort_points = features.device.type == "cpu" and num_points > 2 * chunk_size
@@ -193,6 +322,49 @@ def query_field(
         out = torch.cat(chunks, 1) if chunks else features.new_empty(batch, 0, decoder.out_channels)
         if order is not None:
             out = torch.zeros_like(out).scatter(1, order.unsqueeze(-1).expand_as(out), out)
+    return out.transpose(1, 2)
+
+
+@torch.library.custom_op("get3dhuman::decoded_query_triton", mutates_args=())
+def _decoded_query_triton(
+    source: torch.Tensor,
+    points: torch.Tensor,
+    calib: torch.Tensor,
+    input_weight: torch.Tensor,
+    depth_weight: torch.Tensor,
+    bias: torch.Tensor,
+    hidden: torch.Tensor,
+    widths: list[int],
+    concat_layers: list[int],
+    last_op: int,
+    depth_scale: float,
+    projected: bool,
+) -> torch.Tensor:
+    """The Triton kernel as an operator that torch.compile treats as one opaque call: [B, N, out].
+
+    A custom_op rather than torch.library.triton_op: tracing into the kernel (triton_op) reads
+    data pointers under the Triton interpreter, so CPU CI could not compile it; the kernel is
+    the whole query, so there is nothing around it for inductor to fuse."""
+    from get3dhuman.kernels.decoded_query import PackedDecoder, decoded_query
+
+    packed = PackedDecoder(input_weight, depth_weight, bias, hidden, widths, concat_layers, last_op)
+    return decoded_query(source, points, calib, packed, depth_scale, projected)
+
+
+@_decoded_query_triton.register_fake
+def _decoded_query_triton_fake(source, points, calib, input_weight, depth_weight, bias, hidden, widths, concat_layers, last_op, depth_scale, projected):
+    return source.new_empty(source.shape[0], points.shape[1], widths[-1])
+
+
+def _triton_query(decoder, source, points, calib, depth_scale, projected) -> torch.Tensor:
+    """query_field's 'triton' backend: [B, out_channels, N]."""
+    from get3dhuman.kernels.decoded_query import pack_decoder
+
+    packed = pack_decoder(decoder)
+    out = _decoded_query_triton(
+        source, points, calib, packed.input_weight, packed.depth_weight, packed.bias, packed.hidden,
+        packed.widths, packed.concat_layers, packed.last_op, float(depth_scale), projected,
+    )
     return out.transpose(1, 2)
 
 
