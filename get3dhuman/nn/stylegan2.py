@@ -9,6 +9,9 @@ Convolutions with up-sampling are a transposed convolution followed by the FIR f
 
 Noise defaults to the stored per-layer constant ('const'), so the same latent gives the same
 output; 'random' draws fresh noise (the authors' inference), 'none' disables it.
+
+bias_act and the weight modulation are get3dhuman.ops.stylegan2's: fused Triton kernels on
+CUDA tensors where Triton is installed, pure torch otherwise.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from get3dhuman.ops.stylegan2 import bias_act, modulate_weights
+
 NOISE_MODES = ("const", "random", "none")
-LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2)
 
 
@@ -98,23 +102,12 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, kernel=None
     """
     batch = x.shape[0]
     out_channels, in_channels, kernel_h, kernel_w = weight.shape
-    w = weight.unsqueeze(0) * styles.reshape(batch, 1, in_channels, 1, 1)
-    if demodulate:
-        w = w * (w.square().sum([2, 3, 4]) + 1e-8).rsqrt().reshape(batch, out_channels, 1, 1, 1)
+    w = modulate_weights(weight, styles, demodulate)
     x = x.reshape(1, batch * in_channels, *x.shape[2:])
     w = w.reshape(batch * out_channels, in_channels, kernel_h, kernel_w)
     x = conv2d_resample(x, w, kernel, up=up, padding=padding, groups=batch, flip_weight=flip_weight)
     x = x.reshape(batch, out_channels, *x.shape[2:])
     return x if noise is None else x + noise
-
-
-def bias_act(x, bias, activation="linear", gain=1.0, clamp=None):
-    """x + bias (over dim 1), then leaky ReLU (slope 0.2) for 'lrelu', times gain, clamped to +-clamp."""
-    x = x + bias.reshape(1, -1, *([1] * (x.dim() - 2)))
-    if activation == "lrelu":
-        x = F.leaky_relu(x, LRELU_SLOPE)
-    x = x * gain
-    return x if clamp is None else x.clamp(-clamp, clamp)
 
 
 class FullyConnectedLayer(nn.Module):

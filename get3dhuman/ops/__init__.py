@@ -2,6 +2,8 @@
 
 - sample_pixel_aligned / reference_sample_pixel_aligned: project, bilinear-sample, append depth.
 - query_field / reference_query_field: an implicit decoder evaluated at points, fused and chunked.
+- bias_act / modulate_weights (and reference_*): the StyleGAN2 layer helpers, fused in Triton
+  on CUDA tensors.
 - BACKENDS / select_backend / backend_unavailable_reason / BACKEND_ENV: which implementation
   query_field runs (CUDA, Triton, C++ CPU, reference) and why the others do not apply.
 - project_inputs: precomputes the 'projected' variant's map for repeated queries.
@@ -36,6 +38,12 @@ from get3dhuman.ops.query import (
     reference_query_field,
     select_backend,
 )
+from get3dhuman.ops.stylegan2 import (
+    bias_act,
+    modulate_weights,
+    reference_bias_act,
+    reference_modulate_weights,
+)
 
 __all__ = [
     "BACKENDS",
@@ -44,16 +52,20 @@ __all__ = [
     "ProjectedInputs",
     "SparseVolume",
     "backend_unavailable_reason",
+    "bias_act",
     "check_sample_inputs",
     "choose_variant",
     "coarse_resolution_for",
     "marching_cubes",
     "marching_cubes_sparse",
+    "modulate_weights",
     "narrow_band",
     "pixel_order",
     "project_inputs",
     "query_field",
+    "reference_bias_act",
     "reference_marching_cubes",
+    "reference_modulate_weights",
     "reference_query_field",
     "reference_sample_pixel_aligned",
     "sample_pixel_aligned",
