@@ -3,12 +3,24 @@
 import ast
 import os
 
+import pytest
 import torch
 
 import get3dhuman
 
 # CUDA tests and benchmarks run where a GPU is present and the CUDA kernels were compiled.
 CUDA_READY = torch.cuda.is_available() and "cuda" in get3dhuman.build_info()["compiled_backends"]
+
+
+def triton_test_device() -> str:
+    """Where a test module's Triton kernels run: 'cuda' with a GPU, else 'cpu' in the Triton
+    interpreter (conftest sets TRITON_INTERPRET=1). Skips the calling module when neither can."""
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        return "cuda"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
+    return "cpu"
 
 
 def random_calib(batch, dtype=torch.float32, seed=0):

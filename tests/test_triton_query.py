@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 import torch
-from inputs import random_inputs
+from inputs import random_inputs, triton_test_device
 
 import get3dhuman
 from get3dhuman.nn import ImplicitDecoder
@@ -29,11 +29,7 @@ from get3dhuman.ops import (
     select_backend,
 )
 
-pytest.importorskip("triton")
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
+DEVICE = triton_test_device()
 
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 

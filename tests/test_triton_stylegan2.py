@@ -5,11 +5,10 @@ Without a GPU the kernels run in the Triton interpreter on CPU tensors (conftest
 tolerance: 2e-3 relative to the values' scale (one fp16 rounding of an fp32 result).
 """
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
+from inputs import triton_test_device
 
 from get3dhuman.nn.stylegan2 import modulated_conv2d
 from get3dhuman.ops import (
@@ -19,11 +18,7 @@ from get3dhuman.ops import (
     reference_modulate_weights,
 )
 
-pytest.importorskip("triton")
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
+DEVICE = triton_test_device()
 
 SETTINGS = [("linear", 1.0, None), ("lrelu", 2**0.5, None), ("lrelu", 2**0.5, 0.7), ("linear", 0.5, 0.3)]
 
