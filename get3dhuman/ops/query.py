@@ -27,13 +27,13 @@ order is to be revisited with GPU measurements (BENCHMARKS.md).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from typing import NamedTuple
 
 import torch
 
 from get3dhuman._ext import compiled_backends
+from get3dhuman.kernels import device_unavailable_reason as triton_device_reason
 from get3dhuman.nn.implicit import ImplicitDecoder
 from get3dhuman.ops.pixel_aligned import (
     OFFICIAL_DEPTH_SCALE,
@@ -110,14 +110,8 @@ def pixel_order(features: torch.Tensor, points: torch.Tensor, calib: torch.Tenso
     return torch.argsort(torch.nan_to_num((y + 1) * (width + 2) + (x + 1), nan=float(width + 2) ** 2 * 4), dim=1)
 
 
-# Facts of the installation, read once: torch.compile traces query_field, and cannot trace the
-# dispatcher queries and import machinery behind them.
+# Read once: torch.compile traces query_field and cannot trace the dispatcher queries behind it.
 _COMPILED_BACKENDS = tuple(compiled_backends())
-_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
-
-
-def _triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def backend_unavailable_reason(
@@ -142,15 +136,9 @@ def backend_unavailable_reason(
         return None if backend in _COMPILED_BACKENDS else f"the extension was built without {backend.upper()} kernels"
     if backend != "triton":
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
-    if not _TRITON_INSTALLED:
-        return "Triton is not installed"
-    if device == "cpu":
-        if not _triton_interpreted():
-            return "Triton runs CPU tensors only in its interpreter (TRITON_INTERPRET=1)"
-        if not explicit:
-            return "the Triton interpreter is for tests: ask for backend='triton' by name"
-    elif device != "cuda":
-        return f"Triton kernels run on CUDA devices, not {features.device}"
+    reason = triton_device_reason(features, explicit)
+    if reason is not None:
+        return reason
     if features.dtype not in _TRITON_DTYPES:
         return f"the Triton kernel takes float16, bfloat16 or float32, not {features.dtype}"
     if torch.is_grad_enabled() and any(

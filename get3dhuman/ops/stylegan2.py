@@ -10,35 +10,26 @@ mode, itself differentiable, so R1 (a gradient of a gradient) runs through it.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import torch
 import torch.nn.functional as F
+
+from get3dhuman.kernels import device_unavailable_reason as triton_device_reason
 
 LRELU_SLOPE = 0.2
 STYLEGAN_BACKENDS = ("triton", "reference")
 _ACTIVATIONS = ("linear", "lrelu")
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 DEMODULATION_EPSILON = 1e-8
 
 
 def _triton_reason(tensor: torch.Tensor, explicit: bool) -> str | None:
     """Why the Triton helpers cannot take `tensor`, or None."""
-    if not _TRITON_INSTALLED:
-        return "Triton is not installed"
-    if tensor.device.type == "cpu":
-        if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-            return "Triton runs CPU tensors only in its interpreter (TRITON_INTERPRET=1)"
-        if not explicit:
-            return "the Triton interpreter is for tests: ask for backend='triton' by name"
-    elif tensor.device.type != "cuda":
-        return f"Triton kernels run on CUDA devices, not {tensor.device}"
-    if tensor.dtype not in _TRITON_DTYPES:
-        return f"Triton helpers take floating tensors, not {tensor.dtype}"
-    return None
+    reason = triton_device_reason(tensor, explicit)
+    if reason is None and tensor.dtype not in _TRITON_DTYPES:
+        reason = f"Triton helpers take floating tensors, not {tensor.dtype}"
+    return reason
 
 
 def _choose(backend: str, tensor: torch.Tensor) -> str:
