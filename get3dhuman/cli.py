@@ -25,11 +25,17 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
     else:
+        backends = info.pop("query_backends")
         width = max(len(key) for key in info)
         for key, value in info.items():
             if isinstance(value, list):
                 value = ", ".join(value) if value else "-"
             print(f"{key:<{width}}  {value}")
+        print(f"query backends: {' > '.join(backends['order'])} (GET3DHUMAN_QUERY_BACKEND: {backends['override']})")
+        for device, chosen in backends["chosen"].items():
+            print(f"  {device}: inference -> {chosen['inference']}, training -> {chosen['training']}")
+            for name, reason in chosen["skipped_for_inference"].items():
+                print(f"    {name} skipped: {reason}")
     return 0
 
 

@@ -36,6 +36,9 @@ def test_cli_info_prints_build_info(tmp_path):
     assert json.loads(result.stdout) == json.loads(json.dumps(get3dhuman.build_info()))
     plain = subprocess.run([executable, "info"], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert "compiled_backends" in plain.stdout
+    backends = get3dhuman.build_info()["query_backends"]
+    assert f"query backends: {' > '.join(backends['order'])}" in plain.stdout
+    assert f"cpu: inference -> {backends['chosen']['cpu']['inference']}" in plain.stdout
 
 
 def test_cli_rejects_unknown_commands(tmp_path):
