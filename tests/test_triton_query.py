@@ -45,10 +45,11 @@ DECODERS = {
 }
 
 
-def _inputs(decoder, count, dtype=torch.float32, batch=2, seed=0):
-    """Deterministic decoder weights and inputs; count is chosen off the kernel's block sizes."""
+def _inputs(make_decoder, count, batch=2, seed=0):
+    """A decoder from `make_decoder` with seeded weights, and deterministic inputs; callers pick
+    counts that are no multiple of the kernel's block size."""
     torch.manual_seed(seed)
-    decoder = decoder.to(device=DEVICE)
+    decoder = make_decoder().to(device=DEVICE)
     features, points, calib = random_inputs(
         batch=batch, channels=decoder.in_channels - 1, height=6, width=9, count=count, device=DEVICE, seed=seed
     )
@@ -66,7 +67,7 @@ def _rounded(decoder, features, points, calib, dtype):
 @pytest.mark.parametrize("name", list(DECODERS))
 @pytest.mark.parametrize("variant", ["direct", "projected"])
 def test_matches_reference_fp32(name, variant):
-    decoder, features, points, calib = _inputs(DECODERS[name](), count=77)
+    decoder, features, points, calib = _inputs(DECODERS[name], count=77)
     with torch.no_grad():
         out = query_field(decoder, features, points, calib, variant=variant, backend="triton")
         reference = reference_query_field(decoder, features, points, calib)
@@ -77,7 +78,7 @@ def test_matches_reference_fp32(name, variant):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("variant", ["direct", "projected"])
 def test_half_precision_within_documented_tolerance(dtype, variant):
-    decoder, features, points, calib = _inputs(DECODERS["small shape"](), count=130)
+    decoder, features, points, calib = _inputs(DECODERS["small shape"], count=130)
     decoder, inputs, reference = _rounded(decoder, features * 0.5, points, calib, dtype)
     with torch.no_grad():
         out = query_field(decoder, *inputs, variant=variant, backend="triton")
@@ -87,7 +88,7 @@ def test_half_precision_within_documented_tolerance(dtype, variant):
 
 def test_points_outside_and_on_the_border_of_the_image():
     """Corners outside the image count as zero; points on the border sample it exactly."""
-    decoder, features, _, calib = _inputs(DECODERS["ragged widths"](), count=1, batch=1)
+    decoder, features, _, calib = _inputs(DECODERS["ragged widths"], count=1, batch=1)
     calib = torch.eye(4, device=DEVICE)[None]
     edges = torch.tensor([-1.0, 1.0, -1.0 - 1e-7, 1.0 + 1e-7, -1.3, 1.3, 0.0, 37.0, -1e6])
     grid = torch.cartesian_prod(edges, edges)
@@ -100,7 +101,7 @@ def test_points_outside_and_on_the_border_of_the_image():
 
 
 def test_batch_with_different_calibrations_and_non_contiguous_inputs():
-    decoder, features, points, calib = _inputs(DECODERS["small shape"](), count=50, batch=3)
+    decoder, features, points, calib = _inputs(DECODERS["small shape"], count=50, batch=3)
     features = features.transpose(2, 3).contiguous().transpose(2, 3)  # same values, other strides
     points = points.transpose(1, 2).contiguous().transpose(1, 2)
     assert not features.is_contiguous() and not points.is_contiguous()
@@ -110,7 +111,7 @@ def test_batch_with_different_calibrations_and_non_contiguous_inputs():
 
 
 def test_precomputed_projection_and_empty_queries():
-    decoder, features, points, calib = _inputs(DECODERS["tiny shape"](), count=40)
+    decoder, features, points, calib = _inputs(DECODERS["tiny shape"], count=40)
     with torch.no_grad():
         projected = project_inputs(decoder, features)
         out = query_field(decoder, features, points, calib, projected=projected, backend="triton")
@@ -120,7 +121,7 @@ def test_precomputed_projection_and_empty_queries():
 
 
 def test_torch_compile_fullgraph():
-    decoder, features, points, calib = _inputs(DECODERS["tiny shape"](), count=33)
+    decoder, features, points, calib = _inputs(DECODERS["tiny shape"], count=33)
 
     def occupancy(f, p, c):
         return query_field(decoder, f, p, c, variant="projected", backend="triton")[:, 0] * 2 - 1
@@ -134,7 +135,7 @@ def test_torch_compile_fullgraph():
 
 def test_backend_selection_says_why_each_backend_is_skipped(monkeypatch):
     monkeypatch.delenv(BACKEND_ENV, raising=False)
-    decoder, features, points, calib = _inputs(DECODERS["tiny shape"](), count=5)
+    decoder, features, points, calib = _inputs(DECODERS["tiny shape"], count=5)
     with torch.no_grad():
         chosen, skipped = select_backend(decoder, features, points, calib)
         if DEVICE == "cpu":
@@ -155,7 +156,7 @@ def test_backend_selection_says_why_each_backend_is_skipped(monkeypatch):
 
 
 def test_environment_variable_overrides_and_the_argument_wins(monkeypatch):
-    decoder, features, points, calib = _inputs(DECODERS["tiny shape"](), count=5)
+    decoder, features, points, calib = _inputs(DECODERS["tiny shape"], count=5)
     monkeypatch.setenv(BACKEND_ENV, "reference")
     assert select_backend(decoder, features, points, calib)[0] == "reference"
     assert select_backend(decoder, features, points, calib, backend="auto")[0] != "reference"
