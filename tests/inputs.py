@@ -1,7 +1,12 @@
 """Deterministic random inputs shared by the tests and the benchmarks."""
 
 import ast
+import dataclasses
+import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -21,6 +26,31 @@ def triton_test_device() -> str:
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
     return "cpu"
+
+
+def compile_without_interpreter(script: str, workdir) -> None:
+    """Runs `script` (which prints 'compiled' when done) in a fresh Python with
+    TRITON_INTERPRET=0, outside the source tree, and asserts that it succeeded: Triton's real
+    compiler, which needs no GPU, checks what the interpreter cannot."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], env=env, cwd=workdir, capture_output=True, text=True,
+        timeout=900, check=False,
+    )
+    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
+
+
+def resumed_equals_straight(train, config, workdir, *inputs):
+    """Trains `config` straight through, and again stopped after 2 steps and resumed; asserts
+    that both end with identical weights. train(config, *inputs, out_dir, progress=False).
+    Returns the resumed model and the metrics records of the resumed run."""
+    straight = train(config, *inputs, str(workdir / "straight"), progress=False)
+    train(dataclasses.replace(config, steps=2), *inputs, str(workdir / "resumed"), progress=False)
+    resumed = train(config, *inputs, str(workdir / "resumed"), progress=False)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    with open(workdir / "resumed" / "metrics.jsonl") as log:
+        return resumed, [json.loads(line) for line in log]
 
 
 def random_calib(batch, dtype=torch.float32, seed=0):

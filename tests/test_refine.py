@@ -1,10 +1,10 @@
 """Stage 4 (Refiner training) and texture refinement at inference: back-projection, views, losses."""
 
 import dataclasses
-import json
 
 import pytest
 import torch
+from inputs import resumed_equals_straight
 
 from get3dhuman import losses
 from get3dhuman.cli import main
@@ -14,10 +14,20 @@ from get3dhuman.nn.generator import OFFICIAL_CALIBRATION
 from get3dhuman.ops import marching_cubes
 from get3dhuman.refine import refine_meshes, view_calibration
 from get3dhuman.render import orbit_calibration, ray_march
-from get3dhuman.train import PRIOR_PRESETS, RECONSTRUCTOR_PRESETS, induce_priors, train_reconstructor
+from get3dhuman.train import (
+    PRIOR_PRESETS,
+    RECONSTRUCTOR_PRESETS,
+    induce_priors,
+    train_reconstructor,
+)
 from get3dhuman.train.checkpoint import save_checkpoint
 from get3dhuman.train.prior import PriorCache
-from get3dhuman.train.refiner import PRESETS, RefinerTrainer, load_refiner, train_refiner
+from get3dhuman.train.refiner import (
+    PRESETS,
+    RefinerTrainer,
+    load_refiner,
+    train_refiner,
+)
 
 TINY = PRESETS["tiny"]
 
@@ -106,13 +116,7 @@ def test_refiner_losses_go_down_on_a_fixed_batch(prior):
 def test_refiner_training_resumes_bit_for_bit_and_refines_meshes(prior, tmp_path):
     config = dataclasses.replace(TINY, steps=3, checkpoint_every=2, eval_every=3)
     args = (str(prior / "prior"), str(prior / "generator"))
-    straight = train_refiner(config, *args, str(tmp_path / "straight"), progress=False)
-    train_refiner(dataclasses.replace(config, steps=2), *args, str(tmp_path / "resumed"), progress=False)
-    resumed = train_refiner(config, *args, str(tmp_path / "resumed"), progress=False)
-    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(a, b), name
-    with open(tmp_path / "resumed" / "metrics.jsonl") as log:
-        records = [json.loads(line) for line in log]
+    resumed, records = resumed_equals_straight(train_refiner, config, tmp_path, *args)
     assert [r["step"] for r in records] == [1, 2, 3] and {"refined_l1", "rendered_l1"} <= set(records[-1])
     refiner = load_refiner(str(tmp_path / "resumed"), config)
     assert torch.equal(next(iter(refiner.state_dict().values())), next(iter(resumed.state_dict().values())))

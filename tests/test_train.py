@@ -6,9 +6,17 @@ import os
 
 import pytest
 import torch
+from inputs import resumed_equals_straight
 
 from get3dhuman.nn import Reconstructor
-from get3dhuman.train import RECONSTRUCTOR_PRESETS, latest_checkpoint, load_checkpoint, make_batch, train_reconstructor, training_loss
+from get3dhuman.train import (
+    RECONSTRUCTOR_PRESETS,
+    latest_checkpoint,
+    load_checkpoint,
+    make_batch,
+    train_reconstructor,
+    training_loss,
+)
 
 TINY = RECONSTRUCTOR_PRESETS["tiny"]
 
@@ -42,11 +50,7 @@ def test_loss_goes_down_on_a_fixed_batch():
 
 def test_resume_continues_bit_for_bit(tmp_path):
     config = dataclasses.replace(TINY, steps=4, checkpoint_every=2, eval_every=100)
-    straight = train_reconstructor(config, str(tmp_path / "straight"), progress=False)
-    train_reconstructor(dataclasses.replace(config, steps=2), str(tmp_path / "resumed"), progress=False)
-    resumed = train_reconstructor(config, str(tmp_path / "resumed"), progress=False)
-    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(a, b), name
+    resumed_equals_straight(train_reconstructor, config, tmp_path)
 
 
 def test_bad_checkpoints_and_runs_are_rejected(tmp_path):

@@ -1,11 +1,11 @@
 """Training stages 2 (prior induction) and 3 (Generator): caches, losses, resume, errors."""
 
 import dataclasses
-import json
 import os
 
 import pytest
 import torch
+from inputs import resumed_equals_straight
 
 from get3dhuman import losses
 from get3dhuman.cli import main
@@ -15,7 +15,13 @@ from get3dhuman.train import RECONSTRUCTOR_PRESETS, train_reconstructor
 from get3dhuman.train.generator import PRESETS as GENERATOR_PRESETS
 from get3dhuman.train.generator import GeneratorTrainer, prior_points, train_generator
 from get3dhuman.train.prior import PRESETS as PRIOR_PRESETS
-from get3dhuman.train.prior import PriorCache, induce_priors, latents, load_reconstructor, prior_targets
+from get3dhuman.train.prior import (
+    PriorCache,
+    induce_priors,
+    latents,
+    load_reconstructor,
+    prior_targets,
+)
 
 PRIOR = PRIOR_PRESETS["tiny"]
 TINY = GENERATOR_PRESETS["tiny"]
@@ -128,13 +134,7 @@ def test_each_generator_loss_goes_down_on_a_fixed_batch(stages):
 def test_generator_training_resumes_bit_for_bit(stages, tmp_path):
     config = dataclasses.replace(TINY, steps=4, checkpoint_every=2, eval_every=4, r1_every=3)
     args = (str(stages / "prior"), str(stages / "reconstructor"))
-    straight = train_generator(config, *args, str(tmp_path / "straight"), progress=False)
-    train_generator(dataclasses.replace(config, steps=2), *args, str(tmp_path / "resumed"), progress=False)
-    resumed = train_generator(config, *args, str(tmp_path / "resumed"), progress=False)
-    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(a, b), name
-    with open(tmp_path / "resumed" / "metrics.jsonl") as log:
-        records = [json.loads(line) for line in log]
+    _, records = resumed_equals_straight(train_generator, config, tmp_path, *args)
     assert [r["step"] for r in records] == [1, 2, 3, 4] and "r1" in records[0] and "r1" in records[3]
     assert 0 <= records[-1]["prior_iou"] <= 1 and "depth" in records[0] and "depth" not in records[1]
     with pytest.raises(ValueError, match="other settings"):
@@ -149,7 +149,7 @@ def test_mismatched_stages_are_refused(stages):
 
 def test_losses_against_hand_computed_values():
     real, fake = torch.tensor([[2.0], [-1.0]]), torch.tensor([[0.5], [-3.0]])
-    softplus = lambda x: torch.log1p(torch.exp(x))  # noqa: E731
+    softplus = lambda x: torch.log1p(torch.exp(x))
     assert losses.discriminator_adversarial_loss(real, fake).item() == pytest.approx(
         (softplus(fake).mean() + softplus(-real).mean()).item())
     assert losses.generator_adversarial_loss(fake).item() == pytest.approx(softplus(-fake).mean().item())

@@ -8,14 +8,10 @@ bf16 1.6e-2 (about 4x the largest error seen; bf16 keeps 8 mantissa bits).
 """
 
 import copy
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
-from inputs import random_inputs, triton_test_device
+from inputs import compile_without_interpreter, random_inputs, triton_test_device
 
 import get3dhuman
 from get3dhuman.nn import ImplicitDecoder
@@ -183,7 +179,7 @@ def test_build_info_reports_the_backends():
 def test_official_kernels_compile_for_hopper(tmp_path):
     """The real Triton compiler (not the interpreter) builds the official decoders' kernels for
     sm_90 without a GPU; the interpreter accepts code the compiler rejects."""
-    script = textwrap.dedent(
+    script = (
         """
         import torch
         from get3dhuman.kernels.decoded_query import compile_for_gpu
@@ -195,8 +191,4 @@ def test_official_kernels_compile_for_hopper(tmp_path):
         print("compiled")
         """
     )
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False
-    )
-    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
+    compile_without_interpreter(script, tmp_path)

@@ -8,7 +8,7 @@ tolerance: 2e-3 relative to the values' scale (one fp16 rounding of an fp32 resu
 import pytest
 import torch
 import torch.nn.functional as F
-from inputs import triton_test_device
+from inputs import compile_without_interpreter, triton_test_device
 
 from get3dhuman.nn.stylegan2 import modulated_conv2d
 from get3dhuman.ops import (
@@ -131,3 +131,33 @@ def test_bad_arguments_name_what_is_expected():
         modulate_weights(_tensors(4, 3), _tensors(2, 3))
     if DEVICE == "cpu":  # auto keeps the interpreter out of ordinary CPU runs
         assert torch.equal(bias_act(x, bias, "lrelu"), reference_bias_act(x, bias, "lrelu"))
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_hopper(tmp_path):
+    """The real Triton compiler builds both helpers for sm_90 in every dtype and mode."""
+    compile_without_interpreter(
+        """
+        import triton
+        import triton.language as tl
+        from triton.backends.compiler import GPUTarget
+        from get3dhuman.kernels.stylegan2 import bias_act_kernel, modulate_kernel
+
+        def build(kernel, signature, constexprs):
+            signature.update(dict.fromkeys(constexprs, "constexpr"))
+            source = triton.compiler.ASTSource(kernel, signature, constexprs=constexprs)
+            triton.compile(source, target=GPUTarget("cuda", 90, 32))
+
+        for pointer, compute in (("*fp16", tl.float32), ("*bf16", tl.float32), ("*fp32", tl.float32), ("*fp64", tl.float64)):
+            for derivative in (False, True):
+                signature = dict(x_ptr=pointer, bias_ptr=pointer, grad_ptr=pointer, out_ptr=pointer, numel="i64",
+                                 channels="i32", inner="i32", gain="fp32", clamp="fp32")
+                build(bias_act_kernel, signature,
+                      dict(ACTIVATION=1, SLOPE=0.2, DERIVATIVE=derivative, COMPUTE=compute, BLOCK=1024))
+            signature = dict(weight_ptr=pointer, styles_ptr=pointer, out_ptr=pointer, out_channels="i32",
+                             in_channels="i32", taps="i32", epsilon="fp32")
+            build(modulate_kernel, signature, dict(DEMODULATE=True, COMPUTE=compute, ROW_BLOCK=512))
+        print("compiled")
+        """,
+        tmp_path,
+    )
