@@ -6,7 +6,8 @@
 - `get3dhuman train prior --reconstructor RUN --out DIR`: stage 2, the prior cache.
 - `get3dhuman train generator --prior DIR --reconstructor RUN --out DIR`: stage 3.
 - `get3dhuman train refiner --prior DIR --generator RUN --out DIR`: stage 4.
-Every stage resumes where it stopped when run again with the same DIR.
+Every stage resumes where it stopped when run again with the same DIR, and runs
+data-parallel under `torchrun --nproc-per-node N -m get3dhuman.cli train ...`.
 - `get3dhuman eval --generator RUN --preset small`: COV, MMD, 1-NNA and colour error against
   held-out synthetic humans, with an untrained generator of the same preset as the baseline row.
 """
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--generator", help="stage-3 run directory or checkpoint (refiner)")
     train.add_argument("--steps", type=int, help="total steps (default: the preset's)")
     train.add_argument("--seed", type=int, help="seed (default: the preset's)")
-    train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (under torchrun: each process its GPU LOCAL_RANK)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser("eval", help="shape and colour metrics of a generator against held-out humans")

@@ -15,6 +15,7 @@ from get3dhuman.synthetic import (
     sample_occupancy,
     sample_surface,
     sample_surface_colors,
+    sampling,
 )
 from get3dhuman.synthetic.human import INDEX
 from get3dhuman.synthetic.primitives import capped_cone, ellipsoid, tapered_capsule
@@ -169,6 +170,55 @@ def test_samples():
     assert human_sdf(params, colors.points).abs().max() < 0.03
     again = sample_occupancy(params, 800, generator=torch.Generator().manual_seed(7))
     assert torch.equal(again.points, sample_occupancy(params, 800, generator=torch.Generator().manual_seed(7)).points)
+
+
+def _shell_points(params, count, seed):
+    """Uniform box points inside each human's shell |sdf| < SHELL (brute force), [B] lists."""
+    box = _points(count, seed).expand(len(params), -1, -1)
+    near = human_sdf(params, box).abs() < sampling.SHELL
+    return [box[b][near[b]] for b in range(len(params))]
+
+
+def test_candidate_cells_cover_the_whole_shell():
+    params = human_parameters(torch.randn(8, 64, generator=torch.Generator().manual_seed(4)))
+    cells = sampling.candidate_cells(params)
+    assert 0.05 < cells.float().mean() < 0.4  # a real saving over the box, not the box itself
+    for b, shell in enumerate(_shell_points(params, 300000, seed=5)):
+        index = ((shell + sampling.BOX) / (2 * sampling.BOX) * sampling.CELLS).long().clamp(0, sampling.CELLS - 1)
+        flat = (index[:, 0] * sampling.CELLS + index[:, 1]) * sampling.CELLS + index[:, 2]
+        assert len(shell) > 1000 and cells[b, flat].all(), b
+
+
+def test_surface_samples_match_uniform_box_sampling():
+    # The oracle is PIFu's plain scheme: uniform box points in the shell, projected.
+    params = human_parameters(torch.randn(2, 64, generator=torch.Generator().manual_seed(3)))
+    count = 12000
+    sampled = sample_surface(params, count, torch.Generator().manual_seed(0))
+    for b, shell in enumerate(_shell_points(params, 500000, seed=6)):
+        reference, residual = sampling.project_to_surface(params[b:b + 1], shell[:count].unsqueeze(0))
+        reference = reference[0][residual[0] < sampling.SURFACE_TOLERANCE]
+        assert len(reference) > 0.9 * count
+        for axis in range(3):  # marginal histograms along each axis agree
+            low, high = reference[:, axis].min().item(), reference[:, axis].max().item()
+            ours = torch.histc(sampled[b, :, axis], 16, low, high) / count
+            theirs = torch.histc(reference[:, axis], 16, low, high) / len(reference)
+            assert (ours - theirs).abs().sum() / 2 < 0.03, (b, axis)
+
+
+def test_projection_reaches_the_surface_and_stops_early():
+    params = human_parameters(torch.randn(2, 64, generator=torch.Generator().manual_seed(8)))
+    shell = _shell_points(params, 20000, seed=9)
+    width = min(len(s) for s in shell)
+    points = torch.stack([s[:width] for s in shell])
+    projected, residual = sampling.project_to_surface(params, points)
+    converged = residual < sampling.SURFACE_TOLERANCE
+    assert converged.float().mean() > 0.99  # the rest (creases between parts) sample_surface drops
+    assert torch.allclose(residual, human_sdf(params, projected).abs())
+    moved = (projected - points)[converged].norm(dim=-1)
+    assert moved.quantile(0.99) < 1.5 * sampling.SHELL  # onto the nearby surface (a few Newton overshoots)
+    projected = projected[:, converged.all(0)]
+    again, _ = sampling.project_to_surface(params, projected)  # already converged: nothing moves
+    assert torch.equal(again, projected)
 
 
 def test_ground_truth_mesh_is_watertight_outward_and_on_the_surface():

@@ -1,7 +1,8 @@
 """Ground-truth samples for training and evaluation, following PIFu's scheme.
 
 Surface points come from points of a thin shell around the surface projected onto it (close
-to area-uniform for a shell thin against the curvature); occupancy samples are surface points
+to area-uniform for a shell thin against the curvature; the shell points are drawn only in the
+coarse cells it can cross, which is the same distribution at a fraction of the SDF calls); occupancy samples are surface points
 displaced by N(0, sigma^2) plus uniform points in the box; colour samples are surface points
 displaced slightly along the normal, labelled with the colour of their surface point.
 """
@@ -18,6 +19,8 @@ BOX = 1.0  # samples live in [-BOX, BOX]^3
 SHELL = 0.05  # metres: half-width of the shell whose points are projected onto the surface
 SURFACE_TOLERANCE = 1e-3
 MAX_ROUNDS = 50  # candidate batches before sample_surface gives up
+CELLS = 16  # lattice cells per box side from which sample_surface draws its candidates
+CELL_MARGIN = 1.0  # cell diagonals of slack in candidate_cells
 
 
 class OccupancySamples(NamedTuple):
@@ -42,23 +45,54 @@ def _sdf_and_gradient(params, points):
     return distance.detach(), gradient
 
 
-def project_to_surface(params: torch.Tensor, points: torch.Tensor, iterations: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
-    """Newton steps p <- p - sdf(p) grad / |grad|^2; returns (points, final |sdf|) [B, N, 3], [B, N]."""
+def project_to_surface(params: torch.Tensor, points: torch.Tensor, iterations: int = 6,
+                       tolerance: float = SURFACE_TOLERANCE / 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Newton steps p <- p - sdf(p) grad / |grad|^2, up to `iterations`, stopping early once every
+    |sdf| < `tolerance`. Returns (points, final |sdf|) [B, N, 3], [B, N]."""
     for _ in range(iterations):
         distance, gradient = _sdf_and_gradient(params, points)
+        if (distance.abs() < tolerance).all():
+            break
         points = points - (distance / gradient.square().sum(-1).clamp_min(1e-12)).unsqueeze(-1) * gradient
-    return points, human_sdf(params, points).abs()
+    else:
+        distance = human_sdf(params, points)
+    return points, distance.abs()
+
+
+def candidate_cells(params: torch.Tensor) -> torch.Tensor:
+    """[B, CELLS^3] bool: the cells of a CELLS^3 lattice over the box that may hold points of
+    the shell |sdf| < SHELL: |sdf(centre)| < SHELL + CELL_MARGIN cell diagonals, which misses
+    no shell point while the SDF's slope stays below 2 * CELL_MARGIN (tests check the cover)."""
+    side = 2 * BOX / CELLS
+    axis = -BOX + side * (torch.arange(CELLS, dtype=torch.float32) + 0.5)
+    centres = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, -1, 3)
+    distance = human_sdf(params, centres.expand(params.shape[0], -1, -1))
+    return distance.abs() < SHELL + CELL_MARGIN * side * 3**0.5
 
 
 def sample_surface(params: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """[B, count, 3] points on the surfaces (|sdf| < SURFACE_TOLERANCE) of the humans `params` [B, P]."""
-    batch = params.shape[0]
+    """[B, count, 3] points on the surfaces (|sdf| < SURFACE_TOLERANCE) of the humans `params` [B, P].
+
+    Points drawn uniformly in the cells that may hold the shell |sdf| < SHELL (candidate_cells)
+    are kept when inside the shell and projected onto the surface (project_to_surface); each
+    round draws as many candidates as the yield so far says are still needed."""
+    batch, side = params.shape[0], 2 * BOX / CELLS
+    cells = candidate_cells(params)
+    cell_count = cells.sum(1)
+    # Lower corners of each human's cells, padded to a common length (the padding is never drawn).
+    order = torch.sort((~cells).byte(), dim=1, stable=True).indices[:, : max(1, int(cell_count.max()))]
+    corners = torch.stack([order // CELLS**2, order // CELLS % CELLS, order % CELLS], -1) * side - BOX
     chosen = [[] for _ in range(batch)]
-    found = [0] * batch
+    found = torch.zeros(batch, dtype=torch.long)
+    drawn = kept = 0
     for _ in range(MAX_ROUNDS):
-        if min(found) >= count:
+        missing = (count - found).clamp_min(0)
+        if int(missing.max()) == 0 or int(cell_count.min()) == 0:
             break
-        candidates = (torch.rand(batch, 8 * count, 3, generator=generator) * 2 - 1) * BOX
+        yield_so_far = max(kept / drawn, 0.05) if drawn else 0.25
+        number = min(int(int(missing.max()) / yield_so_far * 1.2) + 16, 64 * count)
+        which = (torch.rand(batch, number, generator=generator) * cell_count.unsqueeze(1)).long()
+        candidates = corners.gather(1, which.unsqueeze(-1).expand(-1, -1, 3)) + torch.rand(batch, number, 3, generator=generator) * side
         near = human_sdf(params, candidates).abs() < SHELL
         # Shell points of each human, topped up to the same number with repeats for projection.
         picked = [candidates[b][near[b]] for b in range(batch)]
@@ -70,9 +104,9 @@ def sample_surface(params: torch.Tensor, count: int, generator: torch.Generator 
             good = mine[(error < SURFACE_TOLERANCE) & (mine.abs() <= BOX).all(-1)]
             chosen[b].append(good)
             found[b] += len(good)
-    else:
-        if min(found) < count:
-            raise RuntimeError(f"found only {min(found)} of {count} surface points: is there a surface in the box?")
+        drawn, kept = drawn + number * batch, kept + sum(len(c[-1]) for c in chosen)
+    if int(found.min()) < count:
+        raise RuntimeError(f"found only {int(found.min())} of {count} surface points: is there a surface in the box?")
     return torch.stack([torch.cat(c)[:count] for c in chosen])
 
 

@@ -5,6 +5,7 @@
 - generator: stage 3, the Generator from the prior (latent prior, adversarial, geometry losses).
 - refiner: stage 4, the texture Refiner (rendered views -> stand-in images).
 - checkpoint, loop: safetensors + json checkpoints that resume bit for bit; the shared loop.
+- distributed: data-parallel training under torchrun (batch shares, gradient averaging).
 """
 
 from get3dhuman.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint

@@ -29,10 +29,11 @@ def _named(value, default_name: str) -> dict:
     return dict(value) if isinstance(value, dict) else {default_name: value}
 
 
-def record_settings(path: str, settings: dict, may_change: tuple[str, ...] = ("steps",)) -> None:
-    """Writes `settings` as json to `path`, after checking that a file already there (an earlier
-    run in the same directory) differs at most in `may_change`; raises ValueError naming the
-    settings that changed."""
+def record_settings(path: str, settings: dict, may_change: tuple[str, ...] = ("steps",), write: bool = True) -> None:
+    """Writes `settings` as json to `path` (unless not `write`: the other processes of a
+    data-parallel run only check), after checking that a file already there (an earlier run in
+    the same directory) differs at most in `may_change`; raises ValueError naming the settings
+    that changed."""
     if os.path.exists(path):
         with open(path) as handle:
             saved = json.load(handle)
@@ -40,6 +41,8 @@ def record_settings(path: str, settings: dict, may_change: tuple[str, ...] = ("s
         if changed:
             raise ValueError(f"{os.path.dirname(path) or '.'} holds a run with other settings ({', '.join(changed)}); "
                              "use a new directory")
+    if not write:
+        return
     with open(path + ".tmp", "w") as handle:
         json.dump(settings, handle, indent=2)
     os.replace(path + ".tmp", path)

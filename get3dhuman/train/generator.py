@@ -2,7 +2,7 @@
 stage 1.
 
 Every step takes `batch_size` cached latents z (drawn with replacement from a stream seeded by
-the step, so a resumed run sees the same batches) and feeds z to both branches (z_shape =
+the step, and the rank under torchrun, so a resumed run sees the same batches) and feeds z to both branches (z_shape =
 z_texture = z: the prior of z was made from one image). Then:
 
 1. Discriminator step: non-saturating logistic loss on feature volumes, real = the prior's
@@ -37,6 +37,7 @@ import torch
 from get3dhuman import losses
 from get3dhuman.nn import Generator
 from get3dhuman.render import orbit_calibration, ray_march
+from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import load_checkpoint, resolve_checkpoint
 from get3dhuman.train.loop import run_training
 from get3dhuman.train.prior import PriorCache, check_stage_inputs, load_reconstructor
@@ -144,9 +145,9 @@ class GeneratorTrainer:
         return {"generator": self.generator_optimizer, "discriminator": self.discriminator_optimizer}
 
     def batch(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Generator]:
-        """The cache entries of `step` and the step's random stream (for points)."""
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
-        indices = torch.randint(len(self.prior), (self.config.batch_size,), generator=generator)
+        """This process's cache entries of `step` and its random stream of the step (for points)."""
+        generator = distributed.rank_generator(self.config.seed, step)
+        indices = torch.randint(len(self.prior), (distributed.local_batch_size(self.config.batch_size),), generator=generator)
         return self.prior.batch(indices), generator
 
     def _discriminate(self, shape: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
@@ -171,6 +172,7 @@ class GeneratorTrainer:
             record["r1"] = penalty.item()
         self.discriminator_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients([*self.shape_discriminator.parameters(), *self.texture_discriminator.parameters()])
         self.discriminator_optimizer.step()
         return record
 
@@ -211,6 +213,7 @@ class GeneratorTrainer:
             terms = self.generator_losses(step, batch, generator)
             self.generator_optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
+            distributed.average_gradients(self.generator.parameters())
             self.generator_optimizer.step()
         finally:
             self.shape_discriminator.requires_grad_(True)
@@ -258,8 +261,10 @@ def train_generator(config: GeneratorTrainingConfig, prior_dir: str, reconstruct
     """Trains (or resumes training in `out_dir`) up to `config.steps` steps from the prior cache
     `prior_dir` and the stage-1 run or checkpoint `reconstructor`; returns the EMA Generator.
 
-    out_dir receives checkpoint-*.safetensors/json, metrics.jsonl and config.json.
+    out_dir receives checkpoint-*.safetensors/json, metrics.jsonl and config.json. Under
+    torchrun the processes split each batch (get3dhuman.train.distributed).
     """
+    device = distributed.initialize(device)
     trainer = GeneratorTrainer(config, PriorCache(prior_dir), load_reconstructor(reconstructor, config.preset, device),
                                device)
     run_training(config, out_dir, trainer.modules, trainer.optimizers, trainer.step, trainer.evaluate, "generator",

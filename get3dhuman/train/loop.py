@@ -1,8 +1,10 @@
 """The loop every training stage shares: settings check, resume, metrics log, evaluation and
-checkpoints at fixed intervals, progress bar."""
+checkpoints at fixed intervals, progress bar; under torchrun, rank 0 alone writes and
+evaluates (see get3dhuman.train.distributed)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -11,7 +13,13 @@ from collections.abc import Callable
 
 import torch
 
-from get3dhuman.train.checkpoint import latest_checkpoint, load_checkpoint, record_settings, save_checkpoint
+from get3dhuman.train import distributed
+from get3dhuman.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    record_settings,
+    save_checkpoint,
+)
 
 
 def run_training(config, out_dir: str, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
@@ -21,28 +29,37 @@ def run_training(config, out_dir: str, modules: dict[str, torch.nn.Module], opti
 
     `config` is a dataclass with `steps`, `eval_every` and `checkpoint_every`; out_dir receives
     config.json (a directory of a run with other settings is refused), metrics.jsonl (one record
-    per step: train_step's values, seconds, and evaluate()'s every `eval_every` steps and at the
-    end) and checkpoints of `modules` and `optimizers` every `checkpoint_every` steps and at the end.
+    per step: train_step's values (averaged over the processes), seconds, and evaluate()'s every
+    `eval_every` steps and at the end) and checkpoints of `modules` and `optimizers` every
+    `checkpoint_every` steps and at the end. Under torchrun every process runs this with its own
+    share of the batch; rank 0 writes, evaluates and shows progress.
     """
+    main = distributed.is_main_process()
     os.makedirs(out_dir, exist_ok=True)
-    record_settings(os.path.join(out_dir, "config.json"), dataclasses.asdict(config))
+    record_settings(os.path.join(out_dir, "config.json"), dataclasses.asdict(config), write=main)
     start = 0
     checkpoint = latest_checkpoint(out_dir)
     if checkpoint is not None:
         start, _ = load_checkpoint(checkpoint, modules, optimizers)
+    distributed.broadcast_state(modules)
     steps = range(start, config.steps)
-    if progress:
+    if progress and main:
         from tqdm import tqdm
 
         steps = tqdm(steps, initial=start, total=config.steps, desc=description)
-    with open(os.path.join(out_dir, "metrics.jsonl"), "a") as log:
+    with (open(os.path.join(out_dir, "metrics.jsonl"), "a") if main else contextlib.nullcontext()) as log:
         for step in steps:
             began = time.perf_counter()
-            record = {"step": step + 1, **train_step(step), "seconds": time.perf_counter() - began}
+            record = {"step": step + 1, **distributed.average_metrics(train_step(step)),
+                      "seconds": time.perf_counter() - began}
+            distributed.broadcast_state(modules, buffers_only=True)
             done = step + 1
-            if done % config.eval_every == 0 or done == config.steps:
+            if main and (done % config.eval_every == 0 or done == config.steps):
                 record.update(evaluate())
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            if main:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
             if done % config.checkpoint_every == 0 or done == config.steps:
-                save_checkpoint(out_dir, done, modules, optimizers)
+                distributed.check_in_sync(modules)
+                if main:
+                    save_checkpoint(out_dir, done, modules, optimizers)

@@ -33,7 +33,12 @@ from get3dhuman.nn.generator import resolve_config
 from get3dhuman.render import orbit_calibration, ray_march
 from get3dhuman.synthetic import human_parameters
 from get3dhuman.synthetic.preview import render_humans
-from get3dhuman.train.checkpoint import load_checkpoint, record_settings, resolve_checkpoint
+from get3dhuman.train import distributed
+from get3dhuman.train.checkpoint import (
+    load_checkpoint,
+    record_settings,
+    resolve_checkpoint,
+)
 
 SHARD_KEYS = ("z", "image", "shape", "texture", "depth", "normal", "mask")
 
@@ -95,20 +100,23 @@ def prior_targets(model: Reconstructor, z: torch.Tensor, config: PriorConfig) ->
 def induce_priors(config: PriorConfig, reconstructor: str, out_dir: str, device: str = "cpu",
                   progress: bool = True) -> list[str]:
     """Fills (or completes) the prior cache in `out_dir` from the stage-1 run or checkpoint
-    `reconstructor`; returns the shard paths in order."""
+    `reconstructor`; returns the shard paths in order. Under torchrun process r makes the
+    missing shards whose index is r modulo the number of processes."""
     if config.count < 1 or config.shard_size < 1 or config.batch_size < 1:
         raise ValueError(f"count, shard_size and batch_size must be positive, got {config.count}, "
                          f"{config.shard_size}, {config.batch_size}")
     if config.volume_dtype not in ("float16", "bfloat16", "float32"):
         raise ValueError(f"volume_dtype must be float16, bfloat16 or float32, got {config.volume_dtype!r}")
+    device = distributed.initialize(device)
+    rank, size = distributed.world()
     os.makedirs(out_dir, exist_ok=True)
-    record_settings(os.path.join(out_dir, "prior.json"),
-                    {**dataclasses.asdict(config), "reconstructor": os.path.abspath(reconstructor)}, may_change=("count",))
+    record_settings(os.path.join(out_dir, "prior.json"), {**dataclasses.asdict(config), "reconstructor": os.path.abspath(reconstructor)},
+                    may_change=("count",), write=rank == 0)
     model = load_reconstructor(reconstructor, config.preset, device)
     shards = range(-(-config.count // config.shard_size))
     paths = [os.path.join(out_dir, f"prior-{index:05d}.safetensors") for index in shards]
-    missing = [index for index in shards if not os.path.exists(paths[index])]
-    if progress:
+    missing = [index for index in shards if not os.path.exists(paths[index]) and index % size == rank]
+    if progress and rank == 0:
         from tqdm import tqdm
 
         missing = tqdm(missing, desc="prior shards", initial=len(paths) - len(missing), total=len(paths))
@@ -120,6 +128,7 @@ def induce_priors(config: PriorConfig, reconstructor: str, out_dir: str, device:
         tensors = {key: torch.cat([part[key] for part in parts]).contiguous() for key in SHARD_KEYS}
         save_file(tensors, paths[index] + ".tmp", metadata={"first": str(begin), "preset": config.preset})
         os.replace(paths[index] + ".tmp", paths[index])
+    distributed.barrier()  # every shard exists before any process goes on
     return paths
 
 

@@ -1,9 +1,10 @@
 """Training stage 1: the pixel-aligned Reconstructor on rendered synthetic humans.
 
-Every step draws a fresh batch from the synthetic world (deterministically from the seed and
-the step number, so a resumed run sees exactly the batches an uninterrupted one would): humans
-from z ~ N(0, I), each rendered from a random orbit angle, with PIFu-style occupancy samples
-and surface colour samples in world coordinates, queried through the same camera.
+Every step draws a fresh batch from the synthetic world (deterministically from the seed, the
+step number and, under torchrun, the rank, so a resumed run sees exactly the batches an
+uninterrupted one would): humans from z ~ N(0, I), each rendered from a random orbit angle,
+with PIFu-style occupancy samples and surface colour samples in world coordinates, queried
+through the same camera.
 
 Losses: binary cross-entropy of the predicted inside-probability against the occupancy labels,
 plus `color_weight` times the L1 error of the predicted colours.
@@ -14,16 +15,24 @@ Metrics: occupancy IoU and the Chamfer distance of reconstructed meshes on held-
 from __future__ import annotations
 
 import dataclasses
+
 import torch
 import torch.nn.functional as F
 
-from get3dhuman.nn import Reconstructor
-from get3dhuman.render import orbit_calibration
 from get3dhuman.evaluate import chamfer_distance, mesh_points
 from get3dhuman.mesh import extract_textured_meshes
+from get3dhuman.nn import Reconstructor
 from get3dhuman.ops import coarse_resolution_for
-from get3dhuman.synthetic import human_parameters, human_sdf, sample_occupancy, sample_surface, sample_surface_colors
+from get3dhuman.render import orbit_calibration
+from get3dhuman.synthetic import (
+    human_parameters,
+    human_sdf,
+    sample_occupancy,
+    sample_surface,
+    sample_surface_colors,
+)
 from get3dhuman.synthetic.preview import render_humans
+from get3dhuman.train import distributed
 from get3dhuman.train.loop import run_training
 
 EVAL_SEED_OFFSET = 1_000_000_007  # held-out humans come from a seed stream training never uses
@@ -59,12 +68,19 @@ PRESETS = {
 }
 
 
-def make_batch(config: ReconstructorTrainingConfig, step: int, image_side: int) -> dict[str, torch.Tensor]:
-    """The training batch of `step`: image [B, 3, S, S] in [-1, 1] (background -1), calib
-    [B, 4, 4], occupancy points/labels [B, N, 3]/[B, N], colour points/colours [B, M, 3]."""
-    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-    params = human_parameters(torch.randn(config.batch_size, config.z_dim, generator=generator))
-    angles = torch.rand(config.batch_size, generator=generator) * 360
+def make_batch(config: ReconstructorTrainingConfig, step: int, image_side: int,
+               share: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    """One process's share of the training batch of `step`: image [B, 3, S, S] in [-1, 1]
+    (background -1), calib [B, 4, 4], occupancy points/labels [B, N, 3]/[B, N], colour
+    points/colours [B, M, 3], with B = batch_size / processes.
+
+    share: (rank, processes) whose share to make; default this process's (the whole batch
+    outside torchrun)."""
+    rank, size = distributed.world() if share is None else share
+    generator = distributed.rank_generator(config.seed, step, rank)
+    batch_size = distributed.local_batch_size(config.batch_size, size)
+    params = human_parameters(torch.randn(batch_size, config.z_dim, generator=generator))
+    angles = torch.rand(batch_size, generator=generator) * 360
     image = render_humans(params, image_side, angles, background=0.0).permute(0, 3, 1, 2) * 2 - 1
     occupancy = sample_occupancy(params, config.occupancy_points, generator=generator)
     colors = sample_surface_colors(params, config.color_points, generator=generator)
@@ -116,8 +132,10 @@ def train_reconstructor(config: ReconstructorTrainingConfig, out_dir: str, devic
                         progress: bool = True) -> Reconstructor:
     """Trains (or resumes training in `out_dir`) up to `config.steps` steps; returns the model.
 
-    out_dir receives checkpoint-*.safetensors/json, metrics.jsonl and config.json.
+    out_dir receives checkpoint-*.safetensors/json, metrics.jsonl and config.json. Under
+    torchrun the processes split each batch (get3dhuman.train.distributed).
     """
+    device = distributed.initialize(device)
     torch.manual_seed(config.seed)
     model = Reconstructor(config.preset).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
@@ -129,6 +147,7 @@ def train_reconstructor(config: ReconstructorTrainingConfig, out_dir: str, devic
         losses = training_loss(model, batch, config.color_weight)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
+        distributed.average_gradients(model.parameters())
         optimizer.step()
         return {k: v.item() for k, v in losses.items()}
 

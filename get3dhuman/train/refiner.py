@@ -18,6 +18,7 @@ import torch
 from get3dhuman import losses
 from get3dhuman.nn import MultiScalePatchDiscriminator, Refiner
 from get3dhuman.refine import render_textured, view_calibration
+from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import load_checkpoint, resolve_checkpoint
 from get3dhuman.train.generator import load_generator
 from get3dhuman.train.loop import run_training
@@ -107,8 +108,8 @@ class RefinerTrainer:
 
     def step(self, step: int) -> dict[str, float]:
         """One discriminator and one refiner update on the batch of `step`."""
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
-        indices = torch.randint(len(self.prior), (self.config.batch_size,), generator=generator)
+        generator = distributed.rank_generator(self.config.seed, step)
+        indices = torch.randint(len(self.prior), (distributed.local_batch_size(self.config.batch_size),), generator=generator)
         rendered, target = self.images(indices)
         self.refiner.train()
         d_loss, terms = self.losses(rendered, target)
@@ -117,6 +118,7 @@ class RefinerTrainer:
         self.discriminator_optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward(inputs=list(self.refiner.parameters()))
         d_loss.backward(inputs=list(self.discriminator.parameters()))
+        distributed.average_gradients([*self.refiner.parameters(), *self.discriminator.parameters()])
         self.refiner_optimizer.step()
         self.discriminator_optimizer.step()
         return {"d_loss": d_loss.item(), **{("r_loss" if k == "loss" else k): v.item() for k, v in terms.items()}}
@@ -142,7 +144,9 @@ def load_refiner(path: str, config: RefinerTrainingConfig, device: str = "cpu") 
 def train_refiner(config: RefinerTrainingConfig, prior_dir: str, generator: str, out_dir: str, device: str = "cpu",
                   progress: bool = True) -> Refiner:
     """Trains (or resumes training in `out_dir`) up to `config.steps` steps from the prior cache
-    and the stage-3 run or checkpoint `generator`; returns the Refiner (eval mode)."""
+    and the stage-3 run or checkpoint `generator`; returns the Refiner (eval mode). Under
+    torchrun the processes split each batch (get3dhuman.train.distributed)."""
+    device = distributed.initialize(device)
     trainer = RefinerTrainer(config, PriorCache(prior_dir), load_generator(generator, config.preset, device), device)
     run_training(config, out_dir, trainer.modules, trainer.optimizers, trainer.step, trainer.evaluate, "refiner", progress)
     return trainer.refiner.eval()
