@@ -62,10 +62,13 @@ def _train(args: argparse.Namespace) -> int:
                                      **({"seed": args.seed} if args.seed is not None else {}))
         train.induce_priors(config, args.reconstructor, args.out, args.device, progress=not args.quiet)
         return 0
+    if args.workers is not None and args.stage != "reconstructor":
+        raise SystemExit(f"get3dhuman train {args.stage}: --workers applies to the reconstructor stage only")
     overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
     if args.stage == "reconstructor":
         config = dataclasses.replace(train.RECONSTRUCTOR_PRESETS[args.preset], **overrides)
-        train.train_reconstructor(config, args.out, args.device, progress=not args.quiet)
+        train.train_reconstructor(config, args.out, args.device, progress=not args.quiet,
+                                  workers=2 if args.workers is None else args.workers)
     elif args.stage == "refiner":
         if args.prior is None or args.generator is None:
             raise SystemExit("get3dhuman train refiner: --prior DIR and --generator RUN are required")
@@ -126,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--steps", type=int, help="total steps (default: the preset's)")
     train.add_argument("--seed", type=int, help="seed (default: the preset's)")
     train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (under torchrun: each process its GPU LOCAL_RANK)")
+    train.add_argument("--workers", type=int, help="reconstructor: processes making the coming synthetic batches "
+                       "while the model trains (default 2, 0: none; the batches are the same)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser("eval", help="shape and colour metrics of a generator against held-out humans")

@@ -53,6 +53,27 @@ def test_resume_continues_bit_for_bit(tmp_path):
     resumed_equals_straight(train_reconstructor, config, tmp_path)
 
 
+def test_an_interrupted_runs_records_after_its_checkpoint_are_replaced(tmp_path):
+    config = dataclasses.replace(TINY, steps=2, checkpoint_every=2, eval_every=100)
+    train_reconstructor(config, str(tmp_path), progress=False, workers=0)
+    with open(tmp_path / "metrics.jsonl", "a") as log:  # step 3 ran, then the run was killed
+        log.write(json.dumps({"step": 3, "loss": -1.0}) + "\n")
+    train_reconstructor(dataclasses.replace(config, steps=4), str(tmp_path), progress=False, workers=0)
+    with open(tmp_path / "metrics.jsonl") as log:
+        records = [json.loads(line) for line in log]
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and all(r["loss"] > 0 for r in records)
+
+
+def test_batch_workers_change_nothing_but_the_speed(tmp_path):
+    config = dataclasses.replace(TINY, steps=3, checkpoint_every=100, eval_every=100)
+    alone = train_reconstructor(config, str(tmp_path / "alone"), progress=False, workers=0)
+    helped = train_reconstructor(config, str(tmp_path / "helped"), progress=False, workers=2)
+    for (name, a), b in zip(alone.state_dict().items(), helped.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="workers must be >= 0, got -1"):
+        train_reconstructor(config, str(tmp_path / "bad"), progress=False, workers=-1)
+
+
 def test_bad_checkpoints_and_runs_are_rejected(tmp_path):
     config = dataclasses.replace(TINY, steps=1, checkpoint_every=1, eval_every=100)
     train_reconstructor(config, str(tmp_path / "run"), progress=False)

@@ -22,6 +22,20 @@ from get3dhuman.train.checkpoint import (
 )
 
 
+def _drop_records_after(path: str, step: int) -> None:
+    """Keeps the records of steps <= `step` in the metrics log at `path`: the steps a run logged
+    after its newest checkpoint before it was interrupted are run, and logged, again."""
+    if not os.path.exists(path):
+        return
+    with open(path) as handle:
+        lines = handle.readlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        with open(path + ".tmp", "w") as handle:
+            handle.writelines(kept)
+        os.replace(path + ".tmp", path)
+
+
 def run_training(config, out_dir: str, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
                  train_step: Callable[[int], dict[str, float]], evaluate: Callable[[], dict[str, float]],
                  description: str, progress: bool = True) -> None:
@@ -42,12 +56,15 @@ def run_training(config, out_dir: str, modules: dict[str, torch.nn.Module], opti
     if checkpoint is not None:
         start, _ = load_checkpoint(checkpoint, modules, optimizers)
     distributed.broadcast_state(modules)
+    metrics_path = os.path.join(out_dir, "metrics.jsonl")
+    if main:
+        _drop_records_after(metrics_path, start)
     steps = range(start, config.steps)
     if progress and main:
         from tqdm import tqdm
 
         steps = tqdm(steps, initial=start, total=config.steps, desc=description)
-    with (open(os.path.join(out_dir, "metrics.jsonl"), "a") if main else contextlib.nullcontext()) as log:
+    with (open(metrics_path, "a") if main else contextlib.nullcontext()) as log:
         for step in steps:
             began = time.perf_counter()
             record = {"step": step + 1, **distributed.average_metrics(train_step(step)),

@@ -88,6 +88,20 @@ def make_batch(config: ReconstructorTrainingConfig, step: int, image_side: int,
             "inside": occupancy.inside, "color_points": colors.points, "colors": colors.colors}
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Item `step` is make_batch(config, step, image_side, share): a map-style dataset, so a
+    DataLoader's worker processes make the next batches while the model trains on this one."""
+
+    def __init__(self, config: ReconstructorTrainingConfig, image_side: int, share: tuple[int, int]):
+        self.config, self.image_side, self.share = config, image_side, share
+
+    def __len__(self) -> int:
+        return self.config.steps
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        return make_batch(self.config, step, self.image_side, self.share)
+
+
 def training_loss(model: Reconstructor, batch: dict[str, torch.Tensor], color_weight: float) -> dict[str, torch.Tensor]:
     """{'loss', 'occupancy', 'color'} of one batch (on the model's device)."""
     shape_volume, texture_volume = model(batch["image"])
@@ -129,21 +143,31 @@ def evaluate_reconstruction(model: Reconstructor, config: ReconstructorTrainingC
 
 
 def train_reconstructor(config: ReconstructorTrainingConfig, out_dir: str, device: str = "cpu",
-                        progress: bool = True) -> Reconstructor:
+                        progress: bool = True, workers: int = 2) -> Reconstructor:
     """Trains (or resumes training in `out_dir`) up to `config.steps` steps; returns the model.
 
-    out_dir receives checkpoint-*.safetensors/json, metrics.jsonl and config.json. Under
-    torchrun the processes split each batch (get3dhuman.train.distributed).
+    out_dir receives checkpoint-*.safetensors/json, metrics.jsonl and config.json. `workers`
+    processes make the coming batches while the model trains (0: make each in turn; the
+    batches are the same either way). Under torchrun the processes split each batch
+    (get3dhuman.train.distributed).
     """
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
     device = distributed.initialize(device)
     torch.manual_seed(config.seed)
     model = Reconstructor(config.preset).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    side = model.config.backbone_resolution
+    dataset = StepBatches(config, model.config.backbone_resolution, distributed.world())
+    batches, next_step = iter(()), None
 
     def train_step(step: int) -> dict[str, float]:
+        nonlocal batches, next_step
+        if step != next_step:  # the first step of this run: start making batches from here
+            batches = iter(torch.utils.data.DataLoader(dataset, batch_size=None, sampler=range(step, config.steps),
+                                                       num_workers=workers))
+        next_step = step + 1
         model.train()
-        batch = {k: v.to(device) for k, v in make_batch(config, step, side).items()}
+        batch = {k: v.to(device) for k, v in next(batches).items()}
         losses = training_loss(model, batch, config.color_weight)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
