@@ -89,6 +89,7 @@ def _extension():
 setup(
     packages=find_packages(include=["get3dhuman", "get3dhuman.*"]) + ["get3dhuman.kernels"],
     package_dir={"get3dhuman.kernels": "kernels"},
+    package_data={"get3dhuman": ["weights/*.safetensors"]},  # the default weights, once trained (TRAINING.md)
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -8,6 +8,8 @@
 - `get3dhuman train refiner --prior DIR --generator RUN --out DIR`: stage 4.
 Every stage resumes where it stopped when run again with the same DIR, and runs
 data-parallel under `torchrun --nproc-per-node N -m get3dhuman.cli train ...`.
+- `get3dhuman export --generator RUN --out FILE.safetensors`: the trained generator as one file
+  for `Generator.from_pretrained(FILE)`.
 - `get3dhuman eval --generator RUN --preset small`: COV, MMD, 1-NNA and colour error against
   held-out synthetic humans, with an untrained generator of the same preset as the baseline row.
 """
@@ -105,6 +107,14 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from get3dhuman.train import load_generator
+
+    load_generator(args.generator, args.preset).save_pretrained(args.out)
+    print(args.out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `get3dhuman` console script; returns the exit status."""
     parser = argparse.ArgumentParser(prog="get3dhuman", description=__doc__)
@@ -146,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--no-baseline", action="store_true", help="skip the untrained-generator row")
     evaluate.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     evaluate.set_defaults(handler=_eval)
+    export = commands.add_parser("export", help="write a trained generator as one file for Generator.from_pretrained")
+    export.add_argument("--generator", required=True, help="stage-3 run directory or checkpoint (its moving average)")
+    export.add_argument("--preset", choices=["tiny", "small", "official"], default="small")
+    export.add_argument("--out", required=True, help="the .safetensors file to write")
+    export.set_defaults(handler=_export)
     args = parser.parse_args(argv)
     return args.handler(args)
 

@@ -1,5 +1,7 @@
 """The two-branch Generator: presets, the authors' checkpoint, occupancy convention."""
 
+import os
+
 import pytest
 import torch
 from inputs import official_checkpoint_layout
@@ -7,7 +9,7 @@ from safetensors.torch import save_file
 
 from get3dhuman import Generator
 from get3dhuman.nn import PRESETS, GeneratorConfig
-from get3dhuman.nn.generator import OFFICIAL_CALIBRATION
+from get3dhuman.nn.generator import DEFAULT_WEIGHTS, OFFICIAL_CALIBRATION
 from get3dhuman.ops import reference_query_field
 
 def tiny(seed=0):
@@ -164,3 +166,40 @@ def test_from_official_checkpoint_refuses_pickled_objects(tmp_path):
     torch.save({"module.x": torch.zeros(1), "config": object()}, path)
     with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
         Generator.from_official_checkpoint(path)
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    torch.manual_seed(3)
+    generator = Generator("tiny").eval()
+    generator.calibration.copy_(OFFICIAL_CALIBRATION)  # the camera travels with the weights
+    path = tmp_path / "generator.safetensors"
+    generator.save_pretrained(path)
+    loaded = Generator.from_pretrained(path)
+    assert loaded.config == generator.config and not loaded.training
+    assert torch.equal(loaded.calibration, OFFICIAL_CALIBRATION)
+    for (name, a), b in zip(generator.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    z = torch.randn(2, generator.config.z_dim, generator=torch.Generator().manual_seed(0))
+    points = torch.rand(2, 50, 3) * 2 - 1
+    with torch.no_grad():
+        expected = generator.query_occupancy(generator.shape_features(z).volume, points)
+        assert torch.equal(loaded.query_occupancy(loaded.shape_features(z).volume, points), expected)
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Generator.from_pretrained(tmp_path / "missing.safetensors")
+    (tmp_path / "text.safetensors").write_text("not tensors")
+    with pytest.raises(ValueError, match="is not a safetensors file"):
+        Generator.from_pretrained(tmp_path / "text.safetensors")
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="is not a file of Generator.save_pretrained"):
+        Generator.from_pretrained(tmp_path / "other.safetensors")
+
+
+def test_default_weights_load_or_are_reported_missing():
+    if os.path.exists(DEFAULT_WEIGHTS):
+        assert Generator.from_pretrained().config == PRESETS["small"]
+    else:
+        with pytest.raises(FileNotFoundError, match="ships no default weights"):
+            Generator.from_pretrained()

@@ -7,13 +7,13 @@ import pytest
 import torch
 from inputs import resumed_equals_straight
 
-from get3dhuman import losses
+from get3dhuman import Generator, losses
 from get3dhuman.cli import main
 from get3dhuman.render import orbit_calibration, sphere_trace
 from get3dhuman.synthetic import human_parameters, human_sdf
 from get3dhuman.train import RECONSTRUCTOR_PRESETS, train_reconstructor
 from get3dhuman.train.generator import PRESETS as GENERATOR_PRESETS
-from get3dhuman.train.generator import GeneratorTrainer, prior_points, train_generator
+from get3dhuman.train.generator import GeneratorTrainer, load_generator, prior_points, train_generator
 from get3dhuman.train.prior import PRESETS as PRIOR_PRESETS
 from get3dhuman.train.prior import (
     PriorCache,
@@ -172,6 +172,11 @@ def test_command_line_runs_the_stages(stages, tmp_path):
     assert main(["train", "generator", "--preset", "tiny", "--prior", prior, "--reconstructor",
                  str(stages / "reconstructor"), "--out", str(tmp_path / "generator"), "--steps", "1", "--quiet"]) == 0
     assert os.path.exists(tmp_path / "generator" / "checkpoint-00000001.safetensors")
+    exported = str(tmp_path / "generator.safetensors")
+    assert main(["export", "--generator", str(tmp_path / "generator"), "--preset", "tiny", "--out", exported]) == 0
+    loaded, trained = Generator.from_pretrained(exported), load_generator(str(tmp_path / "generator"), "tiny")
+    for (name, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
     with pytest.raises(SystemExit):
         main(["train", "generator", "--preset", "tiny", "--out", str(tmp_path / "g2")])  # --prior is required
     with pytest.raises(SystemExit, match="--steps does not apply"):

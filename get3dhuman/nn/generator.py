@@ -18,11 +18,14 @@ converts by negating its last layer (sigmoid(-a) = 1 - sigmoid(a), exact).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from typing import NamedTuple
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from get3dhuman.mesh import ExtractionTimings, TexturedMesh, extract_textured_meshes
@@ -249,6 +252,49 @@ class Generator(PixelAlignedModel):
             "texture": ResNetDiscriminator(img_channels=2 * c.feature_channels, **kwargs),
         }
 
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Writes the weights, the sizes (`config`) and the camera (`calibration`) to one
+        safetensors file that `Generator.from_pretrained(path)` loads without this code's
+        presets; written under a temporary name and renamed."""
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tensors["calibration"] = self.calibration.detach().contiguous().cpu()
+        metadata = {"format": PRETRAINED_FORMAT, "config": json.dumps(dataclasses.asdict(self.config))}
+        path = os.fspath(path)
+        save_file(tensors, path + ".tmp", metadata=metadata)
+        os.replace(path + ".tmp", path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Generator:
+        """A Generator in eval mode from a file of `save_pretrained` (`get3dhuman export`
+        writes one from a training run). Without `path`: the package's default weights
+        (DEFAULT_WEIGHTS), with no network access. Raises FileNotFoundError when the file (or,
+        for the default, the packaged weights) is missing, ValueError when it is not such a file."""
+        if path is None and not os.path.exists(DEFAULT_WEIGHTS):
+            raise FileNotFoundError(f"this installation ships no default weights ({DEFAULT_WEIGHTS}); train a "
+                                    "generator (TRAINING.md), `get3dhuman export` it and pass its path")
+        path = os.fspath(DEFAULT_WEIGHTS if path is None else path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"path {path!r} does not exist")
+        try:
+            with safe_open(path, framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        except SafetensorError as error:
+            raise ValueError(f"{path} is not a safetensors file: {error}") from error
+        if metadata.get("format") != PRETRAINED_FORMAT:
+            raise ValueError(f"{path} is not a file of Generator.save_pretrained (format {metadata.get('format')!r}, "
+                             f"expected {PRETRAINED_FORMAT!r})")
+        sizes = json.loads(metadata["config"])
+        config = GeneratorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()})
+        generator = cls(config)
+        calibration = tensors.pop("calibration")
+        try:
+            generator.load_state_dict(tensors)
+        except RuntimeError as error:
+            raise ValueError(f"{path} does not match its own config: {error}") from error
+        generator.calibration.copy_(calibration)
+        return generator.to(device).eval()
+
     @classmethod
     def from_official_checkpoint(cls, path: str | os.PathLike, return_discriminators: bool = False):
         """Loads the authors' checkpoint (a state dict saved with torch.save, keys optionally
@@ -295,13 +341,19 @@ class Generator(PixelAlignedModel):
         return (generator, discriminators) if return_discriminators else generator
 
 
+PRETRAINED_FORMAT = "get3dhuman-generator/1"
+# The package's default weights: the 'small' preset trained by TRAINING.md's commands.
+DEFAULT_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights",
+                               "generator-small.safetensors")
+
+
 def _read_state_dict(path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file, without unpickling arbitrary objects."""
     path = os.fspath(path)
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
+        state = {}
+        with safe_open(path, framework="pt") as handle:
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
