@@ -95,7 +95,9 @@ def average_metrics(record: dict[str, float]) -> dict[str, float]:
     if size == 1:
         return record
     keys = sorted(record)
-    values = torch.tensor([float(record[k]) for k in keys], dtype=torch.float64)
+    # NCCL reduces CUDA tensors only: the values travel on this process's GPU there.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    values = torch.tensor([float(record[k]) for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(values)
     return dict(zip(keys, (values / size).tolist()))
 
