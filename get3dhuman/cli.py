@@ -6,6 +6,7 @@
 - `get3dhuman train prior --reconstructor RUN --out DIR`: stage 2, the prior cache.
 - `get3dhuman train generator --prior DIR --reconstructor RUN --out DIR`: stage 3.
 - `get3dhuman train refiner --prior DIR --generator RUN --out DIR`: stage 4.
+- `get3dhuman train all --preset small --out DIR`: the four stages in turn, in DIR/STAGE.
 Every stage resumes where it stopped when run again with the same DIR, and runs
 data-parallel under `torchrun --nproc-per-node N -m get3dhuman.cli train ...`.
 - `get3dhuman export --generator RUN --out FILE.safetensors`: the trained generator as one file
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -50,11 +52,24 @@ def _synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+STAGES = ("reconstructor", "prior", "generator", "refiner")
+
+
 def _train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from get3dhuman import train
 
+    if args.stage == "all":
+        if any(getattr(args, k) is not None for k in ("reconstructor", "prior", "generator", "steps")):
+            raise SystemExit("get3dhuman train all: --reconstructor, --prior, --generator and --steps do not apply "
+                             "(every stage runs its preset's steps on the stages before it in --out)")
+        runs = {stage: os.path.join(args.out, stage) for stage in STAGES}
+        for stage, out in runs.items():
+            _train(argparse.Namespace(**{**vars(args), "stage": stage, "out": out, "reconstructor": runs["reconstructor"],
+                                         "prior": runs["prior"], "generator": runs["generator"],
+                                         "workers": args.workers if stage == "reconstructor" else None}))
+        return 0
     if args.stage == "prior":
         if args.reconstructor is None:
             raise SystemExit("get3dhuman train prior: --reconstructor RUN is required")
@@ -129,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     synthetic.add_argument("--resolution", type=int, default=256, help="pixels per side of each render (default 256)")
     synthetic.set_defaults(handler=_synthetic)
     train = commands.add_parser("train", help="train a stage (resumes from the newest checkpoint in --out)")
-    train.add_argument("stage", choices=["reconstructor", "prior", "generator", "refiner"],
-                       help="the training stage: 1 reconstructor, 2 prior (cache), 3 generator, 4 refiner")
+    train.add_argument("stage", choices=[*STAGES, "all"],
+                       help="the training stage: 1 reconstructor, 2 prior (cache), 3 generator, 4 refiner; "
+                       "all: each in turn, in OUT/STAGE")
     train.add_argument("--preset", choices=["tiny", "small", "official"], default="small")
     train.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, config.json) or prior cache")
     train.add_argument("--reconstructor", help="stage-1 run directory or checkpoint (prior, generator)")

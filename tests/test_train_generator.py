@@ -182,3 +182,16 @@ def test_command_line_runs_the_stages(stages, tmp_path):
     with pytest.raises(SystemExit, match="--steps does not apply"):
         main(["train", "prior", "--preset", "tiny", "--reconstructor", str(stages / "reconstructor"), "--out", prior,
               "--steps", "3"])
+
+
+def test_command_line_trains_all_stages_in_turn_and_resumes(tmp_path):
+    command = ["train", "all", "--preset", "tiny", "--out", str(tmp_path), "--workers", "0", "--quiet"]
+    assert main(command) == 0
+    for stage in ("reconstructor", "generator", "refiner"):
+        assert os.path.exists(tmp_path / stage / "checkpoint-00000020.safetensors"), stage
+    assert len(PriorCache(str(tmp_path / "prior"))) == PRIOR.count
+    logged = {stage: (tmp_path / stage / "metrics.jsonl").read_text() for stage in ("reconstructor", "generator", "refiner")}
+    assert main(command) == 0  # everything is done: nothing runs again
+    assert logged == {stage: (tmp_path / stage / "metrics.jsonl").read_text() for stage in logged}
+    with pytest.raises(SystemExit, match="do not apply"):
+        main(["train", "all", "--preset", "tiny", "--out", str(tmp_path), "--steps", "3"])
