@@ -12,6 +12,7 @@ from get3dhuman.nn import PRESETS, GeneratorConfig
 from get3dhuman.nn.generator import DEFAULT_WEIGHTS, OFFICIAL_CALIBRATION
 from get3dhuman.ops import reference_query_field
 
+
 def tiny(seed=0):
     torch.manual_seed(seed)
     return Generator("tiny").eval()

@@ -351,7 +351,6 @@ def _read_state_dict(path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file, without unpickling arbitrary objects."""
     path = os.fspath(path)
     if path.endswith(".safetensors"):
-        state = {}
         with safe_open(path, framework="pt") as handle:
             state = {key: handle.get_tensor(key) for key in handle.keys()}
     else:
