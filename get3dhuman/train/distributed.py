@@ -6,9 +6,9 @@ draws its own share of every step's batch (`rank_generator`, `local_batch_size`:
 `batch_size` is the global batch), and averages gradients with the others before each optimiser
 step (`average_gradients`, one flat all-reduce per update, as StyleGAN2-ADA does: it works with
 R1's double backward, frozen decoders and alternating optimisers, where DistributedDataParallel's
-hooks do not). Rank 0 alone writes logs and checkpoints; buffers (BatchNorm statistics) follow
-rank 0 after every step, and `check_in_sync` verifies at every checkpoint that the ranks hold the
-same weights. Without torchrun every function here is the single-process identity.
+hooks do not). Rank 0 alone writes logs and checkpoints; at every checkpoint the buffers (BatchNorm
+statistics, which no training step reads) are set to rank 0's and `check_in_sync` verifies
+that the ranks hold the same weights. Without torchrun every function here is the single-process identity.
 """
 
 from __future__ import annotations

@@ -69,7 +69,6 @@ def run_training(config, out_dir: str, modules: dict[str, torch.nn.Module], opti
             began = time.perf_counter()
             record = {"step": step + 1, **distributed.average_metrics(train_step(step)),
                       "seconds": time.perf_counter() - began}
-            distributed.broadcast_state(modules, buffers_only=True)
             done = step + 1
             if main and (done % config.eval_every == 0 or done == config.steps):
                 record.update(evaluate())
@@ -77,6 +76,9 @@ def run_training(config, out_dir: str, modules: dict[str, torch.nn.Module], opti
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             if done % config.checkpoint_every == 0 or done == config.steps:
+                # Buffers (BatchNorm statistics, w_avg) steer no training step; they follow rank 0,
+                # which evaluates and saves, only here.
+                distributed.broadcast_state(modules, buffers_only=True)
                 distributed.check_in_sync(modules)
                 if main:
                     save_checkpoint(out_dir, done, modules, optimizers)
