@@ -7,6 +7,8 @@
 - `get3dhuman train generator --prior DIR --reconstructor RUN --out DIR`: stage 3.
 - `get3dhuman train refiner --prior DIR --generator RUN --out DIR`: stage 4.
 - `get3dhuman train all --preset small --out DIR`: the four stages in turn, in DIR/STAGE.
+- `--config FILE.json` on any `train` command: settings per stage over the preset's
+  (get3dhuman.train.settings).
 Every stage resumes where it stopped when run again with the same DIR, and runs
 data-parallel under `torchrun --nproc-per-node N -m get3dhuman.cli train ...`.
 - `get3dhuman export --generator RUN --out FILE.safetensors`: the trained generator as one file
@@ -21,6 +23,8 @@ import argparse
 import json
 import os
 import sys
+
+from get3dhuman.train.settings import STAGES
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -52,49 +56,48 @@ def _synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
-STAGES = ("reconstructor", "prior", "generator", "refiner")
-
-
 def _train(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from get3dhuman import train
 
     if args.stage == "all":
         if any(getattr(args, k) is not None for k in ("reconstructor", "prior", "generator", "steps")):
             raise SystemExit("get3dhuman train all: --reconstructor, --prior, --generator and --steps do not apply "
-                             "(every stage runs its preset's steps on the stages before it in --out)")
+                             "(every stage trains on the stages before it in --out; set each stage's steps in --config)")
         runs = {stage: os.path.join(args.out, stage) for stage in STAGES}
         for stage, out in runs.items():
             _train(argparse.Namespace(**{**vars(args), "stage": stage, "out": out, "reconstructor": runs["reconstructor"],
                                          "prior": runs["prior"], "generator": runs["generator"],
                                          "workers": args.workers if stage == "reconstructor" else None}))
         return 0
+    if args.workers is not None and args.stage != "reconstructor":
+        raise SystemExit(f"get3dhuman train {args.stage}: --workers applies to the reconstructor stage only")
+    if args.stage == "prior" and args.steps is not None:
+        raise SystemExit("get3dhuman train prior: --steps does not apply (the cache size is the setting 'count')")
+    options = {k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
+    presets = {"reconstructor": train.RECONSTRUCTOR_PRESETS, "prior": train.PRIOR_PRESETS,
+               "generator": train.GENERATOR_PRESETS, "refiner": train.REFINER_PRESETS}
+    try:
+        config = presets[args.stage][args.preset]
+        if args.config is not None:
+            config = train.apply_overrides(config, train.read_overrides(args.config)[args.stage],
+                                           f"--config {args.config} [{args.stage}]")
+        config = train.apply_overrides(config, options, "command line")
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"get3dhuman train {args.stage}: {error}") from error
     if args.stage == "prior":
         if args.reconstructor is None:
             raise SystemExit("get3dhuman train prior: --reconstructor RUN is required")
-        if args.steps is not None:
-            raise SystemExit("get3dhuman train prior: --steps does not apply (the cache size is the preset's count)")
-        config = dataclasses.replace(train.PRIOR_PRESETS[args.preset],
-                                     **({"seed": args.seed} if args.seed is not None else {}))
         train.induce_priors(config, args.reconstructor, args.out, args.device, progress=not args.quiet)
-        return 0
-    if args.workers is not None and args.stage != "reconstructor":
-        raise SystemExit(f"get3dhuman train {args.stage}: --workers applies to the reconstructor stage only")
-    overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
-    if args.stage == "reconstructor":
-        config = dataclasses.replace(train.RECONSTRUCTOR_PRESETS[args.preset], **overrides)
+    elif args.stage == "reconstructor":
         train.train_reconstructor(config, args.out, args.device, progress=not args.quiet,
                                   workers=2 if args.workers is None else args.workers)
     elif args.stage == "refiner":
         if args.prior is None or args.generator is None:
             raise SystemExit("get3dhuman train refiner: --prior DIR and --generator RUN are required")
-        config = dataclasses.replace(train.REFINER_PRESETS[args.preset], **overrides)
         train.train_refiner(config, args.prior, args.generator, args.out, args.device, progress=not args.quiet)
     else:
         if args.prior is None or args.reconstructor is None:
             raise SystemExit("get3dhuman train generator: --prior DIR and --reconstructor RUN are required")
-        config = dataclasses.replace(train.GENERATOR_PRESETS[args.preset], **overrides)
         train.train_generator(config, args.prior, args.reconstructor, args.out, args.device, progress=not args.quiet)
     return 0
 
@@ -152,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--reconstructor", help="stage-1 run directory or checkpoint (prior, generator)")
     train.add_argument("--prior", help="prior cache directory of stage 2 (generator, refiner)")
     train.add_argument("--generator", help="stage-3 run directory or checkpoint (refiner)")
-    train.add_argument("--steps", type=int, help="total steps (default: the preset's)")
+    train.add_argument("--config", help="JSON file of settings per stage over the preset's, e.g. "
+                       '{"reconstructor": {"steps": 8000}, "generator": {"adversarial_weight": 0.1}} '
+                       "(get3dhuman.train.settings; the fields of each stage's config class)")
+    train.add_argument("--steps", type=int, help="total steps (default: the preset's or --config's)")
     train.add_argument("--seed", type=int, help="seed (default: the preset's)")
     train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (under torchrun: each process its GPU LOCAL_RANK)")
     train.add_argument("--workers", type=int, help="reconstructor: processes making the coming synthetic batches "

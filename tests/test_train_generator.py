@@ -1,6 +1,7 @@
 """Training stages 2 (prior induction) and 3 (Generator): caches, losses, resume, errors."""
 
 import dataclasses
+import json
 import os
 
 import pytest
@@ -185,12 +186,19 @@ def test_command_line_runs_the_stages(stages, tmp_path):
 
 
 def test_command_line_trains_all_stages_in_turn_and_resumes(tmp_path):
-    command = ["train", "all", "--preset", "tiny", "--out", str(tmp_path), "--workers", "0", "--quiet"]
+    steps = {"reconstructor": 6, "generator": 4, "refiner": 3}
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({**{stage: {"steps": count, "checkpoint_every": 2} for stage, count in steps.items()},
+                                    "prior": {"count": 6, "shard_size": 4}}))
+    command = ["train", "all", "--preset", "tiny", "--out", str(tmp_path), "--config", str(settings), "--workers", "0",
+               "--quiet"]
     assert main(command) == 0
-    for stage in ("reconstructor", "generator", "refiner"):
-        assert os.path.exists(tmp_path / stage / "checkpoint-00000020.safetensors"), stage
-    assert len(PriorCache(str(tmp_path / "prior"))) == PRIOR.count
-    logged = {stage: (tmp_path / stage / "metrics.jsonl").read_text() for stage in ("reconstructor", "generator", "refiner")}
+    for stage, count in steps.items():
+        assert json.loads((tmp_path / stage / "config.json").read_text())["steps"] == count, stage
+        assert os.path.exists(tmp_path / stage / f"checkpoint-{count:08d}.safetensors"), stage
+        assert not os.path.exists(tmp_path / stage / f"checkpoint-{count + 1:08d}.safetensors"), stage
+    assert len(PriorCache(str(tmp_path / "prior"))) == 6
+    logged = {stage: (tmp_path / stage / "metrics.jsonl").read_text() for stage in steps}
     assert main(command) == 0  # everything is done: nothing runs again
     assert logged == {stage: (tmp_path / stage / "metrics.jsonl").read_text() for stage in logged}
     with pytest.raises(SystemExit, match="do not apply"):

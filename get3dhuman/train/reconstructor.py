@@ -47,7 +47,7 @@ class ReconstructorTrainingConfig:
     batch_size: int = 4
     occupancy_points: int = 4096  # per human and step
     color_points: int = 2048  # per human and step
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-3  # PIFu's; 1e-4 reached after 1150 steps the occupancy loss 1e-3 reaches after 150
     color_weight: float = 1.0
     z_dim: int = 64  # latent size of the synthetic world's stand-in generator
     seed: int = 0
@@ -61,7 +61,7 @@ class ReconstructorTrainingConfig:
 
 PRESETS = {
     "tiny": ReconstructorTrainingConfig(preset="tiny", steps=20, batch_size=2, occupancy_points=512, color_points=256,
-                                        learning_rate=1e-3, checkpoint_every=10, eval_every=10, eval_humans=2,
+                                        checkpoint_every=10, eval_every=10, eval_humans=2,
                                         eval_points=4000, eval_mesh_resolution=16, eval_surface_points=256),
     "small": ReconstructorTrainingConfig(),
     "official": ReconstructorTrainingConfig(preset="official", batch_size=8, occupancy_points=8192, color_points=4096),
