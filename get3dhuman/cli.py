@@ -13,6 +13,8 @@ Every stage resumes where it stopped when run again with the same DIR, and runs
 data-parallel under `torchrun --nproc-per-node N -m get3dhuman.cli train ...`.
 - `get3dhuman export --generator RUN --out FILE.safetensors`: the trained generator as one file
   for `Generator.from_pretrained(FILE)`.
+- `get3dhuman sample --num N --out DIR`: a dataset of generated humans (textured meshes,
+  previews, manifest.jsonl), resumable, sharded under torchrun (get3dhuman.dataset).
 - `get3dhuman eval --generator RUN --preset small`: COV, MMD, 1-NNA and colour error against
   held-out synthetic humans, with an untrained generator of the same preset as the baseline row.
 """
@@ -125,6 +127,32 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample(args: argparse.Namespace) -> int:
+    from get3dhuman.dataset import save_preview_grid, write_samples
+    from get3dhuman.nn import Generator
+    from get3dhuman.train import distributed, load_generator
+
+    if args.weights is not None and args.generator is not None:
+        raise SystemExit("get3dhuman sample: give --weights or --generator, not both")
+    if args.grid is not None and args.preview is None:
+        raise SystemExit("get3dhuman sample: --grid needs --preview RES (the grid is made of the previews)")
+    device = distributed.initialize(args.device)
+    try:
+        generator = (load_generator(args.generator, args.preset, device) if args.generator is not None
+                     else Generator.from_pretrained(args.weights, device))
+        records = write_samples(generator, args.out, args.num, args.seed, batch_size=args.batch_size,
+                                resolution=args.resolution, file_type=args.format, preview_resolution=args.preview,
+                                truncation_psi=args.truncation, progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"get3dhuman sample: {error}") from error
+    if distributed.is_main_process():
+        if args.grid is not None:
+            save_preview_grid(args.out, records, args.grid)
+        empty = sum(record["mesh"] is None for record in records)
+        print(f"{len(records)} samples in {args.out} ({empty} empty), listed in {args.out}/manifest.jsonl")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from get3dhuman.train import load_generator
 
@@ -178,6 +206,24 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--no-baseline", action="store_true", help="skip the untrained-generator row")
     evaluate.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     evaluate.set_defaults(handler=_eval)
+    sample = commands.add_parser("sample", help="write textured meshes of generated humans (a dataset; resumable)")
+    sample.add_argument("--num", "--count", type=int, required=True, dest="num",
+                        help="number of samples (seeds SEED .. SEED + NUM - 1); under torchrun write --count, "
+                        "since torchrun reads --num as an abbreviation of its own --numa-binding")
+    sample.add_argument("--out", required=True, help="directory of the meshes, previews and manifest.jsonl")
+    sample.add_argument("--weights", help="file of `get3dhuman export` (default: the package's weights)")
+    sample.add_argument("--generator", help="stage-3 run directory or checkpoint instead of --weights")
+    sample.add_argument("--preset", choices=["tiny", "small", "official"], default="small", help="of --generator")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the first sample (default 0)")
+    sample.add_argument("--batch-size", type=int, default=4, help="latents per generator call (default 4)")
+    sample.add_argument("--resolution", type=int, default=256, help="marching-cubes cells per axis (default 256)")
+    sample.add_argument("--format", choices=["glb", "ply", "obj"], default="glb", help="mesh files (default glb)")
+    sample.add_argument("--preview", type=int, metavar="RES", help="also write RES x RES front views (PNG)")
+    sample.add_argument("--grid", help="with --preview: one PNG of all the previews, 4 per row")
+    sample.add_argument("--truncation", type=float, default=1.0, help="truncation psi (default 1: none)")
+    sample.add_argument("--device", default="cpu", help="torch device (under torchrun: each process its GPU LOCAL_RANK)")
+    sample.add_argument("--quiet", action="store_true", help="no progress bar")
+    sample.set_defaults(handler=_sample)
     export = commands.add_parser("export", help="write a trained generator as one file for Generator.from_pretrained")
     export.add_argument("--generator", required=True, help="stage-3 run directory or checkpoint (its moving average)")
     export.add_argument("--preset", choices=["tiny", "small", "official"], default="small")

@@ -85,3 +85,26 @@ def official_checkpoint_layout(prefix: str = "") -> dict[str, tuple[int, ...]]:
     with open(OFFICIAL_KEYS_FILE) as keys:
         rows = [line.rstrip("\n").split("\t") for line in keys if line.strip()]
     return {name[len(prefix):]: tuple(ast.literal_eval(shape)) for name, shape in rows if name.startswith(prefix)}
+
+
+def generator_with_a_surface():
+    """A tiny random Generator whose occupancy is shifted to cross 0.5 inside the box."""
+    torch.manual_seed(0)
+    generator = get3dhuman.Generator("tiny")
+    z = torch.randn(4, generator.config.z_dim)
+    with torch.no_grad():
+        shape = generator.shape_features(z)
+        probe = generator.query_occupancy(shape.volume, torch.rand(4, 4096, 3) * 1.6 - 0.8)
+        generator.mlp_shape.filters[-1].bias -= torch.logit(probe.median())
+    return generator
+
+
+PROCESSES = 2  # of the torchrun tests
+
+
+def torchrun(*arguments: str, cwd) -> None:
+    """`torchrun --standalone --nproc-per-node 2 -m get3dhuman.cli ARGUMENTS`; fails the test on error."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={PROCESSES}",
+               "-m", "get3dhuman.cli", *arguments, "--quiet"]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -4,11 +4,10 @@ the same arithmetic: the gradient averaged over the ranks' shares of each batch.
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from inputs import PROCESSES, torchrun
 
 from get3dhuman.nn import Reconstructor
 from get3dhuman.train import (
@@ -20,16 +19,6 @@ from get3dhuman.train import (
 )
 from get3dhuman.train.prior import PRESETS as PRIOR_PRESETS
 from get3dhuman.train.prior import PriorCache, induce_priors
-
-PROCESSES = 2
-
-
-def torchrun(*arguments: str, cwd) -> None:
-    """`torchrun --standalone --nproc-per-node 2 -m get3dhuman.cli ARGUMENTS`; fails the test on error."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={PROCESSES}",
-               "-m", "get3dhuman.cli", *arguments, "--quiet"]
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 def records(run) -> list[dict]:

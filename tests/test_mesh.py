@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from inputs import generator_with_a_surface
 from test_marching_cubes import assert_closed_oriented, signed_volume
 from test_narrow_band import humans
 
@@ -65,18 +66,6 @@ def test_empty_mesh_exports(tmp_path):
     mesh = extract_textured_meshes(lambda p: p.norm(dim=-1) + 2, None, 1, 16, coarse_resolution=8)[0]
     assert mesh.is_empty and mesh.vertices.shape == (0, 3)
     assert len(mesh.to_trimesh().faces) == 0
-
-
-def generator_with_a_surface():
-    """A tiny random Generator whose occupancy is shifted to cross 0.5 inside the box."""
-    torch.manual_seed(0)
-    generator = get3dhuman.Generator("tiny")
-    z = torch.randn(4, generator.config.z_dim)
-    with torch.no_grad():
-        shape = generator.shape_features(z)
-        probe = generator.query_occupancy(shape.volume, torch.rand(4, 4096, 3) * 1.6 - 0.8)
-        generator.mlp_shape.filters[-1].bias -= torch.logit(probe.median())
-    return generator
 
 
 def test_generator_sample_is_seeded_per_sample():

@@ -224,22 +224,28 @@ class Generator(PixelAlignedModel):
     def sample(self, num: int, seed: int = 0, resolution: int = 256, *, batch_size: int = 4,
                **options) -> list[TexturedMesh]:
         """`num` textured meshes. Sample i draws (z_shape, z_texture) from its own generator seeded
-        with seed + i, so a seed gives the same mesh whatever `num` and `batch_size`. Other
-        options go to `extract_mesh`."""
+        with seed + i (`latents`), so a seed gives the same latents whatever `num` and `batch_size`
+        (the same mesh bit for bit with the same batch partners, else up to float rounding).
+        Other options go to `extract_mesh`."""
         if not isinstance(num, int) or num < 0:
             raise ValueError(f"num must be a non-negative int, got {num!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         device = next(self.parameters()).device
-        latents = []
-        for i in range(num):
-            generator = torch.Generator().manual_seed(seed + i)
-            latents.append(torch.randn(2, self.config.z_dim, generator=generator))
         meshes = []
-        for begin in range(0, num, batch_size):
-            z = torch.stack(latents[begin:begin + batch_size]).to(device)
-            meshes += self.extract_mesh(z[:, 0], z[:, 1], resolution, **options)
+        for begin in range(seed, seed + num, batch_size):
+            z_shape, z_texture = self.latents(range(begin, min(begin + batch_size, seed + num)))
+            meshes += self.extract_mesh(z_shape.to(device), z_texture.to(device), resolution, **options)
         return meshes
+
+    def latents(self, seeds) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_shape, z_texture), each [len(seeds), z_dim] on the CPU: row i drawn from a
+        generator seeded with seeds[i] alone, so a seed always names the same sample."""
+        pairs = [torch.randn(2, self.config.z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        if not pairs:
+            return torch.empty(0, self.config.z_dim), torch.empty(0, self.config.z_dim)
+        z = torch.stack(pairs)
+        return z[:, 0], z[:, 1]
 
     def discriminators(self) -> dict[str, ResNetDiscriminator]:
         """Fresh feature-volume discriminators matching this generator ('shape': F channels,

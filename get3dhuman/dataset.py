@@ -1,0 +1,169 @@
+"""Datasets of generated humans: `get3dhuman sample --num N --out DIR` (DESIGN.md section 7).
+
+Sample i of a call with `seed` is the latent pair of seed + i (`Generator.latents`), so a seed
+names one human whatever the batch size, the number of processes or how often the run was
+interrupted. (Its mesh is the same bit for bit when its batch is; other batch partners change
+the float rounding of the networks, which can move a vertex or two across the level set.)
+For each seed s, DIR receives:
+
+- `human-s.glb` (or .ply/.obj): the textured mesh with vertex colours (none for an empty field),
+- `human-s.png` with previews: the front view, the generated field ray-marched and shaded,
+- one line of `manifest.jsonl`: {"seed", "mesh", "preview", "vertices", "faces", "seconds"}
+  ("mesh"/"preview" are file names or null; "seconds": the sample's share of its batch's time).
+
+Resumable: every file is written under a temporary name and renamed, and the manifest line is
+appended after its files, so a listed seed is complete; a later call skips the listed seeds and
+drops a torn last line. Under torchrun, process r makes the samples i with i % processes == r
+and appends its own lines (one write each, in append mode).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+
+import torch
+
+from get3dhuman.render import ray_march
+from get3dhuman.synthetic.preview import save_grid, shade
+from get3dhuman.train import distributed
+
+FILE_TYPES = ("glb", "ply", "obj")
+MANIFEST = "manifest.jsonl"
+
+
+@torch.no_grad()
+def render_previews(generator, z_shape: torch.Tensor, z_texture: torch.Tensor, resolution: int = 256,
+                    truncation_psi: float = 1.0, background: float = 1.0) -> torch.Tensor:
+    """Front views [B, resolution, resolution, 3] in [0, 1] of latents z_shape, z_texture
+    [B, z_dim]: the occupancy field (level 0.5) ray-marched through the generator's
+    calibration, coloured by its texture decoder and shaded as the synthetic world's images
+    (synthetic.preview.shade), `background` where no surface is hit."""
+    was_training = generator.training
+    generator.eval()
+    try:
+        shape, texture = generator(z_shape, z_texture, truncation_psi)
+        calib = generator.calibration.to(shape.volume.dtype).expand(z_shape.shape[0], 4, 4)
+        rendering = ray_march(lambda p: 0.5 - generator.query_occupancy(shape.volume, p, calib), calib, resolution,
+                              lambda p: generator.query_color(shape.volume, texture, p, calib), normal_step=2 / resolution)
+    finally:
+        generator.train(was_training)
+    return shade(rendering, background)
+
+
+def read_manifest(out_dir: str) -> list[dict]:
+    """The records of `out_dir`/manifest.jsonl in file order ([] without one); a torn last line
+    (an interrupted write) is left out."""
+    path = os.path.join(out_dir, MANIFEST)
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as handle:
+        for line in handle:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if line.endswith("\n"):  # a complete line that is not json: not our file
+                    raise ValueError(f"{path} holds a line that is not a manifest record: {line[:80]!r}") from None
+    return records
+
+
+def _rewrite_manifest(out_dir: str, records: list[dict]) -> None:
+    path = os.path.join(out_dir, MANIFEST)
+    with open(path + ".tmp", "w") as handle:
+        handle.writelines(json.dumps(record) + "\n" for record in records)
+    os.replace(path + ".tmp", path)
+
+
+def _append_record(out_dir: str, record: dict) -> None:
+    line = (json.dumps(record) + "\n").encode()
+    descriptor = os.open(os.path.join(out_dir, MANIFEST), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(descriptor, line)
+    finally:
+        os.close(descriptor)
+
+
+def _save_png(image: torch.Tensor, path: str) -> None:
+    from PIL import Image
+
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    Image.fromarray(pixels).save(path + ".tmp", format="PNG")
+    os.replace(path + ".tmp", path)
+
+
+def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_size: int = 4, resolution: int = 256,
+                  file_type: str = "glb", preview_resolution: int | None = None, truncation_psi: float = 1.0,
+                  progress: bool = True, **extract_options) -> list[dict]:
+    """Writes samples seed .. seed + num - 1 of `generator` to `out_dir` (see the module
+    docstring) and returns the manifest records of those seeds made by this process or
+    found done, in seed order (under torchrun: the ones this process saw; rank 0 sees all after
+    the final barrier).
+
+    resolution: marching-cubes cells per axis (Generator.extract_mesh, with `extract_options`);
+    file_type: one of FILE_TYPES; preview_resolution: side of the preview PNGs (None: none).
+    """
+    if not isinstance(num, int) or num < 0:
+        raise ValueError(f"num must be an int >= 0, got {num!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if file_type not in FILE_TYPES:
+        raise ValueError(f"file_type must be one of {', '.join(FILE_TYPES)}, got {file_type!r}")
+    if preview_resolution is not None and (not isinstance(preview_resolution, int) or preview_resolution < 2):
+        raise ValueError(f"preview_resolution must be an int >= 2 or None, got {preview_resolution!r}")
+    rank, size = distributed.world()
+    os.makedirs(out_dir, exist_ok=True)
+    if rank == 0:
+        _rewrite_manifest(out_dir, read_manifest(out_dir))  # drops a torn last line before anyone appends
+    distributed.barrier()
+    done = {record["seed"]: record for record in read_manifest(out_dir)}
+    seeds = [seed + i for i in range(num) if i % size == rank and seed + i not in done]
+    device = next(generator.parameters()).device
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(seeds), desc="samples", unit="human")
+    for begin in range(0, len(seeds), batch_size):
+        batch = seeds[begin:begin + batch_size]
+        start = time.perf_counter()
+        z_shape, z_texture = (z.to(device) for z in generator.latents(batch))
+        meshes = generator.extract_mesh(z_shape, z_texture, resolution, truncation_psi=truncation_psi, **extract_options)
+        previews = (render_previews(generator, z_shape, z_texture, preview_resolution, truncation_psi)
+                    if preview_resolution is not None else [None] * len(batch))
+        seconds = (time.perf_counter() - start) / len(batch)
+        for sample_seed, mesh, preview in zip(batch, meshes, previews):
+            name = f"human-{sample_seed}"
+            record = {"seed": sample_seed, "mesh": None if mesh.is_empty else f"{name}.{file_type}",
+                      "preview": None if preview is None else f"{name}.png", "vertices": int(mesh.vertices.shape[0]),
+                      "faces": int(mesh.faces.shape[0]), "seconds": round(seconds, 4)}
+            if record["mesh"] is not None:
+                mesh.export(os.path.join(out_dir, record["mesh"]), file_type)
+            if preview is not None:
+                _save_png(preview, os.path.join(out_dir, record["preview"]))
+            _append_record(out_dir, record)
+            done[sample_seed] = record
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    distributed.barrier()
+    if rank == 0:
+        done.update({record["seed"]: record for record in read_manifest(out_dir)})
+    return [done[seed + i] for i in range(num) if seed + i in done]
+
+
+def save_preview_grid(out_dir: str, records: Sequence[dict], path: str, columns: int = 4) -> None:
+    """One PNG grid (synthetic.preview.save_grid) of the preview images of `records` (manifest
+    records of `out_dir`, each with a preview)."""
+    import numpy as np
+    from PIL import Image
+
+    missing = [record["seed"] for record in records if record.get("preview") is None]
+    if missing:
+        raise ValueError(f"records must all have previews; seeds {missing[:5]} have none (sample with previews)")
+    images = [torch.from_numpy(np.array(Image.open(os.path.join(out_dir, record["preview"])).convert("RGB")))
+              for record in records]
+    save_grid(torch.stack(images).float() / 255, path, columns)

@@ -1,0 +1,155 @@
+"""Datasets of generated humans: get3dhuman.dataset and `get3dhuman sample`."""
+
+import json
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from inputs import generator_with_a_surface, torchrun
+from PIL import Image
+
+from get3dhuman.cli import main
+from get3dhuman.dataset import MANIFEST, read_manifest, render_previews, write_samples
+from get3dhuman.render import orbit_calibration
+from get3dhuman.synthetic.preview import LIGHT
+
+MESHING = dict(resolution=32, coarse_resolution=8)
+
+
+def manifest_lines(out) -> list[str]:
+    return (out / MANIFEST).read_text().splitlines()
+
+
+def test_samples_are_the_generators_meshes_with_a_manifest(tmp_path):
+    generator = generator_with_a_surface()
+    records = write_samples(generator, str(tmp_path), 3, seed=10, batch_size=2, file_type="ply", progress=False,
+                            preview_resolution=24, **MESHING)
+    expected = generator.sample(3, seed=10, batch_size=2, **MESHING)
+    assert [record["seed"] for record in records] == [10, 11, 12]
+    assert [json.loads(line) for line in manifest_lines(tmp_path)] == records
+    assert any(record["mesh"] is not None for record in records)
+    for record, mesh in zip(records, expected):
+        assert (record["vertices"], record["faces"]) == (mesh.vertices.shape[0], mesh.faces.shape[0])
+        assert record["seconds"] > 0
+        assert Image.open(tmp_path / record["preview"]).size == (24, 24)
+        if mesh.is_empty:
+            assert record["mesh"] is None
+            continue
+        written = trimesh.load(tmp_path / record["mesh"], process=False)
+        np.testing.assert_allclose(written.vertices, mesh.vertices.numpy(), atol=1e-6)
+        np.testing.assert_array_equal(written.faces, mesh.faces.numpy())
+        colors = written.visual.vertex_colors[:, :3] / 255.0
+        np.testing.assert_allclose(colors, mesh.colors.clamp(0, 1).numpy(), atol=1 / 255 + 1e-6)
+    assert not [name for name in os.listdir(tmp_path) if "tmp" in name or "partial" in name]
+
+
+class SphereGenerator(torch.nn.Module):
+    """Stands in for a Generator with an analytic field: a ball of `radius` at the origin, its
+    colour the latent's first three entries."""
+
+    def __init__(self, radius: float):
+        super().__init__()
+        self.radius = radius
+        self.register_buffer("calibration", orbit_calibration(torch.zeros(1))[0])
+
+    def forward(self, z_shape, z_texture, truncation_psi=1.0):
+        return SimpleNamespace(volume=z_shape), z_texture
+
+    def query_occupancy(self, volume, points, calib):
+        return torch.sigmoid((self.radius - points.norm(dim=-1)) * 200)
+
+    def query_color(self, volume, texture, points, calib):
+        return texture[:, None, :3].expand(-1, points.shape[1], -1)
+
+
+def test_previews_of_a_ball_are_discs_of_its_colour():
+    side, radius = 65, 0.5  # odd: the middle pixel looks at the ball head-on
+    colors = torch.tensor([[0.9, 0.2, 0.1, 0.0], [0.1, 0.5, 0.8, 0.0]])
+    previews = render_previews(SphereGenerator(radius), torch.zeros(2, 4), colors, side, background=1.0)
+    assert previews.shape == (2, side, side, 3)
+    ndc = torch.linspace(-1, 1, side)
+    distance = (ndc[:, None] ** 2 + ndc[None, :] ** 2).sqrt()  # of each pixel centre from the disc's centre
+    pixel = 2 / (side - 1)
+    inside, outside = distance < radius - 1.5 * pixel, distance > radius + 1.5 * pixel
+    for preview, color in zip(previews, colors):
+        assert bool((preview[outside] == 1.0).all())
+        # Shading scales the colour by 0.35 + 0.65 max(0, n . light): hue kept, never brighter.
+        shaded = preview[inside]
+        assert bool((shaded <= color[:3] + 1e-5).all()) and bool((shaded >= 0.35 * color[:3] - 1e-5).all())
+        ratio = shaded / color[:3]
+        assert float((ratio - ratio.mean(-1, keepdim=True)).abs().max()) < 1e-4
+    facing = 0.35 + 0.65 * LIGHT[2] / float(torch.tensor(LIGHT).norm())  # the factor where n = (0, 0, 1)
+    torch.testing.assert_close(previews[:, side // 2, side // 2], facing * colors[:, :3], atol=0.01, rtol=0)
+
+
+def test_an_interrupted_dataset_resumes_without_redoing_samples(tmp_path):
+    generator = generator_with_a_surface()
+    first = write_samples(generator, str(tmp_path), 2, seed=5, progress=False, **MESHING)
+    stamps = {name: os.stat(tmp_path / name).st_mtime_ns for name in os.listdir(tmp_path) if name != MANIFEST}
+    with open(tmp_path / MANIFEST, "a") as handle:
+        handle.write('{"seed": 7, "mesh"')  # torn by an interruption
+    records = write_samples(generator, str(tmp_path), 4, seed=5, progress=False, **MESHING)
+    assert records[:2] == first and [record["seed"] for record in records] == [5, 6, 7, 8]
+    assert [json.loads(line)["seed"] for line in manifest_lines(tmp_path)] == [5, 6, 7, 8]
+    assert stamps == {name: os.stat(tmp_path / name).st_mtime_ns for name in stamps}  # not written again
+    fresh = write_samples(generator, str(tmp_path / "fresh"), 4, seed=5, batch_size=3, progress=False, **MESHING)
+    assert [(r["vertices"], r["faces"]) for r in fresh] == [(r["vertices"], r["faces"]) for r in records]
+    (tmp_path / MANIFEST).write_text("not a manifest\n")
+    with pytest.raises(ValueError, match="not a manifest record"):
+        read_manifest(str(tmp_path))
+
+
+def test_empty_fields_are_listed_without_a_file(tmp_path):
+    generator = generator_with_a_surface()
+    with torch.no_grad():
+        generator.mlp_shape.filters[-1].bias -= 100  # occupancy ~0 everywhere
+    [record] = write_samples(generator, str(tmp_path), 1, progress=False, **MESHING)
+    assert record["mesh"] is None and record["vertices"] == record["faces"] == 0
+    assert sorted(os.listdir(tmp_path)) == [MANIFEST]
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(num=-1), "num must be an int >= 0, got -1"),
+    (dict(num=2, batch_size=0), "batch_size must be an int >= 1, got 0"),
+    (dict(num=2, file_type="stl"), "file_type must be one of glb, ply, obj, got 'stl'"),
+    (dict(num=2, preview_resolution=1), "preview_resolution must be an int >= 2 or None, got 1"),
+])
+def test_bad_arguments_are_named(tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        write_samples(generator_with_a_surface(), str(tmp_path), progress=False, **options)
+
+
+def test_command_line_writes_a_dataset_and_a_preview_grid(tmp_path):
+    weights = tmp_path / "weights.safetensors"
+    generator_with_a_surface().save_pretrained(weights)
+    out, grid = tmp_path / "data", tmp_path / "grid.png"
+    command = ["sample", "--weights", str(weights), "--num", "5", "--out", str(out), "--resolution", "32",
+               "--preview", "16", "--grid", str(grid), "--format", "obj", "--quiet"]
+    assert main(command) == 0
+    assert Image.open(grid).size == (4 * 16, 2 * 16)
+    assert [record["seed"] for record in read_manifest(str(out))] == [0, 1, 2, 3, 4]
+    assert all(record["mesh"] is None or record["mesh"].endswith(".obj") for record in read_manifest(str(out)))
+    with pytest.raises(SystemExit, match="--grid needs --preview"):
+        main(["sample", "--weights", str(weights), "--num", "1", "--out", str(out), "--grid", str(grid)])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["sample", "--weights", str(tmp_path / "missing.safetensors"), "--num", "1", "--out", str(out)])
+    with pytest.raises(SystemExit, match="give --weights or --generator"):
+        main(["sample", "--weights", str(weights), "--generator", str(tmp_path), "--num", "1", "--out", str(out)])
+
+
+@pytest.mark.slow
+def test_processes_under_torchrun_share_the_samples(tmp_path):
+    weights = tmp_path / "weights.safetensors"
+    generator = generator_with_a_surface()
+    generator.save_pretrained(weights)
+    torchrun("sample", "--weights", str(weights), "--count", "5", "--seed", "3", "--out", str(tmp_path / "shared"),
+             "--resolution", "32", "--batch-size", "1", cwd=tmp_path)
+    shared = sorted(read_manifest(str(tmp_path / "shared")), key=lambda record: record["seed"])
+    # Batch size 1 in both: other batch partners change float rounding, and that can move a
+    # vertex across the level set.
+    alone = write_samples(generator, str(tmp_path / "alone"), 5, seed=3, batch_size=1, resolution=32, progress=False)
+    assert [(r["seed"], r["mesh"], r["vertices"], r["faces"]) for r in shared] == \
+        [(r["seed"], r["mesh"], r["vertices"], r["faces"]) for r in alone]
