@@ -130,7 +130,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from get3dhuman.dataset import save_preview_grid, write_samples
     from get3dhuman.nn import Generator
-    from get3dhuman.train import distributed, load_generator
+    from get3dhuman.train import REFINER_PRESETS, distributed, load_generator, load_refiner
 
     if args.weights is not None and args.generator is not None:
         raise SystemExit("get3dhuman sample: give --weights or --generator, not both")
@@ -140,9 +140,10 @@ def _sample(args: argparse.Namespace) -> int:
     try:
         generator = (load_generator(args.generator, args.preset, device) if args.generator is not None
                      else Generator.from_pretrained(args.weights, device))
+        refiner = None if args.refiner is None else load_refiner(args.refiner, REFINER_PRESETS[args.preset], device)
         records = write_samples(generator, args.out, args.num, args.seed, batch_size=args.batch_size,
                                 resolution=args.resolution, file_type=args.format, preview_resolution=args.preview,
-                                truncation_psi=args.truncation, progress=not args.quiet)
+                                truncation_psi=args.truncation, refiner=refiner, progress=not args.quiet)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"get3dhuman sample: {error}") from error
     if distributed.is_main_process():
@@ -213,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--out", required=True, help="directory of the meshes, previews and manifest.jsonl")
     sample.add_argument("--weights", help="file of `get3dhuman export` (default: the package's weights)")
     sample.add_argument("--generator", help="stage-3 run directory or checkpoint instead of --weights")
-    sample.add_argument("--preset", choices=["tiny", "small", "official"], default="small", help="of --generator")
+    sample.add_argument("--refiner", help="stage-4 run directory or checkpoint: refined vertex colours")
+    sample.add_argument("--preset", choices=["tiny", "small", "official"], default="small",
+                        help="of --generator and --refiner")
     sample.add_argument("--seed", type=int, default=0, help="seed of the first sample (default 0)")
     sample.add_argument("--batch-size", type=int, default=4, help="latents per generator call (default 4)")
     sample.add_argument("--resolution", type=int, default=256, help="marching-cubes cells per axis (default 256)")

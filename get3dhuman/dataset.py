@@ -26,8 +26,8 @@ from collections.abc import Sequence
 
 import torch
 
-from get3dhuman.render import ray_march
-from get3dhuman.synthetic.preview import save_grid, shade
+from get3dhuman.refine import refine_meshes, render_textured
+from get3dhuman.synthetic.preview import save_grid
 from get3dhuman.train import distributed
 
 FILE_TYPES = ("glb", "ply", "obj")
@@ -38,19 +38,16 @@ MANIFEST = "manifest.jsonl"
 def render_previews(generator, z_shape: torch.Tensor, z_texture: torch.Tensor, resolution: int = 256,
                     truncation_psi: float = 1.0, background: float = 1.0) -> torch.Tensor:
     """Front views [B, resolution, resolution, 3] in [0, 1] of latents z_shape, z_texture
-    [B, z_dim]: the occupancy field (level 0.5) ray-marched through the generator's
-    calibration, coloured by its texture decoder and shaded as the synthetic world's images
-    (synthetic.preview.shade), `background` where no surface is hit."""
+    [B, z_dim] through the generator's calibration (refine.render_textured: the field
+    ray-marched, coloured by the texture decoder, shaded), `background` where nothing is hit."""
     was_training = generator.training
     generator.eval()
     try:
         shape, texture = generator(z_shape, z_texture, truncation_psi)
         calib = generator.calibration.to(shape.volume.dtype).expand(z_shape.shape[0], 4, 4)
-        rendering = ray_march(lambda p: 0.5 - generator.query_occupancy(shape.volume, p, calib), calib, resolution,
-                              lambda p: generator.query_color(shape.volume, texture, p, calib), normal_step=2 / resolution)
+        return render_textured(generator, shape.volume, texture, calib, resolution, background=background)[0]
     finally:
         generator.train(was_training)
-    return shade(rendering, background)
 
 
 def read_manifest(out_dir: str) -> list[dict]:
@@ -96,14 +93,16 @@ def _save_png(image: torch.Tensor, path: str) -> None:
 
 def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_size: int = 4, resolution: int = 256,
                   file_type: str = "glb", preview_resolution: int | None = None, truncation_psi: float = 1.0,
-                  progress: bool = True, **extract_options) -> list[dict]:
+                  refiner=None, progress: bool = True, **extract_options) -> list[dict]:
     """Writes samples seed .. seed + num - 1 of `generator` to `out_dir` (see the module
     docstring) and returns the manifest records of those seeds made by this process or
     found done, in seed order (under torchrun: the ones this process saw; rank 0 sees all after
     the final barrier).
 
     resolution: marching-cubes cells per axis (Generator.extract_mesh, with `extract_options`);
-    file_type: one of FILE_TYPES; preview_resolution: side of the preview PNGs (None: none).
+    file_type: one of FILE_TYPES; preview_resolution: side of the preview PNGs (None: none);
+    refiner: a trained Refiner whose refined front and back views replace the vertex colours
+    (refine.refine_meshes; the previews keep the generator's own colours).
     """
     if not isinstance(num, int) or num < 0:
         raise ValueError(f"num must be an int >= 0, got {num!r}")
@@ -131,6 +130,8 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
         start = time.perf_counter()
         z_shape, z_texture = (z.to(device) for z in generator.latents(batch))
         meshes = generator.extract_mesh(z_shape, z_texture, resolution, truncation_psi=truncation_psi, **extract_options)
+        if refiner is not None:
+            meshes = refine_meshes(generator, refiner, z_shape, z_texture, meshes, truncation_psi=truncation_psi)
         previews = (render_previews(generator, z_shape, z_texture, preview_resolution, truncation_psi)
                     if preview_resolution is not None else [None] * len(batch))
         seconds = (time.perf_counter() - start) / len(batch)

@@ -26,23 +26,25 @@ def view_calibration(generator, angle_deg: float) -> torch.Tensor:
 
 
 def render_textured(generator, shape_volume: torch.Tensor, texture_volume: torch.Tensor, calib: torch.Tensor,
-                    resolution: int, samples: int = 96) -> tuple[torch.Tensor, Rendering]:
-    """Shaded colour images [B, H, W, 3] in [0, 1] on a black background (the prior's images'
-    convention) of the generated humans with volumes [B, F, V, V], seen through cameras
-    calib [B, 4, 4]; and the Rendering (depth, mask, ...). The field is `ray_march`ed."""
+                    resolution: int, samples: int = 96, background: float = 0.0) -> tuple[torch.Tensor, Rendering]:
+    """Shaded colour images [B, H, W, 3] in [0, 1] on `background` (default black: the prior's
+    images' convention) of the generated humans with volumes [B, F, V, V], seen through
+    cameras calib [B, 4, 4]; and the Rendering (depth, mask, ...). The field (level 0.5) is
+    `ray_march`ed and coloured by the texture decoder."""
     own = generator.calibration.expand(shape_volume.shape[0], 4, 4)
     rendering = ray_march(lambda p: 0.5 - generator.query_occupancy(shape_volume, p, own), calib, resolution,
                           lambda p: generator.query_color(shape_volume, texture_volume, p, own), samples=samples)
-    return shade(rendering, background=0.0), rendering
+    return shade(rendering, background), rendering
 
 
 @torch.no_grad()
 def refine_meshes(generator, refiner, z_shape: torch.Tensor, z_texture: torch.Tensor, meshes: list[TexturedMesh],
                   resolution: int | None = None, angles: tuple[float, ...] = (0.0, 180.0),
-                  samples: int = 96) -> list[TexturedMesh]:
-    """The meshes of latents z_shape, z_texture [B, z_dim] (from `generator.extract_mesh`) with
-    vertex colours back-projected from refined views at `angles` (default front and back) of
-    `resolution` pixels (default: the generator's backbone resolution)."""
+                  samples: int = 96, truncation_psi: float = 1.0) -> list[TexturedMesh]:
+    """The meshes of latents z_shape, z_texture [B, z_dim] (from `generator.extract_mesh` with
+    the same `truncation_psi`) with vertex colours back-projected from refined views at
+    `angles` (default front and back) of `resolution` pixels (default: the generator's
+    backbone resolution)."""
     if len(meshes) != z_shape.shape[0]:
         raise ValueError(f"meshes must hold one mesh per latent ({z_shape.shape[0]}), got {len(meshes)}")
     resolution = resolution or generator.config.backbone_resolution
@@ -50,7 +52,7 @@ def refine_meshes(generator, refiner, z_shape: torch.Tensor, z_texture: torch.Te
     generator.eval()
     refiner.eval()
     try:
-        shape, texture = generator(z_shape, z_texture)
+        shape, texture = generator(z_shape, z_texture, truncation_psi)
         views = []
         for angle in angles:
             calib = view_calibration(generator, angle).expand(z_shape.shape[0], 4, 4)

@@ -13,8 +13,11 @@ from PIL import Image
 
 from get3dhuman.cli import main
 from get3dhuman.dataset import MANIFEST, read_manifest, render_previews, write_samples
+from get3dhuman.refine import refine_meshes
 from get3dhuman.render import orbit_calibration
 from get3dhuman.synthetic.preview import LIGHT
+from get3dhuman.train import REFINER_PRESETS
+from get3dhuman.train.refiner import make_refiner
 
 MESHING = dict(resolution=32, coarse_resolution=8)
 
@@ -100,6 +103,24 @@ def test_an_interrupted_dataset_resumes_without_redoing_samples(tmp_path):
     (tmp_path / MANIFEST).write_text("not a manifest\n")
     with pytest.raises(ValueError, match="not a manifest record"):
         read_manifest(str(tmp_path))
+
+
+def test_a_refiner_gives_the_refined_vertex_colours(tmp_path):
+    generator = generator_with_a_surface()
+    torch.manual_seed(1)
+    refiner = make_refiner(REFINER_PRESETS["tiny"])
+    records = write_samples(generator, str(tmp_path), 2, seed=10, file_type="ply", refiner=refiner, progress=False,
+                            **MESHING)
+    z_shape, z_texture = generator.latents([10, 11])
+    plain = generator.extract_mesh(z_shape, z_texture, **MESHING)
+    expected = refine_meshes(generator, refiner, z_shape, z_texture, plain)
+    assert any(record["mesh"] is not None for record in records)
+    for record, mesh, unrefined in zip(records, expected, plain):
+        if record["mesh"] is None:
+            continue
+        colors = trimesh.load(tmp_path / record["mesh"], process=False).visual.vertex_colors[:, :3] / 255.0
+        np.testing.assert_allclose(colors, mesh.colors.clamp(0, 1).numpy(), atol=1 / 255 + 1e-6)
+        assert not torch.allclose(mesh.colors, unrefined.colors, atol=0.05)  # the refiner did change them
 
 
 def test_empty_fields_are_listed_without_a_file(tmp_path):
