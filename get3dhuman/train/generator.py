@@ -3,10 +3,11 @@ stage 1.
 
 Every step takes `batch_size` cached latents z (drawn with replacement from a stream seeded by
 the step, and the rank under torchrun, so a resumed run sees the same batches) and feeds z to both branches (z_shape =
-z_texture = z: the prior of z was made from one image). Then:
+z_texture = z: the prior of z was made from one image). One Generator forward per step feeds
+both updates:
 
 1. Discriminator step: non-saturating logistic loss on feature volumes, real = the prior's
-   volumes, fake = the Generator's; the shape discriminator sees the shape volume, the texture
+   volumes, fake = the Generator's (detached); the shape discriminator sees the shape volume, the texture
    discriminator the concatenated shape and texture volumes. Every `r1_every` steps the R1
    penalty on real volumes, weighted gamma / 2 * r1_every (lazy regularisation).
 2. Generator step, the weighted sum of
@@ -35,7 +36,7 @@ import dataclasses
 import torch
 
 from get3dhuman import losses
-from get3dhuman.nn import Generator
+from get3dhuman.nn import Generator, ShapeFeatures
 from get3dhuman.render import orbit_calibration, ray_march
 from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import load_checkpoint, resolve_checkpoint
@@ -153,18 +154,24 @@ class GeneratorTrainer:
     def _discriminate(self, shape: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.shape_discriminator(shape), self.texture_discriminator(torch.cat([shape, texture], 1))])
 
-    def discriminator_step(self, step: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One update of both discriminators; returns its losses."""
+    def generate(self, batch: dict[str, torch.Tensor]) -> tuple[ShapeFeatures, torch.Tensor]:
+        """The Generator's (ShapeFeatures, texture volume) of the batch's latents (z_shape =
+        z_texture = z), with the autograd graph."""
+        z = batch["z"].to(self.device)
+        return self.generator(z, z)
+
+    def discriminator_step(self, step: int, batch: dict[str, torch.Tensor],
+                           fake: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        """One update of both discriminators against the real volumes of `batch` and the fake
+        (shape volume, texture volume) of the Generator (detached here); returns its losses."""
         c, device = self.config, self.device
-        z = batch["z"].to(device)
-        with torch.no_grad():
-            fake_shape, fake_texture = self.generator(z, z)
+        fake_shape, fake_texture = (volume.detach() for volume in fake)
         real_shape, real_texture = batch["shape"].to(device), batch["texture"].to(device)
         regularise = c.r1_gamma > 0 and step % c.r1_every == 0
         real_shape = real_shape.detach().requires_grad_(regularise)
         real_texture = real_texture.detach().requires_grad_(regularise)
         real_logits = self._discriminate(real_shape, real_texture)
-        loss = losses.discriminator_adversarial_loss(real_logits, self._discriminate(fake_shape.volume, fake_texture))
+        loss = losses.discriminator_adversarial_loss(real_logits, self._discriminate(fake_shape, fake_texture))
         record = {"d_loss": loss.item()}
         if regularise:
             penalty = losses.r1_penalty(real_logits, (real_shape, real_texture))
@@ -176,13 +183,14 @@ class GeneratorTrainer:
         self.discriminator_optimizer.step()
         return record
 
-    def generator_losses(self, step: int, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """The Generator's weighted losses of a batch: {'loss', and each term}."""
+    def generator_losses(self, step: int, batch: dict[str, torch.Tensor], generated: tuple[ShapeFeatures, torch.Tensor],
+                         generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The Generator's weighted losses of a batch, from its output `generated` (of
+        `generate(batch)`): {'loss', and each term}."""
         c, device = self.config, self.device
-        z = batch["z"].to(device)
-        shape, texture = self.generator(z, z)
+        shape, texture = generated
         prior_shape, prior_texture = batch["shape"].to(device), batch["texture"].to(device)
-        calib = FRONT.to(device).expand(len(z), 4, 4)
+        calib = FRONT.to(device).expand(len(texture), 4, 4)
         points = prior_points(batch, c.prior_points, c.surface_sigma, generator).to(device)
         with torch.no_grad():
             teacher_occupancy = self.teacher.query_occupancy(prior_shape, points, calib)
@@ -205,12 +213,14 @@ class GeneratorTrainer:
             total = total + c.geometry_every * (c.depth_weight * terms["depth"] + c.normal_weight * terms["normal"])
         return {"loss": total, **terms}
 
-    def generator_step(self, step: int, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, float]:
-        """One update of the Generator and its moving average; returns its losses."""
+    def generator_step(self, step: int, batch: dict[str, torch.Tensor], generated: tuple[ShapeFeatures, torch.Tensor],
+                       generator: torch.Generator) -> dict[str, float]:
+        """One update of the Generator (from its output `generated` of this batch) and of its
+        moving average; returns its losses."""
         self.shape_discriminator.requires_grad_(False)
         self.texture_discriminator.requires_grad_(False)
         try:
-            terms = self.generator_losses(step, batch, generator)
+            terms = self.generator_losses(step, batch, generated, generator)
             self.generator_optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             distributed.average_gradients(self.generator.parameters())
@@ -226,10 +236,14 @@ class GeneratorTrainer:
         return {("g_loss" if k == "loss" else k): v.item() for k, v in terms.items()}
 
     def step(self, step: int) -> dict[str, float]:
-        """Discriminator step, then Generator step, on the batch of `step`."""
+        """Discriminator step, then Generator step, on the batch of `step`. One Generator
+        forward serves both (its output detached for the discriminators), as in PyTorch's
+        DCGAN example: a second forward would cost a sixth of the step."""
         self.generator.train()
         batch, generator = self.batch(step)
-        return {**self.discriminator_step(step, batch), **self.generator_step(step, batch, generator)}
+        generated = self.generate(batch)
+        record = self.discriminator_step(step, batch, (generated[0].volume, generated[1]))
+        return {**record, **self.generator_step(step, batch, generated, generator)}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
