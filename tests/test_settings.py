@@ -1,6 +1,7 @@
 """Per-stage settings over a preset (get3dhuman.train.settings, `train --config`)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -9,10 +10,13 @@ from get3dhuman.train import (
     GENERATOR_PRESETS,
     PRIOR_PRESETS,
     RECONSTRUCTOR_PRESETS,
+    REFINER_PRESETS,
     STAGES,
     apply_overrides,
     read_overrides,
 )
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.json"))
 
 
 def test_overrides_replace_only_the_named_fields():
@@ -80,3 +84,17 @@ def test_command_line_applies_the_file_then_the_options(tmp_path):
         main(["train", "reconstructor", "--preset", "tiny", "--config", str(settings), "--out", str(out)])
     with pytest.raises(SystemExit, match="No such file"):
         main(["train", "reconstructor", "--preset", "tiny", "--config", str(tmp_path / "missing.json"), "--out", str(out)])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[path.name for path in CONFIGS])
+def test_the_repositorys_settings_files_apply_to_their_preset(path):
+    preset = path.stem.split("-")[0]  # configs/PRESET-WHAT.json
+    presets = {"reconstructor": RECONSTRUCTOR_PRESETS, "prior": PRIOR_PRESETS, "generator": GENERATOR_PRESETS,
+               "refiner": REFINER_PRESETS}
+    for stage, overrides in read_overrides(str(path)).items():
+        config = apply_overrides(presets[stage][preset], overrides, f"{path.name} [{stage}]")
+        assert all(getattr(config, name) == value for name, value in overrides.items())
+
+
+def test_the_repository_has_settings_files():
+    assert CONFIGS, "configs/*.json: the settings of the documented runs"
