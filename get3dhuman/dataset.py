@@ -11,6 +11,11 @@ For each seed s, DIR receives:
 - one line of `manifest.jsonl`: {"seed", "mesh", "preview", "vertices", "faces", "seconds"}
   ("mesh"/"preview" are file names or null; "seconds": the sample's share of its batch's time).
 
+`settings.json` records how the samples were made (the weights' fingerprint, mesh and preview
+resolution, file type, truncation, refiner, meshing options); a directory holding samples made
+otherwise is refused, so one dataset never mixes models or settings (seeds and counts may
+change: a dataset can grow).
+
 Resumable: every file is written under a temporary name and renamed, and the manifest line is
 appended after its files, so a listed seed is complete; a later call skips the listed seeds and
 drops a torn last line. Under torchrun, process r makes the samples i with i % processes == r
@@ -19,6 +24,7 @@ and appends its own lines (one write each, in append mode).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -29,9 +35,11 @@ import torch
 from get3dhuman.refine import refine_meshes, render_textured
 from get3dhuman.synthetic.preview import save_grid
 from get3dhuman.train import distributed
+from get3dhuman.train.checkpoint import record_settings
 
 FILE_TYPES = ("glb", "ply", "obj")
 MANIFEST = "manifest.jsonl"
+SETTINGS = "settings.json"
 
 
 @torch.no_grad()
@@ -65,6 +73,15 @@ def read_manifest(out_dir: str) -> list[dict]:
                 if line.endswith("\n"):  # a complete line that is not json: not our file
                     raise ValueError(f"{path} holds a line that is not a manifest record: {line[:80]!r}") from None
     return records
+
+
+def fingerprint(module: torch.nn.Module) -> str:
+    """16 hex digits of the SHA-256 of a module's state (names, shapes, dtypes and values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _rewrite_manifest(out_dir: str, records: list[dict]) -> None:
@@ -114,6 +131,10 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
         raise ValueError(f"preview_resolution must be an int >= 2 or None, got {preview_resolution!r}")
     rank, size = distributed.world()
     os.makedirs(out_dir, exist_ok=True)
+    settings = {"generator": fingerprint(generator), "refiner": None if refiner is None else fingerprint(refiner),
+                "resolution": resolution, "file_type": file_type, "preview_resolution": preview_resolution,
+                "truncation_psi": truncation_psi, "extract_options": extract_options}
+    record_settings(os.path.join(out_dir, SETTINGS), settings, may_change=(), write=rank == 0)
     if rank == 0:
         _rewrite_manifest(out_dir, read_manifest(out_dir))  # drops a torn last line before anyone appends
     distributed.barrier()

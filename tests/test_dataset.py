@@ -12,7 +12,7 @@ from inputs import generator_with_a_surface, torchrun
 from PIL import Image
 
 from get3dhuman.cli import main
-from get3dhuman.dataset import MANIFEST, read_manifest, render_previews, write_samples
+from get3dhuman.dataset import MANIFEST, SETTINGS, read_manifest, render_previews, write_samples
 from get3dhuman.refine import refine_meshes
 from get3dhuman.render import orbit_calibration
 from get3dhuman.synthetic.preview import LIGHT
@@ -91,7 +91,7 @@ def test_previews_of_a_ball_are_discs_of_its_colour():
 def test_an_interrupted_dataset_resumes_without_redoing_samples(tmp_path):
     generator = generator_with_a_surface()
     first = write_samples(generator, str(tmp_path), 2, seed=5, progress=False, **MESHING)
-    stamps = {name: os.stat(tmp_path / name).st_mtime_ns for name in os.listdir(tmp_path) if name != MANIFEST}
+    stamps = {name: os.stat(tmp_path / name).st_mtime_ns for name in os.listdir(tmp_path) if name.startswith("human-")}
     with open(tmp_path / MANIFEST, "a") as handle:
         handle.write('{"seed": 7, "mesh"')  # torn by an interruption
     records = write_samples(generator, str(tmp_path), 4, seed=5, progress=False, **MESHING)
@@ -100,6 +100,13 @@ def test_an_interrupted_dataset_resumes_without_redoing_samples(tmp_path):
     assert stamps == {name: os.stat(tmp_path / name).st_mtime_ns for name in stamps}  # not written again
     fresh = write_samples(generator, str(tmp_path / "fresh"), 4, seed=5, batch_size=3, progress=False, **MESHING)
     assert [(r["vertices"], r["faces"]) for r in fresh] == [(r["vertices"], r["faces"]) for r in records]
+    with pytest.raises(ValueError, match=r"other settings \(file_type, resolution\)"):
+        write_samples(generator, str(tmp_path), 4, seed=5, progress=False, file_type="obj", resolution=16,
+                      coarse_resolution=8)
+    with torch.no_grad():
+        generator.mlp_texture.filters[-1].bias += 0.1
+    with pytest.raises(ValueError, match=r"other settings \(generator\)"):  # one dataset, one model
+        write_samples(generator, str(tmp_path), 4, seed=5, progress=False, **MESHING)
     (tmp_path / MANIFEST).write_text("not a manifest\n")
     with pytest.raises(ValueError, match="not a manifest record"):
         read_manifest(str(tmp_path))
@@ -129,7 +136,7 @@ def test_empty_fields_are_listed_without_a_file(tmp_path):
         generator.mlp_shape.filters[-1].bias -= 100  # occupancy ~0 everywhere
     [record] = write_samples(generator, str(tmp_path), 1, progress=False, **MESHING)
     assert record["mesh"] is None and record["vertices"] == record["faces"] == 0
-    assert sorted(os.listdir(tmp_path)) == [MANIFEST]
+    assert sorted(os.listdir(tmp_path)) == sorted([MANIFEST, SETTINGS])
 
 
 @pytest.mark.parametrize("options, message", [
