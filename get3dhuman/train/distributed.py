@@ -13,6 +13,7 @@ that the ranks hold the same weights. Without torchrun every function here is th
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import numpy as np
@@ -42,9 +43,18 @@ def initialize(device: str) -> str:
         if cuda:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group("nccl" if cuda else "gloo")
+        # Exiting with the group's threads still running aborted a Gloo process now and then
+        # ("terminate called without an active exception").
+        atexit.register(leave)
     if launched and cuda:
         return f"cuda:{int(os.environ['LOCAL_RANK'])}"
     return device
+
+
+def leave() -> None:
+    """Destroys this process's process group, if it has one (registered at exit by `initialize`)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def local_batch_size(batch_size: int, size: int | None = None) -> int:

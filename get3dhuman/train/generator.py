@@ -147,8 +147,7 @@ class GeneratorTrainer:
 
     def batch(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Generator]:
         """This process's cache entries of `step` and its random stream of the step (for points)."""
-        generator = distributed.rank_generator(self.config.seed, step)
-        indices = torch.randint(len(self.prior), (distributed.local_batch_size(self.config.batch_size),), generator=generator)
+        indices, generator = self.prior.draw(self.config.seed, step, self.config.batch_size)
         return self.prior.batch(indices), generator
 
     def _discriminate(self, shape: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:

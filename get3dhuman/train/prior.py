@@ -181,3 +181,11 @@ class PriorCache:
                 rows[key].append(handle.get_slice(key)[offset : offset + 1])
         return {key: torch.cat(value).float() if key in ("shape", "texture") else torch.cat(value)
                 for key, value in rows.items()}
+
+    def draw(self, seed: int, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Generator]:
+        """This process's share of a training batch of `batch_size` entry indices for `step`,
+        drawn with replacement from the stream of (seed, step, rank), and that stream (for the
+        step's other draws)."""
+        generator = distributed.rank_generator(seed, step)
+        indices = torch.randint(self.count, (distributed.local_batch_size(batch_size),), generator=generator)
+        return indices, generator

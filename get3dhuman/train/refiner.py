@@ -108,8 +108,7 @@ class RefinerTrainer:
 
     def step(self, step: int) -> dict[str, float]:
         """One discriminator and one refiner update on the batch of `step`."""
-        generator = distributed.rank_generator(self.config.seed, step)
-        indices = torch.randint(len(self.prior), (distributed.local_batch_size(self.config.batch_size),), generator=generator)
+        indices, _ = self.prior.draw(self.config.seed, step, self.config.batch_size)
         rendered, target = self.images(indices)
         self.refiner.train()
         d_loss, terms = self.losses(rendered, target)
