@@ -48,9 +48,12 @@ def build_info() -> dict:
     ``cuda_available`` (a usable GPU is present), ``devices`` (GPU names), ``triton`` (the
     importable Triton version, or None), ``query_backends`` (the backend order of
     get3dhuman.ops.query_field, the GET3DHUMAN_QUERY_BACKEND override, and the backend it picks
-    for inference and for training on each device type here; see ops.query.backend_report).
+    for inference and for training on each device type here; see ops.query.backend_report),
+    ``default_weights`` (the file `Generator.from_pretrained()` loads, or None where this
+    installation ships none).
     """
     from get3dhuman import __version__
+    from get3dhuman.nn.generator import DEFAULT_WEIGHTS
     from get3dhuman.kernels import triton_version
     from get3dhuman.ops.query import backend_report
 
@@ -66,4 +69,5 @@ def build_info() -> dict:
         else [],
         "triton": triton_version(),
         "query_backends": backend_report(),
+        "default_weights": os.fspath(DEFAULT_WEIGHTS) if os.path.exists(DEFAULT_WEIGHTS) else None,
     }

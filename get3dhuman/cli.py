@@ -41,6 +41,8 @@ def _info(args: argparse.Namespace) -> int:
         for key, value in info.items():
             if isinstance(value, list):
                 value = ", ".join(value) if value else "-"
+            elif value is None:
+                value = "-"
             print(f"{key:<{width}}  {value}")
         print(f"query backends: {' > '.join(backends['order'])} (GET3DHUMAN_QUERY_BACKEND: {backends['override']})")
         for device, chosen in backends["chosen"].items():
