@@ -2,9 +2,10 @@
 
 Surface points come from points of a thin shell around the surface projected onto it (close
 to area-uniform for a shell thin against the curvature; the shell points are drawn only in the
-coarse cells it can cross, which is the same distribution at a fraction of the SDF calls); occupancy samples are surface points
-displaced by N(0, sigma^2) plus uniform points in the box; colour samples are surface points
-displaced slightly along the normal, labelled with the colour of their surface point.
+coarse cells it can cross, which is the same distribution at a fraction of the SDF calls);
+occupancy samples are surface points displaced by N(0, sigma^2) plus uniform points in the box;
+colour samples are surface points displaced slightly along the normal, labelled with the colour
+of their surface point.
 """
 
 from __future__ import annotations

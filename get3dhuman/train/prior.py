@@ -119,7 +119,8 @@ def induce_priors(config: PriorConfig, reconstructor: str, out_dir: str, device:
     if progress and rank == 0:
         from tqdm import tqdm
 
-        missing = tqdm(missing, desc="prior shards", initial=len(paths) - len(missing), total=len(paths))
+        done = sum(os.path.exists(path) for path in paths)  # under torchrun `missing` is this rank's share only
+        missing = tqdm(missing, desc="prior shards", initial=done, total=len(paths))
     for index in missing:
         begin = index * config.shard_size
         end = min(begin + config.shard_size, config.count)

@@ -148,8 +148,8 @@ def train_reconstructor(config: ReconstructorTrainingConfig, out_dir: str, devic
 
     out_dir receives checkpoint-*.safetensors/json, metrics.jsonl and config.json. `workers`
     processes make the coming batches while the model trains (0: make each in turn; the
-    batches are the same either way) while the model uses torch's threads less one per worker
-    (at least one; restored afterwards). Under torchrun the processes split each batch
+    batches are the same either way); meanwhile the model uses torch's threads less one per
+    worker (at least one; restored afterwards). Under torchrun the processes split each batch
     (get3dhuman.train.distributed).
     """
     if workers < 0:
