@@ -20,10 +20,12 @@ TORCH_LIBRARY(get3dhuman, m) {
   m.def(
       "marching_cubes_sparse(Tensor cells, Tensor corner_values, int[] dims, float level, bool flip) -> "
       "(Tensor, Tensor, Tensor, Tensor)");
-  // One coarse-to-fine step: keep the cells [M] (keys over dims) whose corner_values [M,8] cross
-  // the level or lie within threshold of it, and split each into 8 children over 2*dims ->
-  // (child keys [K], child corner values [K,8] (those of parent corners; others 0), child
-  // corner point keys [K,8] over the (2*dims+1) point lattice), in parent order.
+  // One coarse-to-fine step: keep the cells [M] (sorted unique keys over dims) whose
+  // corner_values [M,8] cross the level or lie within threshold of it, and split each into 8
+  // children over 2*dims -> (child keys [K] sorted, point_slots [K,8], new_points [P]): new_points
+  // are the keys over the (2*dims+1)^3 point lattice of the child corners that are not parent
+  // corners, each once, batch-major; the child corner values are
+  // cat([values at new_points, corner_values.flatten()])[point_slots].
   m.def(
       "narrow_band_refine(Tensor cells, Tensor corner_values, int[] dims, float level, float threshold) -> "
       "(Tensor, Tensor, Tensor)");

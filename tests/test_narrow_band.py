@@ -91,31 +91,50 @@ def test_empty_field_gives_no_cells_and_empty_mesh():
     assert int(volume.evaluated_points[0]) == 17 ** 3
 
 
-def reference_refine(cells, corner_values, n, level, threshold):
-    """Pure-torch narrow_band_refine: kept cells' children, in parent order."""
+def reference_refine(cells, corner_values, dims, level, threshold):
+    """Pure-torch narrow_band_refine: the kept cells' children in parent order: keys [K], corner
+    point keys [K, 8] over the (2 * dims + 1) point lattice, whether each corner is a parent corner
+    [K, 8], and the kept mask [M]."""
     above = corner_values > level
     keep = (above.any(1) & ~above.all(1)) | ((corner_values - level).abs() <= threshold).any(1)
+    d0, d1, d2 = dims
     offsets = torch.tensor([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)])
-    coords = torch.stack([cells // n ** 2 % n, cells // n % n, cells % n], 1)[keep]
-    batch = (cells // n ** 3)[keep]
+    coords = torch.stack([cells // (d1 * d2) % d0, cells // d2 % d1, cells % d2], 1)[keep]
+    batch = (cells // (d0 * d1 * d2))[keep]
     child = 2 * coords[:, None, :] + offsets  # [K, 8, 3]
-    keys = ((batch[:, None] * 2 * n + child[..., 0]) * 2 * n + child[..., 1]) * 2 * n + child[..., 2]
+    keys = ((batch[:, None] * 2 * d0 + child[..., 0]) * 2 * d1 + child[..., 1]) * 2 * d2 + child[..., 2]
     corner = child[:, :, None, :] + offsets  # [K, 8, 8, 3]
-    p = 2 * n + 1
-    points = ((batch[:, None, None] * p + corner[..., 0]) * p + corner[..., 1]) * p + corner[..., 2]
-    return keys.reshape(-1), points.reshape(-1, 8), keep
+    points = ((batch[:, None, None] * (2 * d0 + 1) + corner[..., 0]) * (2 * d1 + 1) + corner[..., 1]) * (2 * d2 + 1) \
+        + corner[..., 2]
+    at_parent_corner = (corner % 2 == 0).all(-1)
+    return keys.reshape(-1), points.reshape(-1, 8), at_parent_corner.reshape(-1, 8), keep
 
 
-def test_refine_kernel_matches_reference(device):
+@pytest.mark.parametrize("dims", [(6, 6, 6), (3, 4, 5), (1, 2, 7)])
+def test_refine_kernel_matches_reference(device, dims):
+    """Children in key order, parent-corner values carried over, every other child corner pointing
+    at its lattice point in new_points, and each such point listed exactly once, batch-major."""
     generator = torch.Generator().manual_seed(4)
-    n = 6
-    cells = torch.arange(2 * n ** 3)
-    corner_values = torch.randn(cells.numel(), 8, generator=generator) + 1.5
-    keys, values, points = torch.ops.get3dhuman.narrow_band_refine(
-        cells.to(device), corner_values.to(device), [n, n, n], 0.0, 0.3)
-    ref_keys, ref_points, keep = reference_refine(cells, corner_values, n, 0.0, 0.3)
-    assert torch.equal(keys.cpu(), ref_keys) and torch.equal(points.cpu(), ref_points)
-    # Known child corners carry the parent's values: child n, corner q at doubled offsets.
+    lattice = 2 * dims[0] * dims[1] * dims[2]
+    cells = torch.randperm(lattice, generator=generator)[: lattice * 2 // 3].sort().values  # some neighbours absent
+    corner_values = torch.randn(cells.numel(), 8, generator=generator, dtype=torch.float64) + 1.5
+    keys, slots, new_points = (t.cpu() for t in torch.ops.get3dhuman.narrow_band_refine(
+        cells.to(device), corner_values.to(device), list(dims), 0.0, 0.3))
+    ref_keys, ref_points, at_parent_corner, keep = reference_refine(cells, corner_values, dims, 0.0, 0.3)
+    assert 0 < keep.sum() < keep.numel()
+    order = torch.argsort(ref_keys)
+    assert torch.equal(keys, ref_keys[order])
+    ref_points, at_parent_corner = ref_points[order], at_parent_corner[order]
+    new_slots = slots[~at_parent_corner]
+    assert bool((new_slots >= 0).all()) and bool((new_slots < new_points.numel()).all())
+    assert torch.equal(new_points[new_slots], ref_points[~at_parent_corner])
+    assert torch.equal(new_points.sort().values, ref_points[~at_parent_corner].unique())
+    points_per_batch = (2 * dims[0] + 1) * (2 * dims[1] + 1) * (2 * dims[2] + 1)
+    assert bool((torch.diff(new_points // points_per_batch) >= 0).all())
+    # Known child corners read the parent's value: child n, corner q at doubled offsets.
+    table_values = torch.cat([torch.full((new_points.numel(),), float("nan"), dtype=torch.float64),
+                              corner_values.reshape(-1)])
+    child_values = table_values[slots][torch.argsort(order)]  # parent order
     parents = corner_values[keep]
     offsets = np.array([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)])
     for child in range(8):
@@ -123,7 +142,12 @@ def test_refine_kernel_matches_reference(device):
             position = offsets[child] + offsets[q]
             if (position % 2 == 0).all():
                 parent_corner = int(position[0] // 2 * 4 + position[1] // 2 * 2 + position[2] // 2)
-                assert torch.equal(values.cpu()[child::8, q], parents[:, parent_corner])
+                assert torch.equal(child_values[child::8, q], parents[:, parent_corner])
+
+
+def test_refine_refuses_unsorted_cells():
+    with pytest.raises(ValueError, match="sorted and unique"):
+        torch.ops.get3dhuman.narrow_band_refine(torch.tensor([3, 1]), torch.zeros(2, 8), [2, 2, 2], 0.0, 1.0)
 
 
 def test_bad_arguments():

@@ -1,51 +1,89 @@
-// CPU kernel of the narrow band step: classify in parallel, scan, write the children.
+// CPU kernel of the narrow band step: classify and compact in parallel, survey the kept parents
+// (neighbours, placement, owned points), scan, emit children and new points.
 #include "narrow_band.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/sub.h>
 #include <torch/library.h>
 
 #include <tuple>
 
 namespace get3dhuman::narrow_band {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_cpu(const at::Tensor& cells_in,
-                                                          const at::Tensor& corner_values_in, at::IntArrayRef dims,
-                                                          double level, double threshold) {
+constexpr int64_t kGrain = 2048;
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_cpu(const at::Tensor& cells_in, const at::Tensor& corner_values_in,
+                                                          at::IntArrayRef dims, double level, double threshold) {
   check_sparse_cells(cells_in, corner_values_in, dims);
   const at::Tensor cells = cells_in.contiguous(), corner_values = corner_values_in.contiguous();
   const int64_t count = cells.size(0);
+  const int64_t* keys = cells.const_data_ptr<int64_t>();
+  for (int64_t i = 1; i < count; ++i) {
+    TORCH_CHECK_VALUE(keys[i - 1] < keys[i], "cells must be sorted and unique, got ", keys[i - 1], " before ",
+                      keys[i], " at ", i);
+  }
   const SparseLattice lattice = make_lattice(dims[0], dims[1], dims[2]);
+
   at::Tensor kept = at::empty({count}, cells.options());
-  at::Tensor child_keys, child_values, point_keys;
+  int64_t* kept_ptr = kept.mutable_data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(corner_values.scalar_type(), "narrow_band_refine_cpu", [&] {
     const scalar_t* values = corner_values.const_data_ptr<scalar_t>();
-    const int64_t* keys = cells.const_data_ptr<int64_t>();
-    int64_t* kept_ptr = kept.mutable_data_ptr<int64_t>();
     const auto lvl = static_cast<scalar_t>(level), thr = static_cast<scalar_t>(threshold);
-    at::parallel_for(0, count, 4096, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, count, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t cell = begin; cell < end; ++cell) kept_ptr[cell] = keep_cell(values + 8 * cell, lvl, thr);
     });
-    const at::Tensor rank = at::cumsum(kept, 0);  // inclusive: kept cell -> rank + 1
-    const int64_t* rank_ptr = rank.const_data_ptr<int64_t>();
-    const int64_t total = count > 0 ? rank_ptr[count - 1] : 0;
-    child_keys = at::empty({8 * total}, cells.options());
-    child_values = at::empty({8 * total, 8}, corner_values.options());
-    point_keys = at::empty({8 * total, 8}, cells.options());
-    int64_t* ck = child_keys.mutable_data_ptr<int64_t>();
-    scalar_t* cv = child_values.mutable_data_ptr<scalar_t>();
-    int64_t* pk = point_keys.mutable_data_ptr<int64_t>();
-    at::parallel_for(0, count, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t cell = begin; cell < end; ++cell) {
-        if (!kept_ptr[cell]) continue;
-        const int64_t out = 8 * (rank_ptr[cell] - 1);
-        write_children(lattice, keys[cell], values + 8 * cell, ck + out, cv + 8 * out, pk + 8 * out);
-      }
-    });
   });
-  return {child_keys, child_values, point_keys};
+  const at::Tensor rank = at::cumsum(kept, 0);  // inclusive: kept cell -> rank + 1
+  const int64_t* rank_ptr = rank.const_data_ptr<int64_t>();
+  const int64_t parents = count > 0 ? rank_ptr[count - 1] : 0;
+  TORCH_CHECK_VALUE(parents < (int64_t(1) << 31), "narrow_band_refine keeps at most 2^31 - 1 cells, got ", parents);
+  at::Tensor parent_keys = at::empty({parents}, cells.options());
+  at::Tensor parent_source = at::empty({parents}, cells.options());
+  int64_t* parent_keys_ptr = parent_keys.mutable_data_ptr<int64_t>();
+  int64_t* source_ptr = parent_source.mutable_data_ptr<int64_t>();
+  at::parallel_for(0, count, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t cell = begin; cell < end; ++cell) {
+      if (!kept_ptr[cell]) continue;
+      parent_keys_ptr[rank_ptr[cell] - 1] = keys[cell];
+      source_ptr[rank_ptr[cell] - 1] = cell;
+    }
+  });
+
+  at::Tensor neighbours = at::empty({parents, kLocalPoints}, cells.options().dtype(at::kInt));
+  at::Tensor placements = at::empty({parents, 3}, cells.options());
+  at::Tensor owned_masks = at::empty({parents}, cells.options().dtype(at::kInt));
+  at::Tensor owned_counts = at::empty({parents}, cells.options());
+  int32_t* neighbours_ptr = neighbours.mutable_data_ptr<int32_t>();
+  auto* placements_ptr = reinterpret_cast<Placement*>(placements.mutable_data_ptr<int64_t>());
+  int32_t* masks_ptr = owned_masks.mutable_data_ptr<int32_t>();
+  int64_t* counts_ptr = owned_counts.mutable_data_ptr<int64_t>();
+  at::parallel_for(0, parents, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      counts_ptr[p] = survey_parent(lattice, parent_keys_ptr, parents, p, neighbours_ptr + kLocalPoints * p,
+                                    placements_ptr + p, masks_ptr + p);
+    }
+  });
+  const at::Tensor point_end = at::cumsum(owned_counts, 0);
+  const int64_t points = parents > 0 ? point_end.const_data_ptr<int64_t>()[parents - 1] : 0;
+  const at::Tensor first_point = at::sub(point_end, owned_counts);
+
+  at::Tensor child_keys = at::empty({8 * parents}, cells.options());
+  at::Tensor point_slots = at::empty({8 * parents, 8}, cells.options());
+  at::Tensor new_points = at::empty({points}, cells.options());
+  const int64_t* first_ptr = first_point.const_data_ptr<int64_t>();
+  int64_t* child_keys_ptr = child_keys.mutable_data_ptr<int64_t>();
+  int64_t* slots_ptr = point_slots.mutable_data_ptr<int64_t>();
+  int64_t* new_points_ptr = new_points.mutable_data_ptr<int64_t>();
+  at::parallel_for(0, parents, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      emit_parent(lattice, parent_keys_ptr, p, points + 8 * source_ptr[p], neighbours_ptr + kLocalPoints * p,
+                  placements_ptr, masks_ptr, first_ptr, child_keys_ptr, slots_ptr, new_points_ptr);
+    }
+  });
+  return {child_keys, point_slots, new_points};
 }
 
 TORCH_LIBRARY_IMPL(get3dhuman, CPU, m) { m.impl("narrow_band_refine", &refine_cpu); }

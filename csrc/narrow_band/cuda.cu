@@ -1,9 +1,12 @@
-// CUDA kernel of the narrow band step: classify, scan (cumsum), write the children.
+// CUDA kernel of the narrow band step: classify, scan, compact, survey the kept parents, scan,
+// emit children and new points (one thread per cell or parent). The cells must be sorted and
+// unique (narrow_band guarantees it; the CPU kernel checks it, here it would cost a sync).
 #include "narrow_band.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/sub.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -16,6 +19,8 @@ namespace {
 
 constexpr int kThreads = 256;
 
+int blocks_for(int64_t count) { return static_cast<int>((count + kThreads - 1) / kThreads); }
+
 template <typename scalar_t>
 __global__ void classify_kernel(const scalar_t* __restrict__ values, int64_t count, scalar_t level,
                                 scalar_t threshold, int64_t* __restrict__ kept) {
@@ -23,16 +28,34 @@ __global__ void classify_kernel(const scalar_t* __restrict__ values, int64_t cou
   if (cell < count) kept[cell] = keep_cell(values + 8 * cell, level, threshold);
 }
 
-template <typename scalar_t>
-__global__ void children_kernel(SparseLattice lattice, const int64_t* __restrict__ keys,
-                                const scalar_t* __restrict__ values, int64_t count, const int64_t* __restrict__ kept, const int64_t* __restrict__ rank,
-                                int64_t* __restrict__ child_keys, scalar_t* __restrict__ child_values,
-                                int64_t* __restrict__ point_keys) {
+__global__ void compact_kernel(const int64_t* __restrict__ keys, int64_t count, const int64_t* __restrict__ kept,
+                               const int64_t* __restrict__ rank, int64_t* __restrict__ parent_keys,
+                               int64_t* __restrict__ parent_source) {
   const int64_t cell = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (cell >= count || !kept[cell]) return;
-  const int64_t out = 8 * (rank[cell] - 1);
-  write_children(lattice, keys[cell], values + 8 * cell, child_keys + out, child_values + 8 * out,
-                 point_keys + 8 * out);
+  parent_keys[rank[cell] - 1] = keys[cell];
+  parent_source[rank[cell] - 1] = cell;
+}
+
+__global__ void survey_kernel(SparseLattice lattice, const int64_t* __restrict__ parent_keys, int64_t parents,
+                              int32_t* __restrict__ neighbours, Placement* __restrict__ placements,
+                              int32_t* __restrict__ owned_masks, int64_t* __restrict__ owned_counts) {
+  const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= parents) return;
+  owned_counts[p] =
+      survey_parent(lattice, parent_keys, parents, p, neighbours + kLocalPoints * p, placements + p, owned_masks + p);
+}
+
+__global__ void emit_kernel(SparseLattice lattice, const int64_t* __restrict__ parent_keys, int64_t parents,
+                            const int64_t* __restrict__ parent_source, int64_t points,
+                            const int32_t* __restrict__ neighbours, const Placement* __restrict__ placements,
+                            const int32_t* __restrict__ owned_masks, const int64_t* __restrict__ first_point,
+                            int64_t* __restrict__ child_keys, int64_t* __restrict__ point_slots,
+                            int64_t* __restrict__ new_points) {
+  const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= parents) return;
+  emit_parent(lattice, parent_keys, p, points + 8 * parent_source[p], neighbours + kLocalPoints * p, placements,
+              owned_masks, first_point, child_keys, point_slots, new_points);
 }
 
 }  // namespace
@@ -45,32 +68,52 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_cuda(const at::Tensor& cel
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor cells = cells_in.contiguous(), corner_values = corner_values_in.contiguous();
   const int64_t count = cells.size(0);
-  const int blocks = static_cast<int>((count + kThreads - 1) / kThreads);
   const SparseLattice lattice = make_lattice(dims[0], dims[1], dims[2]);
+
   at::Tensor kept = at::empty({count}, cells.options());
-  at::Tensor child_keys, child_values, point_keys;
-  AT_DISPATCH_FLOATING_TYPES(corner_values.scalar_type(), "narrow_band_refine_cuda", [&] {
-    const scalar_t* values = corner_values.const_data_ptr<scalar_t>();
-    if (count > 0) {
-      classify_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(values, count, static_cast<scalar_t>(level),
-                                                                 static_cast<scalar_t>(threshold),
-                                                                 kept.mutable_data_ptr<int64_t>());
+  if (count > 0) {
+    AT_DISPATCH_FLOATING_TYPES(corner_values.scalar_type(), "narrow_band_refine_cuda", [&] {
+      classify_kernel<scalar_t><<<blocks_for(count), kThreads, 0, stream>>>(
+          corner_values.const_data_ptr<scalar_t>(), count, static_cast<scalar_t>(level),
+          static_cast<scalar_t>(threshold), kept.mutable_data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    const at::Tensor rank = at::cumsum(kept, 0);
-    const int64_t total = count > 0 ? rank[count - 1].item<int64_t>() : 0;
-    child_keys = at::empty({8 * total}, cells.options());
-    child_values = at::empty({8 * total, 8}, corner_values.options());
-    point_keys = at::empty({8 * total, 8}, cells.options());
-    if (total > 0) {
-      children_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-          lattice, cells.const_data_ptr<int64_t>(), values, count, kept.const_data_ptr<int64_t>(),
-          rank.const_data_ptr<int64_t>(), child_keys.mutable_data_ptr<int64_t>(),
-          child_values.mutable_data_ptr<scalar_t>(), point_keys.mutable_data_ptr<int64_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-  });
-  return {child_keys, child_values, point_keys};
+    });
+  }
+  const at::Tensor rank = at::cumsum(kept, 0);
+  const int64_t parents = count > 0 ? rank[count - 1].item<int64_t>() : 0;
+  TORCH_CHECK_VALUE(parents < (int64_t(1) << 31), "narrow_band_refine keeps at most 2^31 - 1 cells, got ", parents);
+  at::Tensor parent_keys = at::empty({parents}, cells.options());
+  at::Tensor parent_source = at::empty({parents}, cells.options());
+  at::Tensor neighbours = at::empty({parents, kLocalPoints}, cells.options().dtype(at::kInt));
+  at::Tensor placements = at::empty({parents, 3}, cells.options());
+  at::Tensor owned_masks = at::empty({parents}, cells.options().dtype(at::kInt));
+  at::Tensor owned_counts = at::empty({parents}, cells.options());
+  auto* placements_ptr = reinterpret_cast<Placement*>(placements.mutable_data_ptr<int64_t>());
+  if (parents > 0) {
+    compact_kernel<<<blocks_for(count), kThreads, 0, stream>>>(
+        cells.const_data_ptr<int64_t>(), count, kept.const_data_ptr<int64_t>(), rank.const_data_ptr<int64_t>(),
+        parent_keys.mutable_data_ptr<int64_t>(), parent_source.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    survey_kernel<<<blocks_for(parents), kThreads, 0, stream>>>(
+        lattice, parent_keys.const_data_ptr<int64_t>(), parents, neighbours.mutable_data_ptr<int32_t>(),
+        placements_ptr, owned_masks.mutable_data_ptr<int32_t>(), owned_counts.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  const at::Tensor point_end = at::cumsum(owned_counts, 0);
+  const int64_t points = parents > 0 ? point_end[parents - 1].item<int64_t>() : 0;
+  const at::Tensor first_point = at::sub(point_end, owned_counts);
+  at::Tensor child_keys = at::empty({8 * parents}, cells.options());
+  at::Tensor point_slots = at::empty({8 * parents, 8}, cells.options());
+  at::Tensor new_points = at::empty({points}, cells.options());
+  if (parents > 0) {
+    emit_kernel<<<blocks_for(parents), kThreads, 0, stream>>>(
+        lattice, parent_keys.const_data_ptr<int64_t>(), parents, parent_source.const_data_ptr<int64_t>(), points,
+        neighbours.const_data_ptr<int32_t>(), placements_ptr, owned_masks.const_data_ptr<int32_t>(),
+        first_point.const_data_ptr<int64_t>(), child_keys.mutable_data_ptr<int64_t>(),
+        point_slots.mutable_data_ptr<int64_t>(), new_points.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {child_keys, point_slots, new_points};
 }
 
 TORCH_LIBRARY_IMPL(get3dhuman, CUDA, m) { m.impl("narrow_band_refine", &refine_cuda); }

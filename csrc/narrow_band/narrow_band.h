@@ -1,6 +1,14 @@
-// One coarse-to-fine step of the narrow band: classify cells, compact the kept ones, split each
-// into 8 children (the CPU and CUDA kernels share these per-cell functions). Cells are the
-// sparse cell sets of sparse_cells.h, which sparse marching cubes consumes.
+// One coarse-to-fine step of the narrow band: classify cells, compact the kept ones ("parents"),
+// split each into 8 children and number the new lattice points they need, each once. The CPU and
+// CUDA kernels share these per-parent functions. Cells are the sparse cell sets of
+// sparse_cells.h, which sparse marching cubes consumes.
+//
+// A parent covers the 3 x 3 x 3 fine lattice points with local coordinates l in {0, 1, 2}^3
+// (local id l0 * 9 + l1 * 3 + l2). The 8 with even l are its corners (values known); the 19 others
+// are new. A new point on a face or edge is shared with the kept face/edge neighbours; its owner
+// is the sharing parent with the smallest key, which emits it and writes its slot into the
+// corners of every child that uses it. Hence no sort or hash: every new point is numbered once,
+// in parent order (so batch-major), and the children are written straight into key order.
 #pragma once
 
 #include "../sparse_cells.h"
@@ -12,6 +20,9 @@
 #include <cstdint>
 
 namespace get3dhuman::narrow_band {
+
+constexpr int kLocalPoints = 27;
+constexpr int kNoCell = -1;
 
 // A cell is kept when the iso-surface can cross it: its corners lie on both sides of the
 // level, or one of them lies within `threshold` of it (a surface between corners that the
@@ -30,30 +41,172 @@ C10_HOST_DEVICE inline bool keep_cell(const T* corners, T level, T threshold) {
   return (any_above && any_below) || near;
 }
 
-// The 8 children of the parent cell `key` of `lattice` (children over twice its cells per axis): keys, corner
-// values known from the parent (children's corners at parent corners; 0 elsewhere), and every
-// child corner's point key over the (2 * dims + 1)^3 point lattice. Child n and corner q use
-// the marching cubes corner order.
-template <typename T>
-C10_HOST_DEVICE inline void write_children(const SparseLattice& lattice, int64_t key, const T* corners,
-                                           int64_t* child_keys, T* child_values, int64_t* point_keys) {
+// The first index i in sorted keys[0, count) with keys[i] >= target, searched outward from
+// `from`: the cost grows with the log of the distance, and lattice neighbours are near in key order.
+C10_HOST_DEVICE inline int64_t gallop_lower_bound(const int64_t* keys, int64_t count, int64_t from, int64_t target) {
+  int64_t below, at_or_above;  // keys[below] < target (or below == -1); keys[at_or_above] >= target (or == count)
+  int64_t step = 1;
+  if (from < count && keys[from] < target) {
+    below = from;
+    at_or_above = from + 1;
+    while (at_or_above < count && keys[at_or_above] < target) {
+      below = at_or_above;
+      step *= 2;
+      at_or_above = from + step;
+    }
+    if (at_or_above > count) at_or_above = count;
+  } else {
+    at_or_above = from;
+    below = from - 1;
+    while (below >= 0 && keys[below] >= target) {
+      at_or_above = below;
+      step *= 2;
+      below = from - step;
+    }
+    if (below < -1) below = -1;
+  }
+  while (at_or_above - below > 1) {
+    const int64_t middle = below + (at_or_above - below) / 2;
+    if (keys[middle] < target) {
+      below = middle;
+    } else {
+      at_or_above = middle;
+    }
+  }
+  return at_or_above;
+}
+
+C10_HOST_DEVICE inline bool is_corner(int local_id) {
+  return (local_id / 9) % 2 == 0 && (local_id / 3 % 3) % 2 == 0 && (local_id % 3) % 2 == 0;
+}
+
+// The axes (bit 2 - a for axis a) along which a new point at local coordinates l lies on the
+// parent's boundary (l = 0 or 2), where the neighbour at offset l - 1 shares it.
+C10_HOST_DEVICE inline int sharing_axes(const int* l) {
+  return (l[0] != 1 ? 4 : 0) | (l[1] != 1 ? 2 : 0) | (l[2] != 1 ? 1 : 0);
+}
+
+// The neighbour index (see survey_parent) of the parent that shares the point at local l across
+// the axes in `subset` (a subset of sharing_axes(l)).
+C10_HOST_DEVICE inline int sharer_index(const int* l, int subset) {
+  int index = 0;
+  for (int a = 0; a < 3; ++a) index = 3 * index + 1 + ((subset >> (2 - a)) & 1 ? l[a] - 1 : 0);
+  return index;
+}
+
+// Where a parent's children go in the key-sorted child list: child (o0, o1, o2) at
+// first + o0 * slab_stride + o1 * row_stride + o2. Children of the parents of one slab (same
+// batch and first coordinate) fill two fine slabs; within them, each row of parents fills two
+// fine rows. So a parent at index p of row [r, r + L) of slab [s, s + S) has
+// first = 8 s + 4 (r - s) + 2 (p - r), slab_stride = 4 S, row_stride = 2 L.
+struct Placement {
+  int64_t first, slab_stride, row_stride;
+
+  C10_HOST_DEVICE int64_t child(int o0, int o1, int o2) const { return first + o0 * slab_stride + o1 * row_stride + o2; }
+};
+
+// Pass 1 for parent p of the sorted kept keys [count] over `lattice`: the kept index of each
+// neighbour that can share a new point (offsets d in {-1, 0, 1}^3 with a zero component; index
+// (d0 + 1) * 9 + (d1 + 1) * 3 + d2 + 1; kNoCell when absent), the children's placement, and the
+// mask of the new local points p owns (bit = local id). Returns how many it owns.
+C10_HOST_DEVICE inline int survey_parent(const SparseLattice& lattice, const int64_t* keys, int64_t count, int64_t p,
+                                         int32_t* neighbours, Placement* placement, int32_t* owned_mask) {
+  const int64_t* dims = lattice.dims;
+  const int64_t key = keys[p];
+  int64_t coords[3];
+  lattice.decode(key, coords);
+  for (int n = 0; n < kLocalPoints; ++n) {
+    const int d[3] = {n / 9 - 1, n / 3 % 3 - 1, n % 3 - 1};
+    neighbours[n] = kNoCell;
+    if (d[0] != 0 && d[1] != 0 && d[2] != 0) continue;  // shares only a parent corner
+    bool inside = true;
+    for (int a = 0; a < 3; ++a) inside &= coords[a] + d[a] >= 0 && coords[a] + d[a] < dims[a];
+    if (!inside) continue;
+    const int64_t target = key + d[0] * lattice.stride[0] + d[1] * lattice.stride[1] + d[2];
+    const int64_t found = gallop_lower_bound(keys, count, p, target);
+    if (found < count && keys[found] == target) neighbours[n] = static_cast<int32_t>(found);
+  }
+  const int64_t row_key = key - coords[2], slab_key = row_key - coords[1] * dims[2];
+  const int64_t row = gallop_lower_bound(keys, count, p, row_key);
+  const int64_t row_end = gallop_lower_bound(keys, count, p, row_key + dims[2]);
+  const int64_t slab = gallop_lower_bound(keys, count, p, slab_key);
+  const int64_t slab_end = gallop_lower_bound(keys, count, p, slab_key + dims[1] * dims[2]);
+  *placement = Placement{8 * slab + 4 * (row - slab) + 2 * (p - row), 4 * (slab_end - slab), 2 * (row_end - row)};
+  int32_t mask = 0;
+  int owned = 0;
+  for (int id = 0; id < kLocalPoints; ++id) {
+    if (is_corner(id)) continue;
+    const int l[3] = {id / 9, id / 3 % 3, id % 3};
+    int32_t owner = static_cast<int32_t>(p);
+    const int shared = sharing_axes(l);
+    for (int subset = shared;; subset = (subset - 1) & shared) {
+      const int32_t sharer = neighbours[sharer_index(l, subset)];
+      if (sharer != kNoCell && sharer < owner) owner = sharer;
+      if (subset == 0) break;
+    }
+    if (owner == p) {
+      mask |= int32_t(1) << id;
+      ++owned;
+    }
+  }
+  *owned_mask = mask;
+  return owned;
+}
+
+// Pass 2 for parent p (after an exclusive scan of the owned counts into first_point): writes its
+// 8 children's keys and corner slots into the value table [new points' values (P), the parents'
+// corner values (8 per source cell)]: a corner at a parent corner reads the parent's value at
+// P + 8 * source + corner; each new point p owns gets its key and its slot in the corners of
+// every child that uses it, including the neighbours' children.
+C10_HOST_DEVICE inline void emit_parent(const SparseLattice& lattice, const int64_t* keys, int64_t p,
+                                        int64_t parent_corner_slot, const int32_t* neighbours,
+                                        const Placement* placements, const int32_t* owned_masks,
+                                        const int64_t* first_point, int64_t* child_keys, int64_t* point_slots,
+                                        int64_t* new_points) {
   const int64_t* dims = lattice.dims;
   int64_t coords[3];
-  const int64_t batch = lattice.decode(key, coords);
+  const int64_t batch = lattice.decode(keys[p], coords);
+  const Placement& own = placements[p];
   for (int child = 0; child < 8; ++child) {
-    const int offset[3] = {(child >> 2) & 1, (child >> 1) & 1, child & 1};
-    int64_t cell[3];
-    for (int a = 0; a < 3; ++a) cell[a] = 2 * coords[a] + offset[a];
-    child_keys[child] = ((batch * 2 * dims[0] + cell[0]) * 2 * dims[1] + cell[1]) * 2 * dims[2] + cell[2];
+    const int o[3] = {(child >> 2) & 1, (child >> 1) & 1, child & 1};
+    const int64_t index = own.child(o[0], o[1], o[2]);
+    child_keys[index] = ((batch * 2 * dims[0] + 2 * coords[0] + o[0]) * 2 * dims[1] + 2 * coords[1] + o[1]) * 2 * dims[2] +
+                        2 * coords[2] + o[2];
     for (int q = 0; q < 8; ++q) {
-      const int local[3] = {offset[0] + ((q >> 2) & 1), offset[1] + ((q >> 1) & 1), offset[2] + (q & 1)};
-      int64_t point = batch;
-      for (int a = 0; a < 3; ++a) point = point * (2 * dims[a] + 1) + cell[a] + (local[a] - offset[a]);
-      point_keys[8 * child + q] = point;
-      const bool at_parent_corner = local[0] % 2 == 0 && local[1] % 2 == 0 && local[2] % 2 == 0;
-      child_values[8 * child + q] =
-          at_parent_corner ? corners[(local[0] / 2) * 4 + (local[1] / 2) * 2 + local[2] / 2] : T(0);
+      const int l[3] = {o[0] + ((q >> 2) & 1), o[1] + ((q >> 1) & 1), o[2] + (q & 1)};
+      if (l[0] % 2 == 0 && l[1] % 2 == 0 && l[2] % 2 == 0) {
+        point_slots[8 * index + q] = parent_corner_slot + (l[0] / 2) * 4 + (l[1] / 2) * 2 + l[2] / 2;
+      }
     }
+  }
+  const int32_t mask = owned_masks[p];
+  int64_t slot = first_point[p];
+  for (int id = 0; id < kLocalPoints; ++id) {
+    if (!((mask >> id) & 1)) continue;
+    const int l[3] = {id / 9, id / 3 % 3, id % 3};
+    int64_t point = batch;
+    for (int a = 0; a < 3; ++a) point = point * (2 * dims[a] + 1) + 2 * coords[a] + l[a];
+    new_points[slot] = point;
+    const int shared = sharing_axes(l);
+    for (int subset = shared;; subset = (subset - 1) & shared) {
+      const int32_t sharer = neighbours[sharer_index(l, subset)];
+      if (sharer != kNoCell) {
+        const Placement& placement = placements[sharer];
+        int local[3];  // the point in the sharing parent's frame
+        for (int a = 0; a < 3; ++a) local[a] = (subset >> (2 - a)) & 1 ? 2 - l[a] : l[a];
+        // Its children holding the point: along an axis where local is 1 both, else the one at local / 2.
+        const int both = (local[0] == 1 ? 4 : 0) | (local[1] == 1 ? 2 : 0) | (local[2] == 1 ? 1 : 0);
+        for (int upper = both;; upper = (upper - 1) & both) {
+          int o[3];
+          for (int a = 0; a < 3; ++a) o[a] = local[a] == 1 ? (upper >> (2 - a)) & 1 : local[a] / 2;
+          const int q = (local[0] - o[0]) * 4 + (local[1] - o[1]) * 2 + (local[2] - o[2]);
+          point_slots[8 * placement.child(o[0], o[1], o[2]) + q] = slot;
+          if (upper == 0) break;
+        }
+      }
+      if (subset == 0) break;
+    }
+    ++slot;
   }
 }
 

@@ -9,8 +9,9 @@ surface, so the mesh is watertight inside the box even where the coarse levels m
 that touches a found one). The result, a `SparseVolume`, feeds sparse marching cubes directly
 (no dense volume is allocated) and answers trilinear queries.
 
-Classification, compaction and child generation are the `narrow_band_refine` kernel (CPU and
-CUDA); de-duplication of new points and the closure use torch's sort-based ops.
+Classification, compaction, child generation and the numbering of new points (each once, with
+no sort or hash) are the `narrow_band_refine` kernel (CPU and CUDA); the closure, which touches
+few cells, uses torch's searchsorted.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from get3dhuman.ops.marching_cubes import marching_cubes_sparse
 Field = Callable[[torch.Tensor], torch.Tensor]  # points [B, N, 3] -> values [B, N]
 
 _OFFSETS = torch.tensor([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)])
-# Child corner q of child n sits at a parent corner when all its doubled coordinates are even.
-_KNOWN = torch.tensor([[bool(((_OFFSETS[n] + _OFFSETS[q]) % 2 == 0).all()) for q in range(8)] for n in range(8)])
 
 
 @dataclasses.dataclass
@@ -171,30 +170,27 @@ def narrow_band(field: Field, resolution: int = 256, *, batch_size: int = 1,
     points = torch.arange(batch_size * (n + 1) ** 3, device=device)
     values = evaluator(points, n + 1)
     cells = torch.arange(batch_size * n ** 3, device=device)
-    point_keys = _corner_points(cells, n)
-    corner_values = values[point_keys]
+    corner_values = values[_corner_points(cells, n)]
     levels = [(n, cells, corner_values)]
     while n < resolution:
         edge = float((upper - lower).max()) / n
-        children, child_values, point_keys = torch.ops.get3dhuman.narrow_band_refine(
+        cells, point_slots, new_points = torch.ops.get3dhuman.narrow_band_refine(
             cells, corner_values, [n, n, n], float(level), float(band) * edge)
         n *= 2
-        unknown = ~_KNOWN.to(device).repeat(children.numel() // 8, 1)
-        new_points, inverse = torch.unique(point_keys[unknown], return_inverse=True)
-        child_values[unknown] = evaluator(new_points, n + 1)[inverse]
-        order = torch.argsort(children)
-        cells, corner_values, point_keys = children[order], child_values[order], point_keys[order]
+        table = torch.cat([evaluator(new_points, n + 1), corner_values.reshape(-1)])
+        corner_values = table.index_select(0, point_slots.reshape(-1)).reshape(-1, 8)
         if n < resolution:
             levels.append((n, cells, corner_values))
-    cells, corner_values = _close(evaluator, cells, corner_values, point_keys, n, level)
+    cells, corner_values = _close(evaluator, cells, corner_values, n, level)
     levels.append((n, cells, corner_values))
     return SparseVolume(resolution, lower, upper, batch_size, float(level), levels, evaluator.counts)
 
 
 @torch.library.register_fake("get3dhuman::narrow_band_refine")
 def _refine_fake(cells, corner_values, dims, level, threshold):
-    children = 8 * torch.library.get_ctx().new_dynamic_size()
-    return cells.new_empty(children), corner_values.new_empty(children, 8), cells.new_empty(children, 8)
+    ctx = torch.library.get_ctx()
+    children = 8 * ctx.new_dynamic_size()
+    return cells.new_empty(children), cells.new_empty(children, 8), cells.new_empty(ctx.new_dynamic_size())
 
 
 def _corner_points(cells: torch.Tensor, n: int) -> torch.Tensor:
@@ -206,22 +202,23 @@ def _corner_points(cells: torch.Tensor, n: int) -> torch.Tensor:
 
 def _decode(keys: torch.Tensor, n: int) -> torch.Tensor:
     """(batch, i, j, k) [M, 4] of keys over a batch of n^3 lattices."""
-    return torch.stack([keys // n ** 3, keys // n ** 2 % n, keys // n % n, keys % n], 1)
+    above_k = keys // n  # three int64 divisions instead of seven: they dominate the cost
+    above_j = above_k // n
+    batch = above_j // n
+    return torch.stack([batch, above_j - batch * n, above_k - above_j * n, keys - above_k * n], 1)
 
 
-def _close(evaluator, cells, corner_values, point_keys, n, level):
+def _close(evaluator, cells, corner_values, n, level):
     """Keeps the crossing cells and adds missing face neighbours across crossed faces until none
-    is missing. Known point values come from the finest level's table."""
+    is missing. A new cell's corner takes its value from any cell evaluated so far that has the
+    same lattice point (one value per point keeps the mesh watertight); the others are evaluated."""
     above = corner_values > level
     crossing = above.any(1) & ~above.all(1)
-    cells, corner_values, point_keys = cells[crossing], corner_values[crossing], point_keys[crossing]
-    if cells.numel() == 0:
-        return cells, corner_values
-    table_keys, inverse = torch.unique(point_keys.reshape(-1), return_inverse=True)
-    table_values = corner_values.new_empty(table_keys.numel()).scatter_(0, inverse, corner_values.reshape(-1))
-    offsets = _OFFSETS.to(cells.device)
+    evaluated = [(cells, corner_values)]  # sorted cell sets with every finest value known so far
+    cells, corner_values = cells[crossing], corner_values[crossing]
     frontier, frontier_values = cells, corner_values  # cells whose face neighbours are unchecked
-    while True:
+    offsets = _OFFSETS.to(cells.device)
+    while frontier.numel() > 0:
         above = frontier_values > level
         coords = _decode(frontier, n)
         wanted = []
@@ -234,21 +231,44 @@ def _close(evaluator, cells, corner_values, point_keys, n, level):
                 inside = (neighbour[:, axis + 1] >= 0) & (neighbour[:, axis + 1] < n)
                 chosen = neighbour[crossed & inside]
                 wanted.append(((chosen[:, 0] * n + chosen[:, 1]) * n + chosen[:, 2]) * n + chosen[:, 3])
-        wanted = torch.unique(torch.cat(wanted))
-        slot = torch.searchsorted(cells, wanted).clamp(max=cells.numel() - 1)
-        missing = wanted[cells[slot] != wanted]
-        if missing.numel() == 0:
-            return cells, corner_values
-        new_keys = _corner_points(missing, n)
-        slot = torch.searchsorted(table_keys, new_keys).clamp(max=table_keys.numel() - 1)
-        known = table_keys[slot] == new_keys
-        new_points = torch.unique(new_keys[~known])
-        new_values = evaluator(new_points, n + 1)
-        table_keys, order = torch.sort(torch.cat([table_keys, new_points]))
-        table_values = torch.cat([table_values, new_values])[order]
-        frontier, frontier_values = missing, table_values[torch.searchsorted(table_keys, new_keys)]
+        wanted = torch.cat(wanted)
+        frontier = torch.unique(wanted[~_contains(cells, wanted)])
+        if frontier.numel() == 0:
+            break
+        point_keys = _corner_points(frontier, n)
+        frontier_values, known = _point_values(evaluated, point_keys, n)
+        new_points, inverse = torch.unique(point_keys[~known], return_inverse=True)
+        frontier_values[~known] = evaluator(new_points, n + 1)[inverse]
+        evaluated.append((frontier, frontier_values))
         cells, order = torch.sort(torch.cat([cells, frontier]))
         corner_values = torch.cat([corner_values, frontier_values])[order]
+    return cells, corner_values
+
+
+def _contains(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Whether each of keys is in sorted_keys [bool, keys' shape]."""
+    if sorted_keys.numel() == 0:
+        return torch.zeros_like(keys, dtype=torch.bool)
+    slot = torch.searchsorted(sorted_keys, keys).clamp(max=sorted_keys.numel() - 1)
+    return sorted_keys[slot] == keys
+
+
+def _point_values(evaluated, point_keys: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values and found-masks (shaped like point_keys over the (n + 1)^3 lattice) of points that are
+    corners of a cell in any of the evaluated (sorted cells, corner values [M, 8]) sets."""
+    coords = _decode(point_keys.reshape(-1), n + 1)
+    values = torch.zeros(coords.shape[0], dtype=evaluated[0][1].dtype, device=point_keys.device)
+    found = torch.zeros(coords.shape[0], dtype=torch.bool, device=point_keys.device)
+    for corner, offset in enumerate(_OFFSETS.tolist()):
+        cell = coords[:, 1:] - torch.tensor(offset, device=coords.device)
+        inside = ((cell >= 0) & (cell < n)).all(1)
+        keys = ((coords[:, 0] * n + cell[:, 0]) * n + cell[:, 1]) * n + cell[:, 2]
+        for cells, corner_values in evaluated:
+            hit = inside & ~found & _contains(cells, keys)
+            if hit.any():
+                values[hit] = corner_values[torch.searchsorted(cells, keys[hit]), corner]
+                found |= hit
+    return values.reshape(point_keys.shape), found.reshape(point_keys.shape)
 
 
 class _Evaluator:
@@ -260,16 +280,19 @@ class _Evaluator:
         self.counts = torch.zeros(batch_size, dtype=torch.int64)
 
     def __call__(self, keys: torch.Tensor, p: int) -> torch.Tensor:
-        coords = _decode(keys, p)
-        batch = coords[:, 0]
-        per_row = torch.bincount(batch, minlength=self.batch_size)
-        self.counts += per_row.cpu()
+        coords = _decode(keys, p)  # keys are batch-major
+        per_row = torch.bincount(coords[:, 0], minlength=self.batch_size).cpu()
+        self.counts += per_row
+        ends = torch.cumsum(per_row, 0).tolist()
+        rows = [(b, ends[b] - int(per_row[b]), ends[b]) for b in range(self.batch_size)]
         longest = int(per_row.max()) if keys.numel() else 0
-        starts = torch.cumsum(per_row, 0) - per_row
-        column = torch.arange(keys.numel(), device=keys.device) - starts[batch]  # keys are sorted by batch
         world = self.lower + coords[:, 1:].to(self.lower.dtype) * ((self.upper - self.lower) / (p - 1))
-        padded = self.lower.expand(self.batch_size, longest, 3).clone()
-        padded[batch, column] = world
+        if self.batch_size == 1:
+            padded = world[None]
+        else:
+            padded = self.lower.expand(self.batch_size, longest, 3).clone()
+            for b, begin, end in rows:
+                padded[b, :end - begin] = world[begin:end]
         values = []
         with torch.no_grad():
             for begin in range(0, longest, self.chunk):
@@ -281,4 +304,5 @@ class _Evaluator:
                 values.append(out)
         if not values:
             return torch.empty(0, dtype=self.lower.dtype, device=keys.device)
-        return torch.cat(values, 1)[batch, column].to(self.lower.dtype)
+        values = torch.cat(values, 1)
+        return torch.cat([values[b, :end - begin] for b, begin, end in rows]).to(self.lower.dtype)
