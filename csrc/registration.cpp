@@ -22,13 +22,18 @@ TORCH_LIBRARY(get3dhuman, m) {
       "(Tensor, Tensor, Tensor, Tensor)");
   // One coarse-to-fine step: keep the cells [M] (sorted unique keys over dims) whose
   // corner_values [M,8] cross the level or lie within threshold of it, and split each into 8
-  // children over 2*dims -> (child keys [K] sorted, point_slots [K,8], new_points [P]): new_points
+  // children over 2*dims -> (child keys [K] sorted, point_slots [K,8] int32, new_points [P]): new_points
   // are the keys over the (2*dims+1)^3 point lattice of the child corners that are not parent
   // corners, each once, batch-major; the child corner values are
   // cat([values at new_points, corner_values.flatten()])[point_slots].
   m.def(
       "narrow_band_refine(Tensor cells, Tensor corner_values, int[] dims, float level, float threshold) -> "
       "(Tensor, Tensor, Tensor)");
+  // The closure's step: for each frontier cell [F] (keys over dims, any order) with corner values
+  // [F,8], the keys of its face neighbours across faces whose corners lie on both sides of the
+  // level that are inside the lattice but not in closed [C] (sorted unique) -> [Q], in frontier
+  // order, repeats kept.
+  m.def("narrow_band_open_faces(Tensor frontier, Tensor frontier_values, Tensor closed, int[] dims, float level) -> Tensor");
 }
 
 #ifdef GET3DHUMAN_PYTHON_MODULE

@@ -145,9 +145,50 @@ def test_refine_kernel_matches_reference(device, dims):
                 assert torch.equal(child_values[child::8, q], parents[:, parent_corner])
 
 
+def reference_open_faces(frontier, frontier_values, closed, dims, level):
+    """Pure-torch narrow_band_open_faces, in frontier order then face order."""
+    d0, d1, d2 = dims
+    coords = torch.stack([frontier // (d1 * d2) % d0, frontier // d2 % d1, frontier % d2], 1)
+    offsets = torch.tensor([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)])
+    strides = (d1 * d2, d2, 1)
+    above = frontier_values > level
+    per_face = []
+    for axis in range(3):
+        for side in (0, 1):
+            face_above = above[:, offsets[:, axis] == side]
+            crossed = face_above.any(1) & ~face_above.all(1)
+            inside = (coords[:, axis] + 2 * side - 1 >= 0) & (coords[:, axis] + 2 * side - 1 < dims[axis])
+            neighbour = frontier + (2 * side - 1) * strides[axis]
+            absent = ~torch.isin(neighbour, closed)
+            per_face.append(torch.where(crossed & inside & absent, neighbour, -1))
+    neighbours = torch.stack(per_face, 1).reshape(-1)
+    return neighbours[neighbours >= 0]
+
+
+@pytest.mark.parametrize("dims", [(6, 6, 6), (3, 4, 5), (1, 2, 7)])
+def test_open_faces_kernel_matches_reference(device, dims):
+    generator = torch.Generator().manual_seed(6)
+    lattice = 2 * dims[0] * dims[1] * dims[2]
+    closed = torch.randperm(lattice, generator=generator)[: lattice // 2].sort().values
+    frontier = closed[torch.randperm(closed.numel(), generator=generator)[: closed.numel() // 2]]  # any order
+    values = torch.randn(frontier.numel(), 8, generator=generator)
+    expected = reference_open_faces(frontier, values, closed, dims, 0.0)
+    assert expected.numel() > 0
+    got = torch.ops.get3dhuman.narrow_band_open_faces(frontier.to(device), values.to(device), closed.to(device),
+                                                      list(dims), 0.0)
+    assert torch.equal(got.cpu(), expected)
+    everything = torch.arange(lattice)
+    assert torch.ops.get3dhuman.narrow_band_open_faces(frontier, values, everything, list(dims), 0.0).numel() == 0
+    nothing = torch.ops.get3dhuman.narrow_band_open_faces(frontier, values, everything[:0], list(dims), 0.0)
+    assert torch.equal(nothing, reference_open_faces(frontier, values, everything[:0], dims, 0.0))
+
+
 def test_refine_refuses_unsorted_cells():
     with pytest.raises(ValueError, match="sorted and unique"):
         torch.ops.get3dhuman.narrow_band_refine(torch.tensor([3, 1]), torch.zeros(2, 8), [2, 2, 2], 0.0, 1.0)
+    with pytest.raises(ValueError, match="closed must be sorted and unique"):
+        torch.ops.get3dhuman.narrow_band_open_faces(torch.tensor([1]), torch.zeros(1, 8), torch.tensor([3, 3]),
+                                                    [2, 2, 2], 0.0)
 
 
 def test_bad_arguments():
@@ -182,9 +223,11 @@ def test_no_refinement_when_resolution_is_coarse():
     assert int(volume.evaluated_points[0]) == 17 ** 3
 
 
-def test_opcheck_refine():
+def test_opcheck_refine_and_open_faces():
     values = torch.randn(27, 8, generator=torch.Generator().manual_seed(5))
     torch.library.opcheck(torch.ops.get3dhuman.narrow_band_refine.default, (torch.arange(27), values, [3, 3, 3], 0.0, 0.5))
+    torch.library.opcheck(torch.ops.get3dhuman.narrow_band_open_faces.default,
+                          (torch.arange(27), values, torch.arange(0, 27, 2), [3, 3, 3], 0.0))
 
 
 def test_coarse_resolution_for_divides_by_powers_of_two():

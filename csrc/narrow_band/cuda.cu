@@ -1,6 +1,7 @@
-// CUDA kernel of the narrow band step: classify, scan, compact, survey the kept parents, scan,
-// emit children and new points (one thread per cell or parent). The cells must be sorted and
-// unique (narrow_band guarantees it; the CPU kernel checks it, here it would cost a sync).
+// CUDA kernels of the narrow band: the refine step (classify, scan, compact, survey the kept
+// parents, scan, emit children and new points; one thread per cell or parent) and the closure's
+// open faces (mark, scan, emit). Cell sets must be sorted and unique (narrow_band guarantees it;
+// the CPU kernels check it, here it would cost a sync).
 #include "narrow_band.h"
 
 #include <ATen/Dispatch.h>
@@ -50,12 +51,30 @@ __global__ void emit_kernel(SparseLattice lattice, const int64_t* __restrict__ p
                             const int64_t* __restrict__ parent_source, int64_t points,
                             const int32_t* __restrict__ neighbours, const Placement* __restrict__ placements,
                             const int32_t* __restrict__ owned_masks, const int64_t* __restrict__ first_point,
-                            int64_t* __restrict__ child_keys, int64_t* __restrict__ point_slots,
+                            int64_t* __restrict__ child_keys, int32_t* __restrict__ point_slots,
                             int64_t* __restrict__ new_points) {
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= parents) return;
   emit_parent(lattice, parent_keys, p, points + 8 * parent_source[p], neighbours + kLocalPoints * p, placements,
               owned_masks, first_point, child_keys, point_slots, new_points);
+}
+
+template <typename scalar_t>
+__global__ void open_faces_kernel(SparseLattice lattice, const int64_t* __restrict__ keys, int64_t count,
+                                  const scalar_t* __restrict__ values, scalar_t level,
+                                  const int64_t* __restrict__ closed, int64_t closed_count, int32_t* __restrict__ open,
+                                  int64_t* __restrict__ open_counts) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  open[i] = open_faces(lattice, keys[i], values + 8 * i, level, closed, closed_count);
+  open_counts[i] = count_bits(open[i]);
+}
+
+__global__ void open_neighbours_kernel(SparseLattice lattice, const int64_t* __restrict__ keys, int64_t count,
+                                       const int32_t* __restrict__ open, const int64_t* __restrict__ open_counts,
+                                       const int64_t* __restrict__ ends, int64_t* __restrict__ out) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) write_open_neighbours(lattice, keys[i], open[i], out + ends[i] - open_counts[i]);
 }
 
 }  // namespace
@@ -103,19 +122,53 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_cuda(const at::Tensor& cel
   const int64_t points = parents > 0 ? point_end[parents - 1].item<int64_t>() : 0;
   const at::Tensor first_point = at::sub(point_end, owned_counts);
   at::Tensor child_keys = at::empty({8 * parents}, cells.options());
-  at::Tensor point_slots = at::empty({8 * parents, 8}, cells.options());
+  TORCH_CHECK_VALUE(points + 8 * count < (int64_t(1) << 31), "narrow_band_refine: the value table holds at most 2^31 - 1 ",
+                    "values, got ", points, " new points and ", count, " cells");
+  at::Tensor point_slots = at::empty({8 * parents, 8}, cells.options().dtype(at::kInt));
   at::Tensor new_points = at::empty({points}, cells.options());
   if (parents > 0) {
     emit_kernel<<<blocks_for(parents), kThreads, 0, stream>>>(
         lattice, parent_keys.const_data_ptr<int64_t>(), parents, parent_source.const_data_ptr<int64_t>(), points,
         neighbours.const_data_ptr<int32_t>(), placements_ptr, owned_masks.const_data_ptr<int32_t>(),
         first_point.const_data_ptr<int64_t>(), child_keys.mutable_data_ptr<int64_t>(),
-        point_slots.mutable_data_ptr<int64_t>(), new_points.mutable_data_ptr<int64_t>());
+        point_slots.mutable_data_ptr<int32_t>(), new_points.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return {child_keys, point_slots, new_points};
 }
 
-TORCH_LIBRARY_IMPL(get3dhuman, CUDA, m) { m.impl("narrow_band_refine", &refine_cuda); }
+at::Tensor open_faces_cuda(const at::Tensor& frontier_in, const at::Tensor& frontier_values_in,
+                           const at::Tensor& closed_in, at::IntArrayRef dims, double level) {
+  check_sparse_cells(frontier_in, frontier_values_in, dims);
+  check_closed_cells(closed_in, frontier_in);
+  const c10::cuda::CUDAGuard guard(frontier_in.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor frontier = frontier_in.contiguous(), values = frontier_values_in.contiguous();
+  const at::Tensor closed = closed_in.contiguous();
+  const int64_t count = frontier.size(0);
+  const SparseLattice lattice = make_lattice(dims[0], dims[1], dims[2]);
+  at::Tensor open = at::empty({count}, frontier.options().dtype(at::kInt));
+  at::Tensor open_counts = at::empty({count}, frontier.options());
+  if (count == 0) return at::empty({0}, frontier.options());
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "narrow_band_open_faces_cuda", [&] {
+    open_faces_kernel<scalar_t><<<blocks_for(count), kThreads, 0, stream>>>(
+        lattice, frontier.const_data_ptr<int64_t>(), count, values.const_data_ptr<scalar_t>(),
+        static_cast<scalar_t>(level), closed.const_data_ptr<int64_t>(), closed.size(0),
+        open.mutable_data_ptr<int32_t>(), open_counts.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  const at::Tensor ends = at::cumsum(open_counts, 0);
+  at::Tensor neighbours = at::empty({ends[count - 1].item<int64_t>()}, frontier.options());
+  open_neighbours_kernel<<<blocks_for(count), kThreads, 0, stream>>>(
+      lattice, frontier.const_data_ptr<int64_t>(), count, open.const_data_ptr<int32_t>(),
+      open_counts.const_data_ptr<int64_t>(), ends.const_data_ptr<int64_t>(), neighbours.mutable_data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return neighbours;
+}
+
+TORCH_LIBRARY_IMPL(get3dhuman, CUDA, m) {
+  m.impl("narrow_band_refine", &refine_cuda);
+  m.impl("narrow_band_open_faces", &open_faces_cuda);
+}
 
 }  // namespace get3dhuman::narrow_band

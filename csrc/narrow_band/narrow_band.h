@@ -156,12 +156,12 @@ C10_HOST_DEVICE inline int survey_parent(const SparseLattice& lattice, const int
 // Pass 2 for parent p (after an exclusive scan of the owned counts into first_point): writes its
 // 8 children's keys and corner slots into the value table [new points' values (P), the parents'
 // corner values (8 per source cell)]: a corner at a parent corner reads the parent's value at
-// P + 8 * source + corner; each new point p owns gets its key and its slot in the corners of
+// P + 8 * source + corner (int32: the table holds under 2^31 values); each new point p owns gets its key and its slot in the corners of
 // every child that uses it, including the neighbours' children.
 C10_HOST_DEVICE inline void emit_parent(const SparseLattice& lattice, const int64_t* keys, int64_t p,
                                         int64_t parent_corner_slot, const int32_t* neighbours,
                                         const Placement* placements, const int32_t* owned_masks,
-                                        const int64_t* first_point, int64_t* child_keys, int64_t* point_slots,
+                                        const int64_t* first_point, int64_t* child_keys, int32_t* point_slots,
                                         int64_t* new_points) {
   const int64_t* dims = lattice.dims;
   int64_t coords[3];
@@ -175,7 +175,7 @@ C10_HOST_DEVICE inline void emit_parent(const SparseLattice& lattice, const int6
     for (int q = 0; q < 8; ++q) {
       const int l[3] = {o[0] + ((q >> 2) & 1), o[1] + ((q >> 1) & 1), o[2] + (q & 1)};
       if (l[0] % 2 == 0 && l[1] % 2 == 0 && l[2] % 2 == 0) {
-        point_slots[8 * index + q] = parent_corner_slot + (l[0] / 2) * 4 + (l[1] / 2) * 2 + l[2] / 2;
+        point_slots[8 * index + q] = static_cast<int32_t>(parent_corner_slot + (l[0] / 2) * 4 + (l[1] / 2) * 2 + l[2] / 2);
       }
     }
   }
@@ -200,13 +200,64 @@ C10_HOST_DEVICE inline void emit_parent(const SparseLattice& lattice, const int6
           int o[3];
           for (int a = 0; a < 3; ++a) o[a] = local[a] == 1 ? (upper >> (2 - a)) & 1 : local[a] / 2;
           const int q = (local[0] - o[0]) * 4 + (local[1] - o[1]) * 2 + (local[2] - o[2]);
-          point_slots[8 * placement.child(o[0], o[1], o[2]) + q] = slot;
+          point_slots[8 * placement.child(o[0], o[1], o[2]) + q] = static_cast<int32_t>(slot);
           if (upper == 0) break;
         }
       }
       if (subset == 0) break;
     }
     ++slot;
+  }
+}
+
+// Shape, dtype and device checks of the closed set passed with a frontier to open_faces.
+inline void check_closed_cells(const at::Tensor& closed, const at::Tensor& frontier) {
+  TORCH_CHECK_VALUE(closed.dim() == 1 && closed.scalar_type() == at::kLong, "closed must be int64 [C], got ",
+                    closed.scalar_type(), " ", closed.sizes());
+  TORCH_CHECK_VALUE(closed.device() == frontier.device(), "closed and frontier must share a device");
+}
+
+// The closure of the finest level (a face crossed by the surface must have a cell on each side):
+// bit 2 * axis + side of the result is set when the cell's face on `side` (0: low, 1: high) of
+// `axis` has corners on both sides of the level and the face neighbour there lies inside the
+// lattice but not in the sorted `closed` keys [count].
+template <typename T>
+C10_HOST_DEVICE inline int open_faces(const SparseLattice& lattice, int64_t key, const T* corners, T level,
+                                      const int64_t* closed, int64_t count) {
+  int64_t coords[3];
+  lattice.decode(key, coords);
+  int64_t hint = -1;
+  int open = 0;
+  for (int axis = 0; axis < 3; ++axis) {
+    for (int side = 0; side < 2; ++side) {
+      const int64_t neighbour = coords[axis] + 2 * side - 1;
+      if (neighbour < 0 || neighbour >= lattice.dims[axis]) continue;
+      bool any_above = false, any_below = false;
+      for (int c = 0; c < 8; ++c) {
+        if (((c >> (2 - axis)) & 1) != side) continue;
+        any_above |= corners[c] > level;
+        any_below |= !(corners[c] > level);
+      }
+      if (!(any_above && any_below)) continue;
+      if (hint < 0) hint = gallop_lower_bound(closed, count, 0, key);
+      const int64_t target = key + (2 * side - 1) * lattice.stride[axis];
+      const int64_t found = gallop_lower_bound(closed, count, hint, target);
+      if (found == count || closed[found] != target) open |= 1 << (2 * axis + side);
+    }
+  }
+  return open;
+}
+
+C10_HOST_DEVICE inline int count_bits(int mask) {
+  int count = 0;
+  for (; mask; mask &= mask - 1) ++count;
+  return count;
+}
+
+// The face neighbours' keys of the open faces (open_faces' mask) of the cell `key`, in face order.
+C10_HOST_DEVICE inline void write_open_neighbours(const SparseLattice& lattice, int64_t key, int open, int64_t* out) {
+  for (int face = 0; face < 6; ++face) {
+    if ((open >> face) & 1) *out++ = key + (2 * (face & 1) - 1) * lattice.stride[face / 2];
   }
 }
 

@@ -10,8 +10,9 @@ that touches a found one). The result, a `SparseVolume`, feeds sparse marching c
 (no dense volume is allocated) and answers trilinear queries.
 
 Classification, compaction, child generation and the numbering of new points (each once, with
-no sort or hash) are the `narrow_band_refine` kernel (CPU and CUDA); the closure, which touches
-few cells, uses torch's searchsorted.
+no sort or hash) are the `narrow_band_refine` kernel; finding the closure's missing neighbours is
+the `narrow_band_open_faces` kernel (both CPU and CUDA). The cells the closure adds, usually few,
+are merged with torch's sort.
 """
 
 from __future__ import annotations
@@ -190,7 +191,13 @@ def narrow_band(field: Field, resolution: int = 256, *, batch_size: int = 1,
 def _refine_fake(cells, corner_values, dims, level, threshold):
     ctx = torch.library.get_ctx()
     children = 8 * ctx.new_dynamic_size()
-    return cells.new_empty(children), cells.new_empty(children, 8), cells.new_empty(ctx.new_dynamic_size())
+    return (cells.new_empty(children), cells.new_empty(children, 8, dtype=torch.int32),
+            cells.new_empty(ctx.new_dynamic_size()))
+
+
+@torch.library.register_fake("get3dhuman::narrow_band_open_faces")
+def _open_faces_fake(frontier, frontier_values, closed, dims, level):
+    return frontier.new_empty(torch.library.get_ctx().new_dynamic_size())
 
 
 def _corner_points(cells: torch.Tensor, n: int) -> torch.Tensor:
@@ -217,24 +224,11 @@ def _close(evaluator, cells, corner_values, n, level):
     evaluated = [(cells, corner_values)]  # sorted cell sets with every finest value known so far
     cells, corner_values = cells[crossing], corner_values[crossing]
     frontier, frontier_values = cells, corner_values  # cells whose face neighbours are unchecked
-    offsets = _OFFSETS.to(cells.device)
-    while frontier.numel() > 0:
-        above = frontier_values > level
-        coords = _decode(frontier, n)
-        wanted = []
-        for axis in range(3):
-            for side in (0, 1):
-                face_above = above[:, offsets[:, axis] == side]
-                crossed = face_above.any(1) & ~face_above.all(1)
-                neighbour = coords.clone()
-                neighbour[:, axis + 1] += 2 * side - 1
-                inside = (neighbour[:, axis + 1] >= 0) & (neighbour[:, axis + 1] < n)
-                chosen = neighbour[crossed & inside]
-                wanted.append(((chosen[:, 0] * n + chosen[:, 1]) * n + chosen[:, 2]) * n + chosen[:, 3])
-        wanted = torch.cat(wanted)
-        frontier = torch.unique(wanted[~_contains(cells, wanted)])
+    while True:
+        frontier = torch.unique(torch.ops.get3dhuman.narrow_band_open_faces(
+            frontier, frontier_values, cells, [n, n, n], float(level)))
         if frontier.numel() == 0:
-            break
+            return cells, corner_values
         point_keys = _corner_points(frontier, n)
         frontier_values, known = _point_values(evaluated, point_keys, n)
         new_points, inverse = torch.unique(point_keys[~known], return_inverse=True)
@@ -242,7 +236,6 @@ def _close(evaluator, cells, corner_values, n, level):
         evaluated.append((frontier, frontier_values))
         cells, order = torch.sort(torch.cat([cells, frontier]))
         corner_values = torch.cat([corner_values, frontier_values])[order]
-    return cells, corner_values
 
 
 def _contains(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
