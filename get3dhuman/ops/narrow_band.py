@@ -218,24 +218,30 @@ def _decode(keys: torch.Tensor, n: int) -> torch.Tensor:
 def _close(evaluator, cells, corner_values, n, level):
     """Keeps the crossing cells and adds missing face neighbours across crossed faces until none
     is missing. A new cell's corner takes its value from any cell evaluated so far that has the
-    same lattice point (one value per point keeps the mesh watertight); the others are evaluated."""
+    same lattice point (one value per point keeps the mesh watertight); the others are evaluated.
+    Added cells are kept apart (small, cheap to re-sort) and merged once at the end."""
     above = corner_values > level
     crossing = above.any(1) & ~above.all(1)
-    evaluated = [(cells, corner_values)]  # sorted cell sets with every finest value known so far
+    band = (cells, corner_values)  # every finest cell the refinement evaluated, sorted
     cells, corner_values = cells[crossing], corner_values[crossing]
+    added, added_values = cells[:0], corner_values[:0]
     frontier, frontier_values = cells, corner_values  # cells whose face neighbours are unchecked
     while True:
-        frontier = torch.unique(torch.ops.get3dhuman.narrow_band_open_faces(
+        candidates = torch.unique(torch.ops.get3dhuman.narrow_band_open_faces(
             frontier, frontier_values, cells, [n, n, n], float(level)))
+        frontier = candidates[~_contains(added, candidates)]
         if frontier.numel() == 0:
-            return cells, corner_values
+            break
         point_keys = _corner_points(frontier, n)
-        frontier_values, known = _point_values(evaluated, point_keys, n)
+        frontier_values, known = _point_values([band, (added, added_values)], point_keys, n)
         new_points, inverse = torch.unique(point_keys[~known], return_inverse=True)
         frontier_values[~known] = evaluator(new_points, n + 1)[inverse]
-        evaluated.append((frontier, frontier_values))
-        cells, order = torch.sort(torch.cat([cells, frontier]))
-        corner_values = torch.cat([corner_values, frontier_values])[order]
+        added, order = torch.sort(torch.cat([added, frontier]))
+        added_values = torch.cat([added_values, frontier_values])[order]
+    if added.numel() == 0:
+        return cells, corner_values
+    cells, order = torch.sort(torch.cat([cells, added]))
+    return cells, torch.cat([corner_values, added_values])[order]
 
 
 def _contains(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
