@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 import torch
 
+from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.refine import refine_meshes, render_textured
 from get3dhuman.synthetic.preview import save_grid
 from get3dhuman.train import distributed
@@ -48,14 +49,10 @@ def render_previews(generator, z_shape: torch.Tensor, z_texture: torch.Tensor, r
     """Front views [B, resolution, resolution, 3] in [0, 1] of latents z_shape, z_texture
     [B, z_dim] through the generator's calibration (refine.render_textured: the field
     ray-marched, coloured by the texture decoder, shaded), `background` where nothing is hit."""
-    was_training = generator.training
-    generator.eval()
-    try:
+    with evaluation_mode(generator):
         shape, texture = generator(z_shape, z_texture, truncation_psi)
         calib = generator.calibration.to(shape.volume.dtype).expand(z_shape.shape[0], 4, 4)
         return render_textured(generator, shape.volume, texture, calib, resolution, background=background)[0]
-    finally:
-        generator.train(was_training)
 
 
 def read_manifest(out_dir: str) -> list[dict]:

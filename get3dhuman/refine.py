@@ -9,6 +9,7 @@ import math
 import torch
 
 from get3dhuman.mesh import TexturedMesh, back_project_colors
+from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.render import Rendering, ray_march
 from get3dhuman.synthetic.preview import shade
 
@@ -48,10 +49,7 @@ def refine_meshes(generator, refiner, z_shape: torch.Tensor, z_texture: torch.Te
     if len(meshes) != z_shape.shape[0]:
         raise ValueError(f"meshes must hold one mesh per latent ({z_shape.shape[0]}), got {len(meshes)}")
     resolution = resolution or generator.config.backbone_resolution
-    was_training = generator.training, refiner.training
-    generator.eval()
-    refiner.eval()
-    try:
+    with evaluation_mode(generator, refiner):
         shape, texture = generator(z_shape, z_texture, truncation_psi)
         views = []
         for angle in angles:
@@ -62,6 +60,3 @@ def refine_meshes(generator, refiner, z_shape: torch.Tensor, z_texture: torch.Te
         return [back_project_colors(mesh, torch.stack([v[0][b] for v in views]), torch.stack([v[1][b] for v in views]),
                                     torch.stack([v[2].depth[b] for v in views]), torch.stack([v[2].mask[b] for v in views]))
                 for b, mesh in enumerate(meshes)]
-    finally:
-        generator.train(was_training[0])
-        refiner.train(was_training[1])

@@ -215,3 +215,15 @@ def test_discriminator_outputs_and_gradients():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in discriminator.parameters())
     with pytest.raises(ValueError, match="x must be"):
         discriminator(torch.randn(4, 8, 32, 32))
+
+
+def test_evaluation_mode_restores_each_flag_even_on_error():
+    from get3dhuman.nn import evaluation_mode
+
+    training, frozen = torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.Dropout())
+    frozen.eval()
+    with pytest.raises(RuntimeError, match="inside"):
+        with evaluation_mode(training, frozen):
+            assert not training.training and not frozen.training and not frozen[0].training
+            raise RuntimeError("inside")
+    assert training.training and not frozen.training and not frozen[0].training

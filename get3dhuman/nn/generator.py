@@ -32,6 +32,7 @@ from get3dhuman.mesh import ExtractionTimings, TexturedMesh, extract_textured_me
 from get3dhuman.nn.discriminator import ResNetDiscriminator
 from get3dhuman.nn.hourglass import HGFilter
 from get3dhuman.nn.implicit import ImplicitDecoder
+from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.nn.stylegan2 import StyleGAN2Generator
 from get3dhuman.ops import OFFICIAL_DEPTH_SCALE, query_field
 from get3dhuman.render import orbit_calibration
@@ -205,9 +206,7 @@ class Generator(PixelAlignedModel):
             raise ValueError(f"z_shape and z_texture must both be [B, {self.config.z_dim}], got "
                              f"{tuple(z_shape.shape)} and {tuple(z_texture.shape)}")
         timings = timings if timings is not None else ExtractionTimings()
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluation_mode(self):
             start = time.perf_counter()
             shape, texture = self(z_shape, z_texture, truncation_psi, noise_mode)
             timings.networks += time.perf_counter() - start
@@ -218,8 +217,6 @@ class Generator(PixelAlignedModel):
                 lambda p: self.query_color(shape.volume, texture, p.to(dtype), calib),
                 z_shape.shape[0], resolution, level=0.5, inside_is_above=True, bounds=self.world_bounds(),
                 coarse_resolution=coarse_resolution, band=band, device=z_shape.device, chunk=chunk, timings=timings)
-        finally:
-            self.train(was_training)
 
     def sample(self, num: int, seed: int = 0, resolution: int = 256, *, batch_size: int = 4,
                **options) -> list[TexturedMesh]:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from get3dhuman.evaluate import chamfer_distance, mesh_points
 from get3dhuman.mesh import extract_textured_meshes
 from get3dhuman.nn import Reconstructor
+from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.ops import coarse_resolution_for
 from get3dhuman.render import orbit_calibration
 from get3dhuman.synthetic import (
@@ -125,17 +126,13 @@ def evaluate_reconstruction(model: Reconstructor, config: ReconstructorTrainingC
     points = torch.rand(config.eval_humans, config.eval_points, 3, generator=generator) * 2 - 1
     truth = human_sdf(params, points) < 0
     surface = sample_surface(params, config.eval_surface_points, generator)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluation_mode(model):
         shape_volume, _ = model(image.to(device))
         calib = orbit_calibration(torch.zeros(config.eval_humans)).to(device)
         predicted = (model.query_occupancy(shape_volume, points.to(device), calib) > 0.5).cpu()
         meshes = extract_textured_meshes(lambda p: model.query_occupancy(shape_volume, p, calib), None,
                                          config.eval_humans, config.eval_mesh_resolution,
                                          coarse_resolution=coarse_resolution_for(config.eval_mesh_resolution), device=device)
-    finally:
-        model.train(was_training)
     union = (predicted | truth).sum(1).clamp_min(1)
     chamfer = [chamfer_distance(mesh_points(mesh, config.eval_surface_points, i)[0], surface[i])
                for i, mesh in enumerate(meshes)]
