@@ -6,7 +6,7 @@ import pytest
 
 _RESULTS = defaultdict(dict)  # (case) -> {implementation: (median seconds, peak bytes)}
 # The row each case is compared with: our reference implementation, or a peer library.
-_BASELINES = ("reference", "skimage", "authors-dense")
+_BASELINES = ("reference", "skimage", "authors-dense", "dense")
 
 
 @pytest.fixture

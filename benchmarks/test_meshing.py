@@ -1,5 +1,6 @@
-"""Meshing: dense marching cubes against scikit-image, the narrow band on a body-like field,
-and end-to-end extraction from a 'small' Generator against the authors' dense way."""
+"""Meshing: dense marching cubes against scikit-image, the narrow band on a body-like field, the
+band's bookkeeping on a cheap field against a dense lattice, and end-to-end extraction from a
+'small' Generator against the authors' dense way."""
 
 import time
 
@@ -17,6 +18,8 @@ skimage_measure = pytest.importorskip("skimage.measure")
 
 DENSE_SIZES = [32, 64] if QUICK else [128, 256, 512]
 BAND_SIZES = [64] if QUICK else [256, 512]
+BUILD_SIZES = [64] if QUICK else [256, 512, 1024]
+DENSE_BUILD_LARGEST = 64 if QUICK else 512  # a dense lattice beyond this does not fit the benchmark's budget
 GENERATOR_RESOLUTION = 32 if QUICK else 256
 AUTHORS_RESOLUTION = 32 if QUICK else 128  # the largest dense grid that finishes in a few minutes here
 
@@ -74,6 +77,40 @@ def test_narrow_band_marching_cubes(benchmark, record, human, size):
     meshes = benchmark.pedantic(volume.marching_cubes, rounds=3, iterations=1)
     benchmark.extra_info.update(vertices=len(meshes[0][0]), faces=len(meshes[0][1]))
     record(f"band marching cubes {size}^3", "ours", median_seconds(benchmark), 0)
+
+
+def wavy_sphere(points):
+    """A cheap closed field with detail everywhere on its surface, so that the band's bookkeeping,
+    not the field, is what the build costs."""
+    waves = torch.sin(20 * points[..., 0]) * torch.sin(20 * points[..., 1]) * torch.sin(20 * points[..., 2])
+    return points.norm(dim=-1) - 0.6 + 0.05 * waves
+
+
+@pytest.mark.parametrize("size", BUILD_SIZES)
+@pytest.mark.parametrize("implementation", ["ours", "dense"])
+def test_mesh_of_a_cheap_field(benchmark, record, size, implementation):
+    """Band build + band marching cubes against the dense lattice (evaluated in chunks) + dense
+    marching cubes, on the same field."""
+    if implementation == "dense" and size > DENSE_BUILD_LARGEST:
+        pytest.skip(f"dense lattice only up to {DENSE_BUILD_LARGEST}^3")
+
+    def band():
+        volume = narrow_band(wavy_sphere, size, band=1.0)
+        benchmark.extra_info.update(fraction_evaluated=float(volume.fraction_evaluated[0]), cells=volume.cells.numel())
+        return volume.marching_cubes()[0]
+
+    def dense():
+        x = torch.linspace(-1, 1, size + 1)
+        values = torch.empty((size + 1) ** 3)
+        for i, slab in enumerate(torch.split(torch.arange(size + 1), 32)):
+            grid = torch.stack(torch.meshgrid(x[slab], x, x, indexing="ij"), -1).reshape(1, -1, 3)
+            values[i * 32 * (size + 1) ** 2:(i * 32 + len(slab)) * (size + 1) ** 2] = wavy_sphere(grid)[0]
+        return marching_cubes(values.reshape((size + 1,) * 3), 0.0)
+
+    benchmark.group = f"cheap field mesh {size}^3"
+    vertices, faces = benchmark.pedantic(band if implementation == "ours" else dense, rounds=3, iterations=1)
+    benchmark.extra_info.update(vertices=len(vertices), faces=len(faces))
+    record(f"cheap field mesh {size}^3", implementation, median_seconds(benchmark), 0)
 
 
 def small_generator():
