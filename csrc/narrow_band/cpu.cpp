@@ -44,11 +44,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_cpu(const at::Tensor& cell
   const at::Tensor rank = at::cumsum(kept, 0);  // inclusive: kept cell -> rank + 1
   const int64_t* rank_ptr = rank.const_data_ptr<int64_t>();
   const int64_t parents = count > 0 ? rank_ptr[count - 1] : 0;
-  TORCH_CHECK_VALUE(parents < (int64_t(1) << 31), "narrow_band_refine keeps at most 2^31 - 1 cells, got ", parents);
-  at::Tensor parent_keys = at::empty({parents}, cells.options());
-  at::Tensor parent_source = at::empty({parents}, cells.options());
-  int64_t* parent_keys_ptr = parent_keys.mutable_data_ptr<int64_t>();
-  int64_t* source_ptr = parent_source.mutable_data_ptr<int64_t>();
+  ParentTables tables(parents, cells.options());
+  int64_t* parent_keys_ptr = tables.keys.mutable_data_ptr<int64_t>();
+  int64_t* source_ptr = tables.source.mutable_data_ptr<int64_t>();
   at::parallel_for(0, count, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t cell = begin; cell < end; ++cell) {
       if (!kept_ptr[cell]) continue;
@@ -57,29 +55,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_cpu(const at::Tensor& cell
     }
   });
 
-  at::Tensor neighbours = at::empty({parents, kLocalPoints}, cells.options().dtype(at::kInt));
-  at::Tensor placements = at::empty({parents, 3}, cells.options());
-  at::Tensor owned_masks = at::empty({parents}, cells.options().dtype(at::kInt));
-  at::Tensor owned_counts = at::empty({parents}, cells.options());
-  int32_t* neighbours_ptr = neighbours.mutable_data_ptr<int32_t>();
-  auto* placements_ptr = reinterpret_cast<Placement*>(placements.mutable_data_ptr<int64_t>());
-  int32_t* masks_ptr = owned_masks.mutable_data_ptr<int32_t>();
-  int64_t* counts_ptr = owned_counts.mutable_data_ptr<int64_t>();
+  int32_t* neighbours_ptr = tables.neighbours.mutable_data_ptr<int32_t>();
+  Placement* placements_ptr = tables.placement_data();
+  int32_t* masks_ptr = tables.owned_masks.mutable_data_ptr<int32_t>();
+  int64_t* counts_ptr = tables.owned_counts.mutable_data_ptr<int64_t>();
   at::parallel_for(0, parents, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       counts_ptr[p] = survey_parent(lattice, parent_keys_ptr, parents, p, neighbours_ptr + kLocalPoints * p,
                                     placements_ptr + p, masks_ptr + p);
     }
   });
-  const at::Tensor point_end = at::cumsum(owned_counts, 0);
+  const at::Tensor point_end = at::cumsum(tables.owned_counts, 0);
   const int64_t points = parents > 0 ? point_end.const_data_ptr<int64_t>()[parents - 1] : 0;
-  const at::Tensor first_point = at::sub(point_end, owned_counts);
+  const at::Tensor first_point = at::sub(point_end, tables.owned_counts);
 
-  at::Tensor child_keys = at::empty({8 * parents}, cells.options());
-  TORCH_CHECK_VALUE(points + 8 * count < (int64_t(1) << 31), "narrow_band_refine: the value table holds at most 2^31 - 1 ",
-                    "values, got ", points, " new points and ", count, " cells");
-  at::Tensor point_slots = at::empty({8 * parents, 8}, cells.options().dtype(at::kInt));
-  at::Tensor new_points = at::empty({points}, cells.options());
+  auto [child_keys, point_slots, new_points] = allocate_refined(cells.options(), count, parents, points);
   const int64_t* first_ptr = first_point.const_data_ptr<int64_t>();
   int64_t* child_keys_ptr = child_keys.mutable_data_ptr<int64_t>();
   int32_t* slots_ptr = point_slots.mutable_data_ptr<int32_t>();

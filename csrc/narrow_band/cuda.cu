@@ -100,38 +100,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_cuda(const at::Tensor& cel
   }
   const at::Tensor rank = at::cumsum(kept, 0);
   const int64_t parents = count > 0 ? rank[count - 1].item<int64_t>() : 0;
-  TORCH_CHECK_VALUE(parents < (int64_t(1) << 31), "narrow_band_refine keeps at most 2^31 - 1 cells, got ", parents);
-  at::Tensor parent_keys = at::empty({parents}, cells.options());
-  at::Tensor parent_source = at::empty({parents}, cells.options());
-  at::Tensor neighbours = at::empty({parents, kLocalPoints}, cells.options().dtype(at::kInt));
-  at::Tensor placements = at::empty({parents, 3}, cells.options());
-  at::Tensor owned_masks = at::empty({parents}, cells.options().dtype(at::kInt));
-  at::Tensor owned_counts = at::empty({parents}, cells.options());
-  auto* placements_ptr = reinterpret_cast<Placement*>(placements.mutable_data_ptr<int64_t>());
+  ParentTables tables(parents, cells.options());
   if (parents > 0) {
     compact_kernel<<<blocks_for(count), kThreads, 0, stream>>>(
         cells.const_data_ptr<int64_t>(), count, kept.const_data_ptr<int64_t>(), rank.const_data_ptr<int64_t>(),
-        parent_keys.mutable_data_ptr<int64_t>(), parent_source.mutable_data_ptr<int64_t>());
+        tables.keys.mutable_data_ptr<int64_t>(), tables.source.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     survey_kernel<<<blocks_for(parents), kThreads, 0, stream>>>(
-        lattice, parent_keys.const_data_ptr<int64_t>(), parents, neighbours.mutable_data_ptr<int32_t>(),
-        placements_ptr, owned_masks.mutable_data_ptr<int32_t>(), owned_counts.mutable_data_ptr<int64_t>());
+        lattice, tables.keys.const_data_ptr<int64_t>(), parents, tables.neighbours.mutable_data_ptr<int32_t>(),
+        tables.placement_data(), tables.owned_masks.mutable_data_ptr<int32_t>(),
+        tables.owned_counts.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  const at::Tensor point_end = at::cumsum(owned_counts, 0);
+  const at::Tensor point_end = at::cumsum(tables.owned_counts, 0);
   const int64_t points = parents > 0 ? point_end[parents - 1].item<int64_t>() : 0;
-  const at::Tensor first_point = at::sub(point_end, owned_counts);
-  at::Tensor child_keys = at::empty({8 * parents}, cells.options());
-  TORCH_CHECK_VALUE(points + 8 * count < (int64_t(1) << 31), "narrow_band_refine: the value table holds at most 2^31 - 1 ",
-                    "values, got ", points, " new points and ", count, " cells");
-  at::Tensor point_slots = at::empty({8 * parents, 8}, cells.options().dtype(at::kInt));
-  at::Tensor new_points = at::empty({points}, cells.options());
+  const at::Tensor first_point = at::sub(point_end, tables.owned_counts);
+  auto [child_keys, point_slots, new_points] = allocate_refined(cells.options(), count, parents, points);
   if (parents > 0) {
     emit_kernel<<<blocks_for(parents), kThreads, 0, stream>>>(
-        lattice, parent_keys.const_data_ptr<int64_t>(), parents, parent_source.const_data_ptr<int64_t>(), points,
-        neighbours.const_data_ptr<int32_t>(), placements_ptr, owned_masks.const_data_ptr<int32_t>(),
-        first_point.const_data_ptr<int64_t>(), child_keys.mutable_data_ptr<int64_t>(),
-        point_slots.mutable_data_ptr<int32_t>(), new_points.mutable_data_ptr<int64_t>());
+        lattice, tables.keys.const_data_ptr<int64_t>(), parents, tables.source.const_data_ptr<int64_t>(), points,
+        tables.neighbours.const_data_ptr<int32_t>(), tables.placement_data(),
+        tables.owned_masks.const_data_ptr<int32_t>(), first_point.const_data_ptr<int64_t>(),
+        child_keys.mutable_data_ptr<int64_t>(), point_slots.mutable_data_ptr<int32_t>(),
+        new_points.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return {child_keys, point_slots, new_points};

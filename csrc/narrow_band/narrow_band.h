@@ -14,10 +14,12 @@
 #include "../sparse_cells.h"
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>
 
 #include <cstdint>
+#include <tuple>
 
 namespace get3dhuman::narrow_band {
 
@@ -215,6 +217,35 @@ inline void check_closed_cells(const at::Tensor& closed, const at::Tensor& front
   TORCH_CHECK_VALUE(closed.dim() == 1 && closed.scalar_type() == at::kLong, "closed must be int64 [C], got ",
                     closed.scalar_type(), " ", closed.sizes());
   TORCH_CHECK_VALUE(closed.device() == frontier.device(), "closed and frontier must share a device");
+}
+
+// The per-parent tables of the refine step for `parents` kept cells (int64 `options`): keys and
+// source cell indices [parents], neighbours [parents, 27] int32, placements [parents, 3] (Placement),
+// owned masks [parents] int32 and owned counts [parents].
+struct ParentTables {
+  at::Tensor keys, source, neighbours, placements, owned_masks, owned_counts;
+
+  ParentTables(int64_t parents, const at::TensorOptions& options)
+      : keys(at::empty({parents}, options)),
+        source(at::empty({parents}, options)),
+        neighbours(at::empty({parents, kLocalPoints}, options.dtype(at::kInt))),
+        placements(at::empty({parents, 3}, options)),
+        owned_masks(at::empty({parents}, options.dtype(at::kInt))),
+        owned_counts(at::empty({parents}, options)) {
+    TORCH_CHECK_VALUE(parents < (int64_t(1) << 31), "narrow_band_refine keeps at most 2^31 - 1 cells, got ", parents);
+  }
+
+  Placement* placement_data() { return reinterpret_cast<Placement*>(placements.mutable_data_ptr<int64_t>()); }
+};
+
+// The refine step's outputs: child keys [8 parents], point slots [8 parents, 8] int32 into the
+// value table of `points` new values and 8 per input cell (`count`), new point keys [points].
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_refined(const at::TensorOptions& options, int64_t count,
+                                                                       int64_t parents, int64_t points) {
+  TORCH_CHECK_VALUE(points + 8 * count < (int64_t(1) << 31), "narrow_band_refine: the value table holds at most ",
+                    "2^31 - 1 values, got ", points, " new points and ", count, " cells");
+  return {at::empty({8 * parents}, options), at::empty({8 * parents, 8}, options.dtype(at::kInt)),
+          at::empty({points}, options)};
 }
 
 // The closure of the finest level (a face crossed by the surface must have a cell on each side):
