@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--out", required=True, help="directory of the meshes, previews and manifest.jsonl")
     sample.add_argument("--weights", help="file of `get3dhuman export` (default: the package's weights)")
     sample.add_argument("--generator", help="stage-3 run directory or checkpoint instead of --weights")
-    sample.add_argument("--refiner", help="stage-4 run directory or checkpoint: refined vertex colours")
+    sample.add_argument("--refiner", help="stage-4 run directory or checkpoint: refined vertex colours and previews")
     sample.add_argument("--preset", choices=["tiny", "small", "official"], default="small",
                         help="of --generator and --refiner")
     sample.add_argument("--seed", type=int, default=0, help="seed of the first sample (default 0)")

@@ -7,7 +7,8 @@ the float rounding of the networks, which can move a vertex or two across the le
 For each seed s, DIR receives:
 
 - `human-s.glb` (or .ply/.obj): the textured mesh with vertex colours (none for an empty field),
-- `human-s.png` with previews: the front view, the generated field ray-marched and shaded,
+- `human-s.png` with previews: the front view, the generated field ray-marched and shaded (with
+  a refiner: the refiner's front view),
 - one line of `manifest.jsonl`: {"seed", "mesh", "preview", "vertices", "faces", "seconds"}
   ("mesh"/"preview" are file names or null; "seconds": the sample's share of its batch's time).
 
@@ -31,9 +32,10 @@ import time
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from get3dhuman.nn.modes import evaluation_mode
-from get3dhuman.refine import refine_meshes, render_textured
+from get3dhuman.refine import refine_meshes, refined_views, render_textured
 from get3dhuman.synthetic.preview import save_grid
 from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import record_settings
@@ -45,10 +47,20 @@ SETTINGS = "settings.json"
 
 @torch.no_grad()
 def render_previews(generator, z_shape: torch.Tensor, z_texture: torch.Tensor, resolution: int = 256,
-                    truncation_psi: float = 1.0, background: float = 1.0) -> torch.Tensor:
+                    truncation_psi: float = 1.0, background: float = 1.0, refiner=None) -> torch.Tensor:
     """Front views [B, resolution, resolution, 3] in [0, 1] of latents z_shape, z_texture
     [B, z_dim] through the generator's calibration (refine.render_textured: the field
-    ray-marched, coloured by the texture decoder, shaded), `background` where nothing is hit."""
+    ray-marched, coloured by the texture decoder, shaded), `background` where nothing is hit.
+    With a `refiner`: its refined front view (refine.refined_views, at the generator's backbone
+    resolution, the refiner's own), on `background`, resized to `resolution`."""
+    if refiner is not None:
+        refined, _, rendering = refined_views(generator, refiner, z_shape, z_texture, (0.0,),
+                                              truncation_psi=truncation_psi)[0]
+        mask = rendering.mask.unsqueeze(-1).to(refined.dtype)
+        image = (mask * refined + (1 - mask) * background).permute(0, 3, 1, 2)
+        image = F.interpolate(image, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                              antialias=resolution < image.shape[-1])
+        return image.permute(0, 2, 3, 1).clamp(0, 1)
     with evaluation_mode(generator):
         shape, texture = generator(z_shape, z_texture, truncation_psi)
         calib = generator.calibration.to(shape.volume.dtype).expand(z_shape.shape[0], 4, 4)
@@ -116,7 +128,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     resolution: marching-cubes cells per axis (Generator.extract_mesh, with `extract_options`);
     file_type: one of FILE_TYPES; preview_resolution: side of the preview PNGs (None: none);
     refiner: a trained Refiner whose refined front and back views replace the vertex colours
-    (refine.refine_meshes; the previews keep the generator's own colours).
+    (refine.refine_meshes) and whose front view is the preview.
     """
     if not isinstance(num, int) or num < 0:
         raise ValueError(f"num must be an int >= 0, got {num!r}")
@@ -150,7 +162,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
         meshes = generator.extract_mesh(z_shape, z_texture, resolution, truncation_psi=truncation_psi, **extract_options)
         if refiner is not None:
             meshes = refine_meshes(generator, refiner, z_shape, z_texture, meshes, truncation_psi=truncation_psi)
-        previews = (render_previews(generator, z_shape, z_texture, preview_resolution, truncation_psi)
+        previews = (render_previews(generator, z_shape, z_texture, preview_resolution, truncation_psi, refiner=refiner)
                     if preview_resolution is not None else [None] * len(batch))
         seconds = (time.perf_counter() - start) / len(batch)
         for sample_seed, mesh, preview in zip(batch, meshes, previews):

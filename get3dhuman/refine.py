@@ -39,15 +39,13 @@ def render_textured(generator, shape_volume: torch.Tensor, texture_volume: torch
 
 
 @torch.no_grad()
-def refine_meshes(generator, refiner, z_shape: torch.Tensor, z_texture: torch.Tensor, meshes: list[TexturedMesh],
-                  resolution: int | None = None, angles: tuple[float, ...] = (0.0, 180.0),
-                  samples: int = 96, truncation_psi: float = 1.0) -> list[TexturedMesh]:
-    """The meshes of latents z_shape, z_texture [B, z_dim] (from `generator.extract_mesh` with
-    the same `truncation_psi`) with vertex colours back-projected from refined views at
-    `angles` (default front and back) of `resolution` pixels (default: the generator's
-    backbone resolution)."""
-    if len(meshes) != z_shape.shape[0]:
-        raise ValueError(f"meshes must hold one mesh per latent ({z_shape.shape[0]}), got {len(meshes)}")
+def refined_views(generator, refiner, z_shape: torch.Tensor, z_texture: torch.Tensor,
+                  angles: tuple[float, ...] = (0.0, 180.0), resolution: int | None = None, samples: int = 96,
+                  truncation_psi: float = 1.0) -> list[tuple[torch.Tensor, torch.Tensor, Rendering]]:
+    """Per angle of `angles` (degrees about the vertical axis, 0: the generator's own view): the
+    refiner's images [B, H, W, 3] in [0, 1] of the rendered views of latents z_shape, z_texture
+    [B, z_dim] (H = W = `resolution`, default the generator's backbone resolution, which the
+    refiner was trained at), the cameras [B, 4, 4] and the Renderings (depth, mask, ...)."""
     resolution = resolution or generator.config.backbone_resolution
     with evaluation_mode(generator, refiner):
         shape, texture = generator(z_shape, z_texture, truncation_psi)
@@ -57,6 +55,19 @@ def refine_meshes(generator, refiner, z_shape: torch.Tensor, z_texture: torch.Te
             image, rendering = render_textured(generator, shape.volume, texture, calib, resolution, samples)
             refined = (refiner(image.permute(0, 3, 1, 2) * 2 - 1).permute(0, 2, 3, 1) + 1) / 2
             views.append((refined, calib, rendering))
-        return [back_project_colors(mesh, torch.stack([v[0][b] for v in views]), torch.stack([v[1][b] for v in views]),
-                                    torch.stack([v[2].depth[b] for v in views]), torch.stack([v[2].mask[b] for v in views]))
-                for b, mesh in enumerate(meshes)]
+        return views
+
+
+def refine_meshes(generator, refiner, z_shape: torch.Tensor, z_texture: torch.Tensor, meshes: list[TexturedMesh],
+                  resolution: int | None = None, angles: tuple[float, ...] = (0.0, 180.0),
+                  samples: int = 96, truncation_psi: float = 1.0) -> list[TexturedMesh]:
+    """The meshes of latents z_shape, z_texture [B, z_dim] (from `generator.extract_mesh` with
+    the same `truncation_psi`) with vertex colours back-projected from the `refined_views` at
+    `angles` (default front and back) of `resolution` pixels (default: the generator's
+    backbone resolution)."""
+    if len(meshes) != z_shape.shape[0]:
+        raise ValueError(f"meshes must hold one mesh per latent ({z_shape.shape[0]}), got {len(meshes)}")
+    views = refined_views(generator, refiner, z_shape, z_texture, angles, resolution, samples, truncation_psi)
+    return [back_project_colors(mesh, torch.stack([v[0][b] for v in views]), torch.stack([v[1][b] for v in views]),
+                                torch.stack([v[2].depth[b] for v in views]), torch.stack([v[2].mask[b] for v in views]))
+            for b, mesh in enumerate(meshes)]

@@ -12,7 +12,13 @@ from inputs import generator_with_a_surface, torchrun
 from PIL import Image
 
 from get3dhuman.cli import main
-from get3dhuman.dataset import MANIFEST, SETTINGS, read_manifest, render_previews, write_samples
+from get3dhuman.dataset import (
+    MANIFEST,
+    SETTINGS,
+    read_manifest,
+    render_previews,
+    write_samples,
+)
 from get3dhuman.refine import refine_meshes
 from get3dhuman.render import orbit_calibration
 from get3dhuman.synthetic.preview import LIGHT
@@ -86,6 +92,34 @@ def test_previews_of_a_ball_are_discs_of_its_colour():
         assert float((ratio - ratio.mean(-1, keepdim=True)).abs().max()) < 1e-4
     facing = 0.35 + 0.65 * LIGHT[2] / float(torch.tensor(LIGHT).norm())  # the factor where n = (0, 0, 1)
     torch.testing.assert_close(previews[:, side // 2, side // 2], facing * colors[:, :3], atol=0.01, rtol=0)
+
+
+class ConstantRefiner(torch.nn.Module):
+    """Stands in for a Refiner: every pixel becomes `color` (images in [-1, 1])."""
+
+    def __init__(self, color):
+        super().__init__()
+        self.register_buffer("color", torch.tensor(color))
+
+    def forward(self, image):
+        return (self.color * 2 - 1)[None, :, None, None].expand_as(image)
+
+
+def test_refined_previews_are_the_refiners_front_view_on_the_background():
+    backbone, side, radius = 33, 48, 0.5
+    generator = SphereGenerator(radius)
+    generator.config = SimpleNamespace(backbone_resolution=backbone)
+    color = [0.2, 0.6, 0.9]
+    previews = render_previews(generator, torch.zeros(1, 4), torch.zeros(1, 4), side, background=1.0,
+                               refiner=ConstantRefiner(color))
+    assert previews.shape == (1, side, side, 3)
+    # Pixel centres of the resized image, in the NDC of the refiner's backbone-sized view.
+    ndc = (torch.arange(side) + 0.5) / side * 2 - 1
+    distance = (ndc[:, None] ** 2 + ndc[None, :] ** 2).sqrt()
+    margin = 2 * 2 / (backbone - 1)  # a backbone pixel of mask edge, blurred by the resize
+    inside, outside = distance < radius - margin, distance > radius + margin
+    torch.testing.assert_close(previews[0][inside], torch.tensor(color).expand(int(inside.sum()), 3), atol=1e-5, rtol=0)
+    assert bool((previews[0][outside] == 1.0).all())
 
 
 def test_an_interrupted_dataset_resumes_without_redoing_samples(tmp_path):
