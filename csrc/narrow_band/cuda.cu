@@ -138,9 +138,9 @@ at::Tensor open_faces_cuda(const at::Tensor& frontier_in, const at::Tensor& fron
   const at::Tensor closed = closed_in.contiguous();
   const int64_t count = frontier.size(0);
   const SparseLattice lattice = make_lattice(dims[0], dims[1], dims[2]);
+  if (count == 0) return at::empty({0}, frontier.options());
   at::Tensor open = at::empty({count}, frontier.options().dtype(at::kInt));
   at::Tensor open_counts = at::empty({count}, frontier.options());
-  if (count == 0) return at::empty({0}, frontier.options());
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "narrow_band_open_faces_cuda", [&] {
     open_faces_kernel<scalar_t><<<blocks_for(count), kThreads, 0, stream>>>(
         lattice, frontier.const_data_ptr<int64_t>(), count, values.const_data_ptr<scalar_t>(),
