@@ -15,6 +15,9 @@ data-parallel under `torchrun --nproc-per-node N -m get3dhuman.cli train ...`.
   for `Generator.from_pretrained(FILE)`.
 - `get3dhuman sample --num N --out DIR`: a dataset of generated humans (textured meshes,
   previews, manifest.jsonl), resumable, sharded under torchrun (get3dhuman.dataset).
+- `get3dhuman interpolate --from SEED --to SEED --out DIR` and `get3dhuman retexture --shape SEED
+  --textures SEED ... --out DIR`: meshes between two humans, one shape with other textures
+  (get3dhuman.applications).
 - `get3dhuman eval --generator RUN --preset small`: COV, MMD, 1-NNA and colour error against
   held-out synthetic humans, with an untrained generator of the same preset as the baseline row.
 """
@@ -129,19 +132,29 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample(args: argparse.Namespace) -> int:
-    from get3dhuman.dataset import save_preview_grid, write_samples
+def _load_generator(args: argparse.Namespace, device):
+    """The generator of --weights (default: the package's) or of the run --generator (--preset)."""
     from get3dhuman.nn import Generator
-    from get3dhuman.train import REFINER_PRESETS, distributed, load_generator, load_refiner
+    from get3dhuman.train import load_generator
 
     if args.weights is not None and args.generator is not None:
-        raise SystemExit("get3dhuman sample: give --weights or --generator, not both")
+        raise SystemExit(f"get3dhuman {args.command}: give --weights or --generator, not both")
     if args.grid is not None and args.preview is None:
-        raise SystemExit("get3dhuman sample: --grid needs --preview RES (the grid is made of the previews)")
-    device = distributed.initialize(args.device)
+        raise SystemExit(f"get3dhuman {args.command}: --grid needs --preview RES (the grid is made of the previews)")
     try:
-        generator = (load_generator(args.generator, args.preset, device) if args.generator is not None
-                     else Generator.from_pretrained(args.weights, device))
+        return (load_generator(args.generator, args.preset, device) if args.generator is not None
+                else Generator.from_pretrained(args.weights, device))
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"get3dhuman {args.command}: {error}") from error
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from get3dhuman.dataset import save_preview_grid, write_samples
+    from get3dhuman.train import REFINER_PRESETS, distributed, load_refiner
+
+    device = distributed.initialize(args.device)
+    generator = _load_generator(args, device)
+    try:
         refiner = None if args.refiner is None else load_refiner(args.refiner, REFINER_PRESETS[args.preset], device)
         records = write_samples(generator, args.out, args.num, args.seed, batch_size=args.batch_size,
                                 resolution=args.resolution, file_type=args.format, preview_resolution=args.preview,
@@ -153,6 +166,33 @@ def _sample(args: argparse.Namespace) -> int:
             save_preview_grid(args.out, records, args.grid)
         empty = sum(record["mesh"] is None for record in records)
         print(f"{len(records)} samples in {args.out} ({empty} empty), listed in {args.out}/manifest.jsonl")
+    return 0
+
+
+def _edit(args: argparse.Namespace) -> int:
+    """`interpolate` and `retexture`: meshes (and previews) of latents named by seeds."""
+    from get3dhuman import applications
+
+    generator = _load_generator(args, args.device)
+    options = dict(resolution=args.resolution, truncation_psi=args.truncation)
+    try:
+        if args.command == "interpolate":
+            start, end = generator.latents([args.start]), generator.latents([args.end])
+            z_shape, z_texture = applications.interpolation_latents(
+                (start[0][0], start[1][0]), (end[0][0], end[1][0]), args.steps, args.moving)
+            meshes = applications.interpolate(generator, (start[0][0], start[1][0]), (end[0][0], end[1][0]),
+                                              args.steps, moving=args.moving, **options)
+            names = [f"step-{i:02d}" for i in range(args.steps)]
+        else:
+            z_shape = generator.latents([args.shape])[0].expand(len(args.textures), -1)
+            z_texture = generator.latents(args.textures)[1]
+            meshes = applications.retexture(generator, z_shape[0].to(args.device), z_texture.to(args.device), **options)
+            names = [f"texture-{seed}" for seed in args.textures]
+        written = applications.write_results(generator, args.out, names, meshes, z_shape, z_texture, args.format,
+                                             args.preview, args.grid)
+    except ValueError as error:
+        raise SystemExit(f"get3dhuman {args.command}: {error}") from error
+    print(f"{len(written)} files in {args.out}" + (f" and {args.grid}" if args.grid else ""))
     return 0
 
 
@@ -229,6 +269,27 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--device", default="cpu", help="torch device (under torchrun: each process its GPU LOCAL_RANK)")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
     sample.set_defaults(handler=_sample)
+    interpolate = commands.add_parser("interpolate", help="meshes along the path between two seeds' latents")
+    interpolate.add_argument("--from", type=int, required=True, dest="start", help="seed of the first human")
+    interpolate.add_argument("--to", type=int, required=True, dest="end", help="seed of the last human")
+    interpolate.add_argument("--steps", type=int, default=8, help="humans on the path, both ends included (default 8)")
+    interpolate.add_argument("--moving", choices=["both", "shape", "texture"], default="both",
+                             help="which latent walks; the other stays at --from's (default both)")
+    retexture = commands.add_parser("retexture", help="one seed's shape with the textures of other seeds")
+    retexture.add_argument("--shape", type=int, required=True, help="seed whose shape is kept")
+    retexture.add_argument("--textures", type=int, nargs="+", required=True, help="seeds whose textures are applied")
+    for command in (interpolate, retexture):
+        command.add_argument("--out", required=True, help="directory of the meshes and previews")
+        command.add_argument("--weights", help="file of `get3dhuman export` (default: the package's weights)")
+        command.add_argument("--generator", help="stage-3 run directory or checkpoint instead of --weights")
+        command.add_argument("--preset", choices=["tiny", "small", "official"], default="small", help="of --generator")
+        command.add_argument("--resolution", type=int, default=256, help="marching-cubes cells per axis (default 256)")
+        command.add_argument("--format", choices=["glb", "ply", "obj"], default="glb", help="mesh files (default glb)")
+        command.add_argument("--preview", type=int, metavar="RES", help="also write RES x RES front views (PNG)")
+        command.add_argument("--grid", help="with --preview: one PNG of all the previews in a row")
+        command.add_argument("--truncation", type=float, default=1.0, help="truncation psi (default 1: none)")
+        command.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+        command.set_defaults(handler=_edit)
     export = commands.add_parser("export", help="write a trained generator as one file for Generator.from_pretrained")
     export.add_argument("--generator", required=True, help="stage-3 run directory or checkpoint (its moving average)")
     export.add_argument("--preset", choices=["tiny", "small", "official"], default="small")

@@ -1,0 +1,85 @@
+"""Applications: spherical interpolation of latents, walks between humans, new textures on a shape."""
+
+import math
+
+import pytest
+import torch
+import trimesh
+from inputs import generator_with_a_surface
+from PIL import Image
+
+from get3dhuman import applications
+from get3dhuman.cli import main
+
+MESHING = dict(resolution=32, coarse_resolution=8)
+
+
+def test_slerp_follows_the_great_circle_and_interpolates_the_norm():
+    start, end = torch.tensor([2.0, 0.0, 0.0]), torch.tensor([0.0, 4.0, 0.0])
+    path = applications.slerp(start, end, torch.tensor([0.0, 0.5, 1.0]))
+    torch.testing.assert_close(path[0], start)
+    torch.testing.assert_close(path[2], end)
+    # Half way between orthogonal directions: 45 degrees, norm (2 + 4) / 2.
+    torch.testing.assert_close(path[1], 3.0 * torch.tensor([1.0, 1.0, 0.0]) / math.sqrt(2))
+    parallel = applications.slerp(start, 3 * start, torch.tensor([0.25]))
+    torch.testing.assert_close(parallel[0], torch.tensor([3.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="start and end must both be"):
+        applications.slerp(start, end[:2], torch.tensor([0.5]))
+
+
+def test_interpolation_latents_move_only_what_is_asked():
+    start = (torch.randn(8), torch.randn(8))
+    end = (torch.randn(8), torch.randn(8))
+    z_shape, z_texture = applications.interpolation_latents(start, end, 5, "texture")
+    assert z_shape.shape == z_texture.shape == (5, 8)
+    assert torch.equal(z_shape, start[0].expand(5, -1))
+    torch.testing.assert_close(z_texture[[0, -1]], torch.stack([start[1], end[1]]))
+    z_shape, z_texture = applications.interpolation_latents(start, end, 3, "shape")
+    assert torch.equal(z_texture, start[1].expand(3, -1)) and not torch.allclose(z_shape[1], start[0])
+    with pytest.raises(ValueError, match="steps must be an int >= 2"):
+        applications.interpolation_latents(start, end, 1)
+    with pytest.raises(ValueError, match="moving must be one of"):
+        applications.interpolation_latents(start, end, 3, "colour")
+
+
+def test_a_texture_walk_keeps_the_geometry_and_changes_the_colours():
+    generator = generator_with_a_surface()
+    start, end = generator.latents([0]), generator.latents([1])
+    meshes = applications.interpolate(generator, (start[0][0], start[1][0]), (end[0][0], end[1][0]), 3,
+                                      moving="texture", batch_size=1, **MESHING)
+    assert len(meshes) == 3 and not meshes[0].is_empty
+    for mesh in meshes[1:]:
+        assert torch.equal(mesh.vertices, meshes[0].vertices) and torch.equal(mesh.faces, meshes[0].faces)
+    assert not torch.allclose(meshes[0].colors, meshes[-1].colors, atol=1e-3)
+    last = generator.extract_mesh(start[0], end[1], **MESHING)[0]  # the walk ends at the end texture
+    torch.testing.assert_close(meshes[-1].colors, last.colors, atol=1e-5, rtol=0)
+
+
+def test_retexture_equals_extracting_each_pair():
+    generator = generator_with_a_surface()
+    z_shape = generator.latents([3])[0]
+    z_textures = generator.latents([4, 5, 6])[1]
+    meshes = applications.retexture(generator, z_shape[0], z_textures, **MESHING)
+    assert len(meshes) == 3 and not meshes[0].is_empty
+    for t, mesh in enumerate(meshes):
+        expected = generator.extract_mesh(z_shape, z_textures[t:t + 1], **MESHING)[0]
+        assert torch.equal(mesh.vertices, expected.vertices) and torch.equal(mesh.faces, expected.faces)
+        torch.testing.assert_close(mesh.colors, expected.colors, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"z_textures must be \[T, "):
+        applications.retexture(generator, z_shape[0], z_textures[:, :3], **MESHING)
+
+
+def test_command_lines_write_meshes_previews_and_a_grid(tmp_path):
+    weights = tmp_path / "tiny.safetensors"
+    generator_with_a_surface().save_pretrained(weights)
+    common = ["--weights", str(weights), "--resolution", "32", "--format", "ply", "--preview", "16"]
+    assert main(["interpolate", "--from", "0", "--to", "1", "--steps", "3", "--out", str(tmp_path / "walk"),
+                 "--grid", str(tmp_path / "walk.png"), *common]) == 0
+    assert sorted(p.name for p in (tmp_path / "walk").glob("*.png")) == ["step-00.png", "step-01.png", "step-02.png"]
+    assert Image.open(tmp_path / "walk.png").size == (3 * 16, 16)
+    assert main(["retexture", "--shape", "2", "--textures", "7", "8", "--out", str(tmp_path / "skins"), *common]) == 0
+    meshes = [trimesh.load(tmp_path / "skins" / f"texture-{seed}.ply", process=False) for seed in (7, 8)]
+    assert meshes[0].vertices.shape == meshes[1].vertices.shape and len(meshes[0].vertices) > 0
+    with pytest.raises(SystemExit, match="--grid needs --preview"):
+        main(["retexture", "--shape", "2", "--textures", "7", "--out", str(tmp_path / "x"), "--weights", str(weights),
+              "--grid", str(tmp_path / "x.png")])
