@@ -174,7 +174,7 @@ def _edit(args: argparse.Namespace) -> int:
     from get3dhuman import applications
 
     generator = _load_generator(args, args.device)
-    options = dict(resolution=args.resolution, truncation_psi=args.truncation)
+    options = {"resolution": args.resolution, "truncation_psi": args.truncation}
     try:
         if args.command == "interpolate":
             start, end = generator.latents([args.start]), generator.latents([args.end])

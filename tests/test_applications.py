@@ -11,7 +11,7 @@ from PIL import Image
 from get3dhuman import applications
 from get3dhuman.cli import main
 
-MESHING = dict(resolution=32, coarse_resolution=8)
+MESHING = {"resolution": 32, "coarse_resolution": 8}
 
 
 def test_slerp_follows_the_great_circle_and_interpolates_the_norm():
