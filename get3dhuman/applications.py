@@ -1,5 +1,6 @@
-"""Applications of a trained Generator (DESIGN.md section 7): walks between latents, and new
-textures on a fixed shape. Command line: `get3dhuman interpolate` and `get3dhuman retexture`.
+"""Applications of a trained Generator (DESIGN.md section 7): walks between latents, new
+textures on a fixed shape, and inversion of an image into latents. Command line:
+`get3dhuman interpolate`, `get3dhuman retexture` and `get3dhuman invert`.
 
 Latents are the Generator's z (`Generator.latents(seeds)` names them by seed). Interpolation is
 spherical (`slerp`): z is Gaussian, and points on the straight line between two draws have a
@@ -8,12 +9,15 @@ smaller norm than any typical draw, which the mapping network has rarely seen.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
 
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn.modes import evaluation_mode
+from get3dhuman.refine import render_textured
+from get3dhuman.render import _camera_rays
 
 MOVING = ("shape", "texture", "both")
 
@@ -86,6 +90,85 @@ def retexture(generator, z_shape: torch.Tensor, z_textures: torch.Tensor, resolu
                             for part in vertices.split(chunk, dim=1)], 1).float().clamp(0, 1)
     return [TexturedMesh(mesh.vertices, mesh.faces, colors[t].to(mesh.colors.device), mesh.normals)
             for t in range(count)]
+
+
+@dataclasses.dataclass
+class Inversion:
+    """The result of `invert`: the best latents z_shape, z_texture [1, D] and the loss per step."""
+
+    z_shape: torch.Tensor
+    z_texture: torch.Tensor
+    losses: list[float]
+
+
+def foreground_of(image: torch.Tensor, tolerance: float = 2 / 255) -> torch.Tensor:
+    """The mask [H, W] (float 0/1) of the pixels of image [H, W, 3] whose colour differs from its
+    top-left pixel's (the background) by more than `tolerance` in some channel."""
+    return ((image - image[0, 0]).abs() > tolerance).any(-1).float()
+
+
+def invert(generator, image: torch.Tensor, mask: torch.Tensor | None = None, *, steps: int = 200,
+           learning_rate: float = 0.05, seed: int = 0, depth_samples: int = 16, march_samples: int = 48,
+           silhouette_weight: float = 1.0, color_weight: float = 1.0, latent_weight: float = 0.01,
+           normal_step: float = 0.01, progress: bool = False) -> Inversion:
+    """Latents whose front view (the generator's camera) matches `image` [S, S, 3] in [0, 1],
+    by Adam on (z_shape, z_texture) from the latents of `seed` (`Generator.latents`).
+
+    Loss per step: silhouette_weight * L1 between `mask` [S, S] (default `foreground_of(image)`)
+    and the soft silhouette (per pixel, the largest occupancy at `depth_samples` depths along
+    its ray), + color_weight * L1 between the shaded render (`refine.render_textured`,
+    `march_samples` samples per ray, central-difference normals of `normal_step` world units;
+    gradients through the hit colours, points and normals) and the
+    image where both are foreground, + latent_weight * (|z|^2 / D - 1)^2 for each latent, which
+    keeps them where the mapping network saw its training draws. Images follow the renders'
+    convention (row 0 at NDC y = -1, as the previews are written).
+    """
+    if image.dim() != 3 or image.shape[-1] != 3 or image.shape[0] != image.shape[1] or image.shape[0] < 2:
+        raise ValueError(f"image must be [S, S, 3] with S >= 2, got {tuple(image.shape)}")
+    side = image.shape[0]
+    mask = foreground_of(image) if mask is None else mask.float()
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"mask must be [{side}, {side}] like the image, got {tuple(mask.shape)}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    device = generator.calibration.device
+    image, mask = image.to(device), mask.to(device)
+    z_shape, z_texture = (z.to(device).requires_grad_() for z in generator.latents([seed]))
+    optimizer = torch.optim.Adam([z_shape, z_texture], lr=learning_rate)
+    calib = generator.calibration.expand(1, 4, 4)
+    rays = _camera_rays(calib, side)
+    depths = torch.linspace(0, 1, depth_samples, device=device)[:, None, None] * rays.far[:, None]  # [K, 1, 1]
+    samples = (rays.origin + depths * rays.direction).reshape(1, -1, 3)  # [1, K * S * S, 3]
+    best, losses = None, []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc="invert", unit="step")
+    with evaluation_mode(generator):
+        for _ in range(steps):
+            shape, texture = generator(z_shape, z_texture)
+            occupancy = generator.query_occupancy(shape.volume, samples, calib)
+            silhouette = occupancy.reshape(depth_samples, side, side).amax(0)
+            rendered, rendering = render_textured(generator, shape.volume, texture, calib, side, march_samples,
+                                                 normal_step=normal_step)
+            both = (rendering.mask[0] * mask).unsqueeze(-1)
+            color = ((rendered[0] - image).abs() * both).sum() / (3 * both.sum()).clamp_min(1)
+            prior = sum((z.square().mean() - 1).square() for z in (z_shape, z_texture))
+            loss = (silhouette_weight * (silhouette - mask).abs().mean() + color_weight * color
+                    + latent_weight * prior)
+            losses.append(loss.item())
+            if best is None or losses[-1] < best[0]:
+                best = (losses[-1], z_shape.detach().clone(), z_texture.detach().clone())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    if bar is not None:
+        bar.close()
+    return Inversion(best[1], best[2], losses)
 
 
 def write_results(generator, out_dir: str, names: list[str], meshes: list[TexturedMesh], z_shape: torch.Tensor,

@@ -18,6 +18,7 @@ data-parallel under `torchrun --nproc-per-node N -m get3dhuman.cli train ...`.
 - `get3dhuman interpolate --from SEED --to SEED --out DIR` and `get3dhuman retexture --shape SEED
   --textures SEED ... --out DIR`: meshes between two humans, one shape with other textures
   (get3dhuman.applications).
+- `get3dhuman invert --image FILE --out DIR`: latents whose front view matches an image.
 - `get3dhuman eval --generator RUN --preset small`: COV, MMD, 1-NNA and colour error against
   held-out synthetic humans, with an untrained generator of the same preset as the baseline row.
 """
@@ -133,13 +134,14 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _load_generator(args: argparse.Namespace, device):
-    """The generator of --weights (default: the package's) or of the run --generator (--preset)."""
+    """The generator of --weights (default: the package's) or of the run --generator (--preset);
+    refuses both, and --grid without --preview where the command has them."""
     from get3dhuman.nn import Generator
     from get3dhuman.train import load_generator
 
     if args.weights is not None and args.generator is not None:
         raise SystemExit(f"get3dhuman {args.command}: give --weights or --generator, not both")
-    if args.grid is not None and args.preview is None:
+    if getattr(args, "grid", None) is not None and args.preview is None:
         raise SystemExit(f"get3dhuman {args.command}: --grid needs --preview RES (the grid is made of the previews)")
     try:
         return (load_generator(args.generator, args.preset, device) if args.generator is not None
@@ -193,6 +195,44 @@ def _edit(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise SystemExit(f"get3dhuman {args.command}: {error}") from error
     print(f"{len(written)} files in {args.out}" + (f" and {args.grid}" if args.grid else ""))
+    return 0
+
+
+def _invert(args: argparse.Namespace) -> int:
+    """Latents of an image (applications.invert), then their mesh, front view and loss curve."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from get3dhuman import applications
+
+    generator = _load_generator(args, args.device)
+    side = args.side or generator.config.backbone_resolution
+
+    def read(path: str, mode: str) -> torch.Tensor:
+        try:
+            picture = Image.open(path).convert(mode).resize((side, side), Image.BILINEAR)
+        except OSError as error:
+            raise SystemExit(f"get3dhuman invert: cannot read {path}: {error}") from error
+        return torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255)
+
+    image = read(args.image, "RGB")
+    mask = None if args.mask is None else (read(args.mask, "L") > 0.5).float()
+    try:
+        result = applications.invert(generator, image, mask, steps=args.steps, learning_rate=args.learning_rate,
+                                     seed=args.seed, progress=not args.quiet)
+    except ValueError as error:
+        raise SystemExit(f"get3dhuman invert: {error}") from error
+    os.makedirs(args.out, exist_ok=True)
+    save_file({"z_shape": result.z_shape.cpu(), "z_texture": result.z_texture.cpu()},
+              os.path.join(args.out, "latents.safetensors"))
+    with open(os.path.join(args.out, "losses.json"), "w") as handle:
+        json.dump(result.losses, handle)
+    mesh = generator.extract_mesh(result.z_shape, result.z_texture, args.resolution)
+    applications.write_results(generator, args.out, ["inverted"], mesh, result.z_shape, result.z_texture,
+                               args.format, side)
+    print(f"loss {result.losses[0]:.4f} -> {min(result.losses):.4f}; latents, mesh and front view in {args.out}")
     return 0
 
 
@@ -290,6 +330,22 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--truncation", type=float, default=1.0, help="truncation psi (default 1: none)")
         command.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
         command.set_defaults(handler=_edit)
+    invert = commands.add_parser("invert", help="find latents whose front view matches an image")
+    invert.add_argument("--image", required=True, help="image file (PNG, JPEG, ...) of a human seen from the front")
+    invert.add_argument("--mask", help="its foreground mask file (default: what differs from the corner pixel)")
+    invert.add_argument("--out", required=True, help="directory of latents.safetensors, losses.json, the mesh and view")
+    invert.add_argument("--weights", help="file of `get3dhuman export` (default: the package's weights)")
+    invert.add_argument("--generator", help="stage-3 run directory or checkpoint instead of --weights")
+    invert.add_argument("--preset", choices=["tiny", "small", "official"], default="small", help="of --generator")
+    invert.add_argument("--steps", type=int, default=200, help="optimiser steps (default 200)")
+    invert.add_argument("--learning-rate", type=float, default=0.05, help="Adam step size on the latents (default 0.05)")
+    invert.add_argument("--seed", type=int, default=0, help="seed of the starting latents (default 0)")
+    invert.add_argument("--side", type=int, help="pixels per side the image is resized to (default: the backbone's)")
+    invert.add_argument("--resolution", type=int, default=256, help="marching-cubes cells per axis (default 256)")
+    invert.add_argument("--format", choices=["glb", "ply", "obj"], default="glb", help="mesh file (default glb)")
+    invert.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    invert.add_argument("--quiet", action="store_true", help="no progress bar")
+    invert.set_defaults(handler=_invert)
     export = commands.add_parser("export", help="write a trained generator as one file for Generator.from_pretrained")
     export.add_argument("--generator", required=True, help="stage-3 run directory or checkpoint (its moving average)")
     export.add_argument("--preset", choices=["tiny", "small", "official"], default="small")

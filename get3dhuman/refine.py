@@ -27,14 +27,18 @@ def view_calibration(generator, angle_deg: float) -> torch.Tensor:
 
 
 def render_textured(generator, shape_volume: torch.Tensor, texture_volume: torch.Tensor, calib: torch.Tensor,
-                    resolution: int, samples: int = 96, background: float = 0.0) -> tuple[torch.Tensor, Rendering]:
+                    resolution: int, samples: int = 96, background: float = 0.0,
+                    normal_step: float | None = None) -> tuple[torch.Tensor, Rendering]:
     """Shaded colour images [B, H, W, 3] in [0, 1] on `background` (default black: the prior's
     images' convention) of the generated humans with volumes [B, F, V, V], seen through
     cameras calib [B, 4, 4]; and the Rendering (depth, mask, ...). The field (level 0.5) is
-    `ray_march`ed and coloured by the texture decoder."""
+    `ray_march`ed and coloured by the texture decoder. Differentiable in the volumes; give
+    `normal_step` (render.ray_march) when gradients must flow through the shading, since the
+    fused queries have no second-order backward for autograd normals."""
     own = generator.calibration.expand(shape_volume.shape[0], 4, 4)
     rendering = ray_march(lambda p: 0.5 - generator.query_occupancy(shape_volume, p, own), calib, resolution,
-                          lambda p: generator.query_color(shape_volume, texture_volume, p, own), samples=samples)
+                          lambda p: generator.query_color(shape_volume, texture_volume, p, own), samples=samples,
+                          normal_step=normal_step)
     return shade(rendering, background), rendering
 
 

@@ -1,15 +1,20 @@
 """Applications: spherical interpolation of latents, walks between humans, new textures on a shape."""
 
+import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import trimesh
 from inputs import generator_with_a_surface
 from PIL import Image
+from safetensors.torch import load_file
 
 from get3dhuman import applications
 from get3dhuman.cli import main
+from get3dhuman.refine import render_textured
+from get3dhuman.render import orbit_calibration
 
 MESHING = {"resolution": 32, "coarse_resolution": 8}
 
@@ -83,3 +88,72 @@ def test_command_lines_write_meshes_previews_and_a_grid(tmp_path):
     with pytest.raises(SystemExit, match="--grid needs --preview"):
         main(["retexture", "--shape", "2", "--textures", "7", "--out", str(tmp_path / "x"), "--weights", str(weights),
               "--grid", str(tmp_path / "x.png")])
+
+
+class LatentBall(torch.nn.Module):
+    """Stands in for a Generator whose latents have a known meaning: a ball of radius
+    0.35 + 0.15 tanh(z_shape[0]) coloured sigmoid(z_texture[:3])."""
+
+    def __init__(self, z_dim: int = 8):
+        super().__init__()
+        self.z_dim = z_dim
+        self.register_buffer("calibration", orbit_calibration(torch.zeros(1))[0])
+
+    def latents(self, seeds):
+        z = torch.stack([torch.randn(2, self.z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        return z[:, 0], z[:, 1]
+
+    @staticmethod
+    def radius(z_shape):
+        return 0.35 + 0.15 * torch.tanh(z_shape[:, 0])
+
+    def forward(self, z_shape, z_texture, truncation_psi=1.0):
+        return SimpleNamespace(volume=z_shape), z_texture
+
+    def query_occupancy(self, volume, points, calib):
+        return torch.sigmoid((self.radius(volume)[:, None] - points.norm(dim=-1)) * 40)
+
+    def query_color(self, volume, texture, points, calib):
+        return torch.sigmoid(texture[:, None, :3]).expand(-1, points.shape[1], -1)
+
+
+def test_inversion_recovers_the_radius_and_colour_of_a_ball():
+    ball = LatentBall()
+    target_shape = torch.zeros(1, 8)
+    target_shape[0, 0] = 1.0
+    target_texture = torch.tensor([[1.0, -1.0, 0.5, 0, 0, 0, 0, 0]])
+    with torch.no_grad():
+        shape, texture = ball(target_shape, target_texture)
+        image, rendering = render_textured(ball, shape.volume, texture, ball.calibration[None], 32, 48)
+    result = applications.invert(ball, image[0], rendering.mask[0], steps=80, seed=0, learning_rate=0.1)
+    assert result.z_shape.shape == result.z_texture.shape == (1, 8)
+    assert min(result.losses) < 0.2 * result.losses[0]
+    assert abs(float(ball.radius(result.z_shape) - ball.radius(target_shape))) < 0.02
+    torch.testing.assert_close(torch.sigmoid(result.z_texture[0, :3]), torch.sigmoid(target_texture[0, :3]),
+                               atol=0.05, rtol=0)
+    # Without a mask, the foreground is what differs from the corner pixel: the same disc here.
+    assert torch.equal(applications.foreground_of(image[0]), rendering.mask[0])
+    with pytest.raises(ValueError, match=r"image must be \[S, S, 3\]"):
+        applications.invert(ball, image[0, :, :20], steps=1)
+
+
+def test_invert_command_writes_latents_mesh_view_and_losses(tmp_path):
+    generator = generator_with_a_surface()
+    weights = tmp_path / "tiny.safetensors"
+    generator.save_pretrained(weights)
+    z_shape, z_texture = generator.latents([1])
+    with torch.no_grad():
+        shape, texture = generator(z_shape, z_texture)
+        image, rendering = render_textured(generator, shape.volume, texture, generator.calibration[None], 32, 48)
+    Image.fromarray((image[0].numpy() * 255).round().astype("uint8")).save(tmp_path / "target.png")
+    Image.fromarray((rendering.mask[0].numpy() * 255).astype("uint8")).save(tmp_path / "mask.png")
+    out = tmp_path / "inverted"
+    assert main(["invert", "--image", str(tmp_path / "target.png"), "--mask", str(tmp_path / "mask.png"),
+                 "--weights", str(weights), "--steps", "3", "--resolution", "32", "--format", "ply",
+                 "--out", str(out), "--quiet"]) == 0
+    latents = load_file(out / "latents.safetensors")
+    assert latents["z_shape"].shape == latents["z_texture"].shape == (1, generator.config.z_dim)
+    assert len(json.loads((out / "losses.json").read_text())) == 3
+    assert Image.open(out / "inverted.png").size == (32, 32)  # the tiny backbone's side
+    with pytest.raises(SystemExit, match="cannot read"):
+        main(["invert", "--image", str(tmp_path / "missing.png"), "--weights", str(weights), "--out", str(out)])
