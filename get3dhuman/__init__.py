@@ -10,6 +10,8 @@ Public names:
 - ops: the custom operators (pixel-aligned sampling, fused decoded queries) and their
   pure-torch references.
 - nn: network modules (StyleGAN2Generator, HGFilter, ImplicitDecoder, ResNetDiscriminator, ...).
+- applications (imported on use): latent walks, retexturing a shape, inverting an image.
+- dataset, evaluate, train (imported on use): `sample` datasets, metrics, the training stages.
 """
 
 __version__ = "0.1.0"
