@@ -244,6 +244,22 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_generator_arguments(parser: argparse.ArgumentParser, preset_help: str = "of --generator") -> None:
+    parser.add_argument("--weights", help="file of `get3dhuman export` (default: the package's weights)")
+    parser.add_argument("--generator", help="stage-3 run directory or checkpoint instead of --weights")
+    parser.add_argument("--preset", choices=["tiny", "small", "official"], default="small", help=preset_help)
+
+
+def _add_mesh_arguments(parser: argparse.ArgumentParser, grid_help: str | None) -> None:
+    """--resolution, --format, and unless grid_help is None --preview, --grid and --truncation."""
+    parser.add_argument("--resolution", type=int, default=256, help="marching-cubes cells per axis (default 256)")
+    parser.add_argument("--format", choices=["glb", "ply", "obj"], default="glb", help="mesh files (default glb)")
+    if grid_help is not None:
+        parser.add_argument("--preview", type=int, metavar="RES", help="also write RES x RES front views (PNG)")
+        parser.add_argument("--grid", help=grid_help)
+        parser.add_argument("--truncation", type=float, default=1.0, help="truncation psi (default 1: none)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `get3dhuman` console script; returns the exit status."""
     parser = argparse.ArgumentParser(prog="get3dhuman", description=__doc__)
@@ -294,18 +310,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="number of samples (seeds SEED .. SEED + NUM - 1); under torchrun write --count, "
                         "since torchrun reads --num as an abbreviation of its own --numa-binding")
     sample.add_argument("--out", required=True, help="directory of the meshes, previews and manifest.jsonl")
-    sample.add_argument("--weights", help="file of `get3dhuman export` (default: the package's weights)")
-    sample.add_argument("--generator", help="stage-3 run directory or checkpoint instead of --weights")
+    _add_generator_arguments(sample, "of --generator and --refiner")
     sample.add_argument("--refiner", help="stage-4 run directory or checkpoint: refined vertex colours and previews")
-    sample.add_argument("--preset", choices=["tiny", "small", "official"], default="small",
-                        help="of --generator and --refiner")
     sample.add_argument("--seed", type=int, default=0, help="seed of the first sample (default 0)")
     sample.add_argument("--batch-size", type=int, default=4, help="latents per generator call (default 4)")
-    sample.add_argument("--resolution", type=int, default=256, help="marching-cubes cells per axis (default 256)")
-    sample.add_argument("--format", choices=["glb", "ply", "obj"], default="glb", help="mesh files (default glb)")
-    sample.add_argument("--preview", type=int, metavar="RES", help="also write RES x RES front views (PNG)")
-    sample.add_argument("--grid", help="with --preview: one PNG of all the previews, 4 per row")
-    sample.add_argument("--truncation", type=float, default=1.0, help="truncation psi (default 1: none)")
+    _add_mesh_arguments(sample, "with --preview: one PNG of all the previews, 4 per row")
     sample.add_argument("--device", default="cpu", help="torch device (under torchrun: each process its GPU LOCAL_RANK)")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
     sample.set_defaults(handler=_sample)
@@ -320,29 +329,20 @@ def main(argv: list[str] | None = None) -> int:
     retexture.add_argument("--textures", type=int, nargs="+", required=True, help="seeds whose textures are applied")
     for command in (interpolate, retexture):
         command.add_argument("--out", required=True, help="directory of the meshes and previews")
-        command.add_argument("--weights", help="file of `get3dhuman export` (default: the package's weights)")
-        command.add_argument("--generator", help="stage-3 run directory or checkpoint instead of --weights")
-        command.add_argument("--preset", choices=["tiny", "small", "official"], default="small", help="of --generator")
-        command.add_argument("--resolution", type=int, default=256, help="marching-cubes cells per axis (default 256)")
-        command.add_argument("--format", choices=["glb", "ply", "obj"], default="glb", help="mesh files (default glb)")
-        command.add_argument("--preview", type=int, metavar="RES", help="also write RES x RES front views (PNG)")
-        command.add_argument("--grid", help="with --preview: one PNG of all the previews in a row")
-        command.add_argument("--truncation", type=float, default=1.0, help="truncation psi (default 1: none)")
+        _add_generator_arguments(command)
+        _add_mesh_arguments(command, "with --preview: one PNG of all the previews in a row")
         command.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
         command.set_defaults(handler=_edit)
     invert = commands.add_parser("invert", help="find latents whose front view matches an image")
     invert.add_argument("--image", required=True, help="image file (PNG, JPEG, ...) of a human seen from the front")
     invert.add_argument("--mask", help="its foreground mask file (default: what differs from the corner pixel)")
     invert.add_argument("--out", required=True, help="directory of latents.safetensors, losses.json, the mesh and view")
-    invert.add_argument("--weights", help="file of `get3dhuman export` (default: the package's weights)")
-    invert.add_argument("--generator", help="stage-3 run directory or checkpoint instead of --weights")
-    invert.add_argument("--preset", choices=["tiny", "small", "official"], default="small", help="of --generator")
+    _add_generator_arguments(invert)
     invert.add_argument("--steps", type=int, default=200, help="optimiser steps (default 200)")
     invert.add_argument("--learning-rate", type=float, default=0.05, help="Adam step size on the latents (default 0.05)")
     invert.add_argument("--seed", type=int, default=0, help="seed of the starting latents (default 0)")
     invert.add_argument("--side", type=int, help="pixels per side the image is resized to (default: the backbone's)")
-    invert.add_argument("--resolution", type=int, default=256, help="marching-cubes cells per axis (default 256)")
-    invert.add_argument("--format", choices=["glb", "ply", "obj"], default="glb", help="mesh file (default glb)")
+    _add_mesh_arguments(invert, None)
     invert.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     invert.add_argument("--quiet", action="store_true", help="no progress bar")
     invert.set_defaults(handler=_invert)
