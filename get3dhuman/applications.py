@@ -15,7 +15,7 @@ import os
 import torch
 
 from get3dhuman.mesh import TexturedMesh
-from get3dhuman.nn.modes import evaluation_mode
+from get3dhuman.nn.modes import evaluation_mode, frozen_parameters
 from get3dhuman.refine import render_textured
 from get3dhuman.render import _camera_rays
 
@@ -145,7 +145,7 @@ def invert(generator, image: torch.Tensor, mask: torch.Tensor | None = None, *, 
         from tqdm import tqdm
 
         bar = tqdm(total=steps, desc="invert", unit="step")
-    with evaluation_mode(generator):
+    with evaluation_mode(generator), frozen_parameters(generator):
         for _ in range(steps):
             shape, texture = generator(z_shape, z_texture)
             occupancy = generator.query_occupancy(shape.volume, samples, calib)

@@ -227,3 +227,15 @@ def test_evaluation_mode_restores_each_flag_even_on_error():
             assert not training.training and not frozen.training and not frozen[0].training
             raise RuntimeError("inside")
     assert training.training and not frozen.training and not frozen[0].training
+
+
+def test_frozen_parameters_let_gradients_reach_only_the_inputs():
+    from get3dhuman.nn import frozen_parameters
+
+    layer, fixed = torch.nn.Linear(3, 2), torch.nn.Linear(2, 1)
+    fixed.bias.requires_grad_(False)
+    x = torch.randn(4, 3, requires_grad=True)
+    with frozen_parameters(layer, fixed):
+        fixed(layer(x)).sum().backward()
+    assert x.grad is not None and layer.weight.grad is None and fixed.weight.grad is None
+    assert layer.weight.requires_grad and fixed.weight.requires_grad and not fixed.bias.requires_grad

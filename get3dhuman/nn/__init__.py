@@ -7,14 +7,14 @@
 - Generator (GeneratorConfig, PRESETS): the two-branch Get3DHuman generator.
 - Reconstructor: the PIFu-style image -> feature volumes reconstructor (the prior source).
 - Refiner, MultiScalePatchDiscriminator: the refinement U-Net and its PatchGAN.
-- evaluation_mode: eval mode for a block, each module's training flag restored after.
+- evaluation_mode, frozen_parameters: eval mode / no weight gradients for a block, restored after.
 """
 
 from get3dhuman.nn.discriminator import ResNetDiscriminator
 from get3dhuman.nn.generator import PRESETS, Generator, GeneratorConfig, ShapeFeatures
 from get3dhuman.nn.hourglass import HGFilter
 from get3dhuman.nn.implicit import ImplicitDecoder
-from get3dhuman.nn.modes import evaluation_mode
+from get3dhuman.nn.modes import evaluation_mode, frozen_parameters
 from get3dhuman.nn.reconstructor import Reconstructor
 from get3dhuman.nn.refiner import MultiScalePatchDiscriminator, Refiner
 from get3dhuman.nn.stylegan2 import MappingNetwork, StyleGAN2Generator, SynthesisNetwork
@@ -34,4 +34,5 @@ __all__ = [
     "StyleGAN2Generator",
     "SynthesisNetwork",
     "evaluation_mode",
+    "frozen_parameters",
 ]

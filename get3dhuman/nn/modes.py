@@ -20,3 +20,19 @@ def evaluation_mode(*modules: torch.nn.Module) -> Iterator[None]:
     finally:
         for module, training in zip(modules, was_training):
             module.train(training)
+
+
+@contextlib.contextmanager
+def frozen_parameters(*modules: torch.nn.Module) -> Iterator[None]:
+    """Turns off requires_grad of every parameter of `modules` for the block (gradients then
+    flow to the inputs only, and the weights' gradients are never computed), and gives each
+    parameter back its flag after it."""
+    parameters = [parameter for module in modules for parameter in module.parameters()]
+    flags = [parameter.requires_grad for parameter in parameters]
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in zip(parameters, flags):
+            parameter.requires_grad_(flag)
