@@ -54,17 +54,25 @@ def interpolation_latents(start: tuple[torch.Tensor, torch.Tensor], end: tuple[t
     return z_shape.contiguous(), z_texture.contiguous()
 
 
-def interpolate(generator, start: tuple[torch.Tensor, torch.Tensor], end: tuple[torch.Tensor, torch.Tensor],
-                steps: int = 8, *, moving: str = "both", batch_size: int = 4, **extract_options) -> list[TexturedMesh]:
-    """Textured meshes of `steps` latent pairs from start to end (`interpolation_latents`), made
-    `batch_size` at a time by `generator.extract_mesh` (with `extract_options`)."""
-    z_shape, z_texture = interpolation_latents(start, end, steps, moving)
+def extract_meshes(generator, z_shape: torch.Tensor, z_texture: torch.Tensor, *, batch_size: int = 4,
+                   **extract_options) -> list[TexturedMesh]:
+    """Textured meshes of the latent pairs z_shape, z_texture [N, D], made `batch_size` at a time
+    by `generator.extract_mesh` (with `extract_options`) on the generator's device."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     device = next(generator.parameters()).device
     meshes = []
-    for begin in range(0, steps, batch_size):
+    for begin in range(0, z_shape.shape[0], batch_size):
         part = slice(begin, begin + batch_size)
         meshes += generator.extract_mesh(z_shape[part].to(device), z_texture[part].to(device), **extract_options)
     return meshes
+
+
+def interpolate(generator, start: tuple[torch.Tensor, torch.Tensor], end: tuple[torch.Tensor, torch.Tensor],
+                steps: int = 8, *, moving: str = "both", batch_size: int = 4, **extract_options) -> list[TexturedMesh]:
+    """Textured meshes of `steps` latent pairs from start to end (`interpolation_latents`)."""
+    z_shape, z_texture = interpolation_latents(start, end, steps, moving)
+    return extract_meshes(generator, z_shape, z_texture, batch_size=batch_size, **extract_options)
 
 
 @torch.no_grad()

@@ -182,8 +182,7 @@ def _edit(args: argparse.Namespace) -> int:
             start, end = generator.latents([args.start]), generator.latents([args.end])
             z_shape, z_texture = applications.interpolation_latents(
                 (start[0][0], start[1][0]), (end[0][0], end[1][0]), args.steps, args.moving)
-            meshes = applications.interpolate(generator, (start[0][0], start[1][0]), (end[0][0], end[1][0]),
-                                              args.steps, moving=args.moving, **options)
+            meshes = applications.extract_meshes(generator, z_shape, z_texture, **options)
             names = [f"step-{i:02d}" for i in range(args.steps)]
         else:
             z_shape = generator.latents([args.shape])[0].expand(len(args.textures), -1)
