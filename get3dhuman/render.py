@@ -106,23 +106,26 @@ def sphere_trace(field: Field, calib: torch.Tensor, resolution: int = 256, color
     rays = _camera_rays(calib, resolution)
     batch, count, device = calib.shape[0], resolution * resolution, calib.device
     t = torch.zeros(batch, count, device=device)
-    active = torch.ones(batch, count, dtype=torch.bool, device=device)
+    # The rays still marching, per batch row in ascending order, padded to a common width with
+    # finished rays (whose t the step leaves as it is); compacted after each step, so that the
+    # long tail of a few slow rays costs no pass over every ray.
+    order = torch.arange(count, device=device).expand(batch, count)
+    valid = torch.ones(batch, count, dtype=torch.bool, device=device)
     with torch.no_grad():
         for _ in range(steps):
-            if not active.any():
-                break
-            # Evaluate only the rays still marching, padded to a common count per batch row.
-            counts = active.sum(1)
-            width = int(counts.max())
-            order = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :width]
-            valid = torch.arange(width, device=device).unsqueeze(0) < counts.unsqueeze(1)
             t_active = torch.gather(t, 1, order)
             points = torch.gather(rays.origin, 1, order.unsqueeze(-1).expand(-1, -1, 3)) + t_active.unsqueeze(-1) * rays.direction
             value = field(points)
             t_new = torch.where(valid, t_active + value, t_active)
             t = t.scatter(1, order, t_new)
-            done = valid & ((value.abs() < epsilon) | (t_new > rays.far))
-            active = active.scatter(1, order, torch.gather(active, 1, order) & ~done)
+            marching = valid & (value.abs() >= epsilon) & (t_new <= rays.far)
+            counts = marching.sum(1)
+            width = int(counts.max())
+            if width == 0:
+                break
+            kept = torch.argsort((~marching).to(torch.int8), dim=1, stable=True)[:, :width]
+            order = torch.gather(order, 1, kept)
+            valid = torch.arange(width, device=device).unsqueeze(0) < counts.unsqueeze(1)
     return _surface_maps(field, rays, t, t < rays.far, resolution, color_fn, hit_tolerance=10 * epsilon)
 
 
