@@ -211,7 +211,7 @@ def _invert(args: argparse.Namespace) -> int:
 
     def read(path: str, mode: str) -> torch.Tensor:
         try:
-            picture = Image.open(path).convert(mode).resize((side, side), Image.BILINEAR)
+            picture = Image.open(path).convert(mode).resize((side, side), Image.Resampling.BILINEAR)
         except OSError as error:
             raise SystemExit(f"get3dhuman invert: cannot read {path}: {error}") from error
         return torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255)
