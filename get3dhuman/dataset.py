@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from get3dhuman.nn.modes import evaluation_mode
-from get3dhuman.refine import refine_meshes, refined_views, render_textured
+from get3dhuman.refine import colors_from_views, refined_views, render_textured
+from get3dhuman.render import Rendering
 from get3dhuman.synthetic.preview import save_grid
 from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import record_settings
@@ -54,17 +55,23 @@ def render_previews(generator, z_shape: torch.Tensor, z_texture: torch.Tensor, r
     With a `refiner`: its refined front view (refine.refined_views, at the generator's backbone
     resolution, the refiner's own), on `background`, resized to `resolution`."""
     if refiner is not None:
-        refined, _, rendering = refined_views(generator, refiner, z_shape, z_texture, (0.0,),
-                                              truncation_psi=truncation_psi)[0]
-        mask = rendering.mask.unsqueeze(-1).to(refined.dtype)
-        image = (mask * refined + (1 - mask) * background).permute(0, 3, 1, 2)
-        image = F.interpolate(image, size=(resolution, resolution), mode="bilinear", align_corners=False,
-                              antialias=resolution < image.shape[-1])
-        return image.permute(0, 2, 3, 1).clamp(0, 1)
+        front = refined_views(generator, refiner, z_shape, z_texture, (0.0,), truncation_psi=truncation_psi)[0]
+        return _refined_preview(front, resolution, background)
     with evaluation_mode(generator):
         shape, texture = generator(z_shape, z_texture, truncation_psi)
         calib = generator.calibration.to(shape.volume.dtype).expand(z_shape.shape[0], 4, 4)
         return render_textured(generator, shape.volume, texture, calib, resolution, background=background)[0]
+
+
+def _refined_preview(view: tuple[torch.Tensor, torch.Tensor, Rendering], resolution: int,
+                     background: float) -> torch.Tensor:
+    """A refined view of `refine.refined_views` on `background`, resized to `resolution`."""
+    refined, _, rendering = view
+    mask = rendering.mask.unsqueeze(-1).to(refined.dtype)
+    image = (mask * refined + (1 - mask) * background).permute(0, 3, 1, 2)
+    image = F.interpolate(image, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                          antialias=resolution < image.shape[-1])
+    return image.permute(0, 2, 3, 1).clamp(0, 1)
 
 
 def read_manifest(out_dir: str) -> list[dict]:
@@ -160,10 +167,15 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
         start = time.perf_counter()
         z_shape, z_texture = (z.to(device) for z in generator.latents(batch))
         meshes = generator.extract_mesh(z_shape, z_texture, resolution, truncation_psi=truncation_psi, **extract_options)
+        previews = [None] * len(batch)
         if refiner is not None:
-            meshes = refine_meshes(generator, refiner, z_shape, z_texture, meshes, truncation_psi=truncation_psi)
-        previews = (render_previews(generator, z_shape, z_texture, preview_resolution, truncation_psi, refiner=refiner)
-                    if preview_resolution is not None else [None] * len(batch))
+            # One front and back render serves both the vertex colours and the preview.
+            views = refined_views(generator, refiner, z_shape, z_texture, truncation_psi=truncation_psi)
+            meshes = colors_from_views(meshes, views)
+            if preview_resolution is not None:
+                previews = _refined_preview(views[0], preview_resolution, 1.0)
+        elif preview_resolution is not None:
+            previews = render_previews(generator, z_shape, z_texture, preview_resolution, truncation_psi)
         seconds = (time.perf_counter() - start) / len(batch)
         for sample_seed, mesh, preview in zip(batch, meshes, previews):
             name = f"human-{sample_seed}"

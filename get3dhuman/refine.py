@@ -72,6 +72,14 @@ def refine_meshes(generator, refiner, z_shape: torch.Tensor, z_texture: torch.Te
     if len(meshes) != z_shape.shape[0]:
         raise ValueError(f"meshes must hold one mesh per latent ({z_shape.shape[0]}), got {len(meshes)}")
     views = refined_views(generator, refiner, z_shape, z_texture, angles, resolution, samples, truncation_psi)
+    return colors_from_views(meshes, views)
+
+
+def colors_from_views(meshes: list[TexturedMesh],
+                      views: list[tuple[torch.Tensor, torch.Tensor, Rendering]]) -> list[TexturedMesh]:
+    """The meshes (one per batch row of the views) with vertex colours back-projected from
+    `views`, the output of `refined_views` (per view: images [B, H, W, 3], cameras [B, 4, 4],
+    Renderings)."""
     return [back_project_colors(mesh, torch.stack([v[0][b] for v in views]), torch.stack([v[1][b] for v in views]),
                                 torch.stack([v[2].depth[b] for v in views]), torch.stack([v[2].mask[b] for v in views]))
             for b, mesh in enumerate(meshes)]

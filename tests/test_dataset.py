@@ -146,16 +146,21 @@ def test_an_interrupted_dataset_resumes_without_redoing_samples(tmp_path):
         read_manifest(str(tmp_path))
 
 
-def test_a_refiner_gives_the_refined_vertex_colours(tmp_path):
-    generator = generator_with_a_surface()
+def test_a_refiner_gives_the_refined_vertex_colours_and_previews(tmp_path):
+    generator = generator_with_a_surface(seen_from_the_front=True)
     torch.manual_seed(1)
     refiner = make_refiner(REFINER_PRESETS["tiny"])
     records = write_samples(generator, str(tmp_path), 2, seed=10, file_type="ply", refiner=refiner, progress=False,
-                            **MESHING)
+                            preview_resolution=24, **MESHING)
     z_shape, z_texture = generator.latents([10, 11])
     plain = generator.extract_mesh(z_shape, z_texture, **MESHING)
     expected = refine_meshes(generator, refiner, z_shape, z_texture, plain)
+    previews = render_previews(generator, z_shape, z_texture, 24, refiner=refiner)
     assert any(record["mesh"] is not None for record in records)
+    assert bool((previews < 1).any())  # not only background
+    for record, preview in zip(records, previews):
+        written = np.asarray(Image.open(tmp_path / record["preview"]).convert("RGB")) / 255.0
+        np.testing.assert_allclose(written, preview.numpy(), atol=0.5 / 255 + 1e-6)
     for record, mesh, unrefined in zip(records, expected, plain):
         if record["mesh"] is None:
             continue
