@@ -238,7 +238,9 @@ def _invert(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from get3dhuman.train import load_generator
 
-    load_generator(args.generator, args.preset).save_pretrained(args.out)
+    import torch
+
+    load_generator(args.generator, args.preset).save_pretrained(args.out, getattr(torch, args.dtype))
     print(args.out)
     return 0
 
@@ -349,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--generator", required=True, help="stage-3 run directory or checkpoint (its moving average)")
     export.add_argument("--preset", choices=["tiny", "small", "official"], default="small")
     export.add_argument("--out", required=True, help="the .safetensors file to write")
+    export.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                        help="storage type of the weights (float16 halves the file; they load as float32)")
     export.set_defaults(handler=_export)
     args = parser.parse_args(argv)
     return args.handler(args)

@@ -187,6 +187,22 @@ def test_save_pretrained_round_trip(tmp_path):
         assert torch.equal(loaded.query_occupancy(loaded.shape_features(z).volume, points), expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_save_pretrained_rounds_the_weights_to_a_storage_dtype(tmp_path, dtype):
+    torch.manual_seed(3)
+    generator = Generator("tiny").eval()
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    generator.save_pretrained(full)
+    generator.save_pretrained(half, dtype)
+    assert os.path.getsize(half) < 0.55 * os.path.getsize(full)
+    loaded = Generator.from_pretrained(half)
+    for (name, a), b in zip(generator.state_dict().items(), loaded.state_dict().values()):
+        assert b.dtype == a.dtype and torch.equal(b, a.to(dtype).to(a.dtype)), name
+    assert torch.equal(loaded.calibration, generator.calibration)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        generator.save_pretrained(half, torch.int8)
+
+
 def test_from_pretrained_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Generator.from_pretrained(tmp_path / "missing.safetensors")

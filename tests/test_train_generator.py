@@ -180,6 +180,11 @@ def test_command_line_runs_the_stages(stages, tmp_path):
     loaded, trained = Generator.from_pretrained(exported), load_generator(str(tmp_path / "generator"), "tiny")
     for (name, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
+    halved = str(tmp_path / "generator-half.safetensors")
+    assert main(["export", "--generator", str(tmp_path / "generator"), "--preset", "tiny", "--out", halved,
+                 "--dtype", "float16"]) == 0
+    for (name, a), b in zip(trained.state_dict().items(), Generator.from_pretrained(halved).state_dict().values()):
+        assert torch.equal(a.half().float(), b), name
     with pytest.raises(SystemExit):
         main(["train", "generator", "--preset", "tiny", "--out", str(tmp_path / "g2")])  # --prior is required
     with pytest.raises(SystemExit, match="--steps does not apply"):

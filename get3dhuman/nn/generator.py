@@ -255,11 +255,16 @@ class Generator(PixelAlignedModel):
             "texture": ResNetDiscriminator(img_channels=2 * c.feature_channels, **kwargs),
         }
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
+    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> None:
         """Writes the weights, the sizes (`config`) and the camera (`calibration`) to one
         safetensors file that `Generator.from_pretrained(path)` loads without this code's
-        presets; written under a temporary name and renamed."""
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        presets; written under a temporary name and renamed. `dtype` (one of STORAGE_DTYPES)
+        stores the floating-point weights rounded to it (float16 halves the file; they load
+        back as float32); the camera stays float32."""
+        if dtype not in STORAGE_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(map(str, STORAGE_DTYPES))}, got {dtype!r}")
+        tensors = {k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous().cpu()
+                   for k, v in self.state_dict().items()}
         tensors["calibration"] = self.calibration.detach().contiguous().cpu()
         metadata = {"format": PRETRAINED_FORMAT, "config": json.dumps(dataclasses.asdict(self.config))}
         path = os.fspath(path)
@@ -345,6 +350,7 @@ class Generator(PixelAlignedModel):
 
 
 PRETRAINED_FORMAT = "get3dhuman-generator/1"
+STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # of save_pretrained
 # The package's default weights: the 'small' preset trained by TRAINING.md's commands.
 DEFAULT_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights",
                                "generator-small.safetensors")
