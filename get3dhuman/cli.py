@@ -236,9 +236,9 @@ def _invert(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from get3dhuman.train import load_generator
-
     import torch
+
+    from get3dhuman.train import load_generator
 
     load_generator(args.generator, args.preset).save_pretrained(args.out, getattr(torch, args.dtype))
     print(args.out)
