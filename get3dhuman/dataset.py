@@ -44,11 +44,12 @@ from get3dhuman.train.checkpoint import record_settings
 FILE_TYPES = ("glb", "ply", "obj")
 MANIFEST = "manifest.jsonl"
 SETTINGS = "settings.json"
+PREVIEW_BACKGROUND = 1.0  # white behind the previews
 
 
 @torch.no_grad()
 def render_previews(generator, z_shape: torch.Tensor, z_texture: torch.Tensor, resolution: int = 256,
-                    truncation_psi: float = 1.0, background: float = 1.0, refiner=None) -> torch.Tensor:
+                    truncation_psi: float = 1.0, background: float = PREVIEW_BACKGROUND, refiner=None) -> torch.Tensor:
     """Front views [B, resolution, resolution, 3] in [0, 1] of latents z_shape, z_texture
     [B, z_dim] through the generator's calibration (refine.render_textured: the field
     ray-marched, coloured by the texture decoder, shaded), `background` where nothing is hit.
@@ -173,7 +174,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
             views = refined_views(generator, refiner, z_shape, z_texture, truncation_psi=truncation_psi)
             meshes = colors_from_views(meshes, views)
             if preview_resolution is not None:
-                previews = _refined_preview(views[0], preview_resolution, 1.0)
+                previews = _refined_preview(views[0], preview_resolution, PREVIEW_BACKGROUND)
         elif preview_resolution is not None:
             previews = render_previews(generator, z_shape, z_texture, preview_resolution, truncation_psi)
         seconds = (time.perf_counter() - start) / len(batch)
