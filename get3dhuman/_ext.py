@@ -53,8 +53,8 @@ def build_info() -> dict:
     installation ships none).
     """
     from get3dhuman import __version__
-    from get3dhuman.nn.generator import DEFAULT_WEIGHTS
     from get3dhuman.kernels import triton_version
+    from get3dhuman.nn.generator import DEFAULT_WEIGHTS
     from get3dhuman.ops.query import backend_report
 
     cuda_available = torch.cuda.is_available()

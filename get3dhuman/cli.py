@@ -20,7 +20,9 @@ data-parallel under `torchrun --nproc-per-node N -m get3dhuman.cli train ...`.
   (get3dhuman.applications).
 - `get3dhuman invert --image FILE --out DIR`: latents whose front view matches an image.
 - `get3dhuman eval --generator RUN --preset small`: COV, MMD, 1-NNA and colour error against
-  held-out synthetic humans, with an untrained generator of the same preset as the baseline row.
+  held-out synthetic humans, with an untrained generator of the same preset as the baseline row,
+  the synthetic humans of the same latents as the ideal row and, with `--reconstructor RUN`,
+  the prior row (get3dhuman.evaluate).
 """
 
 from __future__ import annotations
@@ -115,20 +117,30 @@ def _eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    from get3dhuman.evaluate import EvaluationConfig, evaluate_generator
+    from get3dhuman.evaluate import (
+        EvaluationConfig,
+        evaluate_generator,
+        evaluate_prior,
+        evaluate_world,
+    )
     from get3dhuman.nn import Generator
-    from get3dhuman.train import load_generator
+    from get3dhuman.nn.generator import resolve_config
+    from get3dhuman.train import load_generator, load_reconstructor
 
     config = dataclasses.replace(EvaluationConfig(), **{k: getattr(args, k) for k in ("samples", "references", "points",
                                                                                         "resolution", "seed")})
+    if args.generator is None and args.reconstructor is None and args.no_baseline:
+        raise SystemExit("get3dhuman eval: give --generator RUN or --reconstructor RUN, or drop --no-baseline")
     rows = {}
     if args.generator is not None:
         rows["trained"] = evaluate_generator(load_generator(args.generator, args.preset, args.device), config)
+    if args.reconstructor is not None:
+        rows["prior"] = evaluate_prior(load_reconstructor(args.reconstructor, args.preset, args.device), config)
     if not args.no_baseline:
         torch.manual_seed(config.seed)
         rows["untrained"] = evaluate_generator(Generator(args.preset).to(args.device).eval(), config)
-    if not rows:
-        raise SystemExit("get3dhuman eval: give --generator RUN, or drop --no-baseline")
+    if not args.no_world:
+        rows["world"] = evaluate_world(resolve_config(args.preset).z_dim, config)
     print(json.dumps(rows, indent=2))
     return 0
 
@@ -303,7 +315,11 @@ def main(argv: list[str] | None = None) -> int:
                           ("points", "surface points per shape"), ("resolution", "mesh resolution"), ("seed", "seed")):
         evaluate.add_argument(f"--{name}", type=int, default=getattr(defaults, name),
                               help=f"{meaning} (default {getattr(defaults, name)})")
+    evaluate.add_argument("--reconstructor", help="stage-1 run directory or checkpoint: adds the 'prior' row (its "
+                          "meshes of the stand-in images of the same latents)")
     evaluate.add_argument("--no-baseline", action="store_true", help="skip the untrained-generator row")
+    evaluate.add_argument("--no-world", action="store_true",
+                          help="skip the 'world' row (the synthetic humans of the same latents: the ideal)")
     evaluate.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     evaluate.set_defaults(handler=_eval)
     sample = commands.add_parser("sample", help="write textured meshes of generated humans (a dataset; resumable)")

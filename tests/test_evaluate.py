@@ -1,4 +1,4 @@
-"""Evaluation metrics (Chamfer, COV, MMD, 1-NNA, colour error) against analytic answers."""
+"""Evaluation metrics (Chamfer, COV, MMD, 1-NNA, colour distances) against analytic answers."""
 
 import dataclasses
 import json
@@ -10,16 +10,24 @@ from get3dhuman.cli import main
 from get3dhuman.evaluate import (
     EvaluationConfig,
     chamfer_distance,
+    cloud_distances,
     coverage_and_mmd,
+    distance_matrices,
     evaluate_generator,
+    evaluate_prior,
+    evaluate_world,
+    mesh_metrics,
     mesh_points,
     one_nearest_neighbour_accuracy,
     reference_humans,
 )
 from get3dhuman.mesh import TexturedMesh
+from get3dhuman.nn import Reconstructor, latents_of_seeds
+from get3dhuman.nn.generator import resolve_config
 from get3dhuman.ops import marching_cubes
-from get3dhuman.synthetic import human_color
+from get3dhuman.synthetic import human_color, human_parameters
 from get3dhuman.synthetic.meshes import ground_truth_mesh
+from get3dhuman.synthetic.preview import render_humans
 
 SMALL = EvaluationConfig(samples=3, references=3, points=256, resolution=24, z_dim=16)
 
@@ -33,6 +41,24 @@ def test_chamfer_distance_of_known_clouds():
     assert chamfer_distance(a, b) == pytest.approx(4 / 3)
     with pytest.raises(ValueError, match="point clouds"):
         chamfer_distance(a, torch.zeros(0, 3))
+
+
+def test_colour_distance_of_known_clouds_and_symmetric_matrices():
+    points = torch.rand(50, 3, generator=torch.Generator().manual_seed(0))
+    colors = torch.rand(50, 3, generator=torch.Generator().manual_seed(1)) * 0.8
+    shifted = colors + torch.tensor([0.12, 0.0, 0.0])
+    assert cloud_distances((points, colors), (points, shifted)) == pytest.approx((0.0, 0.04))
+    # Far-away colours of points far from the other cloud count in one direction only.
+    extra = (torch.cat([points, torch.full((1, 3), 5.0)]), torch.cat([colors, torch.ones(1, 3)]))
+    chamfer, color = cloud_distances((points, colors), extra)
+    nearest = (torch.full((1, 3), 5.0) - points).norm(dim=1).argmin()
+    assert color == pytest.approx((1 - colors[nearest]).abs().mean().item() / 51 / 2)
+    assert chamfer == pytest.approx(chamfer_distance(points, extra[0]))
+    with pytest.raises(ValueError, match="colours"):
+        cloud_distances((points, colors[:10]), (points, colors))
+    clouds = [(points + i, colors.roll(i, 0)) for i in range(3)]
+    for within, full in zip(distance_matrices(clouds), distance_matrices(clouds, clouds)):
+        torch.testing.assert_close(within, full, rtol=0, atol=0)
 
 
 def test_coverage_mmd_and_one_nna_on_hand_made_distances():
@@ -59,31 +85,93 @@ def test_mesh_points_lie_on_the_mesh_with_interpolated_colours():
     assert mesh_points(empty, 10, 0)[0].shape == (1, 3)
 
 
-class _Oracle:
-    """Samples the reference humans themselves: a perfect generator."""
+def _true_meshes(params):
+    """Textured meshes of the synthetic humans params [B, P] (marching cubes at 64^3)."""
+    meshes = []
+    for row in params:
+        mesh = ground_truth_mesh(row, 64)
+        vertices = torch.from_numpy(mesh.vertices).float()
+        colors = human_color(row[None], vertices[None])[0]
+        meshes.append(TexturedMesh.from_geometry(vertices, torch.from_numpy(mesh.faces).long(), colors))
+    return meshes
 
-    def __init__(self, config):
-        self.params = reference_humans(config)[0]
+
+class _Oracle:
+    """A perfect generator: its samples are the synthetic humans `params` [num, P]."""
+
+    def __init__(self, params):
+        self.params = params
 
     def sample(self, num, seed, resolution, batch_size, coarse_resolution):
-        meshes = []
-        for params in self.params[:num]:
-            mesh = ground_truth_mesh(params, 64)
-            vertices = torch.from_numpy(mesh.vertices).float()
-            colors = human_color(params[None], vertices[None])[0]
-            meshes.append(TexturedMesh.from_geometry(vertices, torch.from_numpy(mesh.faces).long(), colors))
-        return meshes
+        return _true_meshes(self.params[:num])
 
 
 def test_a_perfect_generator_covers_everything():
     config = dataclasses.replace(SMALL, points=1024)
-    metrics = evaluate_generator(_Oracle(config), config)
+    metrics = evaluate_generator(_Oracle(reference_humans(config)[0]), config)
     _, points, _ = reference_humans(config)
     between_humans = min(chamfer_distance(points[i], points[j]) for i in range(3) for j in range(3) if i != j)
     # What is left is the sampling noise of 1024 points per surface.
     assert metrics["cov"] == 1.0 and metrics["mmd"] < 0.5 * between_humans and metrics["empty_fraction"] == 0
     assert metrics["1-nna"] == 0.0  # each shape's nearest neighbour is its twin in the other set
-    assert metrics["color_l1"] < 0.05
+    assert metrics["color_1-nna"] == 0.0 and metrics["color_mmd"] < 0.02
+
+
+def _humans_of_the_sampled_latents(config, z_dim):
+    return human_parameters(latents_of_seeds(range(config.seed, config.seed + config.samples), z_dim)[0])
+
+
+def test_the_world_row_is_the_synthetic_humans_of_the_sampled_latents():
+    config = dataclasses.replace(SMALL, points=1024, seed=3)
+    world = evaluate_world(16, config)
+    meshed = evaluate_generator(_Oracle(_humans_of_the_sampled_latents(config, 16)), config)
+    assert world["cov"] == meshed["cov"] and world["1-nna"] == meshed["1-nna"] and world["empty_fraction"] == 0
+    assert world["mmd"] == pytest.approx(meshed["mmd"], rel=0.1)  # analytic vs meshed surface points
+    assert world["color_mmd"] == pytest.approx(meshed["color_mmd"], abs=0.01)
+    # Another draw of the same world: 1-NNA near chance, unlike a generator of one shape.
+    larger = dataclasses.replace(config, samples=16, references=16, points=256)
+    assert 0.25 <= evaluate_world(16, larger)["1-nna"] <= 0.75
+    params = _humans_of_the_sampled_latents(larger, 16)
+    assert evaluate_generator(_Oracle(params[:1].expand(16, -1)), larger)["1-nna"] > 0.9
+
+
+def test_colour_metrics_tell_mean_colours_from_the_world():
+    """The synthetic humans of the sampled latents against the same shapes in their mean colour:
+    the shape metrics agree, the colour metrics see the lost variety."""
+    config = dataclasses.replace(SMALL, samples=16, references=16, points=256)
+    meshes = _true_meshes(_humans_of_the_sampled_latents(config, 16))
+    mean_color = torch.cat([mesh.colors for mesh in meshes]).mean(0)
+    grey = [TexturedMesh.from_geometry(mesh.vertices, mesh.faces, mean_color.expand_as(mesh.colors)) for mesh in meshes]
+    world, mean = mesh_metrics(meshes, config), mesh_metrics(grey, config)
+    assert world["1-nna"] == mean["1-nna"] and world["mmd"] == mean["mmd"]
+    assert world["color_1-nna"] <= 0.65 and mean["color_1-nna"] >= 0.75
+    assert mean["color_mmd"] > 1.1 * world["color_mmd"]
+
+
+class _RecordingReconstructor(Reconstructor):
+    """A tiny Reconstructor that records its input images and answers with given meshes."""
+
+    def __init__(self, meshes):
+        super().__init__("tiny")
+        self.meshes, self.images = meshes, []
+
+    def extract_mesh(self, image, resolution, **options):
+        self.images.append(image)
+        answer, self.meshes = self.meshes[:len(image)], self.meshes[len(image):]
+        return answer
+
+
+def test_the_prior_row_reconstructs_the_stand_in_images_of_the_sampled_latents():
+    config = dataclasses.replace(SMALL, samples=3, points=1024)
+    z_dim = resolve_config("tiny").z_dim
+    params = _humans_of_the_sampled_latents(config, z_dim)
+    reconstructor = _RecordingReconstructor(_true_meshes(params))
+    prior = evaluate_prior(reconstructor, config, batch_size=2)
+    side = reconstructor.config.backbone_resolution
+    expected = render_humans(params, side, 0.0, background=0.0).permute(0, 3, 1, 2) * 2 - 1
+    assert [len(image) for image in reconstructor.images] == [2, 1]
+    torch.testing.assert_close(torch.cat(reconstructor.images), expected)
+    assert prior == evaluate_generator(_Oracle(params), config)  # the same meshes, the same metrics
 
 
 def test_eval_command_reports_trained_and_baseline_rows(tmp_path, capsys):
@@ -96,9 +184,14 @@ def test_eval_command_reports_trained_and_baseline_rows(tmp_path, capsys):
     args = ["eval", "--preset", "tiny", "--samples", "2", "--references", "2", "--points", "64", "--resolution", "16"]
     assert main(args + ["--generator", str(tmp_path)]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert set(rows) == {"trained", "untrained"}
+    assert set(rows) == {"trained", "untrained", "world"}
     for row in rows.values():
-        assert set(row) == {"cov", "mmd", "1-nna", "color_l1", "empty_fraction"} and 0 <= row["cov"] <= 1
+        assert set(row) == {"cov", "mmd", "1-nna", "color_mmd", "color_1-nna", "empty_fraction"} and 0 <= row["cov"] <= 1
     assert rows["trained"] == rows["untrained"]  # the same weights (seed 0) give the same row
     with pytest.raises(SystemExit):
         main(args + ["--no-baseline"])
+    reconstructor = Reconstructor("tiny")
+    save_checkpoint(str(tmp_path / "reconstructor"), 1, {"model": reconstructor},
+                    {"optimizer": torch.optim.Adam(reconstructor.parameters())})
+    assert main(args + ["--reconstructor", str(tmp_path / "reconstructor"), "--no-baseline", "--no-world"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"prior"}

@@ -9,7 +9,12 @@ from test_marching_cubes import assert_closed_oriented, signed_volume
 from test_narrow_band import humans
 
 import get3dhuman
-from get3dhuman.mesh import ExtractionTimings, TexturedMesh, extract_textured_meshes, vertex_normals
+from get3dhuman.mesh import (
+    ExtractionTimings,
+    TexturedMesh,
+    extract_textured_meshes,
+    vertex_normals,
+)
 from get3dhuman.synthetic import human_color, human_sdf
 
 
@@ -115,3 +120,27 @@ def test_generator_meshes_are_in_world_coordinates():
 
 def test_textured_mesh_is_public():
     assert get3dhuman.TexturedMesh is TexturedMesh
+
+
+def test_reconstructor_meshes_lie_on_its_occupancy_level_with_its_colours():
+    torch.manual_seed(0)
+    reconstructor = get3dhuman.nn.Reconstructor("tiny")
+    side = reconstructor.config.backbone_resolution
+    image = torch.rand(2, 3, side, side) * 2 - 1
+    with torch.no_grad():
+        shape_volume, texture_volume = reconstructor(image)
+        probe = reconstructor.query_occupancy(shape_volume, torch.rand(2, 4096, 3) * 1.6 - 0.8, reconstructor.calibration[None].expand(2, 4, 4))
+        reconstructor.mlp_shape.filters[-1].bias -= torch.logit(probe.median())  # a surface inside the box
+    reconstructor.train()
+    meshes = reconstructor.extract_mesh(image, 32, coarse_resolution=8)
+    assert reconstructor.training
+    for b, mesh in enumerate(meshes):
+        assert not mesh.is_empty
+        calib = reconstructor.calibration[None]
+        with torch.no_grad():
+            occupancy = reconstructor.query_occupancy(shape_volume[b:b + 1], mesh.vertices[None], calib)[0]
+            colors = reconstructor.query_color(shape_volume[b:b + 1], texture_volume[b:b + 1], mesh.vertices[None], calib)[0]
+        assert (occupancy - 0.5).abs().max() < 0.005  # linear interpolation along cell edges of a smooth field
+        torch.testing.assert_close(mesh.colors, colors.clamp(0, 1), atol=1e-5, rtol=0)
+    for grey, mesh in zip(reconstructor.extract_mesh(image, 32, coarse_resolution=8, color=False), meshes):
+        assert torch.equal(grey.vertices, mesh.vertices) and bool((grey.colors == 0.5).all())

@@ -4,14 +4,20 @@
 - StyleGAN2Generator (MappingNetwork, SynthesisNetwork): the 2-D backbones, StyleGAN2-ADA names.
 - HGFilter: the authors' hourglass filter turning backbone maps into feature volumes.
 - ResNetDiscriminator: the StyleGAN2 'resnet' discriminator on feature volumes.
-- Generator (GeneratorConfig, PRESETS): the two-branch Get3DHuman generator.
+- Generator (GeneratorConfig, PRESETS, latents_of_seeds): the two-branch Get3DHuman generator.
 - Reconstructor: the PIFu-style image -> feature volumes reconstructor (the prior source).
 - Refiner, MultiScalePatchDiscriminator: the refinement U-Net and its PatchGAN.
 - evaluation_mode, frozen_parameters: eval mode / no weight gradients for a block, restored after.
 """
 
 from get3dhuman.nn.discriminator import ResNetDiscriminator
-from get3dhuman.nn.generator import PRESETS, Generator, GeneratorConfig, ShapeFeatures
+from get3dhuman.nn.generator import (
+    PRESETS,
+    Generator,
+    GeneratorConfig,
+    ShapeFeatures,
+    latents_of_seeds,
+)
 from get3dhuman.nn.hourglass import HGFilter
 from get3dhuman.nn.implicit import ImplicitDecoder
 from get3dhuman.nn.modes import evaluation_mode, frozen_parameters
@@ -35,4 +41,5 @@ __all__ = [
     "SynthesisNetwork",
     "evaluation_mode",
     "frozen_parameters",
+    "latents_of_seeds",
 ]

@@ -103,16 +103,58 @@ def resolve_config(config: GeneratorConfig | str) -> GeneratorConfig:
     return PRESETS[config]
 
 
+def latents_of_seeds(seeds, z_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z_shape, z_texture), each [len(seeds), z_dim] on the CPU: row i drawn from a generator
+    seeded with seeds[i] alone, so a seed always names the same sample."""
+    pairs = [torch.randn(2, z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    if not pairs:
+        return torch.empty(0, z_dim), torch.empty(0, z_dim)
+    z = torch.stack(pairs)
+    return z[:, 0], z[:, 1]
+
+
 class PixelAlignedModel(nn.Module):
     """The part shared by the Generator and the Reconstructor: the shape decoder ``mlp_shape``
     (occupancy from shape features) and the texture decoder ``mlp_texture`` (colour from
-    concatenated shape and texture features), queried through the fused op."""
+    concatenated shape and texture features), queried through the fused op, the camera
+    (`calibration`, see the module docstring) and mesh extraction from feature volumes."""
 
     def __init__(self, config: GeneratorConfig | str):
         super().__init__()
         self.config = c = resolve_config(config)
         self.mlp_shape = ImplicitDecoder([c.feature_channels + 1, *c.shape_hidden, 1], c.shape_concat)
         self.mlp_texture = ImplicitDecoder([2 * c.feature_channels + 1, *c.texture_hidden, 3], c.texture_concat)
+        self.register_buffer("calibration", orbit_calibration(torch.zeros(1))[0], persistent=False)
+
+    def world_bounds(self) -> tuple[list[float], list[float]]:
+        """(lower, upper) world corners of the box the camera sees: the axis-aligned bounds of
+        the NDC cube [-1, 1]^3 mapped back through `calibration`."""
+        corners = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0], dtype=torch.float64)] * 3)
+        calibration = self.calibration.double().cpu()
+        world = (corners - calibration[:3, 3]) @ torch.linalg.inv(calibration[:3, :3]).T
+        return world.min(0).values.tolist(), world.max(0).values.tolist()
+
+    def meshes_from_volumes(self, shape_volume: torch.Tensor, texture_volume: torch.Tensor | None,
+                            resolution: int = 256, *, coarse_resolution: int = 32, band: float = 0.0,
+                            chunk: int = 1 << 18, timings: ExtractionTimings | None = None) -> list[TexturedMesh]:
+        """Textured meshes of feature volumes [B, F, V, V], one per row (no gradients).
+
+        The occupancy field (level 0.5) is sampled coarse to fine over `world_bounds()` up to
+        `resolution` cells per axis (see ops.narrow_band), meshed by sparse marching cubes, and
+        coloured by the texture decoder at the vertices (grey where texture_volume is None).
+        Vertices are in world coordinates (through `calibration`), faces oriented outward;
+        rows whose field has no surface give empty meshes.
+        """
+        dtype = shape_volume.dtype
+        calib = self.calibration.to(dtype).expand(shape_volume.shape[0], 4, 4)
+        color = None if texture_volume is None else (
+            lambda p: self.query_color(shape_volume, texture_volume, p.to(dtype), calib))
+        with torch.no_grad():
+            return extract_textured_meshes(
+                lambda p: self.query_occupancy(shape_volume, p.to(dtype), calib), color, shape_volume.shape[0],
+                resolution, level=0.5, inside_is_above=True, bounds=self.world_bounds(),
+                coarse_resolution=coarse_resolution, band=band, device=shape_volume.device, chunk=chunk,
+                timings=timings)
 
     def _calib(self, volume: torch.Tensor, calib: torch.Tensor | None) -> torch.Tensor:
         if calib is None:  # points are already in NDC, [-1, 1]^3
@@ -155,15 +197,6 @@ class Generator(PixelAlignedModel):
         self.backbone_texture = StyleGAN2Generator(**backbone)
         self.filter_shape = HGFilter(c.backbone_channels, c.hourglass_depth, c.feature_channels)
         self.filter_texture = HGFilter(2 * c.backbone_channels, c.hourglass_depth, c.feature_channels)
-        self.register_buffer("calibration", orbit_calibration(torch.zeros(1))[0], persistent=False)
-
-    def world_bounds(self) -> tuple[list[float], list[float]]:
-        """(lower, upper) world corners of the box the camera sees: the axis-aligned bounds of
-        the NDC cube [-1, 1]^3 mapped back through `calibration`."""
-        corners = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0], dtype=torch.float64)] * 3)
-        calibration = self.calibration.double().cpu()
-        world = (corners - calibration[:3, 3]) @ torch.linalg.inv(calibration[:3, :3]).T
-        return world.min(0).values.tolist(), world.max(0).values.tolist()
 
     def shape_features(self, z_shape: torch.Tensor, truncation_psi: float = 1.0, noise_mode: str = "const",
                        truncation_cutoff: int | None = None) -> ShapeFeatures:
@@ -193,15 +226,9 @@ class Generator(PixelAlignedModel):
                      truncation_psi: float = 1.0, noise_mode: str = "const", coarse_resolution: int = 32,
                      band: float = 0.0, chunk: int = 1 << 18,
                      timings: ExtractionTimings | None = None) -> list[TexturedMesh]:
-        """Textured meshes of latents z_shape, z_texture [B, z_dim], one per row.
-
-        The occupancy field (level 0.5) is sampled coarse to fine over `world_bounds()` up to
-        `resolution` cells per axis (see ops.narrow_band), meshed by sparse marching cubes, and
-        coloured by the texture decoder at the vertices. Runs in eval mode (no w_avg update).
-        Vertices are in world coordinates (through `calibration`), faces oriented outward;
-        `timings` (an ExtractionTimings) receives the time per stage.
-        Rows whose field has no surface give empty meshes.
-        """
+        """Textured meshes of latents z_shape, z_texture [B, z_dim], one per row
+        (`meshes_from_volumes` of the generated volumes). Runs in eval mode (no w_avg update);
+        `timings` (an ExtractionTimings) receives the time per stage."""
         if z_shape.dim() != 2 or z_shape.shape[1] != self.config.z_dim or z_texture.shape != z_shape.shape:
             raise ValueError(f"z_shape and z_texture must both be [B, {self.config.z_dim}], got "
                              f"{tuple(z_shape.shape)} and {tuple(z_texture.shape)}")
@@ -210,13 +237,8 @@ class Generator(PixelAlignedModel):
             start = time.perf_counter()
             shape, texture = self(z_shape, z_texture, truncation_psi, noise_mode)
             timings.networks += time.perf_counter() - start
-            dtype = shape.volume.dtype
-            calib = self.calibration.to(dtype).expand(z_shape.shape[0], 4, 4)
-            return extract_textured_meshes(
-                lambda p: self.query_occupancy(shape.volume, p.to(dtype), calib),
-                lambda p: self.query_color(shape.volume, texture, p.to(dtype), calib),
-                z_shape.shape[0], resolution, level=0.5, inside_is_above=True, bounds=self.world_bounds(),
-                coarse_resolution=coarse_resolution, band=band, device=z_shape.device, chunk=chunk, timings=timings)
+            return self.meshes_from_volumes(shape.volume, texture, resolution, coarse_resolution=coarse_resolution,
+                                            band=band, chunk=chunk, timings=timings)
 
     def sample(self, num: int, seed: int = 0, resolution: int = 256, *, batch_size: int = 4,
                **options) -> list[TexturedMesh]:
@@ -236,13 +258,8 @@ class Generator(PixelAlignedModel):
         return meshes
 
     def latents(self, seeds) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z_shape, z_texture), each [len(seeds), z_dim] on the CPU: row i drawn from a
-        generator seeded with seeds[i] alone, so a seed always names the same sample."""
-        pairs = [torch.randn(2, self.config.z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-        if not pairs:
-            return torch.empty(0, self.config.z_dim), torch.empty(0, self.config.z_dim)
-        z = torch.stack(pairs)
-        return z[:, 0], z[:, 1]
+        """`latents_of_seeds(seeds, config.z_dim)`: the latents of `sample`."""
+        return latents_of_seeds(seeds, self.config.z_dim)
 
     def discriminators(self) -> dict[str, ResNetDiscriminator]:
         """Fresh feature-volume discriminators matching this generator ('shape': F channels,

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn.generator import GeneratorConfig, PixelAlignedModel
 from get3dhuman.nn.hourglass import HGFilter
+from get3dhuman.nn.modes import evaluation_mode
 
 
 class Reconstructor(PixelAlignedModel):
@@ -37,3 +39,13 @@ class Reconstructor(PixelAlignedModel):
         if image.dim() != 4 or tuple(image.shape[1:]) != (self.image_channels, side, side):
             raise ValueError(f"image must be [B, {self.image_channels}, {side}, {side}], got {tuple(image.shape)}")
         return self.filter_shape(image), self.filter_texture(image)
+
+    @torch.no_grad()
+    def extract_mesh(self, image: torch.Tensor, resolution: int = 256, *, color: bool = True,
+                     **options) -> list[TexturedMesh]:
+        """Textured meshes of the humans in `image` [B, image_channels, S, S] (values in [-1, 1],
+        seen by the front camera `calibration`), one per row, in eval mode: `meshes_from_volumes`
+        of the reconstructed volumes (grey without `color`); options go there."""
+        with evaluation_mode(self):
+            shape_volume, texture_volume = self(image)
+            return self.meshes_from_volumes(shape_volume, texture_volume if color else None, resolution, **options)
