@@ -117,12 +117,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    from get3dhuman.evaluate import (
-        EvaluationConfig,
-        evaluate_generator,
-        evaluate_prior,
-        evaluate_world,
-    )
+    from get3dhuman.evaluate import EvaluationConfig, evaluate_generator, evaluate_prior, evaluate_world
     from get3dhuman.nn import Generator
     from get3dhuman.nn.generator import resolve_config
     from get3dhuman.train import load_generator, load_reconstructor

@@ -7,11 +7,7 @@ import torch
 from inputs import CUDA_READY
 from scipy.spatial import cKDTree
 
-from get3dhuman.ops import (
-    marching_cubes,
-    marching_cubes_sparse,
-    reference_marching_cubes,
-)
+from get3dhuman.ops import marching_cubes, marching_cubes_sparse, reference_marching_cubes
 
 skimage_measure = pytest.importorskip("skimage.measure")
 

@@ -9,12 +9,7 @@ from test_marching_cubes import assert_closed_oriented, signed_volume
 from test_narrow_band import humans
 
 import get3dhuman
-from get3dhuman.mesh import (
-    ExtractionTimings,
-    TexturedMesh,
-    extract_textured_meshes,
-    vertex_normals,
-)
+from get3dhuman.mesh import ExtractionTimings, TexturedMesh, extract_textured_meshes, vertex_normals
 from get3dhuman.synthetic import human_color, human_sdf
 
 

@@ -5,20 +5,9 @@ import torch
 import torch.nn.functional as F
 from inputs import official_checkpoint_layout
 
-from get3dhuman.nn import (
-    HGFilter,
-    ImplicitDecoder,
-    ResNetDiscriminator,
-    StyleGAN2Generator,
-)
+from get3dhuman.nn import HGFilter, ImplicitDecoder, ResNetDiscriminator, StyleGAN2Generator
 from get3dhuman.nn.discriminator import minibatch_stddev
-from get3dhuman.nn.stylegan2 import (
-    conv2d_resample,
-    modulated_conv2d,
-    setup_filter,
-    upfirdn2d,
-    upsample2d,
-)
+from get3dhuman.nn.stylegan2 import conv2d_resample, modulated_conv2d, setup_filter, upfirdn2d, upsample2d
 
 
 def layout(module):

@@ -4,11 +4,7 @@ import pytest
 import torch
 from inputs import CUDA_READY, random_inputs
 
-from get3dhuman.ops import (
-    OFFICIAL_DEPTH_SCALE,
-    reference_sample_pixel_aligned,
-    sample_pixel_aligned,
-)
+from get3dhuman.ops import OFFICIAL_DEPTH_SCALE, reference_sample_pixel_aligned, sample_pixel_aligned
 
 op = torch.ops.get3dhuman.pixel_aligned_sample
 

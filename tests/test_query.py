@@ -6,13 +6,7 @@ from inputs import random_inputs
 
 from get3dhuman.benchmark import peak_memory
 from get3dhuman.nn import ImplicitDecoder
-from get3dhuman.ops import (
-    choose_variant,
-    pixel_order,
-    project_inputs,
-    query_field,
-    reference_query_field,
-)
+from get3dhuman.ops import choose_variant, pixel_order, project_inputs, query_field, reference_query_field
 
 DECODERS = {
     "shape": ImplicitDecoder.official_shape,

@@ -14,12 +14,7 @@ from get3dhuman.render import orbit_calibration, sphere_trace
 from get3dhuman.synthetic import human_parameters, human_sdf
 from get3dhuman.train import RECONSTRUCTOR_PRESETS, train_reconstructor
 from get3dhuman.train.generator import PRESETS as GENERATOR_PRESETS
-from get3dhuman.train.generator import (
-    GeneratorTrainer,
-    load_generator,
-    prior_points,
-    train_generator,
-)
+from get3dhuman.train.generator import GeneratorTrainer, load_generator, prior_points, train_generator
 from get3dhuman.train.prior import PRESETS as PRIOR_PRESETS
 from get3dhuman.train.prior import (
     PriorCache,

@@ -11,13 +11,7 @@
 """
 
 from get3dhuman.nn.discriminator import ResNetDiscriminator
-from get3dhuman.nn.generator import (
-    PRESETS,
-    Generator,
-    GeneratorConfig,
-    ShapeFeatures,
-    latents_of_seeds,
-)
+from get3dhuman.nn.generator import PRESETS, Generator, GeneratorConfig, ShapeFeatures, latents_of_seeds
 from get3dhuman.nn.hourglass import HGFilter
 from get3dhuman.nn.implicit import ImplicitDecoder
 from get3dhuman.nn.modes import evaluation_mode, frozen_parameters

@@ -11,13 +11,7 @@ import math
 import torch
 from torch import nn
 
-from get3dhuman.nn.stylegan2 import (
-    LRELU_GAIN,
-    FullyConnectedLayer,
-    bias_act,
-    conv2d_resample,
-    setup_filter,
-)
+from get3dhuman.nn.stylegan2 import LRELU_GAIN, FullyConnectedLayer, bias_act, conv2d_resample, setup_filter
 
 
 class Conv2dLayer(nn.Module):

@@ -9,14 +9,7 @@ and 3-D ground truth (DESIGN.md section 5).
 - preview: shaded renders and PNG grids (`get3dhuman synthetic`).
 """
 
-from get3dhuman.synthetic.human import (
-    NUM_PARAMETERS,
-    PARAMETERS,
-    Parameter,
-    default_parameters,
-    human_color,
-    human_sdf,
-)
+from get3dhuman.synthetic.human import NUM_PARAMETERS, PARAMETERS, Parameter, default_parameters, human_color, human_sdf
 from get3dhuman.synthetic.latent import human_parameters, latent_directions
 from get3dhuman.synthetic.meshes import ground_truth_mesh, sdf_grid
 from get3dhuman.synthetic.sampling import (

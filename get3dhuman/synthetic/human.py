@@ -17,12 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from get3dhuman.synthetic.primitives import (
-    capped_cone,
-    ellipsoid,
-    smooth_union,
-    tapered_capsule,
-)
+from get3dhuman.synthetic.primitives import capped_cone, ellipsoid, smooth_union, tapered_capsule
 
 BLEND = 0.012  # metres: fillet size of the smooth union between parts
 ABSENT = 10.0  # distance given to a part a human does not have (it never wins the union)
