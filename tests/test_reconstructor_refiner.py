@@ -60,6 +60,24 @@ def test_refiner_gradients_reach_every_parameter():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in refiner.parameters())
 
 
+def test_residual_refiner_starts_as_the_identity_and_learns():
+    torch.manual_seed(0)
+    refiner = Refiner(base_channels=8, depth=2, residual=True)
+    image = (torch.rand(2, 3, 16, 16) * 2 - 1).index_fill(3, torch.tensor([0]), -1.0)  # a saturated column
+    assert torch.equal(refiner(image), image)
+    background = torch.full_like(image, -1.0)
+    (refiner(background) - 0.3).square().mean().backward()
+    assert bool((refiner.head.bias.grad < 0).all())  # saturated pixels learn too, from the zero head
+    refiner.zero_grad()
+    (refiner(image) - 0.3).square().mean().backward()
+    torch.optim.SGD(refiner.parameters(), lr=0.01).step()
+    refiner.zero_grad()
+    (refiner(image) - 0.3).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in refiner.parameters())
+    with pytest.raises(ValueError, match="out_channels == in_channels"):
+        Refiner(in_channels=4, residual=True)
+
+
 def test_multiscale_patch_discriminator():
     torch.manual_seed(0)
     discriminator = MultiScalePatchDiscriminator(in_channels=6, base_channels=8)

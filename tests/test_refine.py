@@ -94,7 +94,10 @@ def prior(tmp_path_factory):
 
 def test_refiner_losses_go_down_on_a_fixed_batch(prior):
     trainer = RefinerTrainer(dataclasses.replace(TINY, learning_rate=2e-3), PriorCache(str(prior / "prior")), Generator("tiny"))
-    rendered, target = trainer.images([0, 1])
+    _, target = trainer.images([0, 1])
+    # The untrained tiny generator renders nothing (a constant image, where the U-Net's
+    # BatchNorm leaves nothing but a constant); a darkened target is a render to correct.
+    rendered = (target + 1) * 0.6 - 1
     history = []
     for _ in range(25):
         d_loss, terms = trainer.losses(rendered, target)
@@ -102,7 +105,7 @@ def test_refiner_losses_go_down_on_a_fixed_batch(prior):
         terms["loss"].backward(inputs=list(trainer.refiner.parameters()))
         trainer.refiner_optimizer.step()
         history.append(terms["perceptual"].item())
-    assert sum(history[-5:]) < 0.8 * sum(history[:5])
+    assert sum(history[-5:]) < 0.5 * sum(history[:5])
     d_history = []
     for _ in range(15):
         d_loss, _ = trainer.losses(rendered, target)

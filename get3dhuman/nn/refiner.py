@@ -24,19 +24,31 @@ class Refiner(nn.Module):
         in_channels / out_channels: image channels (3 / 3).
         base_channels: 64 in Get3DHuman (64 .. 1024 with depth 4).
         depth: number of poolings; input sides must be divisible by 2**depth.
+        residual: predict a correction of the input instead of the image: the output is
+            input + head clamped to [-1, 1], the head zero-initialised, so an untrained Refiner
+            returns its input. The clamp passes gradients straight through: saturated
+            background pixels (exactly -1 or 1) must still learn, which neither tanh(atanh(input)
+            + head) nor torch's clamp (zero gradient on the bound) allows. The authors' U-Net is
+            not residual; a residual one starts from the render, already close to its target here.
 
     Training and inference differ only through BatchNorm (call .train() / .eval()).
     """
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 3, base_channels: int = 64, depth: int = 4):
+    def __init__(self, in_channels: int = 3, out_channels: int = 3, base_channels: int = 64, depth: int = 4,
+                 residual: bool = False):
         super().__init__()
-        self.depth = depth
+        if residual and in_channels != out_channels:
+            raise ValueError(f"a residual Refiner needs out_channels == in_channels ({in_channels}), got {out_channels}")
+        self.depth, self.residual = depth, residual
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.encoders = nn.ModuleList([_double_conv(in_channels, widths[0])])
         self.encoders.extend(_double_conv(widths[i], widths[i + 1]) for i in range(depth))
         self.upsamplers = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth)))
         self.decoders = nn.ModuleList(_double_conv(2 * widths[i], widths[i]) for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], out_channels, 1)
+        if residual:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image [B, in_channels, H, W] (in [-1, 1]) -> refined image [B, out_channels, H, W] in [-1, 1]."""
@@ -50,6 +62,9 @@ class Refiner(nn.Module):
             skips.append(x)
         for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips[:-1])):
             x = decoder(torch.cat([skip, upsample(x)], 1))
+        if self.residual:
+            corrected = image + self.head(x)
+            return corrected + (corrected.clamp(-1, 1) - corrected).detach()
         return torch.tanh(self.head(x))
 
 

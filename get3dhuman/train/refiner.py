@@ -32,6 +32,7 @@ class RefinerTrainingConfig:
     preset: str = "small"  # of the Generator and the prior cache
     refiner_channels: int = 32  # U-Net base width (the authors: 64)
     refiner_depth: int = 4
+    residual: bool = True  # the Refiner corrects the render (nn.Refiner); the authors': False
     discriminator_channels: int = 32
     steps: int = 5000
     batch_size: int = 4
@@ -50,13 +51,13 @@ PRESETS = {
                                   batch_size=2, march_samples=24, checkpoint_every=10, eval_every=10, eval_latents=2),
     "small": RefinerTrainingConfig(),
     "official": RefinerTrainingConfig(preset="official", refiner_channels=64, discriminator_channels=64, batch_size=8,
-                                      march_samples=128),
+                                      march_samples=128, residual=False),
 }
 
 
 def make_refiner(config: RefinerTrainingConfig) -> Refiner:
     """The Refiner of a stage-4 configuration."""
-    return Refiner(base_channels=config.refiner_channels, depth=config.refiner_depth)
+    return Refiner(base_channels=config.refiner_channels, depth=config.refiner_depth, residual=config.residual)
 
 
 class RefinerTrainer:
