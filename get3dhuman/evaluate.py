@@ -2,7 +2,8 @@
 
 Shapes are compared as surface point clouds in world coordinates (generated: points sampled
 on the extracted mesh; reference: points on the analytic surface of held-out humans) by the
-Chamfer distance (the mean squared nearest-neighbour distance, both ways, summed). From the
+Chamfer distance (the mean squared nearest-neighbour distance, both ways, summed; exact nearest
+neighbours from scipy KD-trees). From the
 generated-by-reference distance matrix:
 - COV: the fraction of reference shapes that are the nearest reference of some generated shape;
 - MMD: the mean over reference shapes of the distance to their closest generated shape;
@@ -25,6 +26,7 @@ the Generator's prior loss pulls it towards: its diversity bounds the Generator'
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -51,65 +53,59 @@ class EvaluationConfig:
     seed: int = 0
 
 
-Nearest = tuple[torch.Tensor, torch.Tensor]  # (squared distances [N] float64, indices [N])
+Cloud = tuple[torch.Tensor, torch.Tensor]  # (points [N, 3], colours [N, 3] in [0, 1])
 
 
-def _nearest_both_ways(a: torch.Tensor, b: torch.Tensor, chunk: int = 4096) -> tuple[Nearest, Nearest]:
-    """For each point of a [N, 3] its nearest point of b [M, 3], and for each point of b its
-    nearest point of a, from one pass over the pairwise distances (a in chunks of rows)."""
-    a_to_b, a_to_b_index = [], []
-    b_to_a = torch.full((len(b),), float("inf"), dtype=torch.float64)
-    b_to_a_index = torch.zeros(len(b), dtype=torch.int64)
-    for start in range(0, len(a), chunk):
-        pairwise = torch.cdist(a[start:start + chunk].double(), b.double(), compute_mode="donot_use_mm_for_euclid_dist")
-        value, index = pairwise.min(1)
-        a_to_b.append(value)
-        a_to_b_index.append(index)
-        value, index = pairwise.min(0)
-        closer = value < b_to_a  # strict: ties keep the earlier point, as one min over all of a would
-        b_to_a = torch.where(closer, value, b_to_a)
-        b_to_a_index = torch.where(closer, index + start, b_to_a_index)
-    return (torch.cat(a_to_b).square(), torch.cat(a_to_b_index)), (b_to_a.square(), b_to_a_index)
+class _IndexedCloud(NamedTuple):
+    points: np.ndarray  # [N, 3] float64
+    colors: np.ndarray | None  # [N, 3]
+    tree: object  # scipy.spatial.cKDTree of the points: exact nearest neighbours
 
 
-def _check_point_clouds(a: torch.Tensor, b: torch.Tensor) -> None:
-    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != 3 or b.shape[1] != 3 or not len(a) or not len(b):
-        raise ValueError(f"a and b must be non-empty point clouds [N, 3], got {tuple(a.shape)} and {tuple(b.shape)}")
+def _indexed(points: torch.Tensor, colors: torch.Tensor | None = None, name: str = "a") -> _IndexedCloud:
+    if points.dim() != 2 or points.shape[1] != 3 or not len(points):
+        raise ValueError(f"{name} must be a non-empty point cloud [N, 3], got {tuple(points.shape)}")
+    if colors is not None and colors.shape != points.shape:
+        raise ValueError(f"the colours of {name} must be [N, 3] like its points {tuple(points.shape)}, got {tuple(colors.shape)}")
+    from scipy.spatial import cKDTree
+
+    array = points.detach().cpu().double().numpy()
+    return _IndexedCloud(array, None if colors is None else colors.detach().cpu().double().numpy(), cKDTree(array))
+
+
+def _distances(a: _IndexedCloud, b: _IndexedCloud) -> tuple[float, float | None]:
+    """(Chamfer distance, colour distance or None without colours) of two indexed clouds."""
+    a_to_b, nearest_ab = b.tree.query(a.points)
+    b_to_a, nearest_ba = a.tree.query(b.points)
+    chamfer = float(np.square(a_to_b).mean() + np.square(b_to_a).mean())
+    if a.colors is None or b.colors is None:
+        return chamfer, None
+    return chamfer, float((np.abs(a.colors - b.colors[nearest_ab]).mean() + np.abs(b.colors - a.colors[nearest_ba]).mean()) / 2)
 
 
 def chamfer_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean squared nearest-neighbour distance from a [N, 3] to b [M, 3] plus from b to a."""
-    _check_point_clouds(a, b)
-    (a_to_b, _), (b_to_a, _) = _nearest_both_ways(a, b)
-    return float(a_to_b.mean() + b_to_a.mean())
-
-
-Cloud = tuple[torch.Tensor, torch.Tensor]  # (points [N, 3], colours [N, 3] in [0, 1])
+    return _distances(_indexed(a, name="a"), _indexed(b, name="b"))[0]
 
 
 def cloud_distances(a: Cloud, b: Cloud) -> tuple[float, float]:
     """(Chamfer distance, colour distance) of two coloured clouds (see the module docstring)."""
-    (points_a, colors_a), (points_b, colors_b) = a, b
-    _check_point_clouds(points_a, points_b)
-    if colors_a.shape != points_a.shape or colors_b.shape != points_b.shape:
-        raise ValueError(f"colours must be [N, 3] like their points, got {tuple(colors_a.shape)} for "
-                         f"{tuple(points_a.shape)} and {tuple(colors_b.shape)} for {tuple(points_b.shape)}")
-    (squared_ab, nearest_ab), (squared_ba, nearest_ba) = _nearest_both_ways(points_a, points_b)
-    color = ((colors_a - colors_b[nearest_ab]).abs().mean() + (colors_b - colors_a[nearest_ba]).abs().mean()) / 2
-    return float(squared_ab.mean() + squared_ba.mean()), float(color)
+    return _distances(_indexed(*a, name="a"), _indexed(*b, name="b"))
 
 
 def distance_matrices(rows: list[Cloud], columns: list[Cloud] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(Chamfer, colour) distances, each [len(rows), len(columns)], between coloured clouds;
     without `columns`, the symmetric matrices within `rows` (each pair computed once, zero
-    diagonal)."""
+    diagonal). Each cloud's search tree is built once."""
+    indexed_rows = [_indexed(*cloud, name=f"rows[{i}]") for i, cloud in enumerate(rows)]
     if columns is None:
         pairs = torch.zeros(len(rows), len(rows), 2, dtype=torch.float64)
         for i in range(len(rows)):
             for j in range(i + 1, len(rows)):
-                pairs[i, j] = pairs[j, i] = torch.tensor(cloud_distances(rows[i], rows[j]), dtype=torch.float64)
+                pairs[i, j] = pairs[j, i] = torch.tensor(_distances(indexed_rows[i], indexed_rows[j]), dtype=torch.float64)
     else:
-        pairs = torch.tensor([[cloud_distances(r, c) for c in columns] for r in rows], dtype=torch.float64)
+        indexed_columns = [_indexed(*cloud, name=f"columns[{j}]") for j, cloud in enumerate(columns)]
+        pairs = torch.tensor([[_distances(r, c) for c in indexed_columns] for r in indexed_rows], dtype=torch.float64)
         pairs = pairs.reshape(len(rows), len(columns), 2)
     return pairs[..., 0], pairs[..., 1]
 

@@ -39,7 +39,7 @@ def test_chamfer_distance_of_known_clouds():
     # b has an extra far point: only the b -> a direction sees it, (0 + 4) / 3.
     b = torch.cat([a, torch.tensor([[3.0, 0.0, 0.0]])])
     assert chamfer_distance(a, b) == pytest.approx(4 / 3)
-    with pytest.raises(ValueError, match="point clouds"):
+    with pytest.raises(ValueError, match="b must be a non-empty point cloud"):
         chamfer_distance(a, torch.zeros(0, 3))
 
 
@@ -59,6 +59,16 @@ def test_colour_distance_of_known_clouds_and_symmetric_matrices():
     clouds = [(points + i, colors.roll(i, 0)) for i in range(3)]
     for within, full in zip(distance_matrices(clouds), distance_matrices(clouds, clouds)):
         torch.testing.assert_close(within, full, rtol=0, atol=0)
+
+
+def test_cloud_distances_equal_brute_force_nearest_neighbours():
+    generator = torch.Generator().manual_seed(2)
+    points_a, points_b = torch.rand(300, 3, generator=generator), torch.rand(200, 3, generator=generator) * 1.5
+    colors_a, colors_b = torch.rand(300, 3, generator=generator), torch.rand(200, 3, generator=generator)
+    pairwise = torch.cdist(points_a.double(), points_b.double())
+    chamfer = pairwise.min(1).values.square().mean() + pairwise.min(0).values.square().mean()
+    color = ((colors_a - colors_b[pairwise.argmin(1)]).abs().mean() + (colors_b - colors_a[pairwise.argmin(0)]).abs().mean()) / 2
+    assert cloud_distances((points_a, colors_a), (points_b, colors_b)) == pytest.approx((chamfer.item(), color.item()), rel=1e-6)
 
 
 def test_coverage_mmd_and_one_nna_on_hand_made_distances():
