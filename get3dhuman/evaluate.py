@@ -35,7 +35,7 @@ from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn.generator import latents_of_seeds
 from get3dhuman.ops import coarse_resolution_for
 from get3dhuman.synthetic import human_color, human_parameters
-from get3dhuman.synthetic.preview import render_humans
+from get3dhuman.synthetic.preview import stand_in_images
 from get3dhuman.synthetic.sampling import sample_surface
 
 EVAL_SEED_OFFSET = 2_000_000_011  # reference humans come from a stream no training stage uses
@@ -201,7 +201,7 @@ def evaluate_prior(reconstructor, config: EvaluationConfig = EvaluationConfig(),
     side = reconstructor.config.backbone_resolution
     meshes = []
     for part in z.split(batch_size):
-        image = render_humans(human_parameters(part), side, 0.0, background=0.0).permute(0, 3, 1, 2) * 2 - 1
+        image = stand_in_images(part, side).permute(0, 3, 1, 2) * 2 - 1
         meshes += reconstructor.extract_mesh(image.to(device), config.resolution,
                                              coarse_resolution=coarse_resolution_for(config.resolution))
     return mesh_metrics(meshes, config)

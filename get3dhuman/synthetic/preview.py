@@ -22,6 +22,13 @@ def render_humans(params: torch.Tensor, resolution: int = 256, angles_deg: float
     return shade(rendering, background)
 
 
+def stand_in_images(z: torch.Tensor, resolution: int) -> torch.Tensor:
+    """The stand-in 2-D generator: front views [B, resolution, resolution, 3] in [0, 1], on
+    black, of the synthetic humans of latents z [B, z_dim]. The prior cache's images, which the
+    Reconstructor turns into the Generator's prior."""
+    return render_humans(human_parameters(z), resolution, 0.0, background=0.0)
+
+
 def shade(rendering: Rendering, background: float = 1.0) -> torch.Tensor:
     """The shaded colour image [B, H, W, 3] of a rendering: colour x (0.35 + 0.65 max(0, n . l))
     for the camera-space key light LIGHT, `background` where nothing was hit."""

@@ -1,9 +1,9 @@
 """Training stage 2: prior induction.
 
-For many latents z, the stand-in 2-D generator renders its image (the synthetic human of
-`human_parameters(z)`, front view, as the Reconstructor was trained on), the trained
-Reconstructor turns the image into shape and texture feature volumes, and the Reconstructor's
-occupancy field is rendered to depth, normal and mask maps (`render.ray_march` of 0.5 -
+For many latents z, the stand-in 2-D generator (`synthetic.preview.stand_in_images`) renders
+its image (the synthetic human of `human_parameters(z)`, front view, as the Reconstructor was
+trained on), the trained Reconstructor turns the image into shape and texture feature volumes,
+and the Reconstructor's occupancy field is rendered to depth, normal and mask maps (`render.ray_march` of 0.5 -
 occupancy, front camera). These are the targets of the Generator's latent prior loss and of
 its depth and normal losses for the same z.
 
@@ -31,8 +31,7 @@ from safetensors.torch import save_file
 from get3dhuman.nn import Reconstructor
 from get3dhuman.nn.generator import resolve_config
 from get3dhuman.render import orbit_calibration, ray_march
-from get3dhuman.synthetic import human_parameters
-from get3dhuman.synthetic.preview import render_humans
+from get3dhuman.synthetic.preview import stand_in_images
 from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import (
     load_checkpoint,
@@ -86,7 +85,7 @@ def prior_targets(model: Reconstructor, z: torch.Tensor, config: PriorConfig) ->
     """The cache entries (see the module docstring) of latents z [B, z_dim], on the CPU."""
     device = next(model.parameters()).device
     side = model.config.backbone_resolution
-    image = render_humans(human_parameters(z), side, 0.0, background=0.0)  # [B, S, S, 3] in [0, 1]
+    image = stand_in_images(z, side)  # [B, S, S, 3] in [0, 1]
     shape, texture = model(image.permute(0, 3, 1, 2).to(device) * 2 - 1)
     calib = orbit_calibration(torch.zeros(len(z))).to(device)
     maps = ray_march(lambda p: 0.5 - model.query_occupancy(shape, p, calib), calib, config.map_resolution,
