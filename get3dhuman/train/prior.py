@@ -3,9 +3,9 @@
 For many latents z, the stand-in 2-D generator (`synthetic.preview.stand_in_images`) renders
 its image (the synthetic human of `human_parameters(z)`, front view, as the Reconstructor was
 trained on), the trained Reconstructor turns the image into shape and texture feature volumes,
-and the Reconstructor's occupancy field is rendered to depth, normal and mask maps (`render.ray_march` of 0.5 -
-occupancy, front camera). These are the targets of the Generator's latent prior loss and of
-its depth and normal losses for the same z.
+and the Reconstructor's occupancy field is rendered to depth, normal and mask maps
+(`render.ray_march` of 0.5 - occupancy, front camera). These are the targets of the
+Generator's latent prior loss and of its depth and normal losses for the same z.
 
 The cache is a directory of shards `prior-00000.safetensors`, ... (`shard_size` latents each,
 written under a temporary name and renamed, so a shard either is complete or absent) and
