@@ -49,12 +49,12 @@ def build_info() -> dict:
     importable Triton version, or None), ``query_backends`` (the backend order of
     get3dhuman.ops.query_field, the GET3DHUMAN_QUERY_BACKEND override, and the backend it picks
     for inference and for training on each device type here; see ops.query.backend_report),
-    ``default_weights`` (the file `Generator.from_pretrained()` loads, or None where this
-    installation ships none).
+    ``default_weights`` and ``default_refiner_weights`` (the files `Generator.from_pretrained()`
+    and `Refiner.from_pretrained()` load, or None where this installation ships none).
     """
     from get3dhuman import __version__
     from get3dhuman.kernels import triton_version
-    from get3dhuman.nn.generator import DEFAULT_WEIGHTS
+    from get3dhuman.nn import generator, refiner
     from get3dhuman.ops.query import backend_report
 
     cuda_available = torch.cuda.is_available()
@@ -69,5 +69,11 @@ def build_info() -> dict:
         else [],
         "triton": triton_version(),
         "query_backends": backend_report(),
-        "default_weights": os.fspath(DEFAULT_WEIGHTS) if os.path.exists(DEFAULT_WEIGHTS) else None,
+        "default_weights": _shipped(generator.DEFAULT_WEIGHTS),
+        "default_refiner_weights": _shipped(refiner.DEFAULT_WEIGHTS),
     }
+
+
+def _shipped(path: str) -> str | None:
+    """`path` where the file exists, else None."""
+    return path if os.path.exists(path) else None

@@ -12,7 +12,8 @@
 Every stage resumes where it stopped when run again with the same DIR, and runs
 data-parallel under `torchrun --nproc-per-node N -m get3dhuman.cli train ...`.
 - `get3dhuman export --generator RUN --out FILE.safetensors`: the trained generator as one file
-  for `Generator.from_pretrained(FILE)`.
+  for `Generator.from_pretrained(FILE)`; `--refiner RUN` instead: the refiner, for
+  `Refiner.from_pretrained(FILE)`.
 - `get3dhuman sample --num N --out DIR`: a dataset of generated humans (textured meshes,
   previews, manifest.jsonl), resumable, sharded under torchrun (get3dhuman.dataset).
 - `get3dhuman interpolate --from SEED --to SEED --out DIR` and `get3dhuman retexture --shape SEED
@@ -33,6 +34,8 @@ import os
 import sys
 
 from get3dhuman.train.settings import STAGES
+
+PACKAGED = ""  # `--refiner` given alone: the package's refiner
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -157,14 +160,29 @@ def _load_generator(args: argparse.Namespace, device):
         raise SystemExit(f"get3dhuman {args.command}: {error}") from error
 
 
+def _load_refiner(args: argparse.Namespace, device):
+    """The refiner of --refiner: None when not given, the package's when given alone, else the
+    file of `export --refiner` or the stage-4 run or checkpoint (--preset) it names."""
+    from get3dhuman.nn import Refiner
+    from get3dhuman.nn.pretrained import is_pretrained_file
+    from get3dhuman.nn.refiner import PRETRAINED_FORMAT
+    from get3dhuman.train import REFINER_PRESETS, load_refiner
+
+    if args.refiner is None:
+        return None
+    if args.refiner == PACKAGED or is_pretrained_file(args.refiner, PRETRAINED_FORMAT):
+        return Refiner.from_pretrained(None if args.refiner == PACKAGED else args.refiner, device)
+    return load_refiner(args.refiner, REFINER_PRESETS[args.preset], device)
+
+
 def _sample(args: argparse.Namespace) -> int:
     from get3dhuman.dataset import save_preview_grid, write_samples
-    from get3dhuman.train import REFINER_PRESETS, distributed, load_refiner
+    from get3dhuman.train import distributed
 
     device = distributed.initialize(args.device)
     generator = _load_generator(args, device)
     try:
-        refiner = None if args.refiner is None else load_refiner(args.refiner, REFINER_PRESETS[args.preset], device)
+        refiner = _load_refiner(args, device)
         records = write_samples(generator, args.out, args.num, args.seed, batch_size=args.batch_size,
                                 resolution=args.resolution, file_type=args.format, preview_resolution=args.preview,
                                 truncation_psi=args.truncation, refiner=refiner, progress=not args.quiet)
@@ -245,9 +263,14 @@ def _invert(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import torch
 
-    from get3dhuman.train import load_generator
+    from get3dhuman.train import REFINER_PRESETS, load_generator, load_refiner
 
-    load_generator(args.generator, args.preset).save_pretrained(args.out, getattr(torch, args.dtype))
+    try:
+        model = (load_generator(args.generator, args.preset) if args.generator is not None
+                 else load_refiner(args.refiner, REFINER_PRESETS[args.preset]))
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"get3dhuman export: {error}") from error
+    model.save_pretrained(args.out, getattr(torch, args.dtype))
     print(args.out)
     return 0
 
@@ -323,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                         "since torchrun reads --num as an abbreviation of its own --numa-binding")
     sample.add_argument("--out", required=True, help="directory of the meshes, previews and manifest.jsonl")
     _add_generator_arguments(sample, "of --generator and --refiner")
-    sample.add_argument("--refiner", help="stage-4 run directory or checkpoint: refined vertex colours and previews")
+    sample.add_argument("--refiner", nargs="?", const=PACKAGED, metavar="RUN_OR_FILE",
+                        help="refined vertex colours and previews by a stage-4 run directory or checkpoint, or a file "
+                        "of `export --refiner`; alone: the package's refiner (trained with the package's generator)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the first sample (default 0)")
     sample.add_argument("--batch-size", type=int, default=4, help="latents per generator call (default 4)")
     _add_mesh_arguments(sample, "with --preview: one PNG of all the previews, 4 per row")
@@ -358,8 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     invert.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     invert.add_argument("--quiet", action="store_true", help="no progress bar")
     invert.set_defaults(handler=_invert)
-    export = commands.add_parser("export", help="write a trained generator as one file for Generator.from_pretrained")
-    export.add_argument("--generator", required=True, help="stage-3 run directory or checkpoint (its moving average)")
+    export = commands.add_parser("export", help="write a trained generator (or refiner) as one file for "
+                                 "Generator.from_pretrained (Refiner.from_pretrained)")
+    exported = export.add_mutually_exclusive_group(required=True)
+    exported.add_argument("--generator", help="stage-3 run directory or checkpoint (its moving average)")
+    exported.add_argument("--refiner", help="stage-4 run directory or checkpoint")
     export.add_argument("--preset", choices=["tiny", "small", "official"], default="small")
     export.add_argument("--out", required=True, help="the .safetensors file to write")
     export.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",

@@ -22,8 +22,8 @@ def test_build_info_reports_the_installation():
     assert "cpu" in info["compiled_backends"]
     assert info["cuda_available"] == torch.cuda.is_available()
     assert len(info["devices"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
-    shipped = os.path.exists(get3dhuman.nn.generator.DEFAULT_WEIGHTS)
-    assert info["default_weights"] == (os.fspath(get3dhuman.nn.generator.DEFAULT_WEIGHTS) if shipped else None)
+    for key, module in (("default_weights", get3dhuman.nn.generator), ("default_refiner_weights", get3dhuman.nn.refiner)):
+        assert info[key] == (module.DEFAULT_WEIGHTS if os.path.exists(module.DEFAULT_WEIGHTS) else None)
 
 
 @pytest.mark.skipif(os.environ.get("GET3DHUMAN_REQUIRE_CUDA_BUILD") != "1", reason="CI sets GET3DHUMAN_REQUIRE_CUDA_BUILD=1")

@@ -212,7 +212,7 @@ def test_from_pretrained_errors(tmp_path):
     with pytest.raises(ValueError, match="is not a safetensors file"):
         Generator.from_pretrained(tmp_path / "text.safetensors")
     save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(ValueError, match="is not a file of Generator.save_pretrained"):
+    with pytest.raises(ValueError, match="is not a weights file of format .get3dhuman-generator"):
         Generator.from_pretrained(tmp_path / "other.safetensors")
 
 

@@ -9,7 +9,8 @@ from inputs import resumed_equals_straight
 from get3dhuman import losses
 from get3dhuman.cli import main
 from get3dhuman.mesh import TexturedMesh, back_project_colors
-from get3dhuman.nn import Generator
+from get3dhuman.nn import Generator, Refiner
+from get3dhuman.nn import refiner as refiner_module
 from get3dhuman.nn.generator import OFFICIAL_CALIBRATION
 from get3dhuman.ops import marching_cubes
 from get3dhuman.refine import refine_meshes, view_calibration
@@ -139,3 +140,49 @@ def test_refiner_command_line(prior, tmp_path):
         main(["train", "refiner", "--preset", "tiny", "--out", str(tmp_path / "r2")])
     with pytest.raises(ValueError, match="refiner must be"):
         load_refiner(str(tmp_path / "missing"), TINY)
+
+
+def test_refiner_save_pretrained_round_trip_and_errors(tmp_path, monkeypatch):
+    torch.manual_seed(4)
+    refiner = Refiner(base_channels=4, depth=2, residual=True)
+    for parameter in refiner.parameters():  # the zero-initialised head would hide a lost tensor
+        parameter.data.normal_()
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    refiner.save_pretrained(full)
+    refiner.save_pretrained(half, torch.float16)
+    image = torch.rand(2, 3, 16, 16) * 2 - 1
+    loaded = Refiner.from_pretrained(full)
+    assert loaded.sizes == refiner.sizes and not loaded.training
+    with torch.no_grad():
+        assert torch.equal(loaded(image), refiner.eval()(image))
+    for (name, a), b in zip(refiner.state_dict().items(), Refiner.from_pretrained(half).state_dict().values()):
+        assert b.dtype == a.dtype and torch.equal(b, a.to(torch.float16).to(a.dtype) if a.is_floating_point() else a), name
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Refiner.from_pretrained(tmp_path / "missing.safetensors")
+    Generator("tiny").save_pretrained(tmp_path / "generator.safetensors")
+    with pytest.raises(ValueError, match="is not a weights file of format .get3dhuman-refiner"):
+        Refiner.from_pretrained(tmp_path / "generator.safetensors")
+    monkeypatch.setattr(refiner_module, "DEFAULT_WEIGHTS", str(tmp_path / "refiner-small.safetensors"))
+    with pytest.raises(FileNotFoundError, match="ships no default weights"):
+        Refiner.from_pretrained()
+    monkeypatch.setattr(refiner_module, "DEFAULT_WEIGHTS", str(full))
+    assert Refiner.from_pretrained().sizes == refiner.sizes
+
+
+def test_an_exported_refiner_refines_samples_as_its_run_does(prior, tmp_path, monkeypatch):
+    run, exported = tmp_path / "run", str(tmp_path / "refiner.safetensors")
+    assert main(["train", "refiner", "--preset", "tiny", "--prior", str(prior / "prior"), "--generator",
+                 str(prior / "generator"), "--out", str(run), "--steps", "1", "--quiet"]) == 0
+    assert main(["export", "--refiner", str(run), "--preset", "tiny", "--out", exported]) == 0
+    with pytest.raises(SystemExit):
+        main(["export", "--refiner", str(run), "--generator", str(prior / "generator"), "--out", exported])
+    trained = load_refiner(str(run), TINY)
+    for (name, a), b in zip(trained.state_dict().items(), Refiner.from_pretrained(exported).state_dict().values()):
+        assert torch.equal(a, b), name
+    monkeypatch.setattr(refiner_module, "DEFAULT_WEIGHTS", exported)  # `--refiner` alone: the packaged file
+    previews = {}
+    for name, refiner in (("run", [str(run)]), ("file", [exported]), ("packaged", [])):
+        assert main(["sample", "--num", "1", "--out", str(tmp_path / name), "--generator", str(prior / "generator"),
+                     "--preset", "tiny", "--resolution", "32", "--preview", "16", "--quiet", "--refiner", *refiner]) == 0
+        previews[name] = (tmp_path / name / "human-0.png").read_bytes()
+    assert previews["run"] == previews["file"] == previews["packaged"]

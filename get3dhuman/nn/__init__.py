@@ -8,6 +8,7 @@
 - Reconstructor: the PIFu-style image -> feature volumes reconstructor (the prior source).
 - Refiner, MultiScalePatchDiscriminator: the refinement U-Net and its PatchGAN.
 - evaluation_mode, frozen_parameters: eval mode / no weight gradients for a block, restored after.
+- pretrained: the one-file weights of `save_pretrained` / `from_pretrained` (Generator, Refiner).
 """
 
 from get3dhuman.nn.discriminator import ResNetDiscriminator

@@ -18,14 +18,12 @@ converts by negating its last layer (sigmoid(-a) = 1 - sigmoid(a), exact).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import NamedTuple
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors import safe_open
 from torch import nn
 
 from get3dhuman.mesh import ExtractionTimings, TexturedMesh, extract_textured_meshes
@@ -33,6 +31,7 @@ from get3dhuman.nn.discriminator import ResNetDiscriminator
 from get3dhuman.nn.hourglass import HGFilter
 from get3dhuman.nn.implicit import ImplicitDecoder
 from get3dhuman.nn.modes import evaluation_mode
+from get3dhuman.nn.pretrained import WEIGHTS_DIR, load_pretrained_state, read_pretrained, write_pretrained
 from get3dhuman.nn.stylegan2 import StyleGAN2Generator
 from get3dhuman.ops import OFFICIAL_DEPTH_SCALE, query_field
 from get3dhuman.render import orbit_calibration
@@ -275,18 +274,10 @@ class Generator(PixelAlignedModel):
     def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> None:
         """Writes the weights, the sizes (`config`) and the camera (`calibration`) to one
         safetensors file that `Generator.from_pretrained(path)` loads without this code's
-        presets; written under a temporary name and renamed. `dtype` (one of STORAGE_DTYPES)
-        stores the floating-point weights rounded to it (float16 halves the file; they load
-        back as float32); the camera stays float32."""
-        if dtype not in STORAGE_DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(map(str, STORAGE_DTYPES))}, got {dtype!r}")
-        tensors = {k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous().cpu()
-                   for k, v in self.state_dict().items()}
-        tensors["calibration"] = self.calibration.detach().contiguous().cpu()
-        metadata = {"format": PRETRAINED_FORMAT, "config": json.dumps(dataclasses.asdict(self.config))}
-        path = os.fspath(path)
-        save_file(tensors, path + ".tmp", metadata=metadata)
-        os.replace(path + ".tmp", path)
+        presets (`nn.pretrained.write_pretrained`: `dtype`, one of STORAGE_DTYPES, rounds the
+        floating-point weights; the camera stays float32)."""
+        write_pretrained(self, path, PRETRAINED_FORMAT, dataclasses.asdict(self.config), dtype,
+                         {"calibration": self.calibration})
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Generator:
@@ -294,29 +285,10 @@ class Generator(PixelAlignedModel):
         writes one from a training run). Without `path`: the package's default weights
         (DEFAULT_WEIGHTS), with no network access. Raises FileNotFoundError when the file (or,
         for the default, the packaged weights) is missing, ValueError when it is not such a file."""
-        if path is None and not os.path.exists(DEFAULT_WEIGHTS):
-            raise FileNotFoundError(f"this installation ships no default weights ({DEFAULT_WEIGHTS}); train a "
-                                    "generator (TRAINING.md), `get3dhuman export` it and pass its path")
-        path = os.fspath(DEFAULT_WEIGHTS if path is None else path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"path {path!r} does not exist")
-        try:
-            with safe_open(path, framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        except SafetensorError as error:
-            raise ValueError(f"{path} is not a safetensors file: {error}") from error
-        if metadata.get("format") != PRETRAINED_FORMAT:
-            raise ValueError(f"{path} is not a file of Generator.save_pretrained (format {metadata.get('format')!r}, "
-                             f"expected {PRETRAINED_FORMAT!r})")
-        sizes = json.loads(metadata["config"])
-        config = GeneratorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()})
-        generator = cls(config)
+        tensors, sizes, path = read_pretrained(path, PRETRAINED_FORMAT, DEFAULT_WEIGHTS)
+        generator = cls(GeneratorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()}))
         calibration = tensors.pop("calibration")
-        try:
-            generator.load_state_dict(tensors)
-        except RuntimeError as error:
-            raise ValueError(f"{path} does not match its own config: {error}") from error
+        load_pretrained_state(generator, tensors, path)
         generator.calibration.copy_(calibration)
         return generator.to(device).eval()
 
@@ -367,10 +339,7 @@ class Generator(PixelAlignedModel):
 
 
 PRETRAINED_FORMAT = "get3dhuman-generator/1"
-STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # of save_pretrained
-# The package's default weights: the 'small' preset trained by TRAINING.md's commands.
-DEFAULT_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights",
-                               "generator-small.safetensors")
+DEFAULT_WEIGHTS = os.path.join(WEIGHTS_DIR, "generator-small.safetensors")
 
 
 def _read_state_dict(path) -> dict[str, torch.Tensor]:

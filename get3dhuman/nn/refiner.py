@@ -4,9 +4,17 @@ feature matching, perceptual loss; see get3dhuman.losses)."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from get3dhuman.nn.pretrained import WEIGHTS_DIR, load_pretrained_state, read_pretrained, write_pretrained
+
+PRETRAINED_FORMAT = "get3dhuman-refiner/1"
+# The package's default refiner: stage 4 of the 'small' preset, trained by TRAINING.md's commands.
+DEFAULT_WEIGHTS = os.path.join(WEIGHTS_DIR, "refiner-small.safetensors")
 
 
 def _double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -40,6 +48,8 @@ class Refiner(nn.Module):
         if residual and in_channels != out_channels:
             raise ValueError(f"a residual Refiner needs out_channels == in_channels ({in_channels}), got {out_channels}")
         self.depth, self.residual = depth, residual
+        self.sizes = dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels, depth=depth,
+                          residual=residual)  # the constructor's arguments, kept by save_pretrained
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.encoders = nn.ModuleList([_double_conv(in_channels, widths[0])])
         self.encoders.extend(_double_conv(widths[i], widths[i + 1]) for i in range(depth))
@@ -66,6 +76,23 @@ class Refiner(nn.Module):
             corrected = image + self.head(x)
             return corrected + (corrected.clamp(-1, 1) - corrected).detach()
         return torch.tanh(self.head(x))
+
+    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> None:
+        """Writes the weights and the sizes to one safetensors file that
+        `Refiner.from_pretrained(path)` loads (`nn.pretrained.write_pretrained`; `dtype`, one of
+        STORAGE_DTYPES, rounds the floating-point weights)."""
+        write_pretrained(self, path, PRETRAINED_FORMAT, self.sizes, dtype)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Refiner:
+        """A Refiner in eval mode from a file of `save_pretrained` (`get3dhuman export
+        --refiner` writes one from a stage-4 run); without `path`, the package's default refiner
+        (DEFAULT_WEIGHTS, matching the default Generator). FileNotFoundError when the file is
+        missing, ValueError when it is not such a file."""
+        tensors, sizes, path = read_pretrained(path, PRETRAINED_FORMAT, DEFAULT_WEIGHTS)
+        refiner = cls(**sizes)
+        load_pretrained_state(refiner, tensors, path)
+        return refiner.to(device).eval()
 
 
 class PatchDiscriminator(nn.Module):

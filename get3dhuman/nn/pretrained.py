@@ -1,0 +1,73 @@
+"""One-file weights of a trained module (`Generator`, `Refiner`): its tensors, its sizes (JSON
+metadata) and a format tag in a safetensors file, loadable without the training code's presets
+and without unpickling anything."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The package's default weights: the 'small' preset trained by TRAINING.md's commands.
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
+
+
+def write_pretrained(module: nn.Module, path: str | os.PathLike, file_format: str, sizes: dict,
+                     dtype: torch.dtype = torch.float32, extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Writes `module`'s state dict, with its floating-point tensors rounded to `dtype` (one of
+    STORAGE_DTYPES; float16 halves the file, the tensors load back as the module's dtype), the
+    `extra` tensors as they are, and `sizes` (JSON) under the tag `file_format` to `path`,
+    through a temporary file renamed at the end (an interrupted write leaves no partial file)."""
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(map(str, STORAGE_DTYPES))}, got {dtype!r}")
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous().cpu()
+               for k, v in module.state_dict().items()}
+    tensors.update({k: v.detach().contiguous().cpu() for k, v in (extra or {}).items()})
+    path = os.fspath(path)
+    save_file(tensors, path + ".tmp", metadata={"format": file_format, "config": json.dumps(sizes)})
+    os.replace(path + ".tmp", path)
+
+
+def is_pretrained_file(path: str | os.PathLike, file_format: str) -> bool:
+    """Whether `path` is a safetensors file of `write_pretrained` with tag `file_format`."""
+    try:
+        with safe_open(os.fspath(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("format") == file_format
+    except (SafetensorError, OSError):
+        return False
+
+
+def read_pretrained(path: str | os.PathLike | None, file_format: str,
+                    default: str) -> tuple[dict[str, torch.Tensor], dict, str]:
+    """(tensors, sizes, path) of the `write_pretrained` file `path`, or of the packaged file
+    `default` when `path` is None. Raises FileNotFoundError for a missing file, ValueError for a
+    file that is not safetensors or has another format tag."""
+    if path is None and not os.path.exists(default):
+        raise FileNotFoundError(f"this installation ships no default weights ({default}); train the model "
+                                "(TRAINING.md), `get3dhuman export` it and pass its path")
+    path = os.fspath(default if path is None else path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"path {path!r} does not exist")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a safetensors file: {error}") from error
+    if metadata.get("format") != file_format:
+        raise ValueError(f"{path} is not a weights file of format {file_format!r} (its format: "
+                         f"{metadata.get('format')!r})")
+    return tensors, json.loads(metadata["config"]), path
+
+
+def load_pretrained_state(module: nn.Module, tensors: dict[str, torch.Tensor], path: str) -> None:
+    """Loads `tensors` into `module`; ValueError naming `path` when they do not fit it."""
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as error:
+        raise ValueError(f"{path} does not match its own config: {error}") from error
