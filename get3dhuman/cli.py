@@ -3,9 +3,11 @@
 - `get3dhuman info`: what was built and what this machine can run.
 - `get3dhuman synthetic --out FILE.png`: a grid of humans from the synthetic world.
 - `get3dhuman train reconstructor --preset tiny|small|official --out DIR`: training stage 1.
-- `get3dhuman train prior --reconstructor RUN --out DIR`: stage 2, the prior cache.
+- `get3dhuman train prior --reconstructor RUN --out DIR`: stage 2, the prior cache (with the
+  setting images_only, no --reconstructor: the stand-in images alone, all the refiner needs).
 - `get3dhuman train generator --prior DIR --reconstructor RUN --out DIR`: stage 3.
-- `get3dhuman train refiner --prior DIR --generator RUN --out DIR`: stage 4.
+- `get3dhuman train refiner --prior DIR --generator RUN_OR_FILE --out DIR`: stage 4 (the
+  generator: a stage-3 run or checkpoint, or a file of `export`).
 - `get3dhuman train all --preset small --out DIR`: the four stages in turn, in DIR/STAGE.
 - `--config FILE.json` on any `train` command: settings per stage over the preset's
   (get3dhuman.train.settings).
@@ -98,16 +100,23 @@ def _train(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         raise SystemExit(f"get3dhuman train {args.stage}: {error}") from error
     if args.stage == "prior":
-        if args.reconstructor is None:
-            raise SystemExit("get3dhuman train prior: --reconstructor RUN is required")
+        if args.reconstructor is None and not config.images_only:
+            raise SystemExit("get3dhuman train prior: --reconstructor RUN is required (unless the setting images_only "
+                             "is true: a cache of the stand-in images alone, for the refiner stage)")
+        if args.reconstructor is not None and config.images_only:
+            raise SystemExit("get3dhuman train prior: the setting images_only makes a cache without a Reconstructor; "
+                             "drop --reconstructor (train all: the generator stage needs a full cache)")
         train.induce_priors(config, args.reconstructor, args.out, args.device, progress=not args.quiet)
     elif args.stage == "reconstructor":
         train.train_reconstructor(config, args.out, args.device, progress=not args.quiet,
                                   workers=2 if args.workers is None else args.workers)
     elif args.stage == "refiner":
         if args.prior is None or args.generator is None:
-            raise SystemExit("get3dhuman train refiner: --prior DIR and --generator RUN are required")
-        train.train_refiner(config, args.prior, args.generator, args.out, args.device, progress=not args.quiet)
+            raise SystemExit("get3dhuman train refiner: --prior DIR and --generator RUN_OR_FILE are required")
+        try:
+            train.train_refiner(config, args.prior, args.generator, args.out, args.device, progress=not args.quiet)
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"get3dhuman train refiner: {error}") from error
     else:
         if args.prior is None or args.reconstructor is None:
             raise SystemExit("get3dhuman train generator: --prior DIR and --reconstructor RUN are required")
@@ -312,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, config.json) or prior cache")
     train.add_argument("--reconstructor", help="stage-1 run directory or checkpoint (prior, generator)")
     train.add_argument("--prior", help="prior cache directory of stage 2 (generator, refiner)")
-    train.add_argument("--generator", help="stage-3 run directory or checkpoint (refiner)")
+    train.add_argument("--generator", help="stage-3 run directory or checkpoint, or a file of `export` such as the "
+                       "package's get3dhuman/weights/generator-small.safetensors (refiner)")
     train.add_argument("--config", help="JSON file of settings per stage over the preset's, e.g. "
                        '{"reconstructor": {"steps": 8000}, "generator": {"adversarial_weight": 0.1}} '
                        "(get3dhuman.train.settings; the fields of each stage's config class)")

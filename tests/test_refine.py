@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import torch
-from inputs import resumed_equals_straight
+from inputs import generator_with_a_surface, resumed_equals_straight
 
 from get3dhuman import losses
 from get3dhuman.cli import main
@@ -131,6 +131,34 @@ def test_refiner_training_resumes_bit_for_bit_and_refines_meshes(prior, tmp_path
     assert refined.colors.shape == mesh.colors.shape and bool(((refined.colors >= 0) & (refined.colors <= 1)).all())
     with pytest.raises(ValueError, match="one mesh per latent"):
         refine_meshes(generator, refiner, z, z, [])
+
+
+def test_a_refiner_trains_alike_on_an_images_only_cache_an_exported_generator_and_memoised_renders(prior, tmp_path):
+    config = dataclasses.replace(TINY, steps=4, checkpoint_every=4, eval_every=4, render_memo=3)  # memo < entries drawn
+    induce_priors(dataclasses.replace(PRIOR_PRESETS["tiny"], images_only=True), None, str(tmp_path / "images"),
+                  progress=False)
+    exported = str(tmp_path / "generator.safetensors")
+    assert main(["export", "--generator", str(prior / "generator"), "--preset", "tiny", "--out", exported]) == 0
+    runs = {"full": (prior / "prior", prior / "generator", 0), "images_only": (tmp_path / "images", exported, 3)}
+    refiners = {name: train_refiner(dataclasses.replace(config, render_memo=memo), str(cache), str(generator),
+                                    str(tmp_path / name), progress=False)
+                for name, (cache, generator, memo) in runs.items()}
+    for (name, a), b in zip(refiners["full"].state_dict().items(), refiners["images_only"].state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_memoised_renders_are_the_renders_of_their_own_entries(prior):
+    cache = PriorCache(str(prior / "prior"))
+    trainers = {memo: RefinerTrainer(dataclasses.replace(TINY, render_memo=memo), cache, Generator("tiny"))
+                for memo in (0, 2)}
+    for trainer in trainers.values():
+        trainer.generator = generator_with_a_surface(seen_from_the_front=True)  # renders that differ per latent
+    indices = [3, 0, 3, 1, 0, 1]
+    memoised, _ = trainers[2].images(indices)
+    rendered, _ = trainers[0].images(indices)
+    assert torch.equal(memoised, rendered)
+    assert not torch.equal(rendered[0], rendered[1]) and sorted(trainers[2]._renders) == [0, 3]
+    assert torch.equal(trainers[2].images([1, 3])[0], rendered[[3, 0]])
 
 
 def test_refiner_command_line(prior, tmp_path):

@@ -17,6 +17,8 @@ from get3dhuman.train.generator import PRESETS as GENERATOR_PRESETS
 from get3dhuman.train.generator import GeneratorTrainer, load_generator, prior_points, train_generator
 from get3dhuman.train.prior import PRESETS as PRIOR_PRESETS
 from get3dhuman.train.prior import (
+    IMAGE_KEYS,
+    SHARD_KEYS,
     PriorCache,
     induce_priors,
     latents,
@@ -142,6 +144,46 @@ def test_generator_training_resumes_bit_for_bit(stages, tmp_path):
     assert 0 <= records[-1]["prior_iou"] <= 1 and "depth" in records[0] and "depth" not in records[1]
     with pytest.raises(ValueError, match="other settings"):
         train_generator(dataclasses.replace(config, adversarial_weight=1.0), *args, str(tmp_path / "resumed"), progress=False)
+
+
+def test_an_images_only_cache_holds_the_full_caches_latents_and_images(stages, tmp_path):
+    images_only = dataclasses.replace(PRIOR, images_only=True)
+    induce_priors(images_only, None, str(tmp_path / "images"), progress=False)
+    full, cache = PriorCache(str(stages / "prior")), PriorCache(str(tmp_path / "images"))
+    assert cache.keys == IMAGE_KEYS and full.keys == SHARD_KEYS and len(cache) == len(full)
+    everything = range(PRIOR.count)
+    for key, value in cache.batch(everything).items():
+        assert torch.equal(value, full.batch(everything, (key,))[key]), key
+    with pytest.raises(KeyError, match="keys: the prior cache .* holds no shape"):
+        cache.batch([0], ("z", "shape"))
+    reconstructor = load_reconstructor(str(stages / "reconstructor"), "tiny")
+    with pytest.raises(ValueError, match="holds no shape, texture, depth, normal, mask .*--reconstructor RUN"):
+        GeneratorTrainer(TINY, cache, reconstructor)
+    with pytest.raises(ValueError, match="reconstructor: a stage-1 run or checkpoint is required"):
+        induce_priors(PRIOR, None, str(tmp_path / "other"), progress=False)
+    with pytest.raises(ValueError, match="reconstructor: an images_only cache uses no Reconstructor"):
+        induce_priors(images_only, str(stages / "reconstructor"), str(tmp_path / "other"), progress=False)
+    settings = tmp_path / "images-only.json"
+    settings.write_text(json.dumps({"prior": {"images_only": True}}))
+    command = ["train", "prior", "--preset", "tiny", "--config", str(settings), "--quiet"]
+    assert main([*command, "--out", str(tmp_path / "cli")]) == 0
+    assert torch.equal(PriorCache(str(tmp_path / "cli")).batch(everything)["image"], cache.batch(everything)["image"])
+    with pytest.raises(SystemExit, match="drop --reconstructor"):
+        main([*command, "--out", str(tmp_path / "cli2"), "--reconstructor", str(stages / "reconstructor")])
+    with pytest.raises(SystemExit, match="--reconstructor RUN is required"):
+        main(["train", "prior", "--preset", "tiny", "--out", str(tmp_path / "cli3")])
+
+
+def test_load_generator_takes_exported_files_of_its_preset(tmp_path):
+    torch.manual_seed(1)
+    generator = Generator("tiny")
+    generator.save_pretrained(tmp_path / "tiny.safetensors")
+    loaded = load_generator(str(tmp_path / "tiny.safetensors"), "tiny")
+    assert not loaded.training
+    for (name, a), b in zip(generator.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="generator: .* other sizes than the preset 'small'"):
+        load_generator(str(tmp_path / "tiny.safetensors"), "small")
 
 
 def test_mismatched_stages_are_refused(stages):

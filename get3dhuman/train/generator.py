@@ -37,11 +37,13 @@ import torch
 
 from get3dhuman import losses
 from get3dhuman.nn import Generator, ShapeFeatures
+from get3dhuman.nn.generator import PRETRAINED_FORMAT, resolve_config
+from get3dhuman.nn.pretrained import is_pretrained_file
 from get3dhuman.render import orbit_calibration, ray_march
 from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import load_checkpoint, resolve_checkpoint
 from get3dhuman.train.loop import run_training
-from get3dhuman.train.prior import PriorCache, check_stage_inputs, load_reconstructor
+from get3dhuman.train.prior import SHARD_KEYS, PriorCache, check_stage_inputs, load_reconstructor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +116,7 @@ class GeneratorTrainer:
     """
 
     def __init__(self, config: GeneratorTrainingConfig, prior: PriorCache, reconstructor, device: str = "cpu"):
-        check_stage_inputs(prior, reconstructor, config.preset, "reconstructor")
+        check_stage_inputs(prior, reconstructor, config.preset, "reconstructor", SHARD_KEYS)
         self.config, self.prior, self.device = config, prior, device
         torch.manual_seed(config.seed)
         self.teacher = reconstructor.to(device).eval().requires_grad_(False)
@@ -261,8 +263,14 @@ class GeneratorTrainer:
 
 
 def load_generator(path: str, preset: str, device: str = "cpu") -> Generator:
-    """The moving-average Generator of a stage-3 run directory (its newest checkpoint) or
-    checkpoint file, in eval mode."""
+    """The Generator, in eval mode, of `path`: a stage-3 run directory (its newest checkpoint's
+    moving average), a checkpoint file, or a file of `Generator.save_pretrained` (`get3dhuman
+    export`, the package's default weights). ValueError when the weights are not of `preset`."""
+    if is_pretrained_file(path, PRETRAINED_FORMAT):
+        generator = Generator.from_pretrained(path)
+        if generator.config != resolve_config(preset):
+            raise ValueError(f"generator: {path} holds a Generator of other sizes than the preset {preset!r}")
+        return generator.to(device)
     checkpoint = resolve_checkpoint(path, "generator")
     generator = Generator(preset)
     load_checkpoint(checkpoint, {"ema": generator})

@@ -15,6 +15,10 @@ an interrupted run resumes with the first missing shard and produces the same ca
 Shard tensors: z [S, z_dim] float32; image [S, H, W, 3] uint8 (the stand-in image, for the
 refiner); shape, texture [S, F, V, V] (`volume_dtype`); depth, mask [S, M, M] and normal
 [S, M, M, 3] float32 (camera space, y up, as `render.Rendering`).
+
+With `images_only` the cache holds z and image alone (IMAGE_KEYS) and needs no Reconstructor:
+all that the refiner stage reads, e.g. to train a Refiner for an exported Generator whose
+stage-1 and stage-2 runs are not at hand. The generator stage refuses such a cache.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from get3dhuman.train.checkpoint import (
 )
 
 SHARD_KEYS = ("z", "image", "shape", "texture", "depth", "normal", "mask")
+IMAGE_KEYS = ("z", "image")  # the shards of an `images_only` cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +59,7 @@ class PriorConfig:
     march_samples: int = 96  # depth samples per ray of the maps
     volume_dtype: str = "float16"  # storage type of the feature volumes (float16, bfloat16, float32)
     seed: int = 0
+    images_only: bool = False  # z and the stand-in image only (IMAGE_KEYS), no Reconstructor: for the refiner
 
 
 PRESETS = {
@@ -81,37 +87,47 @@ def load_reconstructor(path: str, preset: str, device: str = "cpu") -> Reconstru
 
 
 @torch.no_grad()
-def prior_targets(model: Reconstructor, z: torch.Tensor, config: PriorConfig) -> dict[str, torch.Tensor]:
-    """The cache entries (see the module docstring) of latents z [B, z_dim], on the CPU."""
+def prior_targets(model: Reconstructor | None, z: torch.Tensor, config: PriorConfig) -> dict[str, torch.Tensor]:
+    """The cache entries (see the module docstring) of latents z [B, z_dim], on the CPU: all of
+    SHARD_KEYS from the Reconstructor `model`, or IMAGE_KEYS when `model` is None."""
+    image = stand_in_images(z, resolve_config(config.preset).backbone_resolution)  # [B, S, S, 3] in [0, 1]
+    entries = {"z": z.float(), "image": (image * 255).round().to(torch.uint8)}
+    if model is None:
+        return entries
     device = next(model.parameters()).device
-    side = model.config.backbone_resolution
-    image = stand_in_images(z, side)  # [B, S, S, 3] in [0, 1]
     shape, texture = model(image.permute(0, 3, 1, 2).to(device) * 2 - 1)
     calib = orbit_calibration(torch.zeros(len(z))).to(device)
     maps = ray_march(lambda p: 0.5 - model.query_occupancy(shape, p, calib), calib, config.map_resolution,
                      samples=config.march_samples)
     dtype = getattr(torch, config.volume_dtype)
-    return {"z": z.float(), "image": (image * 255).round().to(torch.uint8), "shape": shape.to(dtype).cpu(),
-            "texture": texture.to(dtype).cpu(), "depth": maps.depth.cpu(), "normal": maps.normal.cpu(),
-            "mask": maps.mask.cpu()}
+    return {**entries, "shape": shape.to(dtype).cpu(), "texture": texture.to(dtype).cpu(), "depth": maps.depth.cpu(),
+            "normal": maps.normal.cpu(), "mask": maps.mask.cpu()}
 
 
-def induce_priors(config: PriorConfig, reconstructor: str, out_dir: str, device: str = "cpu",
+def induce_priors(config: PriorConfig, reconstructor: str | None, out_dir: str, device: str = "cpu",
                   progress: bool = True) -> list[str]:
     """Fills (or completes) the prior cache in `out_dir` from the stage-1 run or checkpoint
-    `reconstructor`; returns the shard paths in order. Under torchrun process r makes the
-    missing shards whose index is r modulo the number of processes."""
+    `reconstructor` (None, and not used, with `config.images_only`); returns the shard paths in
+    order. Under torchrun process r makes the missing shards whose index is r modulo the number
+    of processes."""
     if config.count < 1 or config.shard_size < 1 or config.batch_size < 1:
         raise ValueError(f"count, shard_size and batch_size must be positive, got {config.count}, "
                          f"{config.shard_size}, {config.batch_size}")
     if config.volume_dtype not in ("float16", "bfloat16", "float32"):
         raise ValueError(f"volume_dtype must be float16, bfloat16 or float32, got {config.volume_dtype!r}")
+    if reconstructor is None and not config.images_only:
+        raise ValueError("reconstructor: a stage-1 run or checkpoint is required (or set images_only for a cache of "
+                         "the stand-in images alone)")
+    if reconstructor is not None and config.images_only:
+        raise ValueError(f"reconstructor: an images_only cache uses no Reconstructor, got {reconstructor!r}")
     device = distributed.initialize(device)
     rank, size = distributed.world()
     os.makedirs(out_dir, exist_ok=True)
-    record_settings(os.path.join(out_dir, "prior.json"), {**dataclasses.asdict(config), "reconstructor": os.path.abspath(reconstructor)},
+    source = None if reconstructor is None else os.path.abspath(reconstructor)
+    record_settings(os.path.join(out_dir, "prior.json"), {**dataclasses.asdict(config), "reconstructor": source},
                     may_change=("count",), write=rank == 0)
-    model = load_reconstructor(reconstructor, config.preset, device)
+    model = None if config.images_only else load_reconstructor(reconstructor, config.preset, device)
+    keys = IMAGE_KEYS if config.images_only else SHARD_KEYS
     shards = range(-(-config.count // config.shard_size))
     paths = [os.path.join(out_dir, f"prior-{index:05d}.safetensors") for index in shards]
     missing = [index for index in shards if not os.path.exists(paths[index]) and index % size == rank]
@@ -125,25 +141,32 @@ def induce_priors(config: PriorConfig, reconstructor: str, out_dir: str, device:
         end = min(begin + config.shard_size, config.count)
         parts = [prior_targets(model, latents(config, b, min(b + config.batch_size, end)), config)
                  for b in range(begin, end, config.batch_size)]
-        tensors = {key: torch.cat([part[key] for part in parts]).contiguous() for key in SHARD_KEYS}
+        tensors = {key: torch.cat([part[key] for part in parts]).contiguous() for key in keys}
         save_file(tensors, paths[index] + ".tmp", metadata={"first": str(begin), "preset": config.preset})
         os.replace(paths[index] + ".tmp", paths[index])
     distributed.barrier()  # every shard exists before any process goes on
     return paths
 
 
-def check_stage_inputs(prior: "PriorCache", model, preset: str, name: str) -> None:
-    """Raises ValueError unless the prior cache and `model` (called `name`) are of `preset`."""
+def check_stage_inputs(prior: "PriorCache", model, preset: str, name: str, keys: tuple[str, ...]) -> None:
+    """Raises ValueError unless the prior cache and `model` (called `name`) are of `preset` and
+    the cache holds the entries `keys` that the stage reads."""
     if prior.settings.get("preset") != preset or model.config != resolve_config(preset):
         raise ValueError(f"the prior cache ({prior.settings.get('preset')!r}) and the {name} must be of the "
                          f"training preset {preset!r}")
+    missing = [key for key in keys if key not in prior.keys]
+    if missing:
+        raise ValueError(f"the prior cache {prior.directory} holds no {', '.join(missing)} (it was made with "
+                         "images_only): this stage needs a cache made from a Reconstructor (`get3dhuman train prior "
+                         "--reconstructor RUN`)")
 
 
 class PriorCache:
     """Read access to a prior cache directory: `len(cache)` latents, `cache.batch(indices)`.
 
     Shards are opened lazily and sliced without loading whole files; volumes come back as
-    float32. Raises ValueError when the directory holds no complete cache.
+    float32. `cache.keys`: the entries it holds (SHARD_KEYS, or IMAGE_KEYS for an `images_only`
+    cache). Raises ValueError when the directory holds no complete cache.
     """
 
     def __init__(self, directory: str):
@@ -158,7 +181,8 @@ class PriorCache:
         if len(self.paths) != expected:
             raise ValueError(f"{directory} holds {len(self.paths)} of {expected} prior shards: finish it with "
                              "`get3dhuman train prior` (it resumes)")
-        self.shard_size, self.count = size, count
+        self.shard_size, self.count, self.directory = size, count, directory
+        self.keys = IMAGE_KEYS if self.settings.get("images_only", False) else SHARD_KEYS
         self._handles: dict[int, object] = {}
 
     def __len__(self) -> int:
@@ -169,8 +193,14 @@ class PriorCache:
             self._handles[index] = safe_open(self.paths[index], framework="pt")
         return self._handles[index]
 
-    def batch(self, indices: list[int] | torch.Tensor, keys: tuple[str, ...] = SHARD_KEYS) -> dict[str, torch.Tensor]:
-        """Entries `indices` (ints in [0, len)) stacked per key; volumes as float32."""
+    def batch(self, indices: list[int] | torch.Tensor, keys: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """Entries `indices` (ints in [0, len)) stacked per key of `keys` (default: all that the
+        cache holds); volumes as float32."""
+        keys = self.keys if keys is None else keys
+        missing = [key for key in keys if key not in self.keys]
+        if missing:
+            raise KeyError(f"keys: the prior cache {self.directory} holds no {', '.join(missing)} (it holds "
+                           f"{', '.join(self.keys)})")
         rows = {key: [] for key in keys}
         for i in (int(i) for i in indices):
             if not 0 <= i < self.count:

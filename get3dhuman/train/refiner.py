@@ -2,7 +2,8 @@
 stand-in images of the same latents (the prior cache's images).
 
 Each step renders the trained (frozen) Generator's humans for `batch_size` cached latents from
-the front (`refine.render_textured`), refines them, and trains pix2pixHD style: least-squares
+the front (`refine.render_textured`; up to `render_memo` renders are kept, as an entry's render
+never changes), refines them, and trains pix2pixHD style: least-squares
 GAN with a two-scale PatchGAN conditioned on the rendered image, plus `feature_matching_weight`
 x feature matching and `perceptual_weight` x the weight-free pyramid L1 loss (see
 get3dhuman.losses: no pretrained VGG can be downloaded). Adam (2e-4, betas 0.5 / 0.999).
@@ -22,7 +23,7 @@ from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import load_checkpoint, resolve_checkpoint
 from get3dhuman.train.generator import load_generator
 from get3dhuman.train.loop import run_training
-from get3dhuman.train.prior import PriorCache, check_stage_inputs
+from get3dhuman.train.prior import IMAGE_KEYS, PriorCache, check_stage_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,9 @@ class RefinerTrainingConfig:
     checkpoint_every: int = 500
     eval_every: int = 500
     eval_latents: int = 8
+    # Renders of cache entries kept in memory: the Generator is frozen, so an entry's render never
+    # changes, and rendering is most of a step (0: render every time; 'small': 400 MB at most).
+    render_memo: int = 2048
 
 
 PRESETS = {
@@ -51,7 +55,7 @@ PRESETS = {
                                   batch_size=2, march_samples=24, checkpoint_every=10, eval_every=10, eval_latents=2),
     "small": RefinerTrainingConfig(),
     "official": RefinerTrainingConfig(preset="official", refiner_channels=64, discriminator_channels=64, batch_size=8,
-                                      march_samples=128, residual=False),
+                                      march_samples=128, residual=False, render_memo=256),  # 3 MiB per 512 px render
 }
 
 
@@ -64,7 +68,7 @@ class RefinerTrainer:
     """Models, optimisers and one step of stage 4 (see the module docstring)."""
 
     def __init__(self, config: RefinerTrainingConfig, prior: PriorCache, generator, device: str = "cpu"):
-        check_stage_inputs(prior, generator, config.preset, "generator")
+        check_stage_inputs(prior, generator, config.preset, "generator", IMAGE_KEYS)
         self.config, self.prior, self.device = config, prior, device
         torch.manual_seed(config.seed)
         self.generator = generator.to(device).eval().requires_grad_(False)
@@ -73,6 +77,7 @@ class RefinerTrainer:
         betas = (0.5, 0.999)
         self.refiner_optimizer = torch.optim.Adam(self.refiner.parameters(), lr=config.learning_rate, betas=betas)
         self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=config.learning_rate, betas=betas)
+        self._renders: dict[int, torch.Tensor] = {}  # cache index -> render (at most config.render_memo)
 
     @property
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -83,16 +88,28 @@ class RefinerTrainer:
         return {"refiner": self.refiner_optimizer, "discriminator": self.discriminator_optimizer}
 
     @torch.no_grad()
+    def render(self, index: int) -> torch.Tensor:
+        """The Generator's front render [3, S, S] in [-1, 1] of cache entry `index`. Each entry is
+        rendered alone, so its render is the same bits whether it comes from the memo or not."""
+        if index in self._renders:
+            return self._renders[index]
+        z = self.prior.batch([index], ("z",))["z"].to(self.device)
+        shape, texture = self.generator(z, z)
+        side = self.generator.config.backbone_resolution  # the side of the prior's images
+        rendered, _ = render_textured(self.generator, shape.volume, texture, view_calibration(self.generator, 0.0).expand(1, 4, 4), side,
+                                      self.config.march_samples)
+        rendered = rendered[0].permute(2, 0, 1) * 2 - 1
+        if len(self._renders) < self.config.render_memo:
+            self._renders[index] = rendered
+        return rendered
+
+    @torch.no_grad()
     def images(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """(rendered, target) images [B, 3, S, S] in [-1, 1] of cache entries `indices`."""
-        batch = self.prior.batch(indices, ("z", "image"))
-        z = batch["z"].to(self.device)
-        shape, texture = self.generator(z, z)
-        side = batch["image"].shape[1]
-        calib = view_calibration(self.generator, 0.0).expand(len(z), 4, 4)
-        rendered, _ = render_textured(self.generator, shape.volume, texture, calib, side, self.config.march_samples)
-        target = batch["image"].to(self.device).float() / 255
-        return rendered.permute(0, 3, 1, 2) * 2 - 1, target.permute(0, 3, 1, 2) * 2 - 1
+        indices = [int(i) for i in indices]
+        rendered = torch.stack([self.render(i) for i in indices])
+        target = self.prior.batch(indices, ("image",))["image"].to(self.device).float() / 255
+        return rendered, target.permute(0, 3, 1, 2) * 2 - 1
 
     def losses(self, rendered: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(discriminator loss, refiner losses {'loss', 'gan', 'feature_matching', 'perceptual'})
@@ -144,8 +161,10 @@ def load_refiner(path: str, config: RefinerTrainingConfig, device: str = "cpu") 
 def train_refiner(config: RefinerTrainingConfig, prior_dir: str, generator: str, out_dir: str, device: str = "cpu",
                   progress: bool = True) -> Refiner:
     """Trains (or resumes training in `out_dir`) up to `config.steps` steps from the prior cache
-    and the stage-3 run or checkpoint `generator`; returns the Refiner (eval mode). Under
-    torchrun the processes split each batch (get3dhuman.train.distributed)."""
+    (a full one or an `images_only` one) and `generator`: a stage-3 run or checkpoint, or a file
+    of `Generator.save_pretrained` (`get3dhuman export`, the package's default weights);
+    returns the Refiner (eval mode). Under torchrun the processes split each batch
+    (get3dhuman.train.distributed)."""
     device = distributed.initialize(device)
     trainer = RefinerTrainer(config, PriorCache(prior_dir), load_generator(generator, config.preset, device), device)
     run_training(config, out_dir, trainer.modules, trainer.optimizers, trainer.step, trainer.evaluate, "refiner", progress)
