@@ -24,8 +24,8 @@ data-parallel under `torchrun --nproc-per-node N -m get3dhuman.cli train ...`.
 - `get3dhuman invert --image FILE --out DIR`: latents whose front view matches an image.
 - `get3dhuman eval --generator RUN --preset small`: COV, MMD, 1-NNA and colour error against
   held-out synthetic humans, with an untrained generator of the same preset as the baseline row,
-  the synthetic humans of the same latents as the ideal row and, with `--reconstructor RUN`,
-  the prior row (get3dhuman.evaluate).
+  the synthetic humans of the same latents as the ideal row, with `--reconstructor RUN` the
+  prior row and with `--refiner RUN` the refined row (get3dhuman.evaluate).
 """
 
 from __future__ import annotations
@@ -138,9 +138,14 @@ def _eval(args: argparse.Namespace) -> int:
                                                                                         "resolution", "seed")})
     if args.generator is None and args.reconstructor is None and args.no_baseline:
         raise SystemExit("get3dhuman eval: give --generator RUN or --reconstructor RUN, or drop --no-baseline")
+    if args.refiner is not None and args.generator is None:
+        raise SystemExit("get3dhuman eval: --refiner needs --generator (the generator whose renders it refines)")
     rows = {}
     if args.generator is not None:
-        rows["trained"] = evaluate_generator(load_generator(args.generator, args.preset, args.device), config)
+        generator = load_generator(args.generator, args.preset, args.device)
+        rows["trained"] = evaluate_generator(generator, config)
+        if args.refiner is not None:
+            rows["refined"] = evaluate_generator(generator, config, refiner=_load_refiner(args, args.device))
     if args.reconstructor is not None:
         rows["prior"] = evaluate_prior(load_reconstructor(args.reconstructor, args.preset, args.device), config)
     if not args.no_baseline:
@@ -334,7 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser("eval", help="shape and colour metrics of a generator against held-out humans")
-    evaluate.add_argument("--generator", help="stage-3 run directory or checkpoint (omit for the baseline only)")
+    evaluate.add_argument("--generator", help="stage-3 run directory or checkpoint, or a file of `export` (omit for "
+                          "the baseline only)")
+    evaluate.add_argument("--refiner", nargs="?", const=PACKAGED, metavar="RUN_OR_FILE",
+                          help="adds the 'refined' row: the generator's meshes coloured by this refiner's views (a "
+                          "stage-4 run or checkpoint, or a file of `export --refiner`; alone: the package's refiner)")
     evaluate.add_argument("--preset", choices=["tiny", "small", "official"], default="small")
     from get3dhuman.evaluate import EvaluationConfig
 

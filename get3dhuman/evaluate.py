@@ -34,6 +34,7 @@ import torch
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn.generator import latents_of_seeds
 from get3dhuman.ops import coarse_resolution_for
+from get3dhuman.refine import refine_meshes
 from get3dhuman.synthetic import human_color, human_parameters
 from get3dhuman.synthetic.preview import stand_in_images
 from get3dhuman.synthetic.sampling import sample_surface
@@ -176,11 +177,20 @@ def _sampled_latents(config: EvaluationConfig, z_dim: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_generator(generator, config: EvaluationConfig = EvaluationConfig(), batch_size: int = 4) -> dict[str, float]:
+def evaluate_generator(generator, config: EvaluationConfig = EvaluationConfig(), batch_size: int = 4,
+                       refiner=None) -> dict[str, float]:
     """Metrics of `generator` (a get3dhuman.Generator; its samples seed .. seed + samples - 1)
-    against the held-out humans (`cloud_metrics`)."""
+    against the held-out humans (`cloud_metrics`). With a `refiner` (a trained Refiner) the
+    vertex colours are its refined front and back views back-projected onto the meshes
+    (refine.refine_meshes), as `get3dhuman sample --refiner` colours them; shapes are unchanged."""
     meshes = generator.sample(config.samples, seed=config.seed, resolution=config.resolution, batch_size=batch_size,
                               coarse_resolution=coarse_resolution_for(config.resolution))
+    if refiner is not None:
+        device = next(generator.parameters()).device
+        z_shape, z_texture = (z.to(device) for z in generator.latents(range(config.seed, config.seed + config.samples)))
+        parts = range(0, config.samples, batch_size)
+        meshes = [mesh for b in parts for mesh in refine_meshes(generator, refiner, z_shape[b : b + batch_size],
+                                                                 z_texture[b : b + batch_size], meshes[b : b + batch_size])]
     return mesh_metrics(meshes, config)
 
 

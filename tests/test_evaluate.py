@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from inputs import generator_with_a_surface
 
 from get3dhuman.cli import main
 from get3dhuman.evaluate import (
@@ -22,9 +23,10 @@ from get3dhuman.evaluate import (
     reference_humans,
 )
 from get3dhuman.mesh import TexturedMesh
-from get3dhuman.nn import Reconstructor, latents_of_seeds
+from get3dhuman.nn import Reconstructor, Refiner, latents_of_seeds
 from get3dhuman.nn.generator import resolve_config
-from get3dhuman.ops import marching_cubes
+from get3dhuman.ops import coarse_resolution_for, marching_cubes
+from get3dhuman.refine import refine_meshes
 from get3dhuman.synthetic import human_color, human_parameters
 from get3dhuman.synthetic.meshes import ground_truth_mesh
 from get3dhuman.synthetic.preview import render_humans
@@ -205,3 +207,26 @@ def test_eval_command_reports_trained_and_baseline_rows(tmp_path, capsys):
                     {"optimizer": torch.optim.Adam(reconstructor.parameters())})
     assert main(args + ["--reconstructor", str(tmp_path / "reconstructor"), "--no-baseline", "--no-world"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"prior"}
+    Refiner(base_channels=4, depth=2).save_pretrained(tmp_path / "refiner.safetensors")
+    assert main(args + ["--generator", str(tmp_path), "--refiner", str(tmp_path / "refiner.safetensors"), "--no-baseline",
+                        "--no-world"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"trained", "refined"}
+    with pytest.raises(SystemExit, match="--refiner needs --generator"):
+        main(args + ["--refiner", str(tmp_path / "refiner.safetensors")])
+
+
+def test_the_refined_row_colours_the_same_meshes_by_the_refiners_views():
+    generator = generator_with_a_surface()
+    config = dataclasses.replace(SMALL, resolution=16, points=128)
+    torch.manual_seed(2)
+    refiner = Refiner(base_channels=4, depth=2, residual=False).eval()  # a random image-to-image map
+    refined = evaluate_generator(generator, config, batch_size=2, refiner=refiner)
+    plain = evaluate_generator(generator, config, batch_size=2)
+    meshes = generator.sample(config.samples, resolution=16, batch_size=2, coarse_resolution=coarse_resolution_for(16))
+    assert not any(mesh.is_empty for mesh in meshes)
+    z_shape, z_texture = generator.latents(range(config.samples))
+    expected = mesh_metrics(refine_meshes(generator, refiner, z_shape, z_texture, meshes), config)
+    assert refined == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    shape_metrics = ("cov", "mmd", "1-nna", "empty_fraction")
+    assert {k: refined[k] for k in shape_metrics} == {k: plain[k] for k in shape_metrics}
+    assert refined["color_mmd"] != pytest.approx(plain["color_mmd"])
