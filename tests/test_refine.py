@@ -145,6 +145,12 @@ def test_a_refiner_trains_alike_on_an_images_only_cache_an_exported_generator_an
                 for name, (cache, generator, memo) in runs.items()}
     for (name, a), b in zip(refiners["full"].state_dict().items(), refiners["images_only"].state_dict().values()):
         assert torch.equal(a, b), name
+    # The memo leaves the results unchanged, so a run may resume with another one, but not with another setting.
+    train_refiner(dataclasses.replace(config, steps=5, render_memo=0), str(tmp_path / "images"), exported,
+                  str(tmp_path / "images_only"), progress=False)
+    with pytest.raises(ValueError, match="other settings .*march_samples"):
+        train_refiner(dataclasses.replace(config, steps=6, march_samples=8), str(tmp_path / "images"), exported,
+                      str(tmp_path / "images_only"), progress=False)
 
 
 def test_memoised_renders_are_the_renders_of_their_own_entries(prior):

@@ -63,6 +63,9 @@ def test_prior_induction_resumes_and_refuses_other_settings(stages, tmp_path):
     os.remove(paths[-1])  # an interrupted run: the last shard is missing
     with pytest.raises(ValueError, match="1 of 2 prior shards|of 2 prior shards"):
         PriorCache(str(directory))
+    settings = json.loads((directory / "prior.json").read_text())
+    del settings["images_only"]  # as a cache of the versions before that setting recorded it
+    (directory / "prior.json").write_text(json.dumps(settings))
     induce_priors(PRIOR, reconstructor, str(directory), progress=False)
     again = PriorCache(str(directory)).batch(range(PRIOR.count))
     for key in first:

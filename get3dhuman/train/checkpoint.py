@@ -29,14 +29,16 @@ def _named(value, default_name: str) -> dict:
     return dict(value) if isinstance(value, dict) else {default_name: value}
 
 
-def record_settings(path: str, settings: dict, may_change: tuple[str, ...] = ("steps",), write: bool = True) -> None:
+def record_settings(path: str, settings: dict, may_change: tuple[str, ...] = ("steps",), write: bool = True,
+                    introduced: dict | None = None) -> None:
     """Writes `settings` as json to `path` (unless not `write`: the other processes of a
     data-parallel run only check), after checking that a file already there (an earlier run in
     the same directory) differs at most in `may_change`; raises ValueError naming the settings
-    that changed."""
+    that changed. `introduced`: settings added in later versions, with the value that runs
+    recorded before them had (a file lacking one matches that value)."""
     if os.path.exists(path):
         with open(path) as handle:
-            saved = json.load(handle)
+            saved = {**(introduced or {}), **json.load(handle)}
         changed = sorted(k for k in {*settings, *saved} if k not in may_change and saved.get(k) != settings.get(k))
         if changed:
             raise ValueError(f"{os.path.dirname(path) or '.'} holds a run with other settings ({', '.join(changed)}); "

@@ -42,7 +42,8 @@ def run_training(config, out_dir: str, modules: dict[str, torch.nn.Module], opti
     """Runs train_step(step) for step = (the newest checkpoint's step) .. config.steps - 1.
 
     `config` is a dataclass with `steps`, `eval_every` and `checkpoint_every`; out_dir receives
-    config.json (a directory of a run with other settings is refused), metrics.jsonl (one record
+    config.json (a directory of a run with other settings is refused, but for `steps` and the
+    names in the config's class attribute RESULT_NEUTRAL, which leave the results unchanged), metrics.jsonl (one record
     per step: train_step's values (averaged over the processes), seconds, and evaluate()'s every
     `eval_every` steps and at the end) and checkpoints of `modules` and `optimizers` every
     `checkpoint_every` steps and at the end. Under torchrun every process runs this with its own
@@ -50,7 +51,8 @@ def run_training(config, out_dir: str, modules: dict[str, torch.nn.Module], opti
     """
     main = distributed.is_main_process()
     os.makedirs(out_dir, exist_ok=True)
-    record_settings(os.path.join(out_dir, "config.json"), dataclasses.asdict(config), write=main)
+    record_settings(os.path.join(out_dir, "config.json"), dataclasses.asdict(config), write=main,
+                    may_change=("steps", *getattr(config, "RESULT_NEUTRAL", ())))
     start = 0
     checkpoint = latest_checkpoint(out_dir)
     if checkpoint is not None:

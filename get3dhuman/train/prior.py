@@ -125,7 +125,7 @@ def induce_priors(config: PriorConfig, reconstructor: str | None, out_dir: str, 
     os.makedirs(out_dir, exist_ok=True)
     source = None if reconstructor is None else os.path.abspath(reconstructor)
     record_settings(os.path.join(out_dir, "prior.json"), {**dataclasses.asdict(config), "reconstructor": source},
-                    may_change=("count",), write=rank == 0)
+                    may_change=("count",), write=rank == 0, introduced={"images_only": False})
     model = None if config.images_only else load_reconstructor(reconstructor, config.preset, device)
     keys = IMAGE_KEYS if config.images_only else SHARD_KEYS
     shards = range(-(-config.count // config.shard_size))

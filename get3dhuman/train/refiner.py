@@ -13,6 +13,7 @@ Metric: L1 to the target images of the refined and of the unrefined renders.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 
@@ -29,6 +30,8 @@ from get3dhuman.train.prior import IMAGE_KEYS, PriorCache, check_stage_inputs
 @dataclasses.dataclass(frozen=True)
 class RefinerTrainingConfig:
     """Stage-4 settings. Defaults: the 'small' preset."""
+
+    RESULT_NEUTRAL: ClassVar[tuple[str, ...]] = ("render_memo",)  # may change when a run resumes
 
     preset: str = "small"  # of the Generator and the prior cache
     refiner_channels: int = 32  # U-Net base width (the authors: 64)
