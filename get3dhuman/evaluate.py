@@ -34,7 +34,7 @@ import torch
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn.generator import latents_of_seeds
 from get3dhuman.ops import coarse_resolution_for
-from get3dhuman.refine import refine_meshes
+from get3dhuman.refine import front_view_errors, refine_meshes
 from get3dhuman.synthetic import human_color, human_parameters
 from get3dhuman.synthetic.preview import stand_in_images
 from get3dhuman.synthetic.sampling import sample_surface
@@ -182,7 +182,9 @@ def evaluate_generator(generator, config: EvaluationConfig = EvaluationConfig(),
     """Metrics of `generator` (a get3dhuman.Generator; its samples seed .. seed + samples - 1)
     against the held-out humans (`cloud_metrics`). With a `refiner` (a trained Refiner) the
     vertex colours are its refined front and back views back-projected onto the meshes
-    (refine.refine_meshes), as `get3dhuman sample --refiner` colours them; shapes are unchanged."""
+    (refine.refine_meshes), as `get3dhuman sample --refiner` colours them (shapes are unchanged),
+    and the row adds 'front_refined_l1' and 'front_rendered_l1' (`refine.front_view_errors` on
+    `samples` latents no training stage draws)."""
     meshes = generator.sample(config.samples, seed=config.seed, resolution=config.resolution, batch_size=batch_size,
                               coarse_resolution=coarse_resolution_for(config.resolution))
     if refiner is not None:
@@ -191,6 +193,11 @@ def evaluate_generator(generator, config: EvaluationConfig = EvaluationConfig(),
         parts = range(0, config.samples, batch_size)
         meshes = [mesh for b in parts for mesh in refine_meshes(generator, refiner, z_shape[b : b + batch_size],
                                                                  z_texture[b : b + batch_size], meshes[b : b + batch_size])]
+        first = EVAL_SEED_OFFSET + config.seed
+        held_out = latents_of_seeds(range(first, first + config.samples), generator.config.z_dim)[0]
+        errors = [(len(part), front_view_errors(generator, refiner, part.to(device))) for part in held_out.split(batch_size)]
+        return {**mesh_metrics(meshes, config),
+                **{f"front_{key}": sum(n * e[key] for n, e in errors) / config.samples for key in errors[0][1]}}
     return mesh_metrics(meshes, config)
 
 

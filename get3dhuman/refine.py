@@ -11,7 +11,7 @@ import torch
 from get3dhuman.mesh import TexturedMesh, back_project_colors
 from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.render import Rendering, ray_march
-from get3dhuman.synthetic.preview import shade
+from get3dhuman.synthetic.preview import shade, stand_in_images
 
 
 def view_calibration(generator, angle_deg: float) -> torch.Tensor:
@@ -60,6 +60,22 @@ def refined_views(generator, refiner, z_shape: torch.Tensor, z_texture: torch.Te
             refined = (refiner(image.permute(0, 3, 1, 2) * 2 - 1).permute(0, 2, 3, 1) + 1) / 2
             views.append((refined, calib, rendering))
         return views
+
+
+@torch.no_grad()
+def front_view_errors(generator, refiner, z: torch.Tensor, samples: int = 64) -> dict[str, float]:
+    """{'refined_l1', 'rendered_l1'}: the mean L1 RGB difference (in [0, 1] units) between the
+    stand-in images of latents z [B, z_dim] and the refiner's front views of them, and the
+    unrefined renders (both branches fed z, as in stage 4; `samples` depth samples per ray):
+    stage 4's metric, for latents outside its training cache."""
+    side = generator.config.backbone_resolution
+    with evaluation_mode(generator, refiner):
+        shape, texture = generator(z, z)
+        calib = view_calibration(generator, 0.0).expand(z.shape[0], 4, 4)
+        rendered, _ = render_textured(generator, shape.volume, texture, calib, side, samples)
+        refined = (refiner(rendered.permute(0, 3, 1, 2) * 2 - 1).permute(0, 2, 3, 1) + 1) / 2
+    target = stand_in_images(z.cpu(), side).to(rendered.device)
+    return {"refined_l1": (refined - target).abs().mean().item(), "rendered_l1": (rendered - target).abs().mean().item()}
 
 
 def refine_meshes(generator, refiner, z_shape: torch.Tensor, z_texture: torch.Tensor, meshes: list[TexturedMesh],

@@ -9,6 +9,7 @@ from inputs import generator_with_a_surface
 
 from get3dhuman.cli import main
 from get3dhuman.evaluate import (
+    EVAL_SEED_OFFSET,
     EvaluationConfig,
     chamfer_distance,
     cloud_distances,
@@ -26,7 +27,7 @@ from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn import Reconstructor, Refiner, latents_of_seeds
 from get3dhuman.nn.generator import resolve_config
 from get3dhuman.ops import coarse_resolution_for, marching_cubes
-from get3dhuman.refine import refine_meshes
+from get3dhuman.refine import front_view_errors, refine_meshes
 from get3dhuman.synthetic import human_color, human_parameters
 from get3dhuman.synthetic.meshes import ground_truth_mesh
 from get3dhuman.synthetic.preview import render_humans
@@ -210,7 +211,8 @@ def test_eval_command_reports_trained_and_baseline_rows(tmp_path, capsys):
     Refiner(base_channels=4, depth=2).save_pretrained(tmp_path / "refiner.safetensors")
     assert main(args + ["--generator", str(tmp_path), "--refiner", str(tmp_path / "refiner.safetensors"), "--no-baseline",
                         "--no-world"]) == 0
-    assert set(json.loads(capsys.readouterr().out)) == {"trained", "refined"}
+    rows = json.loads(capsys.readouterr().out)
+    assert set(rows) == {"trained", "refined"} and {"front_refined_l1", "front_rendered_l1"} <= set(rows["refined"])
     with pytest.raises(SystemExit, match="--refiner needs --generator"):
         main(args + ["--refiner", str(tmp_path / "refiner.safetensors")])
 
@@ -226,6 +228,8 @@ def test_the_refined_row_colours_the_same_meshes_by_the_refiners_views():
     assert not any(mesh.is_empty for mesh in meshes)
     z_shape, z_texture = generator.latents(range(config.samples))
     expected = mesh_metrics(refine_meshes(generator, refiner, z_shape, z_texture, meshes), config)
+    held_out = latents_of_seeds(range(EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + config.samples), generator.config.z_dim)[0]
+    expected.update({f"front_{k}": v for k, v in front_view_errors(generator, refiner, held_out).items()})
     assert refined == pytest.approx(expected, rel=1e-5, abs=1e-7)
     shape_metrics = ("cov", "mmd", "1-nna", "empty_fraction")
     assert {k: refined[k] for k in shape_metrics} == {k: plain[k] for k in shape_metrics}

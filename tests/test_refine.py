@@ -13,7 +13,8 @@ from get3dhuman.nn import Generator, Refiner
 from get3dhuman.nn import refiner as refiner_module
 from get3dhuman.nn.generator import OFFICIAL_CALIBRATION
 from get3dhuman.ops import marching_cubes
-from get3dhuman.refine import refine_meshes, view_calibration
+from get3dhuman.refine import front_view_errors, refine_meshes, view_calibration
+from get3dhuman.synthetic.preview import stand_in_images
 from get3dhuman.render import orbit_calibration, ray_march
 from get3dhuman.train import (
     PRIOR_PRESETS,
@@ -56,6 +57,27 @@ def test_back_projection_colours_what_each_view_sees():
     assert torch.equal(front.colors[z < -0.1], mesh.colors[z < -0.1])
     with pytest.raises(ValueError, match="images must be"):
         back_project_colors(mesh, images, calib[:1], maps.depth, maps.mask)
+
+
+class _Painter(torch.nn.Module):
+    """A 'refiner' that paints the stand-in images of latents z whatever it is shown."""
+
+    def __init__(self, z):
+        super().__init__()
+        self.target = stand_in_images(z, Generator("tiny").config.backbone_resolution).permute(0, 3, 1, 2) * 2 - 1
+
+    def forward(self, image):
+        assert image.shape == self.target.shape
+        return self.target
+
+
+def test_front_view_errors_against_a_perfect_and_an_identity_refiner():
+    generator = generator_with_a_surface()
+    z = torch.randn(2, generator.config.z_dim, generator=torch.Generator().manual_seed(5))
+    perfect = front_view_errors(generator, _Painter(z), z)
+    assert perfect["refined_l1"] < 1e-6 and perfect["rendered_l1"] > 0.01  # ([-1, 1] -> [0, 1] rounding)
+    identity = front_view_errors(generator, Refiner(base_channels=4, depth=2, residual=True), z)  # zero head: identity
+    assert identity == {"refined_l1": perfect["rendered_l1"], "rendered_l1": perfect["rendered_l1"]}
 
 
 def test_view_calibration_turns_about_the_centre_of_the_view():
