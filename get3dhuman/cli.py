@@ -343,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                           "the baseline only)")
     evaluate.add_argument("--refiner", nargs="?", const=PACKAGED, metavar="RUN_OR_FILE",
                           help="adds the 'refined' row: the generator's meshes coloured by this refiner's views (a "
-                          "stage-4 run or checkpoint, or a file of `export --refiner`; alone: the package's refiner)")
+                          "stage-4 run or checkpoint, or a file of `export --refiner`; alone: the package's refiner, "
+                          "where it ships one)")
     evaluate.add_argument("--preset", choices=["tiny", "small", "official"], default="small")
     from get3dhuman.evaluate import EvaluationConfig
 
@@ -367,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_generator_arguments(sample, "of --generator and --refiner")
     sample.add_argument("--refiner", nargs="?", const=PACKAGED, metavar="RUN_OR_FILE",
                         help="refined vertex colours and previews by a stage-4 run directory or checkpoint, or a file "
-                        "of `export --refiner`; alone: the package's refiner (trained with the package's generator)")
+                        "of `export --refiner`; alone: the package's refiner, where it ships one (`get3dhuman info`: "
+                        "default_refiner_weights)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the first sample (default 0)")
     sample.add_argument("--batch-size", type=int, default=4, help="latents per generator call (default 4)")
     _add_mesh_arguments(sample, "with --preview: one PNG of all the previews, 4 per row")

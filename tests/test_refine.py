@@ -14,8 +14,8 @@ from get3dhuman.nn import refiner as refiner_module
 from get3dhuman.nn.generator import OFFICIAL_CALIBRATION
 from get3dhuman.ops import marching_cubes
 from get3dhuman.refine import front_view_errors, refine_meshes, view_calibration
-from get3dhuman.synthetic.preview import stand_in_images
 from get3dhuman.render import orbit_calibration, ray_march
+from get3dhuman.synthetic.preview import stand_in_images
 from get3dhuman.train import (
     PRIOR_PRESETS,
     RECONSTRUCTOR_PRESETS,

@@ -15,7 +15,6 @@ from get3dhuman.synthetic import human_parameters, human_sdf
 from get3dhuman.train import RECONSTRUCTOR_PRESETS, train_reconstructor
 from get3dhuman.train.generator import PRESETS as GENERATOR_PRESETS
 from get3dhuman.train.generator import GeneratorTrainer, load_generator, prior_points, train_generator
-from get3dhuman.train.prior import PRESETS as PRIOR_PRESETS
 from get3dhuman.train.prior import (
     IMAGE_KEYS,
     SHARD_KEYS,
@@ -25,6 +24,7 @@ from get3dhuman.train.prior import (
     load_reconstructor,
     prior_targets,
 )
+from get3dhuman.train.prior import PRESETS as PRIOR_PRESETS
 
 PRIOR = PRIOR_PRESETS["tiny"]
 TINY = GENERATOR_PRESETS["tiny"]
