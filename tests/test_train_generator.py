@@ -48,7 +48,10 @@ def test_prior_cache_holds_the_reconstructors_targets(stages):
     expected = prior_targets(model, torch.cat([latents(PRIOR, i, i + 1) for i in indices]), PRIOR)
     batch = cache.batch(indices)
     for key, value in expected.items():
-        torch.testing.assert_close(batch[key], value.float() if key in ("shape", "texture") else value, msg=key)
+        # Stored float16 volumes: one float16 step apart where a batch of another size rounds differently.
+        volume = key in ("shape", "texture")
+        torch.testing.assert_close(batch[key], value.float() if volume else value, rtol=2e-3 if volume else None,
+                                   atol=3e-4 if volume else None, msg=lambda m, k=key: f"{k}: {m}")
     side, maps = model.config.backbone_resolution, PRIOR.map_resolution
     assert batch["image"].shape == (2, side, side, 3) and batch["normal"].shape == (2, maps, maps, 3)
     # Latent j depends on j only, not on how the cache is split into shards.
