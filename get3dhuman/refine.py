@@ -63,18 +63,24 @@ def refined_views(generator, refiner, z_shape: torch.Tensor, z_texture: torch.Te
 
 
 @torch.no_grad()
+def front_renders(generator, z: torch.Tensor, samples: int = 64) -> torch.Tensor:
+    """Shaded front views [B, S, S, 3] in [0, 1] (S: the backbone resolution, the stand-in
+    images' side) of latents z [B, z_dim] fed to both branches, as stage 4 trains on them."""
+    shape, texture = generator(z, z)
+    calib = view_calibration(generator, 0.0).expand(z.shape[0], 4, 4)
+    return render_textured(generator, shape.volume, texture, calib, generator.config.backbone_resolution, samples)[0]
+
+
+@torch.no_grad()
 def front_view_errors(generator, refiner, z: torch.Tensor, samples: int = 64) -> dict[str, float]:
     """{'refined_l1', 'rendered_l1'}: the mean L1 RGB difference (in [0, 1] units) between the
     stand-in images of latents z [B, z_dim] and the refiner's front views of them, and the
     unrefined renders (both branches fed z, as in stage 4; `samples` depth samples per ray):
     stage 4's metric, for latents outside its training cache."""
-    side = generator.config.backbone_resolution
     with evaluation_mode(generator, refiner):
-        shape, texture = generator(z, z)
-        calib = view_calibration(generator, 0.0).expand(z.shape[0], 4, 4)
-        rendered, _ = render_textured(generator, shape.volume, texture, calib, side, samples)
+        rendered = front_renders(generator, z, samples)
         refined = (refiner(rendered.permute(0, 3, 1, 2) * 2 - 1).permute(0, 2, 3, 1) + 1) / 2
-    target = stand_in_images(z.cpu(), side).to(rendered.device)
+    target = stand_in_images(z.cpu(), generator.config.backbone_resolution).to(rendered.device)
     return {"refined_l1": (refined - target).abs().mean().item(), "rendered_l1": (rendered - target).abs().mean().item()}
 
 

@@ -43,8 +43,9 @@ def run_training(config, out_dir: str, modules: dict[str, torch.nn.Module], opti
 
     `config` is a dataclass with `steps`, `eval_every` and `checkpoint_every`; out_dir receives
     config.json (a directory of a run with other settings is refused, but for `steps` and the
-    names in the config's class attribute RESULT_NEUTRAL, which leave the results unchanged), metrics.jsonl (one record
-    per step: train_step's values (averaged over the processes), seconds, and evaluate()'s every
+    names in the config's class attribute RESULT_NEUTRAL, which leave the results unchanged),
+    metrics.jsonl (one record per step: train_step's values (averaged over the processes),
+    seconds, and evaluate()'s every
     `eval_every` steps and at the end) and checkpoints of `modules` and `optimizers` every
     `checkpoint_every` steps and at the end. Under torchrun every process runs this with its own
     share of the batch; rank 0 writes, evaluates and shows progress.

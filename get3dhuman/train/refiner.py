@@ -2,7 +2,7 @@
 stand-in images of the same latents (the prior cache's images).
 
 Each step renders the trained (frozen) Generator's humans for `batch_size` cached latents from
-the front (`refine.render_textured`; up to `render_memo` renders are kept, as an entry's render
+the front (`refine.front_renders`; up to `render_memo` renders are kept, as an entry's render
 never changes), refines them, and trains pix2pixHD style: least-squares
 GAN with a two-scale PatchGAN conditioned on the rendered image, plus `feature_matching_weight`
 x feature matching and `perceptual_weight` x the weight-free pyramid L1 loss (see
@@ -19,7 +19,7 @@ import torch
 
 from get3dhuman import losses
 from get3dhuman.nn import MultiScalePatchDiscriminator, Refiner
-from get3dhuman.refine import render_textured, view_calibration
+from get3dhuman.refine import front_renders
 from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import load_checkpoint, resolve_checkpoint
 from get3dhuman.train.generator import load_generator
@@ -97,11 +97,7 @@ class RefinerTrainer:
         if index in self._renders:
             return self._renders[index]
         z = self.prior.batch([index], ("z",))["z"].to(self.device)
-        shape, texture = self.generator(z, z)
-        side = self.generator.config.backbone_resolution  # the side of the prior's images
-        rendered, _ = render_textured(self.generator, shape.volume, texture, view_calibration(self.generator, 0.0).expand(1, 4, 4), side,
-                                      self.config.march_samples)
-        rendered = rendered[0].permute(2, 0, 1) * 2 - 1
+        rendered = front_renders(self.generator, z, self.config.march_samples)[0].permute(2, 0, 1) * 2 - 1
         if len(self._renders) < self.config.render_memo:
             self._renders[index] = rendered
         return rendered
