@@ -1,6 +1,7 @@
 """Texture refinement at inference: render views of generated humans, refine them with the
-Refiner U-Net, and back-project the refined colours onto the meshes' vertices (the authors'
-step 3, with projection and a depth test instead of a nearest-neighbour search)."""
+Refiner U-Net, and back-project the refined colours, their shading removed, onto the meshes'
+vertices (the authors' step 3, with projection and a depth test instead of a nearest-neighbour
+search)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from get3dhuman.mesh import TexturedMesh, back_project_colors
 from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.render import Rendering, ray_march
-from get3dhuman.synthetic.preview import shade, stand_in_images
+from get3dhuman.synthetic.preview import shade, shading_factor, stand_in_images
 
 
 def view_calibration(generator, angle_deg: float) -> torch.Tensor:
@@ -86,22 +87,27 @@ def front_view_errors(generator, refiner, z: torch.Tensor, samples: int = 64) ->
 
 def refine_meshes(generator, refiner, z_shape: torch.Tensor, z_texture: torch.Tensor, meshes: list[TexturedMesh],
                   resolution: int | None = None, angles: tuple[float, ...] = (0.0, 180.0),
-                  samples: int = 96, truncation_psi: float = 1.0) -> list[TexturedMesh]:
+                  samples: int = 96, truncation_psi: float = 1.0, remove_shading: bool = True) -> list[TexturedMesh]:
     """The meshes of latents z_shape, z_texture [B, z_dim] (from `generator.extract_mesh` with
     the same `truncation_psi`) with vertex colours back-projected from the `refined_views` at
     `angles` (default front and back) of `resolution` pixels (default: the generator's
-    backbone resolution)."""
+    backbone resolution), their shading removed first (`colors_from_views`)."""
     if len(meshes) != z_shape.shape[0]:
         raise ValueError(f"meshes must hold one mesh per latent ({z_shape.shape[0]}), got {len(meshes)}")
     views = refined_views(generator, refiner, z_shape, z_texture, angles, resolution, samples, truncation_psi)
-    return colors_from_views(meshes, views)
+    return colors_from_views(meshes, views, remove_shading)
 
 
-def colors_from_views(meshes: list[TexturedMesh],
-                      views: list[tuple[torch.Tensor, torch.Tensor, Rendering]]) -> list[TexturedMesh]:
+def colors_from_views(meshes: list[TexturedMesh], views: list[tuple[torch.Tensor, torch.Tensor, Rendering]],
+                      remove_shading: bool = True) -> list[TexturedMesh]:
     """The meshes (one per batch row of the views) with vertex colours back-projected from
     `views`, the output of `refined_views` (per view: images [B, H, W, 3], cameras [B, 4, 4],
-    Renderings)."""
+    Renderings). The views are shaded, as the images the refiner learnt from; vertex colours
+    are albedo (as the generator's own), so with `remove_shading` each image is first divided
+    by its rendering's `shading_factor` (clamped to [0, 1]); without it the light is baked in."""
+    if remove_shading:
+        views = [((image / shading_factor(rendering).unsqueeze(-1)).clamp(0, 1), calib, rendering)
+                 for image, calib, rendering in views]
     return [back_project_colors(mesh, torch.stack([v[0][b] for v in views]), torch.stack([v[1][b] for v in views]),
                                 torch.stack([v[2].depth[b] for v in views]), torch.stack([v[2].mask[b] for v in views]))
             for b, mesh in enumerate(meshes)]

@@ -150,6 +150,8 @@ def test_a_refiner_gives_the_refined_vertex_colours_and_previews(tmp_path):
     generator = generator_with_a_surface(seen_from_the_front=True)
     torch.manual_seed(1)
     refiner = make_refiner(REFINER_PRESETS["tiny"])
+    with torch.no_grad():
+        refiner.head.bias.fill_(0.3)  # residual: a zero head would return the render, and the colours unchanged
     records = write_samples(generator, str(tmp_path), 2, seed=10, file_type="ply", refiner=refiner, progress=False,
                             preview_resolution=24, **MESHING)
     z_shape, z_texture = generator.latents([10, 11])

@@ -53,9 +53,24 @@ def test_refiner_official_widths_and_output():
         small(torch.randn(1, 3, 18, 16))
 
 
-def test_refiner_gradients_reach_every_parameter():
+def test_instance_normalised_refiner_is_the_same_in_training_and_inference():
     torch.manual_seed(0)
-    refiner = Refiner(base_channels=8, depth=2)
+    refiner = Refiner(base_channels=8, depth=2, norm="instance")
+    assert refiner.sizes["norm"] == "instance"
+    images = torch.rand(3, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        trained = refiner.train()(images)
+        assert torch.allclose(refiner.eval()(images), trained, atol=1e-6)
+        assert torch.allclose(refiner(images[1:2]), trained[1:2], atol=1e-6)  # no image sees another's statistics
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in refiner.modules())
+    with pytest.raises(ValueError, match="norm must be one of .*'batch', 'instance'.* got 'layer'"):
+        Refiner(norm="layer")
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_refiner_gradients_reach_every_parameter(norm):
+    torch.manual_seed(0)
+    refiner = Refiner(base_channels=8, depth=2, norm=norm)
     refiner(torch.randn(2, 3, 16, 16)).square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in refiner.parameters())
 

@@ -1,6 +1,7 @@
 """Stage 4 (Refiner training) and texture refinement at inference: back-projection, views, losses."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -12,10 +13,11 @@ from get3dhuman.mesh import TexturedMesh, back_project_colors
 from get3dhuman.nn import Generator, Refiner
 from get3dhuman.nn import refiner as refiner_module
 from get3dhuman.nn.generator import OFFICIAL_CALIBRATION
+from get3dhuman.nn.pretrained import write_pretrained
 from get3dhuman.ops import marching_cubes
-from get3dhuman.refine import front_view_errors, refine_meshes, view_calibration
+from get3dhuman.refine import colors_from_views, front_view_errors, refine_meshes, view_calibration
 from get3dhuman.render import orbit_calibration, ray_march
-from get3dhuman.synthetic.preview import stand_in_images
+from get3dhuman.synthetic.preview import shade, stand_in_images
 from get3dhuman.train import (
     PRIOR_PRESETS,
     RECONSTRUCTOR_PRESETS,
@@ -27,6 +29,7 @@ from get3dhuman.train.prior import PriorCache
 from get3dhuman.train.refiner import (
     PRESETS,
     RefinerTrainer,
+    RefinerTrainingConfig,
     load_refiner,
     train_refiner,
 )
@@ -57,6 +60,36 @@ def test_back_projection_colours_what_each_view_sees():
     assert torch.equal(front.colors[z < -0.1], mesh.colors[z < -0.1])
     with pytest.raises(ValueError, match="images must be"):
         back_project_colors(mesh, images, calib[:1], maps.depth, maps.mask)
+
+
+def test_back_projection_removes_the_views_shading():
+    mesh = sphere_mesh()
+    albedo = torch.tensor([0.8, 0.5, 0.2])
+    calib = orbit_calibration(torch.tensor([0.0]))
+    rendering = ray_march(lambda p: p.norm(dim=-1) - 0.6, calib, 65, lambda p: albedo.expand(*p.shape[:-1], 3), samples=64)
+    views = [(shade(rendering, background=0.0), calib, rendering)]  # a sphere of one colour, lit from LIGHT
+    front = mesh.vertices[:, 2] > 0.25
+    unshaded = colors_from_views([mesh], views)[0].colors[front]
+    assert torch.allclose(unshaded, albedo.expand_as(unshaded), atol=1e-5)
+    baked = colors_from_views([mesh], views, remove_shading=False)[0].colors[front]
+    assert (baked - albedo).abs().max() > 0.2 and bool((baked <= albedo + 1e-6).all())  # the light's shadows stay
+
+
+def test_an_identity_refiner_gives_back_the_generators_own_colours():
+    generator = generator_with_a_surface(seen_from_the_front=True)
+    z_shape, z_texture = generator.latents([10, 11])
+    meshes = generator.extract_mesh(z_shape, z_texture, resolution=32, coarse_resolution=8)
+    identity = Refiner(base_channels=4, depth=2, residual=True)  # zero head: returns the render
+    for remove_shading, (mean, largest) in ((True, (1e-3, 0.01)), (False, (0.05, 0.2))):
+        for mesh, refined in zip(meshes, refine_meshes(generator, identity, z_shape, z_texture, meshes,
+                                                         remove_shading=remove_shading)):
+            difference = (refined.colors - mesh.colors).abs()
+            seen = difference.amax(1) > 1e-6  # vertices a view's depth test passed (half or more)
+            assert seen.float().mean() > 0.4
+            if remove_shading:  # the views' colours are the decoder's, up to pixel interpolation
+                assert difference.mean() < mean and difference.max() < largest
+            else:  # the light stays baked in
+                assert difference.mean() > mean and difference.max() > largest
 
 
 class _Painter(torch.nn.Module):
@@ -189,6 +222,40 @@ def test_memoised_renders_are_the_renders_of_their_own_entries(prior):
     assert torch.equal(trainers[2].images([1, 3])[0], rendered[[3, 0]])
 
 
+def test_a_run_loads_with_the_settings_it_recorded(prior, tmp_path):
+    config = dataclasses.replace(TINY, steps=1, refiner_channels=4, refiner_norm="instance", gan_weight=0.5)
+    args = (str(prior / "prior"), str(prior / "generator"))
+    trained = train_refiner(config, *args, str(tmp_path / "instance"), progress=False)
+    loaded = load_refiner(str(tmp_path / "instance"), TINY)  # the preset's sizes differ: the run's record wins
+    assert loaded.sizes == trained.sizes and loaded.sizes["norm"] == "instance" and loaded.sizes["base_channels"] == 4
+    for (name, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    # A run recorded before refiner_norm and gan_weight existed had BatchNorm and a unit GAN weight.
+    older = dataclasses.replace(TINY, steps=1)
+    train_refiner(older, *args, str(tmp_path / "older"), progress=False)
+    settings = json.loads((tmp_path / "older" / "config.json").read_text())
+    (tmp_path / "older" / "config.json").write_text(json.dumps({k: v for k, v in settings.items()
+                                                                 if k not in RefinerTrainingConfig.INTRODUCED}))
+    assert load_refiner(str(tmp_path / "older"), dataclasses.replace(TINY, refiner_norm="instance")).sizes["norm"] == "batch"
+    train_refiner(dataclasses.replace(older, steps=2), *args, str(tmp_path / "older"), progress=False)  # resumes
+    with pytest.raises(ValueError, match="other settings .*refiner_norm"):
+        train_refiner(dataclasses.replace(older, steps=3, refiner_norm="instance"), *args, str(tmp_path / "older"),
+                      progress=False)
+
+
+def test_the_gan_weight_scales_the_adversarial_term(prior):
+    cache = PriorCache(str(prior / "prior"))
+    rendered, target = RefinerTrainer(TINY, cache, Generator("tiny")).images([0, 1])
+    rendered = (target + 1) * 0.6 - 1
+    totals = {}
+    for weight in (0.0, 1.0, 3.0):
+        _, terms = RefinerTrainer(dataclasses.replace(TINY, gan_weight=weight), cache, Generator("tiny")).losses(rendered, target)
+        rest = TINY.feature_matching_weight * terms["feature_matching"] + TINY.perceptual_weight * terms["perceptual"]
+        totals[weight] = (terms["loss"] - rest).item(), terms["gan"].item()
+    assert totals[0.0][0] == pytest.approx(0.0, abs=1e-6)
+    assert totals[3.0][0] == pytest.approx(3 * totals[3.0][1], rel=1e-5) and totals[1.0][0] == pytest.approx(totals[1.0][1], rel=1e-5)
+
+
 def test_refiner_command_line(prior, tmp_path):
     assert main(["train", "refiner", "--preset", "tiny", "--prior", str(prior / "prior"), "--generator",
                  str(prior / "generator"), "--out", str(tmp_path / "r"), "--steps", "1", "--quiet"]) == 0
@@ -223,6 +290,13 @@ def test_refiner_save_pretrained_round_trip_and_errors(tmp_path, monkeypatch):
         Refiner.from_pretrained()
     monkeypatch.setattr(refiner_module, "DEFAULT_WEIGHTS", str(full))
     assert Refiner.from_pretrained().sizes == refiner.sizes
+    instance = Refiner(base_channels=4, depth=2, norm="instance")
+    instance.save_pretrained(tmp_path / "instance.safetensors")
+    assert Refiner.from_pretrained(tmp_path / "instance.safetensors").sizes["norm"] == "instance"
+    # Files written before `norm` existed hold BatchNorm refiners.
+    older_sizes = {k: v for k, v in refiner.sizes.items() if k != "norm"}
+    write_pretrained(refiner, tmp_path / "older.safetensors", refiner_module.PRETRAINED_FORMAT, older_sizes)
+    assert Refiner.from_pretrained(tmp_path / "older.safetensors").sizes == refiner.sizes
 
 
 def test_an_exported_refiner_refines_samples_as_its_run_does(prior, tmp_path, monkeypatch):

@@ -17,15 +17,22 @@ PRETRAINED_FORMAT = "get3dhuman-refiner/1"
 DEFAULT_WEIGHTS = os.path.join(WEIGHTS_DIR, "refiner-small.safetensors")
 
 
-def _double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
+# Normalisation layers of the U-Net's blocks, by name (each with a learnt scale and shift).
+NORMS = {
+    "batch": nn.BatchNorm2d,  # the authors': batch statistics in training, running ones in eval mode
+    "instance": lambda channels: nn.InstanceNorm2d(channels, affine=True),  # per image: the same in both modes
+}
+
+
+def _double_conv(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(),
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), NORMS[norm](out_channels), nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), NORMS[norm](out_channels), nn.ReLU(),
     )
 
 
 class Refiner(nn.Module):
-    """U-Net: conv-BN-ReLU blocks, `depth` max-poolings (channels base .. base * 2**depth),
+    """U-Net: conv-norm-ReLU blocks, `depth` max-poolings (channels base .. base * 2**depth),
     transposed-convolution up-sampling with skip concatenation, tanh output.
 
     Args:
@@ -38,23 +45,26 @@ class Refiner(nn.Module):
             background pixels (exactly -1 or 1) must still learn, which neither tanh(atanh(input)
             + head) nor torch's clamp (zero gradient on the bound) allows. The authors' U-Net is
             not residual; a residual one starts from the render, already close to its target here.
-
-    Training and inference differ only through BatchNorm (call .train() / .eval()).
+        norm: the blocks' normalisation, a key of NORMS: 'batch' (the authors'; training and
+            inference differ through it, call .train() / .eval()) or 'instance' (each image
+            normalised by its own statistics, in training as at inference).
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, base_channels: int = 64, depth: int = 4,
-                 residual: bool = False):
+                 residual: bool = False, norm: str = "batch"):
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {sorted(NORMS)}, got {norm!r}")
         if residual and in_channels != out_channels:
             raise ValueError(f"a residual Refiner needs out_channels == in_channels ({in_channels}), got {out_channels}")
         self.depth, self.residual = depth, residual
         self.sizes = dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels, depth=depth,
-                          residual=residual)  # the constructor's arguments, kept by save_pretrained
+                          residual=residual, norm=norm)  # the constructor's arguments, kept by save_pretrained
         widths = [base_channels * 2**i for i in range(depth + 1)]
-        self.encoders = nn.ModuleList([_double_conv(in_channels, widths[0])])
-        self.encoders.extend(_double_conv(widths[i], widths[i + 1]) for i in range(depth))
+        self.encoders = nn.ModuleList([_double_conv(in_channels, widths[0], norm)])
+        self.encoders.extend(_double_conv(widths[i], widths[i + 1], norm) for i in range(depth))
         self.upsamplers = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth)))
-        self.decoders = nn.ModuleList(_double_conv(2 * widths[i], widths[i]) for i in reversed(range(depth)))
+        self.decoders = nn.ModuleList(_double_conv(2 * widths[i], widths[i], norm) for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], out_channels, 1)
         if residual:
             nn.init.zeros_(self.head.weight)

@@ -29,13 +29,18 @@ def stand_in_images(z: torch.Tensor, resolution: int) -> torch.Tensor:
     return render_humans(human_parameters(z), resolution, 0.0, background=0.0)
 
 
-def shade(rendering: Rendering, background: float = 1.0) -> torch.Tensor:
-    """The shaded colour image [B, H, W, 3] of a rendering: colour x (0.35 + 0.65 max(0, n . l))
-    for the camera-space key light LIGHT, `background` where nothing was hit."""
+def shading_factor(rendering: Rendering) -> torch.Tensor:
+    """[B, H, W] in [0.35, 1]: the factor `shade` multiplies a rendering's colours by,
+    0.35 + 0.65 max(0, n . l) for the camera-space key light LIGHT."""
     light = torch.tensor(LIGHT, device=rendering.normal.device)
-    factor = 0.35 + 0.65 * (rendering.normal @ (light / light.norm())).clamp_min(0)
+    return 0.35 + 0.65 * (rendering.normal @ (light / light.norm())).clamp_min(0)
+
+
+def shade(rendering: Rendering, background: float = 1.0) -> torch.Tensor:
+    """The shaded colour image [B, H, W, 3] of a rendering: colour x `shading_factor`,
+    `background` where nothing was hit."""
     mask = rendering.mask.unsqueeze(-1)
-    return mask * rendering.color * factor.unsqueeze(-1) + (1 - mask) * background
+    return mask * rendering.color * shading_factor(rendering).unsqueeze(-1) + (1 - mask) * background
 
 
 def save_grid(images: torch.Tensor, path: str, columns: int = 4) -> None:

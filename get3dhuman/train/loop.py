@@ -21,6 +21,22 @@ from get3dhuman.train.checkpoint import (
     save_checkpoint,
 )
 
+SETTINGS_FILE = "config.json"  # a run directory's recorded settings
+
+
+def recorded_config(config, checkpoint: str):
+    """`config` (a stage's settings dataclass) with the settings recorded by the run that wrote
+    the file `checkpoint` (its directory's SETTINGS_FILE; settings of the class attribute
+    INTRODUCED it lacks take their value there), or `config` itself when no record is beside it
+    (a checkpoint copied elsewhere): the sizes a run's models were built with."""
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), SETTINGS_FILE)
+    if not os.path.exists(path):
+        return config
+    with open(path) as handle:
+        recorded = {**getattr(config, "INTRODUCED", {}), **json.load(handle)}
+    names = {field.name for field in dataclasses.fields(config)}
+    return dataclasses.replace(config, **{k: v for k, v in recorded.items() if k in names})
+
 
 def _drop_records_after(path: str, step: int) -> None:
     """Keeps the records of steps <= `step` in the metrics log at `path`: the steps a run logged
@@ -43,7 +59,8 @@ def run_training(config, out_dir: str, modules: dict[str, torch.nn.Module], opti
 
     `config` is a dataclass with `steps`, `eval_every` and `checkpoint_every`; out_dir receives
     config.json (a directory of a run with other settings is refused, but for `steps` and the
-    names in the config's class attribute RESULT_NEUTRAL, which leave the results unchanged),
+    names in the config's class attribute RESULT_NEUTRAL, which leave the results unchanged; a
+    run recorded before a setting of the class attribute INTRODUCED existed matches its value there),
     metrics.jsonl (one record per step: train_step's values (averaged over the processes),
     seconds, and evaluate()'s every
     `eval_every` steps and at the end) and checkpoints of `modules` and `optimizers` every
@@ -52,8 +69,9 @@ def run_training(config, out_dir: str, modules: dict[str, torch.nn.Module], opti
     """
     main = distributed.is_main_process()
     os.makedirs(out_dir, exist_ok=True)
-    record_settings(os.path.join(out_dir, "config.json"), dataclasses.asdict(config), write=main,
-                    may_change=("steps", *getattr(config, "RESULT_NEUTRAL", ())))
+    record_settings(os.path.join(out_dir, SETTINGS_FILE), dataclasses.asdict(config), write=main,
+                    may_change=("steps", *getattr(config, "RESULT_NEUTRAL", ())),
+                    introduced=getattr(config, "INTRODUCED", None))
     start = 0
     checkpoint = latest_checkpoint(out_dir)
     if checkpoint is not None:

@@ -4,8 +4,8 @@ stand-in images of the same latents (the prior cache's images).
 Each step renders the trained (frozen) Generator's humans for `batch_size` cached latents from
 the front (`refine.front_renders`; up to `render_memo` renders are kept, as an entry's render
 never changes), refines them, and trains pix2pixHD style: least-squares
-GAN with a two-scale PatchGAN conditioned on the rendered image, plus `feature_matching_weight`
-x feature matching and `perceptual_weight` x the weight-free pyramid L1 loss (see
+GAN (`gan_weight`) with a two-scale PatchGAN conditioned on the rendered image, plus
+`feature_matching_weight` x feature matching and `perceptual_weight` x the weight-free pyramid L1 loss (see
 get3dhuman.losses: no pretrained VGG can be downloaded). Adam (2e-4, betas 0.5 / 0.999).
 Metric: L1 to the target images of the refined and of the unrefined renders.
 """
@@ -23,7 +23,7 @@ from get3dhuman.refine import front_renders
 from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import load_checkpoint, resolve_checkpoint
 from get3dhuman.train.generator import load_generator
-from get3dhuman.train.loop import run_training
+from get3dhuman.train.loop import recorded_config, run_training
 from get3dhuman.train.prior import IMAGE_KEYS, PriorCache, check_stage_inputs
 
 
@@ -32,15 +32,19 @@ class RefinerTrainingConfig:
     """Stage-4 settings. Defaults: the 'small' preset."""
 
     RESULT_NEUTRAL: ClassVar[tuple[str, ...]] = ("render_memo",)  # may change when a run resumes
+    # Settings added after runs were recorded without them, with the value those runs had.
+    INTRODUCED: ClassVar[dict] = {"refiner_norm": "batch", "gan_weight": 1.0}
 
     preset: str = "small"  # of the Generator and the prior cache
     refiner_channels: int = 32  # U-Net base width (the authors: 64)
     refiner_depth: int = 4
     residual: bool = True  # the Refiner corrects the render (nn.Refiner); the authors': False
+    refiner_norm: str = "batch"  # the U-Net blocks' normalisation (nn.refiner.NORMS)
     discriminator_channels: int = 32
     steps: int = 5000
     batch_size: int = 4
     learning_rate: float = 2e-4
+    gan_weight: float = 1.0
     feature_matching_weight: float = 10.0
     perceptual_weight: float = 10.0
     march_samples: int = 64
@@ -64,7 +68,8 @@ PRESETS = {
 
 def make_refiner(config: RefinerTrainingConfig) -> Refiner:
     """The Refiner of a stage-4 configuration."""
-    return Refiner(base_channels=config.refiner_channels, depth=config.refiner_depth, residual=config.residual)
+    return Refiner(base_channels=config.refiner_channels, depth=config.refiner_depth, residual=config.residual,
+                   norm=config.refiner_norm)
 
 
 class RefinerTrainer:
@@ -120,7 +125,7 @@ class RefinerTrainer:
         terms = {"gan": losses.lsgan_generator_loss(fake), "feature_matching": losses.feature_matching_loss(real, fake),
                  "perceptual": losses.pyramid_l1_loss(refined, target)}
         c = self.config
-        total = terms["gan"] + c.feature_matching_weight * terms["feature_matching"] + c.perceptual_weight * terms["perceptual"]
+        total = c.gan_weight * terms["gan"] + c.feature_matching_weight * terms["feature_matching"] + c.perceptual_weight * terms["perceptual"]
         return d_loss, {"loss": total, **terms}
 
     def step(self, step: int) -> dict[str, float]:
@@ -150,9 +155,11 @@ class RefinerTrainer:
 
 
 def load_refiner(path: str, config: RefinerTrainingConfig, device: str = "cpu") -> Refiner:
-    """The Refiner of a stage-4 run directory (newest checkpoint) or checkpoint file, in eval mode."""
+    """The Refiner of a stage-4 run directory (newest checkpoint) or checkpoint file, in eval
+    mode, built with the sizes the run recorded (`loop.recorded_config`; `config` for a
+    checkpoint without its run's record)."""
     checkpoint = resolve_checkpoint(path, "refiner")
-    refiner = make_refiner(config)
+    refiner = make_refiner(recorded_config(config, checkpoint))
     load_checkpoint(checkpoint, {"refiner": refiner})
     return refiner.to(device).eval()
 
