@@ -256,6 +256,23 @@ def test_the_gan_weight_scales_the_adversarial_term(prior):
     assert totals[3.0][0] == pytest.approx(3 * totals[3.0][1], rel=1e-5) and totals[1.0][0] == pytest.approx(totals[1.0][1], rel=1e-5)
 
 
+def test_without_discriminator_terms_the_refiner_learns_from_the_pyramid_l1_alone(prior, tmp_path):
+    config = dataclasses.replace(TINY, gan_weight=0.0, feature_matching_weight=0.0, steps=3, checkpoint_every=2,
+                                 eval_every=3)
+    cache = PriorCache(str(prior / "prior"))
+    trainer = RefinerTrainer(config, cache, Generator("tiny"))
+    assert list(trainer.modules) == ["refiner"] and list(trainer.optimizers) == ["refiner"]
+    rendered, target = trainer.images([0, 1])
+    d_loss, terms = trainer.losses(rendered, target)
+    assert d_loss is None and set(terms) == {"loss", "perceptual"}
+    expected = config.perceptual_weight * losses.pyramid_l1_loss(trainer.refiner(rendered), target)
+    assert torch.allclose(terms["loss"], expected)
+    _, records = resumed_equals_straight(train_refiner, config, tmp_path, str(prior / "prior"), str(prior / "generator"))
+    assert "d_loss" not in records[-1] and {"r_loss", "perceptual", "refined_l1"} <= set(records[-1])
+    with pytest.raises(ValueError, match="gan_weight must be >= 0, got -1"):
+        RefinerTrainer(dataclasses.replace(TINY, gan_weight=-1.0), cache, Generator("tiny"))
+
+
 def test_refiner_command_line(prior, tmp_path):
     assert main(["train", "refiner", "--preset", "tiny", "--prior", str(prior / "prior"), "--generator",
                  str(prior / "generator"), "--out", str(tmp_path / "r"), "--steps", "1", "--quiet"]) == 0

@@ -6,7 +6,8 @@ the front (`refine.front_renders`; up to `render_memo` renders are kept, as an e
 never changes), refines them, and trains pix2pixHD style: least-squares
 GAN (`gan_weight`) with a two-scale PatchGAN conditioned on the rendered image, plus
 `feature_matching_weight` x feature matching and `perceptual_weight` x the weight-free pyramid L1 loss (see
-get3dhuman.losses: no pretrained VGG can be downloaded). Adam (2e-4, betas 0.5 / 0.999).
+get3dhuman.losses: no pretrained VGG can be downloaded). With both discriminator terms weighted
+0 there is no discriminator: the pyramid L1 alone. Adam (2e-4, betas 0.5 / 0.999).
 Metric: L1 to the target images of the refined and of the unrefined renders.
 """
 
@@ -29,7 +30,8 @@ from get3dhuman.train.prior import IMAGE_KEYS, PriorCache, check_stage_inputs
 
 @dataclasses.dataclass(frozen=True)
 class RefinerTrainingConfig:
-    """Stage-4 settings. Defaults: the 'small' preset."""
+    """Stage-4 settings. Defaults: the authors' losses (pix2pixHD's) and BatchNorm at the 'small'
+    sizes; the 'small' preset itself keeps the pyramid L1 alone and instance norm."""
 
     RESULT_NEUTRAL: ClassVar[tuple[str, ...]] = ("render_memo",)  # may change when a run resumes
     # Settings added after runs were recorded without them, with the value those runs had.
@@ -60,7 +62,9 @@ class RefinerTrainingConfig:
 PRESETS = {
     "tiny": RefinerTrainingConfig(preset="tiny", refiner_channels=8, refiner_depth=2, discriminator_channels=8, steps=20,
                                   batch_size=2, march_samples=24, checkpoint_every=10, eval_every=10, eval_latents=2),
-    "small": RefinerTrainingConfig(),
+    # On the synthetic world the adversarial terms and BatchNorm made the views worse (TRAINING.md, Status).
+    "small": RefinerTrainingConfig(refiner_norm="instance", gan_weight=0.0, feature_matching_weight=0.0,
+                                   perceptual_weight=100.0),
     "official": RefinerTrainingConfig(preset="official", refiner_channels=64, discriminator_channels=64, batch_size=8,
                                       march_samples=128, residual=False, render_memo=256),  # 3 MiB per 512 px render
 }
@@ -77,23 +81,31 @@ class RefinerTrainer:
 
     def __init__(self, config: RefinerTrainingConfig, prior: PriorCache, generator, device: str = "cpu"):
         check_stage_inputs(prior, generator, config.preset, "generator", IMAGE_KEYS)
+        for name in ("gan_weight", "feature_matching_weight", "perceptual_weight"):
+            if getattr(config, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
         self.config, self.prior, self.device = config, prior, device
         torch.manual_seed(config.seed)
         self.generator = generator.to(device).eval().requires_grad_(False)
         self.refiner = make_refiner(config).to(device)
-        self.discriminator = MultiScalePatchDiscriminator(6, config.discriminator_channels).to(device)
         betas = (0.5, 0.999)
         self.refiner_optimizer = torch.optim.Adam(self.refiner.parameters(), lr=config.learning_rate, betas=betas)
-        self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=config.learning_rate, betas=betas)
+        # Both discriminator terms weighted 0: no discriminator is built, trained or saved.
+        self.adversarial = config.gan_weight > 0 or config.feature_matching_weight > 0
+        if self.adversarial:
+            self.discriminator = MultiScalePatchDiscriminator(6, config.discriminator_channels).to(device)
+            self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=config.learning_rate,
+                                                            betas=betas)
         self._renders: dict[int, torch.Tensor] = {}  # cache index -> render (at most config.render_memo)
 
     @property
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {"refiner": self.refiner, "discriminator": self.discriminator}
+        return {"refiner": self.refiner, **({"discriminator": self.discriminator} if self.adversarial else {})}
 
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"refiner": self.refiner_optimizer, "discriminator": self.discriminator_optimizer}
+        return {"refiner": self.refiner_optimizer,
+                **({"discriminator": self.discriminator_optimizer} if self.adversarial else {})}
 
     @torch.no_grad()
     def render(self, index: int) -> torch.Tensor:
@@ -115,34 +127,42 @@ class RefinerTrainer:
         target = self.prior.batch(indices, ("image",))["image"].to(self.device).float() / 255
         return rendered, target.permute(0, 3, 1, 2) * 2 - 1
 
-    def losses(self, rendered: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def losses(self, rendered: torch.Tensor,
+               target: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         """(discriminator loss, refiner losses {'loss', 'gan', 'feature_matching', 'perceptual'})
-        of one batch; the discriminator loss sees the refined image detached."""
+        of one batch; the discriminator loss sees the refined image detached. Without a
+        discriminator (`adversarial` False): (None, {'loss', 'perceptual'})."""
         refined = self.refiner(rendered)
+        c = self.config
+        if not self.adversarial:
+            perceptual = losses.pyramid_l1_loss(refined, target)
+            return None, {"loss": c.perceptual_weight * perceptual, "perceptual": perceptual}
         real = self.discriminator(torch.cat([rendered, target], 1))
         d_loss = losses.lsgan_discriminator_loss(real, self.discriminator(torch.cat([rendered, refined.detach()], 1)))
         fake = self.discriminator(torch.cat([rendered, refined], 1))
         terms = {"gan": losses.lsgan_generator_loss(fake), "feature_matching": losses.feature_matching_loss(real, fake),
                  "perceptual": losses.pyramid_l1_loss(refined, target)}
-        c = self.config
         total = c.gan_weight * terms["gan"] + c.feature_matching_weight * terms["feature_matching"] + c.perceptual_weight * terms["perceptual"]
         return d_loss, {"loss": total, **terms}
 
     def step(self, step: int) -> dict[str, float]:
-        """One discriminator and one refiner update on the batch of `step`."""
+        """One discriminator (when `adversarial`) and one refiner update on the batch of `step`."""
         indices, _ = self.prior.draw(self.config.seed, step, self.config.batch_size)
         rendered, target = self.images(indices)
         self.refiner.train()
         d_loss, terms = self.losses(rendered, target)
         # Both gradients from the same discriminator state, then both updates (the graphs share it).
-        self.refiner_optimizer.zero_grad(set_to_none=True)
-        self.discriminator_optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward(inputs=list(self.refiner.parameters()))
-        d_loss.backward(inputs=list(self.discriminator.parameters()))
-        distributed.average_gradients([*self.refiner.parameters(), *self.discriminator.parameters()])
-        self.refiner_optimizer.step()
-        self.discriminator_optimizer.step()
-        return {"d_loss": d_loss.item(), **{("r_loss" if k == "loss" else k): v.item() for k, v in terms.items()}}
+        parameters = [list(module.parameters()) for module in self.modules.values()]
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward(inputs=parameters[0])
+        if self.adversarial:
+            d_loss.backward(inputs=parameters[1])
+        distributed.average_gradients([p for group in parameters for p in group])
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        record = {("r_loss" if k == "loss" else k): v.item() for k, v in terms.items()}
+        return {"d_loss": d_loss.item(), **record} if self.adversarial else record
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
