@@ -150,7 +150,10 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     os.makedirs(out_dir, exist_ok=True)
     settings = {"generator": fingerprint(generator), "refiner": None if refiner is None else fingerprint(refiner),
                 "resolution": resolution, "file_type": file_type, "preview_resolution": preview_resolution,
-                "truncation_psi": truncation_psi, "extract_options": extract_options}
+                "truncation_psi": truncation_psi, "extract_options": extract_options,
+                # Refined colours lost their shading in a later version: a directory of earlier
+                # refined samples (no such record) is refused rather than mixed.
+                "refined_colors": None if refiner is None else "shading removed"}
     record_settings(os.path.join(out_dir, SETTINGS), settings, may_change=(), write=rank == 0)
     if rank == 0:
         _rewrite_manifest(out_dir, read_manifest(out_dir))  # drops a torn last line before anyone appends

@@ -171,6 +171,18 @@ def test_a_refiner_gives_the_refined_vertex_colours_and_previews(tmp_path):
         assert not torch.allclose(mesh.colors, unrefined.colors, atol=0.05)  # the refiner did change them
 
 
+def test_refined_samples_of_versions_that_baked_the_shading_in_are_not_mixed_with_new_ones(tmp_path):
+    generator = generator_with_a_surface(seen_from_the_front=True)
+    refiner = make_refiner(REFINER_PRESETS["tiny"])
+    for name, chosen in (("plain", None), ("refined", refiner)):
+        write_samples(generator, str(tmp_path / name), 1, seed=10, refiner=chosen, progress=False, **MESHING)
+        path = tmp_path / name / SETTINGS
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "refined_colors"}))
+    write_samples(generator, str(tmp_path / "plain"), 2, seed=10, progress=False, **MESHING)  # unrefined: unchanged
+    with pytest.raises(ValueError, match=r"other settings \(refined_colors\)"):
+        write_samples(generator, str(tmp_path / "refined"), 2, seed=10, refiner=refiner, progress=False, **MESHING)
+
+
 def test_empty_fields_are_listed_without_a_file(tmp_path):
     generator = generator_with_a_surface()
     with torch.no_grad():
