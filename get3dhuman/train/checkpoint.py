@@ -29,6 +29,13 @@ def _named(value, default_name: str) -> dict:
     return dict(value) if isinstance(value, dict) else {default_name: value}
 
 
+def read_settings(path: str, introduced: dict | None = None) -> dict:
+    """The settings json at `path` (of `record_settings`), with the `introduced` settings (added
+    in later versions) it lacks at the value that runs recorded before them had."""
+    with open(path) as handle:
+        return {**(introduced or {}), **json.load(handle)}
+
+
 def record_settings(path: str, settings: dict, may_change: tuple[str, ...] = ("steps",), write: bool = True,
                     introduced: dict | None = None) -> None:
     """Writes `settings` as json to `path` (unless not `write`: the other processes of a
@@ -37,8 +44,7 @@ def record_settings(path: str, settings: dict, may_change: tuple[str, ...] = ("s
     that changed. `introduced`: settings added in later versions, with the value that runs
     recorded before them had (a file lacking one matches that value)."""
     if os.path.exists(path):
-        with open(path) as handle:
-            saved = {**(introduced or {}), **json.load(handle)}
+        saved = read_settings(path, introduced)
         changed = sorted(k for k in {*settings, *saved} if k not in may_change and saved.get(k) != settings.get(k))
         if changed:
             raise ValueError(f"{os.path.dirname(path) or '.'} holds a run with other settings ({', '.join(changed)}); "

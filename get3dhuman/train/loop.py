@@ -17,6 +17,7 @@ from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    read_settings,
     record_settings,
     save_checkpoint,
 )
@@ -32,8 +33,7 @@ def recorded_config(config, checkpoint: str):
     path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), SETTINGS_FILE)
     if not os.path.exists(path):
         return config
-    with open(path) as handle:
-        recorded = {**getattr(config, "INTRODUCED", {}), **json.load(handle)}
+    recorded = read_settings(path, getattr(config, "INTRODUCED", None))
     names = {field.name for field in dataclasses.fields(config)}
     return dataclasses.replace(config, **{k: v for k, v in recorded.items() if k in names})
 

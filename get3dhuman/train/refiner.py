@@ -134,14 +134,14 @@ class RefinerTrainer:
         discriminator (`adversarial` False): (None, {'loss', 'perceptual'})."""
         refined = self.refiner(rendered)
         c = self.config
+        perceptual = losses.pyramid_l1_loss(refined, target)
         if not self.adversarial:
-            perceptual = losses.pyramid_l1_loss(refined, target)
             return None, {"loss": c.perceptual_weight * perceptual, "perceptual": perceptual}
         real = self.discriminator(torch.cat([rendered, target], 1))
         d_loss = losses.lsgan_discriminator_loss(real, self.discriminator(torch.cat([rendered, refined.detach()], 1)))
         fake = self.discriminator(torch.cat([rendered, refined], 1))
         terms = {"gan": losses.lsgan_generator_loss(fake), "feature_matching": losses.feature_matching_loss(real, fake),
-                 "perceptual": losses.pyramid_l1_loss(refined, target)}
+                 "perceptual": perceptual}
         total = c.gan_weight * terms["gan"] + c.feature_matching_weight * terms["feature_matching"] + c.perceptual_weight * terms["perceptual"]
         return d_loss, {"loss": total, **terms}
 
@@ -152,13 +152,13 @@ class RefinerTrainer:
         self.refiner.train()
         d_loss, terms = self.losses(rendered, target)
         # Both gradients from the same discriminator state, then both updates (the graphs share it).
-        parameters = [list(module.parameters()) for module in self.modules.values()]
+        parameters = {name: list(module.parameters()) for name, module in self.modules.items()}
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward(inputs=parameters[0])
+        terms["loss"].backward(inputs=parameters["refiner"])
         if self.adversarial:
-            d_loss.backward(inputs=parameters[1])
-        distributed.average_gradients([p for group in parameters for p in group])
+            d_loss.backward(inputs=parameters["discriminator"])
+        distributed.average_gradients([p for group in parameters.values() for p in group])
         for optimizer in self.optimizers.values():
             optimizer.step()
         record = {("r_loss" if k == "loss" else k): v.item() for k, v in terms.items()}
