@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.refine import colors_from_views, refined_views, render_textured
 from get3dhuman.render import Rendering
-from get3dhuman.synthetic.preview import save_grid
+from get3dhuman.synthetic.preview import save_grid, shading_factor
 from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import record_settings
 
@@ -54,10 +54,11 @@ def render_previews(generator, z_shape: torch.Tensor, z_texture: torch.Tensor, r
     [B, z_dim] through the generator's calibration (refine.render_textured: the field
     ray-marched, coloured by the texture decoder, shaded), `background` where nothing is hit.
     With a `refiner`: its refined front view (refine.refined_views, at the generator's backbone
-    resolution, the refiner's own), on `background`, resized to `resolution`."""
+    resolution, the refiner's own; a Refiner of albedo's shaded as the renders are), on
+    `background`, resized to `resolution`."""
     if refiner is not None:
         front = refined_views(generator, refiner, z_shape, z_texture, (0.0,), truncation_psi=truncation_psi)[0]
-        return _refined_preview(front, resolution, background)
+        return _refined_preview(front, resolution, background, refiner.albedo)
     with evaluation_mode(generator):
         shape, texture = generator(z_shape, z_texture, truncation_psi)
         calib = generator.calibration.to(shape.volume.dtype).expand(z_shape.shape[0], 4, 4)
@@ -65,9 +66,12 @@ def render_previews(generator, z_shape: torch.Tensor, z_texture: torch.Tensor, r
 
 
 def _refined_preview(view: tuple[torch.Tensor, torch.Tensor, Rendering], resolution: int,
-                     background: float) -> torch.Tensor:
-    """A refined view of `refine.refined_views` on `background`, resized to `resolution`."""
+                     background: float, albedo: bool) -> torch.Tensor:
+    """A refined view of `refine.refined_views` on `background`, resized to `resolution`; a view
+    of `albedo` gets the renders' shading (synthetic.preview.shading_factor)."""
     refined, _, rendering = view
+    if albedo:
+        refined = refined * shading_factor(rendering).unsqueeze(-1)
     mask = rendering.mask.unsqueeze(-1).to(refined.dtype)
     image = (mask * refined + (1 - mask) * background).permute(0, 3, 1, 2)
     image = F.interpolate(image, size=(resolution, resolution), mode="bilinear", align_corners=False,
@@ -175,9 +179,9 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
         if refiner is not None:
             # One front and back render serves both the vertex colours and the preview.
             views = refined_views(generator, refiner, z_shape, z_texture, truncation_psi=truncation_psi)
-            meshes = colors_from_views(meshes, views)
+            meshes = colors_from_views(meshes, views, remove_shading=not refiner.albedo)
             if preview_resolution is not None:
-                previews = _refined_preview(views[0], preview_resolution, PREVIEW_BACKGROUND)
+                previews = _refined_preview(views[0], preview_resolution, PREVIEW_BACKGROUND, refiner.albedo)
         elif preview_resolution is not None:
             previews = render_previews(generator, z_shape, z_texture, preview_resolution, truncation_psi)
         seconds = (time.perf_counter() - start) / len(batch)

@@ -183,7 +183,8 @@ def evaluate_generator(generator, config: EvaluationConfig = EvaluationConfig(),
     against the held-out humans (`cloud_metrics`). With a `refiner` (a trained Refiner) the
     vertex colours are its refined front and back views back-projected onto the meshes
     (refine.refine_meshes), as `get3dhuman sample --refiner` colours them (shapes are unchanged),
-    and the row adds 'front_refined_l1' and 'front_rendered_l1' (`refine.front_view_errors` on
+    and the row adds 'front_refined_l1', 'front_rendered_l1', 'front_refined_overlap_l1' and
+    'front_rendered_overlap_l1' (`refine.front_view_errors`, averaged over batches of `batch_size`, on
     `samples` latents no training stage draws)."""
     meshes = generator.sample(config.samples, seed=config.seed, resolution=config.resolution, batch_size=batch_size,
                               coarse_resolution=coarse_resolution_for(config.resolution))

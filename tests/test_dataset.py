@@ -1,5 +1,6 @@
 """Datasets of generated humans: get3dhuman.dataset and `get3dhuman sample`."""
 
+import dataclasses
 import json
 import os
 from types import SimpleNamespace
@@ -95,10 +96,12 @@ def test_previews_of_a_ball_are_discs_of_its_colour():
 
 
 class ConstantRefiner(torch.nn.Module):
-    """Stands in for a Refiner: every pixel becomes `color` (images in [-1, 1])."""
+    """Stands in for a Refiner (of `albedo` or of shaded views): every pixel becomes `color`
+    (images in [-1, 1])."""
 
-    def __init__(self, color):
+    def __init__(self, color, albedo=False):
         super().__init__()
+        self.albedo = albedo
         self.register_buffer("color", torch.tensor(color))
 
     def forward(self, image):
@@ -120,6 +123,16 @@ def test_refined_previews_are_the_refiners_front_view_on_the_background():
     inside, outside = distance < radius - margin, distance > radius + margin
     torch.testing.assert_close(previews[0][inside], torch.tensor(color).expand(int(inside.sum()), 3), atol=1e-5, rtol=0)
     assert bool((previews[0][outside] == 1.0).all())
+    # A Refiner of albedo's view is shaded as the renders: the key light's factor, 0.35 .. 1.
+    lit = render_previews(generator, torch.zeros(1, 4), torch.zeros(1, 4), side, background=1.0,
+                          refiner=ConstantRefiner(color, albedo=True))[0]
+    factor = lit[inside] / torch.tensor(color)
+    assert bool((factor <= 1 + 1e-5).all()) and bool((factor >= 0.35 - 1e-5).all()) and factor.std() > 0.05
+    light = torch.tensor(LIGHT) / torch.tensor(LIGHT).norm()  # the sphere's centre faces the camera: n = (0, 0, 1)
+    # The four pixels about the centre: their normals' first-order tilts cancel in the mean.
+    centre = (lit[side // 2 - 1 : side // 2 + 1, side // 2 - 1 : side // 2 + 1] / torch.tensor(color)).mean()
+    assert centre.item() == pytest.approx(0.35 + 0.65 * light[2].item(), abs=3e-3)
+    assert bool((lit[outside] == 1.0).all())
 
 
 def test_an_interrupted_dataset_resumes_without_redoing_samples(tmp_path):
@@ -146,10 +159,11 @@ def test_an_interrupted_dataset_resumes_without_redoing_samples(tmp_path):
         read_manifest(str(tmp_path))
 
 
-def test_a_refiner_gives_the_refined_vertex_colours_and_previews(tmp_path):
+@pytest.mark.parametrize("albedo", [False, True])
+def test_a_refiner_gives_the_refined_vertex_colours_and_previews(tmp_path, albedo):
     generator = generator_with_a_surface(seen_from_the_front=True)
     torch.manual_seed(1)
-    refiner = make_refiner(REFINER_PRESETS["tiny"])
+    refiner = make_refiner(dataclasses.replace(REFINER_PRESETS["tiny"], albedo=albedo))
     with torch.no_grad():
         refiner.head.bias.fill_(0.3)  # residual: a zero head would return the render, and the colours unchanged
     records = write_samples(generator, str(tmp_path), 2, seed=10, file_type="ply", refiner=refiner, progress=False,

@@ -212,7 +212,7 @@ def test_eval_command_reports_trained_and_baseline_rows(tmp_path, capsys):
     assert main(args + ["--generator", str(tmp_path), "--refiner", str(tmp_path / "refiner.safetensors"), "--no-baseline",
                         "--no-world"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert set(rows) == {"trained", "refined"} and {"front_refined_l1", "front_rendered_l1"} <= set(rows["refined"])
+    assert set(rows) == {"trained", "refined"} and {"front_refined_l1", "front_rendered_overlap_l1"} <= set(rows["refined"])
     with pytest.raises(SystemExit, match="--refiner needs --generator"):
         main(args + ["--refiner", str(tmp_path / "refiner.safetensors")])
 

@@ -15,9 +15,17 @@ from get3dhuman.nn import refiner as refiner_module
 from get3dhuman.nn.generator import OFFICIAL_CALIBRATION
 from get3dhuman.nn.pretrained import write_pretrained
 from get3dhuman.ops import marching_cubes
-from get3dhuman.refine import colors_from_views, front_view_errors, refine_meshes, view_calibration
+from get3dhuman.refine import (
+    colors_from_views,
+    front_renders,
+    front_view_errors,
+    refine_meshes,
+    refined_views,
+    view_calibration,
+    view_errors,
+)
 from get3dhuman.render import orbit_calibration, ray_march
-from get3dhuman.synthetic.preview import shade, stand_in_images
+from get3dhuman.synthetic.preview import shade, shading_factor, silhouettes, stand_in_images
 from get3dhuman.train import (
     PRIOR_PRESETS,
     RECONSTRUCTOR_PRESETS,
@@ -79,25 +87,36 @@ def test_an_identity_refiner_gives_back_the_generators_own_colours():
     generator = generator_with_a_surface(seen_from_the_front=True)
     z_shape, z_texture = generator.latents([10, 11])
     meshes = generator.extract_mesh(z_shape, z_texture, resolution=32, coarse_resolution=8)
-    identity = Refiner(base_channels=4, depth=2, residual=True)  # zero head: returns the render
-    for remove_shading, (mean, largest) in ((True, (1e-3, 0.01)), (False, (0.05, 0.2))):
-        for mesh, refined in zip(meshes, refine_meshes(generator, identity, z_shape, z_texture, meshes,
-                                                         remove_shading=remove_shading)):
+    # Zero heads: each returns the render, shaded or (a Refiner of albedo) unshaded.
+    identity = {albedo: Refiner(base_channels=4, depth=2, residual=True, albedo=albedo) for albedo in (False, True)}
+    views = {albedo: refined_views(generator, refiner, z_shape, z_texture) for albedo, refiner in identity.items()}
+    for (shaded, _, rendering), (unshaded, _, same) in zip(views[False], views[True]):
+        assert torch.equal(rendering.mask, same.mask)
+        hit = rendering.mask > 0.5
+        assert torch.allclose(shaded[hit], (unshaded * shading_factor(rendering).unsqueeze(-1))[hit], atol=1e-5)
+    colored = {"shading removed": refine_meshes(generator, identity[False], z_shape, z_texture, meshes),
+               "albedo": refine_meshes(generator, identity[True], z_shape, z_texture, meshes),
+               "light baked in": colors_from_views(meshes, views[False], remove_shading=False)}
+    for name, refined_meshes in colored.items():
+        for mesh, refined in zip(meshes, refined_meshes):
             difference = (refined.colors - mesh.colors).abs()
             seen = difference.amax(1) > 1e-6  # vertices a view's depth test passed (half or more)
-            assert seen.float().mean() > 0.4
-            if remove_shading:  # the views' colours are the decoder's, up to pixel interpolation
-                assert difference.mean() < mean and difference.max() < largest
-            else:  # the light stays baked in
-                assert difference.mean() > mean and difference.max() > largest
+            assert seen.float().mean() > 0.4, name
+            if name == "light baked in":
+                assert difference.mean() > 0.05 and difference.max() > 0.2
+            else:  # the views' colours are the decoder's, up to pixel interpolation
+                assert difference.mean() < 1e-3 and difference.max() < 0.01, name
 
 
 class _Painter(torch.nn.Module):
-    """A 'refiner' that paints the stand-in images of latents z whatever it is shown."""
+    """A 'refiner' that paints the stand-in images of latents z (unshaded with `albedo`) whatever
+    it is shown."""
 
-    def __init__(self, z):
+    def __init__(self, z, albedo=False):
         super().__init__()
-        self.target = stand_in_images(z, Generator("tiny").config.backbone_resolution).permute(0, 3, 1, 2) * 2 - 1
+        self.albedo = albedo
+        side = Generator("tiny").config.backbone_resolution
+        self.target = stand_in_images(z, side, lit=not albedo).permute(0, 3, 1, 2) * 2 - 1
 
     def forward(self, image):
         assert image.shape == self.target.shape
@@ -105,12 +124,17 @@ class _Painter(torch.nn.Module):
 
 
 def test_front_view_errors_against_a_perfect_and_an_identity_refiner():
-    generator = generator_with_a_surface()
+    generator = generator_with_a_surface(seen_from_the_front=True)
     z = torch.randn(2, generator.config.z_dim, generator=torch.Generator().manual_seed(5))
-    perfect = front_view_errors(generator, _Painter(z), z)
-    assert perfect["refined_l1"] < 1e-6 and perfect["rendered_l1"] > 0.01  # ([-1, 1] -> [0, 1] rounding)
-    identity = front_view_errors(generator, Refiner(base_channels=4, depth=2, residual=True), z)  # zero head: identity
-    assert identity == {"refined_l1": perfect["rendered_l1"], "rendered_l1": perfect["rendered_l1"]}
+    for albedo in (False, True):  # a Refiner of albedo is scored on unshaded renders and targets
+        perfect = front_view_errors(generator, _Painter(z, albedo), z)
+        assert perfect["refined_l1"] < 1e-6 and perfect["refined_overlap_l1"] < 1e-6  # ([-1, 1] -> [0, 1] rounding)
+        assert perfect["rendered_l1"] > 0.01 and perfect["rendered_overlap_l1"] > 0.01
+        identity = Refiner(base_channels=4, depth=2, residual=True, albedo=albedo)  # zero head: identity
+        rendered = {key: value for key, value in perfect.items() if key.startswith("rendered")}
+        assert front_view_errors(generator, identity, z) == {**rendered, **{key.replace("rendered", "refined"): value
+                                                                            for key, value in rendered.items()}}
+    assert front_view_errors(generator, _Painter(z, albedo=True), z) != front_view_errors(generator, _Painter(z), z)
 
 
 def test_view_calibration_turns_about_the_centre_of_the_view():
@@ -150,7 +174,7 @@ def prior(tmp_path_factory):
 
 def test_refiner_losses_go_down_on_a_fixed_batch(prior):
     trainer = RefinerTrainer(dataclasses.replace(TINY, learning_rate=2e-3), PriorCache(str(prior / "prior")), Generator("tiny"))
-    _, target = trainer.images([0, 1])
+    _, target, _ = trainer.images([0, 1])
     # The untrained tiny generator renders nothing (a constant image, where the U-Net's
     # BatchNorm leaves nothing but a constant); a darkened target is a render to correct.
     rendered = (target + 1) * 0.6 - 1
@@ -208,6 +232,71 @@ def test_a_refiner_trains_alike_on_an_images_only_cache_an_exported_generator_an
                       str(tmp_path / "images_only"), progress=False)
 
 
+def test_a_refiner_of_albedo_learns_unshaded_renders_against_unshaded_targets(prior, tmp_path):
+    cache = PriorCache(str(prior / "prior"))
+    generator = generator_with_a_surface(seen_from_the_front=True)
+    trainers = {albedo: RefinerTrainer(dataclasses.replace(TINY, albedo=albedo), cache, Generator("tiny"))
+                for albedo in (False, True)}
+    images = {}
+    for albedo, trainer in trainers.items():
+        trainer.generator = generator
+        assert trainer.refiner.albedo == albedo
+        images[albedo] = trainer.images([2, 0])
+    entries = cache.batch([2, 0])
+    z = entries["z"]
+    for albedo, key in ((False, "image"), (True, "albedo")):
+        rendered, target, overlap = images[albedo]
+        assert torch.equal(target, entries[key].permute(0, 3, 1, 2).float() / 255 * 2 - 1)
+        renders = [front_renders(generator, z[i : i + 1], TINY.march_samples, lit=not albedo) for i in range(2)]
+        assert torch.equal(rendered, torch.cat([image for image, _ in renders]).permute(0, 3, 1, 2) * 2 - 1)
+        assert torch.equal(overlap, torch.cat([mask for _, mask in renders]) & silhouettes(entries[key]))
+    # Shading only darkens: the albedo images are the brighter ones, in the renders as in the targets.
+    for part in range(2):  # rendered, target
+        assert bool((images[True][part] >= images[False][part] - 1e-6).all())
+        assert (images[True][part] - images[False][part]).amax() > 0.1
+    # A cache made before the albedo images existed cannot train a Refiner of albedo.
+    induce_priors(dataclasses.replace(PRIOR_PRESETS["tiny"], images_only=True, albedo_images=False), None,
+                  str(tmp_path / "older"), progress=False)
+    older = PriorCache(str(tmp_path / "older"))
+    assert "albedo" not in older.keys
+    RefinerTrainer(TINY, older, Generator("tiny"))
+    with pytest.raises(ValueError, match="holds no albedo: this stage needs a cache made with albedo_images"):
+        RefinerTrainer(dataclasses.replace(TINY, albedo=True), older, Generator("tiny"))
+
+
+def test_overlap_only_targets_keep_the_render_where_the_silhouettes_differ(prior):
+    cache = PriorCache(str(prior / "prior"))
+    trainers = {only: RefinerTrainer(dataclasses.replace(TINY, overlap_only=only), cache, Generator("tiny"))
+                for only in (False, True)}
+    for trainer in trainers.values():
+        trainer.generator = generator_with_a_surface(seen_from_the_front=True)
+    rendered, target, overlap = trainers[True].images([0, 1])
+    assert overlap.any() and (~overlap).any()
+    assert torch.equal(trainers[False].training_target(rendered, target, overlap), target)
+    trained_on = trainers[True].training_target(rendered, target, overlap)
+    inside = overlap.unsqueeze(1).expand_as(target)
+    assert torch.equal(trained_on[inside], target[inside]) and torch.equal(trained_on[~inside], rendered[~inside])
+    # The metrics: L1 in [0, 1] units to the stand-in images, over the whole images and over the
+    # overlap alone; the untrained residual Refiner (zero head) returns the render itself.
+    errors = trainers[True].evaluate()
+    rendered, target, overlap = trainers[True].images(range(TINY.eval_latents))
+    difference = ((rendered - target).abs() / 2).permute(0, 2, 3, 1)
+    for name in ("refined", "rendered"):
+        assert errors[f"{name}_l1"] == pytest.approx(difference.mean().item(), rel=1e-5)
+        assert errors[f"{name}_overlap_l1"] == pytest.approx(difference[overlap].mean().item(), rel=1e-5)
+
+
+def test_view_errors_against_hand_computed_values():
+    target = torch.zeros(1, 2, 2, 3)
+    rendered = torch.full((1, 2, 2, 3), 0.5)
+    refined = target.clone()
+    refined[0, 0, 0] = 1.0  # wrong on one pixel, which lies outside the overlap
+    overlap = torch.tensor([[[False, True], [True, True]]])
+    assert view_errors(refined, rendered, target, overlap) == pytest.approx(
+        {"refined_l1": 0.25, "rendered_l1": 0.5, "refined_overlap_l1": 0.0, "rendered_overlap_l1": 0.5})
+    assert view_errors(refined, rendered, target, torch.zeros_like(overlap))["rendered_overlap_l1"] == 0.0
+
+
 def test_memoised_renders_are_the_renders_of_their_own_entries(prior):
     cache = PriorCache(str(prior / "prior"))
     trainers = {memo: RefinerTrainer(dataclasses.replace(TINY, render_memo=memo), cache, Generator("tiny"))
@@ -215,8 +304,9 @@ def test_memoised_renders_are_the_renders_of_their_own_entries(prior):
     for trainer in trainers.values():
         trainer.generator = generator_with_a_surface(seen_from_the_front=True)  # renders that differ per latent
     indices = [3, 0, 3, 1, 0, 1]
-    memoised, _ = trainers[2].images(indices)
-    rendered, _ = trainers[0].images(indices)
+    memoised, _, memoised_overlap = trainers[2].images(indices)
+    rendered, _, overlap = trainers[0].images(indices)
+    assert torch.equal(memoised_overlap, overlap)
     assert torch.equal(memoised, rendered)
     assert not torch.equal(rendered[0], rendered[1]) and sorted(trainers[2]._renders) == [0, 3]
     assert torch.equal(trainers[2].images([1, 3])[0], rendered[[3, 0]])
@@ -245,7 +335,7 @@ def test_a_run_loads_with_the_settings_it_recorded(prior, tmp_path):
 
 def test_the_gan_weight_scales_the_adversarial_term(prior):
     cache = PriorCache(str(prior / "prior"))
-    rendered, target = RefinerTrainer(TINY, cache, Generator("tiny")).images([0, 1])
+    rendered, target, _ = RefinerTrainer(TINY, cache, Generator("tiny")).images([0, 1])
     rendered = (target + 1) * 0.6 - 1
     totals = {}
     for weight in (0.0, 1.0, 3.0):
@@ -262,7 +352,7 @@ def test_without_discriminator_terms_the_refiner_learns_from_the_pyramid_l1_alon
     cache = PriorCache(str(prior / "prior"))
     trainer = RefinerTrainer(config, cache, Generator("tiny"))
     assert list(trainer.modules) == ["refiner"] and list(trainer.optimizers) == ["refiner"]
-    rendered, target = trainer.images([0, 1])
+    rendered, target, _ = trainer.images([0, 1])
     d_loss, terms = trainer.losses(rendered, target)
     assert d_loss is None and set(terms) == {"loss", "perceptual"}
     expected = config.perceptual_weight * losses.pyramid_l1_loss(trainer.refiner(rendered), target)
@@ -307,11 +397,12 @@ def test_refiner_save_pretrained_round_trip_and_errors(tmp_path, monkeypatch):
         Refiner.from_pretrained()
     monkeypatch.setattr(refiner_module, "DEFAULT_WEIGHTS", str(full))
     assert Refiner.from_pretrained().sizes == refiner.sizes
-    instance = Refiner(base_channels=4, depth=2, norm="instance")
+    instance = Refiner(base_channels=4, depth=2, norm="instance", albedo=True)
     instance.save_pretrained(tmp_path / "instance.safetensors")
-    assert Refiner.from_pretrained(tmp_path / "instance.safetensors").sizes["norm"] == "instance"
-    # Files written before `norm` existed hold BatchNorm refiners.
-    older_sizes = {k: v for k, v in refiner.sizes.items() if k != "norm"}
+    loaded = Refiner.from_pretrained(tmp_path / "instance.safetensors")
+    assert loaded.sizes["norm"] == "instance" and loaded.albedo
+    # Files written before `norm` and `albedo` existed hold BatchNorm refiners of shaded views.
+    older_sizes = {k: v for k, v in refiner.sizes.items() if k not in ("norm", "albedo")}
     write_pretrained(refiner, tmp_path / "older.safetensors", refiner_module.PRETRAINED_FORMAT, older_sizes)
     assert Refiner.from_pretrained(tmp_path / "older.safetensors").sizes == refiner.sizes
 

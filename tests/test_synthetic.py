@@ -18,6 +18,7 @@ from get3dhuman.synthetic import (
     sampling,
 )
 from get3dhuman.synthetic.human import INDEX
+from get3dhuman.synthetic.preview import shade, silhouettes, trace_humans
 from get3dhuman.synthetic.primitives import capped_cone, ellipsoid, tapered_capsule
 
 
@@ -238,3 +239,17 @@ def test_bad_parameter_shapes():
     with pytest.raises(ValueError, match="points must be"):
         human_sdf(default_parameters(2), torch.zeros(1, 4, 3))
     assert math.isfinite(float(human_sdf(default_parameters(1), torch.zeros(1, 1, 3))))
+
+
+def test_silhouettes_of_stand_in_images_are_where_the_humans_are_hit():
+    params = human_parameters(torch.randn(16, 32, generator=torch.Generator().manual_seed(7)))
+    rendering = trace_humans(params, 48)
+    hit = rendering.mask > 0.5
+    assert hit.float().mean() > 0.05
+    for lit in (True, False):  # shaded and albedo images, as floats and as the prior cache's bytes
+        image = shade(rendering, background=0.0, lit=lit)
+        assert torch.equal(silhouettes(image), hit) and torch.equal(silhouettes((image * 255).round().to(torch.uint8)), hit)
+    # Shading scales the albedo by 0.35 .. 1 on the humans; the background stays black.
+    shaded, albedo = shade(rendering, 0.0), shade(rendering, 0.0, lit=False)
+    ratio = shaded[hit] / albedo[hit]
+    assert bool((ratio >= 0.35 - 1e-6).all()) and bool((ratio <= 1 + 1e-6).all()) and not bool(shaded[~hit].any())

@@ -12,6 +12,7 @@ from get3dhuman import Generator, losses
 from get3dhuman.cli import main
 from get3dhuman.render import orbit_calibration, sphere_trace
 from get3dhuman.synthetic import human_parameters, human_sdf
+from get3dhuman.synthetic.preview import stand_in_images
 from get3dhuman.train import RECONSTRUCTOR_PRESETS, train_reconstructor
 from get3dhuman.train.generator import PRESETS as GENERATOR_PRESETS
 from get3dhuman.train.generator import GeneratorTrainer, load_generator, prior_points, train_generator
@@ -53,7 +54,12 @@ def test_prior_cache_holds_the_reconstructors_targets(stages):
         torch.testing.assert_close(batch[key], value.float() if volume else value, rtol=2e-3 if volume else None,
                                    atol=3e-4 if volume else None, msg=lambda m, k=key: f"{k}: {m}")
     side, maps = model.config.backbone_resolution, PRIOR.map_resolution
-    assert batch["image"].shape == (2, side, side, 3) and batch["normal"].shape == (2, maps, maps, 3)
+    assert batch["image"].shape == batch["albedo"].shape == (2, side, side, 3)
+    assert batch["normal"].shape == (2, maps, maps, 3)
+    # The albedo images are the stand-in images unshaded: shading scales each colour by 0.35 .. 1.
+    shaded, albedo = batch["image"].float(), batch["albedo"].float()
+    assert torch.equal(albedo, (stand_in_images(batch["z"], side, lit=False) * 255).round())
+    assert bool((shaded <= albedo).all()) and bool((shaded >= 0.35 * albedo - 1).all()) and (albedo - shaded).max() > 50
     # Latent j depends on j only, not on how the cache is split into shards.
     torch.testing.assert_close(latents(dataclasses.replace(PRIOR, shard_size=3), 9, 10), latents(PRIOR, 9, 10))
 
@@ -75,6 +81,12 @@ def test_prior_induction_resumes_and_refuses_other_settings(stages, tmp_path):
         assert torch.equal(first[key], again[key]), key
     with pytest.raises(ValueError, match="other settings .*map_resolution"):
         induce_priors(dataclasses.replace(PRIOR, map_resolution=8), reconstructor, str(directory), progress=False)
+    # A cache recorded before albedo_images existed holds none, and is not completed with them.
+    del settings["albedo_images"]
+    (directory / "prior.json").write_text(json.dumps(settings))
+    assert "albedo" not in PriorCache(str(directory)).keys
+    with pytest.raises(ValueError, match="other settings .*albedo_images"):
+        induce_priors(PRIOR, reconstructor, str(directory), progress=False)
     with pytest.raises(ValueError, match="reconstructor must be"):
         induce_priors(PRIOR, str(tmp_path / "nothing"), str(tmp_path / "other"), progress=False)
     with pytest.raises(ValueError, match="not a prior cache"):
@@ -156,14 +168,14 @@ def test_an_images_only_cache_holds_the_full_caches_latents_and_images(stages, t
     images_only = dataclasses.replace(PRIOR, images_only=True)
     induce_priors(images_only, None, str(tmp_path / "images"), progress=False)
     full, cache = PriorCache(str(stages / "prior")), PriorCache(str(tmp_path / "images"))
-    assert cache.keys == IMAGE_KEYS and full.keys == SHARD_KEYS and len(cache) == len(full)
+    assert cache.keys == (*IMAGE_KEYS, "albedo") and full.keys == (*SHARD_KEYS, "albedo") and len(cache) == len(full)
     everything = range(PRIOR.count)
     for key, value in cache.batch(everything).items():
         assert torch.equal(value, full.batch(everything, (key,))[key]), key
     with pytest.raises(KeyError, match="keys: the prior cache .* holds no shape"):
         cache.batch([0], ("z", "shape"))
     reconstructor = load_reconstructor(str(stages / "reconstructor"), "tiny")
-    with pytest.raises(ValueError, match="holds no shape, texture, depth, normal, mask .*--reconstructor RUN"):
+    with pytest.raises(ValueError, match="holds no shape, texture, depth, normal, mask: .*--reconstructor RUN"):
         GeneratorTrainer(TINY, cache, reconstructor)
     with pytest.raises(ValueError, match="reconstructor: a stage-1 run or checkpoint is required"):
         induce_priors(PRIOR, None, str(tmp_path / "other"), progress=False)

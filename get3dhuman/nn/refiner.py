@@ -48,18 +48,21 @@ class Refiner(nn.Module):
         norm: the blocks' normalisation, a key of NORMS: 'batch' (the authors'; training and
             inference differ through it, call .train() / .eval()) or 'instance' (each image
             normalised by its own statistics, in training as at inference).
+        albedo: the images it refines are unshaded renders (the colour alone) and it returns
+            albedo, rather than shaded images (the authors'). Kept as the attribute `albedo`:
+            get3dhuman.refine renders its inputs and back-projects its outputs accordingly.
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, base_channels: int = 64, depth: int = 4,
-                 residual: bool = False, norm: str = "batch"):
+                 residual: bool = False, norm: str = "batch", albedo: bool = False):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {sorted(NORMS)}, got {norm!r}")
         if residual and in_channels != out_channels:
             raise ValueError(f"a residual Refiner needs out_channels == in_channels ({in_channels}), got {out_channels}")
-        self.depth, self.residual = depth, residual
+        self.depth, self.residual, self.albedo = depth, residual, albedo
         self.sizes = dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels, depth=depth,
-                          residual=residual, norm=norm)  # the constructor's arguments, kept by save_pretrained
+                          residual=residual, norm=norm, albedo=albedo)  # the constructor's arguments, kept by save_pretrained
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.encoders = nn.ModuleList([_double_conv(in_channels, widths[0], norm)])
         self.encoders.extend(_double_conv(widths[i], widths[i + 1], norm) for i in range(depth))

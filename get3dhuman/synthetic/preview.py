@@ -11,22 +11,33 @@ from get3dhuman.synthetic.latent import human_parameters
 LIGHT = (0.3, 0.5, 0.8)  # camera-space direction of the key light
 
 
-def render_humans(params: torch.Tensor, resolution: int = 256, angles_deg: float | torch.Tensor = 0.0,
-                  background: float = 1.0) -> torch.Tensor:
-    """Shaded colour images [B, H, W, 3] in [0, 1] of the humans `params` [B, P] on a grey
-    `background`, seen by orbit cameras at `angles_deg` (a float or [B]; 0: front). The
-    cameras are render.orbit_calibration(angles_deg)."""
+def trace_humans(params: torch.Tensor, resolution: int = 256, angles_deg: float | torch.Tensor = 0.0) -> Rendering:
+    """The Rendering (colour, normal, depth, mask) of the humans `params` [B, P] seen by orbit
+    cameras at `angles_deg` (a float or [B]; 0: front): render.orbit_calibration(angles_deg)."""
     calib = orbit_calibration(torch.as_tensor(angles_deg, dtype=torch.float32).expand(params.shape[0]))
     with torch.no_grad():
-        rendering = sphere_trace(lambda p: human_sdf(params, p), calib, resolution, lambda p: human_color(params, p))
-    return shade(rendering, background)
+        return sphere_trace(lambda p: human_sdf(params, p), calib, resolution, lambda p: human_color(params, p))
 
 
-def stand_in_images(z: torch.Tensor, resolution: int) -> torch.Tensor:
+def render_humans(params: torch.Tensor, resolution: int = 256, angles_deg: float | torch.Tensor = 0.0,
+                  background: float = 1.0, lit: bool = True) -> torch.Tensor:
+    """Colour images [B, H, W, 3] in [0, 1] of the humans `params` [B, P] on a grey
+    `background`, seen as in `trace_humans`: shaded, or their albedo when not `lit` (`shade`)."""
+    return shade(trace_humans(params, resolution, angles_deg), background, lit)
+
+
+def stand_in_images(z: torch.Tensor, resolution: int, lit: bool = True) -> torch.Tensor:
     """The stand-in 2-D generator: front views [B, resolution, resolution, 3] in [0, 1], on
-    black, of the synthetic humans of latents z [B, z_dim]. The prior cache's images, which the
-    Reconstructor turns into the Generator's prior."""
-    return render_humans(human_parameters(z), resolution, 0.0, background=0.0)
+    black, of the synthetic humans of latents z [B, z_dim] (their albedo when not `lit`). The
+    prior cache's images, which the Reconstructor turns into the Generator's prior."""
+    return render_humans(human_parameters(z), resolution, 0.0, background=0.0, lit=lit)
+
+
+def silhouettes(images: torch.Tensor) -> torch.Tensor:
+    """[B, H, W] bool: where stand-in images [B, H, W, 3] (on black, in [0, 1] or uint8) show
+    the human. Exact for the synthetic world: its darkest colour channel is brighter than 0.05
+    and shading keeps 0.35 of it, so no surface pixel rounds to black in 8 bits."""
+    return images.amax(-1) > (0 if images.dtype == torch.uint8 else 0.5 / 255)
 
 
 def shading_factor(rendering: Rendering) -> torch.Tensor:
@@ -36,11 +47,12 @@ def shading_factor(rendering: Rendering) -> torch.Tensor:
     return 0.35 + 0.65 * (rendering.normal @ (light / light.norm())).clamp_min(0)
 
 
-def shade(rendering: Rendering, background: float = 1.0) -> torch.Tensor:
-    """The shaded colour image [B, H, W, 3] of a rendering: colour x `shading_factor`,
-    `background` where nothing was hit."""
+def shade(rendering: Rendering, background: float = 1.0, lit: bool = True) -> torch.Tensor:
+    """The shaded colour image [B, H, W, 3] of a rendering: colour x `shading_factor` (the
+    colour alone, the albedo, when not `lit`), `background` where nothing was hit."""
     mask = rendering.mask.unsqueeze(-1)
-    return mask * rendering.color * shading_factor(rendering).unsqueeze(-1) + (1 - mask) * background
+    color = rendering.color * shading_factor(rendering).unsqueeze(-1) if lit else rendering.color
+    return mask * color + (1 - mask) * background
 
 
 def save_grid(images: torch.Tensor, path: str, columns: int = 4) -> None:

@@ -13,10 +13,12 @@ written under a temporary name and renamed, so a shard either is complete or abs
 an interrupted run resumes with the first missing shard and produces the same cache.
 
 Shard tensors: z [S, z_dim] float32; image [S, H, W, 3] uint8 (the stand-in image, for the
-refiner); shape, texture [S, F, V, V] (`volume_dtype`); depth, mask [S, M, M] and normal
+refiner); with `albedo_images`, albedo [S, H, W, 3] uint8 (the same view unshaded, for a
+refiner of albedo); shape, texture [S, F, V, V] (`volume_dtype`); depth, mask [S, M, M] and normal
 [S, M, M, 3] float32 (camera space, y up, as `render.Rendering`).
 
-With `images_only` the cache holds z and image alone (IMAGE_KEYS) and needs no Reconstructor:
+With `images_only` the cache holds z and the images alone (IMAGE_KEYS, with `albedo_images` also
+ALBEDO_KEY: `cache_keys`) and needs no Reconstructor:
 all that the refiner stage reads, e.g. to train a Refiner for an exported Generator whose
 stage-1 and stage-2 runs are not at hand. The generator stage refuses such a cache.
 """
@@ -35,7 +37,8 @@ from safetensors.torch import save_file
 from get3dhuman.nn import Reconstructor
 from get3dhuman.nn.generator import resolve_config
 from get3dhuman.render import orbit_calibration, ray_march
-from get3dhuman.synthetic.preview import stand_in_images
+from get3dhuman.synthetic.latent import human_parameters
+from get3dhuman.synthetic.preview import shade, trace_humans
 from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import (
     load_checkpoint,
@@ -45,6 +48,8 @@ from get3dhuman.train.checkpoint import (
 
 SHARD_KEYS = ("z", "image", "shape", "texture", "depth", "normal", "mask")
 IMAGE_KEYS = ("z", "image")  # the shards of an `images_only` cache
+ALBEDO_KEY = "albedo"  # with `albedo_images`, in both kinds of cache
+INTRODUCED = {"images_only": False, "albedo_images": False}  # settings older caches were made without
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +65,7 @@ class PriorConfig:
     volume_dtype: str = "float16"  # storage type of the feature volumes (float16, bfloat16, float32)
     seed: int = 0
     images_only: bool = False  # z and the stand-in image only (IMAGE_KEYS), no Reconstructor: for the refiner
+    albedo_images: bool = True  # also the stand-in images unshaded (ALBEDO_KEY): for a refiner of albedo
 
 
 PRESETS = {
@@ -86,12 +92,25 @@ def load_reconstructor(path: str, preset: str, device: str = "cpu") -> Reconstru
     return model.to(device).eval()
 
 
+def cache_keys(config: PriorConfig) -> tuple[str, ...]:
+    """The entries of a cache made with `config` (see the module docstring)."""
+    return (IMAGE_KEYS if config.images_only else SHARD_KEYS) + ((ALBEDO_KEY,) if config.albedo_images else ())
+
+
+def _bytes(image: torch.Tensor) -> torch.Tensor:
+    return (image * 255).round().to(torch.uint8)
+
+
 @torch.no_grad()
 def prior_targets(model: Reconstructor | None, z: torch.Tensor, config: PriorConfig) -> dict[str, torch.Tensor]:
-    """The cache entries (see the module docstring) of latents z [B, z_dim], on the CPU: all of
-    SHARD_KEYS from the Reconstructor `model`, or IMAGE_KEYS when `model` is None."""
-    image = stand_in_images(z, resolve_config(config.preset).backbone_resolution)  # [B, S, S, 3] in [0, 1]
-    entries = {"z": z.float(), "image": (image * 255).round().to(torch.uint8)}
+    """The cache entries `cache_keys(config)` of latents z [B, z_dim], on the CPU; the
+    Reconstructor `model` makes the volumes and maps (None for an `images_only` cache)."""
+    # The stand-in images (synthetic.preview.stand_in_images), shaded and unshaded from one trace.
+    rendering = trace_humans(human_parameters(z), resolve_config(config.preset).backbone_resolution)
+    image = shade(rendering, background=0.0)  # [B, S, S, 3] in [0, 1]
+    entries = {"z": z.float(), "image": _bytes(image)}
+    if config.albedo_images:
+        entries[ALBEDO_KEY] = _bytes(shade(rendering, background=0.0, lit=False))
     if model is None:
         return entries
     device = next(model.parameters()).device
@@ -125,9 +144,9 @@ def induce_priors(config: PriorConfig, reconstructor: str | None, out_dir: str, 
     os.makedirs(out_dir, exist_ok=True)
     source = None if reconstructor is None else os.path.abspath(reconstructor)
     record_settings(os.path.join(out_dir, "prior.json"), {**dataclasses.asdict(config), "reconstructor": source},
-                    may_change=("count",), write=rank == 0, introduced={"images_only": False})
+                    may_change=("count",), write=rank == 0, introduced=INTRODUCED)
     model = None if config.images_only else load_reconstructor(reconstructor, config.preset, device)
-    keys = IMAGE_KEYS if config.images_only else SHARD_KEYS
+    keys = cache_keys(config)
     shards = range(-(-config.count // config.shard_size))
     paths = [os.path.join(out_dir, f"prior-{index:05d}.safetensors") for index in shards]
     missing = [index for index in shards if not os.path.exists(paths[index]) and index % size == rank]
@@ -156,17 +175,17 @@ def check_stage_inputs(prior: "PriorCache", model, preset: str, name: str, keys:
                          f"training preset {preset!r}")
     missing = [key for key in keys if key not in prior.keys]
     if missing:
-        raise ValueError(f"the prior cache {prior.directory} holds no {', '.join(missing)} (it was made with "
-                         "images_only): this stage needs a cache made from a Reconstructor (`get3dhuman train prior "
-                         "--reconstructor RUN`)")
+        how = ("a cache made from a Reconstructor (`get3dhuman train prior --reconstructor RUN`)" if
+               any(key not in IMAGE_KEYS + (ALBEDO_KEY,) for key in missing) else
+               "a cache made with albedo_images (the default since these images were added)")
+        raise ValueError(f"the prior cache {prior.directory} holds no {', '.join(missing)}: this stage needs {how}")
 
 
 class PriorCache:
     """Read access to a prior cache directory: `len(cache)` latents, `cache.batch(indices)`.
 
     Shards are opened lazily and sliced without loading whole files; volumes come back as
-    float32. `cache.keys`: the entries it holds (SHARD_KEYS, or IMAGE_KEYS for an `images_only`
-    cache). Raises ValueError when the directory holds no complete cache.
+    float32. `cache.keys`: the entries it holds (`cache_keys` of its settings). Raises ValueError when the directory holds no complete cache.
     """
 
     def __init__(self, directory: str):
@@ -182,7 +201,8 @@ class PriorCache:
             raise ValueError(f"{directory} holds {len(self.paths)} of {expected} prior shards: finish it with "
                              "`get3dhuman train prior` (it resumes)")
         self.shard_size, self.count, self.directory = size, count, directory
-        self.keys = IMAGE_KEYS if self.settings.get("images_only", False) else SHARD_KEYS
+        recorded = {**INTRODUCED, **self.settings}
+        self.keys = cache_keys(PriorConfig(images_only=recorded["images_only"], albedo_images=recorded["albedo_images"]))
         self._handles: dict[int, object] = {}
 
     def __len__(self) -> int:

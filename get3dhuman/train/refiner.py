@@ -1,5 +1,8 @@
 """Training stage 4: the Refiner, mapping rendered textured images of generated humans to the
-stand-in images of the same latents (the prior cache's images).
+stand-in images of the same latents (the prior cache's images; with `albedo`, unshaded renders
+to the cache's unshaded stand-in images). With `overlap_only` a target is the render itself
+wherever the render or the target shows background (refine.view_errors: their silhouettes
+differ there), so the Refiner learns colours alone, which is what back-projection takes.
 
 Each step renders the trained (frozen) Generator's humans for `batch_size` cached latents from
 the front (`refine.front_renders`; up to `render_memo` renders are kept, as an entry's render
@@ -8,7 +11,8 @@ GAN (`gan_weight`) with a two-scale PatchGAN conditioned on the rendered image, 
 `feature_matching_weight` x feature matching and `perceptual_weight` x the weight-free pyramid L1 loss (see
 get3dhuman.losses: no pretrained VGG can be downloaded). With both discriminator terms weighted
 0 there is no discriminator: the pyramid L1 alone. Adam (2e-4, betas 0.5 / 0.999).
-Metric: L1 to the target images of the refined and of the unrefined renders.
+Metrics (`refine.view_errors`): L1 to the target images of the refined and of the unrefined
+renders, over the whole images and over the pixels where both show the human.
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ import torch
 
 from get3dhuman import losses
 from get3dhuman.nn import MultiScalePatchDiscriminator, Refiner
-from get3dhuman.refine import front_renders
+from get3dhuman.refine import front_renders, view_errors
+from get3dhuman.synthetic.preview import silhouettes
 from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import load_checkpoint, resolve_checkpoint
 from get3dhuman.train.generator import load_generator
 from get3dhuman.train.loop import recorded_config, run_training
-from get3dhuman.train.prior import IMAGE_KEYS, PriorCache, check_stage_inputs
+from get3dhuman.train.prior import ALBEDO_KEY, PriorCache, check_stage_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,13 +40,15 @@ class RefinerTrainingConfig:
 
     RESULT_NEUTRAL: ClassVar[tuple[str, ...]] = ("render_memo",)  # may change when a run resumes
     # Settings added after runs were recorded without them, with the value those runs had.
-    INTRODUCED: ClassVar[dict] = {"refiner_norm": "batch", "gan_weight": 1.0}
+    INTRODUCED: ClassVar[dict] = {"refiner_norm": "batch", "gan_weight": 1.0, "albedo": False, "overlap_only": False}
 
     preset: str = "small"  # of the Generator and the prior cache
     refiner_channels: int = 32  # U-Net base width (the authors: 64)
     refiner_depth: int = 4
     residual: bool = True  # the Refiner corrects the render (nn.Refiner); the authors': False
     refiner_norm: str = "batch"  # the U-Net blocks' normalisation (nn.refiner.NORMS)
+    albedo: bool = False  # refine unshaded renders into unshaded images (nn.Refiner); the authors': shaded
+    overlap_only: bool = False  # targets only where render and target both show the human (the module docstring)
     discriminator_channels: int = 32
     steps: int = 5000
     batch_size: int = 4
@@ -55,7 +62,7 @@ class RefinerTrainingConfig:
     eval_every: int = 500
     eval_latents: int = 8
     # Renders of cache entries kept in memory: the Generator is frozen, so an entry's render never
-    # changes, and rendering is most of a step (0: render every time; 'small': 400 MB at most).
+    # changes, and rendering is most of a step (0: render every time; 'small': 440 MB at most).
     render_memo: int = 2048
 
 
@@ -66,21 +73,22 @@ PRESETS = {
     "small": RefinerTrainingConfig(refiner_norm="instance", gan_weight=0.0, feature_matching_weight=0.0,
                                    perceptual_weight=100.0),
     "official": RefinerTrainingConfig(preset="official", refiner_channels=64, discriminator_channels=64, batch_size=8,
-                                      march_samples=128, residual=False, render_memo=256),  # 3 MiB per 512 px render
+                                      march_samples=128, residual=False, render_memo=256),  # 3.25 MiB per 512 px render and mask
 }
 
 
 def make_refiner(config: RefinerTrainingConfig) -> Refiner:
     """The Refiner of a stage-4 configuration."""
     return Refiner(base_channels=config.refiner_channels, depth=config.refiner_depth, residual=config.residual,
-                   norm=config.refiner_norm)
+                   norm=config.refiner_norm, albedo=config.albedo)
 
 
 class RefinerTrainer:
     """Models, optimisers and one step of stage 4 (see the module docstring)."""
 
     def __init__(self, config: RefinerTrainingConfig, prior: PriorCache, generator, device: str = "cpu"):
-        check_stage_inputs(prior, generator, config.preset, "generator", IMAGE_KEYS)
+        self.target_key = ALBEDO_KEY if config.albedo else "image"
+        check_stage_inputs(prior, generator, config.preset, "generator", ("z", self.target_key))
         for name in ("gan_weight", "feature_matching_weight", "perceptual_weight"):
             if getattr(config, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
@@ -96,7 +104,8 @@ class RefinerTrainer:
             self.discriminator = MultiScalePatchDiscriminator(6, config.discriminator_channels).to(device)
             self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=config.learning_rate,
                                                             betas=betas)
-        self._renders: dict[int, torch.Tensor] = {}  # cache index -> render (at most config.render_memo)
+        # cache index -> (render, mask) (at most config.render_memo)
+        self._renders: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -108,24 +117,33 @@ class RefinerTrainer:
                 **({"discriminator": self.discriminator_optimizer} if self.adversarial else {})}
 
     @torch.no_grad()
-    def render(self, index: int) -> torch.Tensor:
-        """The Generator's front render [3, S, S] in [-1, 1] of cache entry `index`. Each entry is
-        rendered alone, so its render is the same bits whether it comes from the memo or not."""
+    def render(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Generator's front render [3, S, S] in [-1, 1] of cache entry `index` (unshaded with
+        `albedo`) and where it shows the human [S, S] (bool). Each entry is rendered alone, so
+        its render is the same bits whether it comes from the memo or not."""
         if index in self._renders:
             return self._renders[index]
         z = self.prior.batch([index], ("z",))["z"].to(self.device)
-        rendered = front_renders(self.generator, z, self.config.march_samples)[0].permute(2, 0, 1) * 2 - 1
+        image, mask = front_renders(self.generator, z, self.config.march_samples, lit=not self.config.albedo)
+        rendered = (image[0].permute(2, 0, 1) * 2 - 1, mask[0])
         if len(self._renders) < self.config.render_memo:
             self._renders[index] = rendered
         return rendered
 
     @torch.no_grad()
-    def images(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rendered, target) images [B, 3, S, S] in [-1, 1] of cache entries `indices`."""
+    def images(self, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rendered, target, overlap) of cache entries `indices`: images [B, 3, S, S] in
+        [-1, 1] and where both show the human, [B, S, S] (bool)."""
         indices = [int(i) for i in indices]
-        rendered = torch.stack([self.render(i) for i in indices])
-        target = self.prior.batch(indices, ("image",))["image"].to(self.device).float() / 255
-        return rendered, target.permute(0, 3, 1, 2) * 2 - 1
+        rendered, mask = (torch.stack(parts) for parts in zip(*(self.render(i) for i in indices)))
+        target = self.prior.batch(indices, (self.target_key,))[self.target_key].to(self.device)
+        overlap = mask & silhouettes(target)
+        return rendered, target.permute(0, 3, 1, 2).float() / 255 * 2 - 1, overlap
+
+    def training_target(self, rendered: torch.Tensor, target: torch.Tensor, overlap: torch.Tensor) -> torch.Tensor:
+        """The image the losses pull the refined view towards: the target, or with
+        `overlap_only` the target inside the overlap and the render outside it."""
+        return torch.where(overlap.unsqueeze(1), target, rendered) if self.config.overlap_only else target
 
     def losses(self, rendered: torch.Tensor,
                target: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
@@ -148,7 +166,8 @@ class RefinerTrainer:
     def step(self, step: int) -> dict[str, float]:
         """One discriminator (when `adversarial`) and one refiner update on the batch of `step`."""
         indices, _ = self.prior.draw(self.config.seed, step, self.config.batch_size)
-        rendered, target = self.images(indices)
+        rendered, target, overlap = self.images(indices)
+        target = self.training_target(rendered, target, overlap)
         self.refiner.train()
         d_loss, terms = self.losses(rendered, target)
         # Both gradients from the same discriminator state, then both updates (the graphs share it).
@@ -166,12 +185,11 @@ class RefinerTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """{'refined_l1', 'rendered_l1'}: mean L1 (in [0, 1] units) to the targets of the first
-        `eval_latents` cache entries, with and without refinement."""
-        rendered, target = self.images(range(min(self.config.eval_latents, len(self.prior))))
+        """`refine.view_errors` of the first `eval_latents` cache entries, refined and not."""
+        rendered, target, overlap = self.images(range(min(self.config.eval_latents, len(self.prior))))
         self.refiner.eval()
         refined = self.refiner(rendered)
-        return {"refined_l1": (refined - target).abs().mean().item() / 2, "rendered_l1": (rendered - target).abs().mean().item() / 2}
+        return view_errors(*((image.permute(0, 2, 3, 1) + 1) / 2 for image in (refined, rendered, target)), overlap)
 
 
 def load_refiner(path: str, config: RefinerTrainingConfig, device: str = "cpu") -> Refiner:
