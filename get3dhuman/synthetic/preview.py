@@ -35,8 +35,9 @@ def stand_in_images(z: torch.Tensor, resolution: int, lit: bool = True) -> torch
 
 def silhouettes(images: torch.Tensor) -> torch.Tensor:
     """[B, H, W] bool: where stand-in images [B, H, W, 3] (on black, in [0, 1] or uint8) show
-    the human. Exact for the synthetic world: its darkest colour channel is brighter than 0.05
-    and shading keeps 0.35 of it, so no surface pixel rounds to black in 8 bits."""
+    the human. Exact for the synthetic world: every colour it paints has a channel of at least
+    0.05 (synthetic.human's palettes and colour ranges), shading keeps 0.35 of it, so no
+    surface pixel rounds to black in 8 bits."""
     return images.amax(-1) > (0 if images.dtype == torch.uint8 else 0.5 / 255)
 
 
