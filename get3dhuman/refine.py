@@ -33,8 +33,8 @@ def render_textured(generator, shape_volume: torch.Tensor, texture_volume: torch
                     normal_step: float | None = None, lit: bool = True) -> tuple[torch.Tensor, Rendering]:
     """Shaded colour images [B, H, W, 3] in [0, 1] (their albedo when not `lit`) on `background`
     (default black: the prior's images' convention) of the generated humans with volumes
-    [B, F, V, V], seen through cameras calib [B, 4, 4]; and the Rendering (depth, mask, ...). The field (level 0.5) is
-    `ray_march`ed and coloured by the texture decoder. Differentiable in the volumes; give
+    [B, F, V, V], seen through cameras calib [B, 4, 4]; and the Rendering (depth, mask, ...).
+    The field (level 0.5) is `ray_march`ed and coloured by the texture decoder. Differentiable in the volumes; give
     `normal_step` (render.ray_march) when gradients must flow through the shading, since the
     fused queries have no second-order backward for autograd normals."""
     own = generator.calibration.expand(shape_volume.shape[0], 4, 4)

@@ -26,11 +26,17 @@ def render_humans(params: torch.Tensor, resolution: int = 256, angles_deg: float
     return shade(trace_humans(params, resolution, angles_deg), background, lit)
 
 
+def stand_in_rendering(z: torch.Tensor, resolution: int) -> Rendering:
+    """The Rendering behind `stand_in_images`: the front view of the synthetic humans of
+    latents z [B, z_dim], `resolution` pixels a side (one trace gives both image kinds)."""
+    return trace_humans(human_parameters(z), resolution, 0.0)
+
+
 def stand_in_images(z: torch.Tensor, resolution: int, lit: bool = True) -> torch.Tensor:
     """The stand-in 2-D generator: front views [B, resolution, resolution, 3] in [0, 1], on
     black, of the synthetic humans of latents z [B, z_dim] (their albedo when not `lit`). The
     prior cache's images, which the Reconstructor turns into the Generator's prior."""
-    return render_humans(human_parameters(z), resolution, 0.0, background=0.0, lit=lit)
+    return shade(stand_in_rendering(z, resolution), background=0.0, lit=lit)
 
 
 def silhouettes(images: torch.Tensor) -> torch.Tensor:

@@ -37,8 +37,7 @@ from safetensors.torch import save_file
 from get3dhuman.nn import Reconstructor
 from get3dhuman.nn.generator import resolve_config
 from get3dhuman.render import orbit_calibration, ray_march
-from get3dhuman.synthetic.latent import human_parameters
-from get3dhuman.synthetic.preview import shade, trace_humans
+from get3dhuman.synthetic.preview import shade, stand_in_rendering
 from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import (
     load_checkpoint,
@@ -106,7 +105,7 @@ def prior_targets(model: Reconstructor | None, z: torch.Tensor, config: PriorCon
     """The cache entries `cache_keys(config)` of latents z [B, z_dim], on the CPU; the
     Reconstructor `model` makes the volumes and maps (None for an `images_only` cache)."""
     # The stand-in images (synthetic.preview.stand_in_images), shaded and unshaded from one trace.
-    rendering = trace_humans(human_parameters(z), resolve_config(config.preset).backbone_resolution)
+    rendering = stand_in_rendering(z, resolve_config(config.preset).backbone_resolution)
     image = shade(rendering, background=0.0)  # [B, S, S, 3] in [0, 1]
     entries = {"z": z.float(), "image": _bytes(image)}
     if config.albedo_images:
