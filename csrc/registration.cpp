@@ -34,6 +34,10 @@ TORCH_LIBRARY(get3dhuman, m) {
   // level that are inside the lattice but not in closed [C] (sorted unique) -> [Q], in frontier
   // order, repeats kept.
   m.def("narrow_band_open_faces(Tensor frontier, Tensor frontier_values, Tensor closed, int[] dims, float level) -> Tensor");
+  // Z-buffer rasterization: vertices [V,3] float32 in NDC (x, y over the image, align_corners;
+  // z larger nearer), faces [F,3] int64 (indices in [0, V)) -> (face_index [H,W] int64, -1 where
+  // nothing is drawn; barycentric weights [H,W,3] float32 of the nearest triangle's corners).
+  m.def("rasterize(Tensor vertices, Tensor faces, int height, int width) -> (Tensor, Tensor)");
 }
 
 #ifdef GET3DHUMAN_PYTHON_MODULE

@@ -179,13 +179,12 @@ def invert(generator, image: torch.Tensor, mask: torch.Tensor | None = None, *, 
     return Inversion(best[1], best[2], losses)
 
 
-def write_results(generator, out_dir: str, names: list[str], meshes: list[TexturedMesh], z_shape: torch.Tensor,
-                  z_texture: torch.Tensor, file_type: str = "glb", preview_resolution: int | None = None,
-                  grid: str | None = None) -> list[str]:
+def write_results(generator, out_dir: str, names: list[str], meshes: list[TexturedMesh], file_type: str = "glb",
+                  preview_resolution: int | None = None, grid: str | None = None) -> list[str]:
     """Writes mesh i as out_dir/names[i].file_type (empty meshes are left out), with
-    `preview_resolution` front views names[i].png of its latents z_shape[i], z_texture[i]
-    (`dataset.render_previews`) and their `grid` PNG; returns the paths written."""
-    from get3dhuman.dataset import render_previews
+    `preview_resolution` front views names[i].png of the meshes (`dataset.mesh_previews`) and
+    their `grid` PNG; returns the paths written."""
+    from get3dhuman.dataset import mesh_previews
     from get3dhuman.synthetic.preview import save_grid
 
     if grid is not None and preview_resolution is None:
@@ -197,8 +196,7 @@ def write_results(generator, out_dir: str, names: list[str], meshes: list[Textur
             written.append(os.path.join(out_dir, f"{name}.{file_type}"))
             mesh.export(written[-1], file_type)
     if preview_resolution is not None:
-        device = next(generator.parameters()).device
-        previews = render_previews(generator, z_shape.to(device), z_texture.to(device), preview_resolution).cpu()
+        previews = mesh_previews(generator, meshes, preview_resolution).cpu()
         for name, preview in zip(names, previews):
             written.append(os.path.join(out_dir, f"{name}.png"))
             save_grid(preview[None], written[-1], columns=1)

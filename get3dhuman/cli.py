@@ -228,8 +228,7 @@ def _edit(args: argparse.Namespace) -> int:
             z_texture = generator.latents(args.textures)[1]
             meshes = applications.retexture(generator, z_shape[0].to(args.device), z_texture.to(args.device), **options)
             names = [f"texture-{seed}" for seed in args.textures]
-        written = applications.write_results(generator, args.out, names, meshes, z_shape, z_texture, args.format,
-                                             args.preview, args.grid)
+        written = applications.write_results(generator, args.out, names, meshes, args.format, args.preview, args.grid)
     except ValueError as error:
         raise SystemExit(f"get3dhuman {args.command}: {error}") from error
     print(f"{len(written)} files in {args.out}" + (f" and {args.grid}" if args.grid else ""))
@@ -268,8 +267,7 @@ def _invert(args: argparse.Namespace) -> int:
     with open(os.path.join(args.out, "losses.json"), "w") as handle:
         json.dump(result.losses, handle)
     mesh = generator.extract_mesh(result.z_shape, result.z_texture, args.resolution)
-    applications.write_results(generator, args.out, ["inverted"], mesh, result.z_shape, result.z_texture,
-                               args.format, side)
+    applications.write_results(generator, args.out, ["inverted"], mesh, args.format, side)
     print(f"loss {result.losses[0]:.4f} -> {min(result.losses):.4f}; latents, mesh and front view in {args.out}")
     return 0
 

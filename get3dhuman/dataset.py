@@ -7,8 +7,8 @@ the float rounding of the networks, which can move a vertex or two across the le
 For each seed s, DIR receives:
 
 - `human-s.glb` (or .ply/.obj): the textured mesh with vertex colours (none for an empty field),
-- `human-s.png` with previews: the front view, the generated field ray-marched and shaded (with
-  a refiner: the refiner's front view),
+- `human-s.png` with previews: the front view of the mesh, rasterized and shaded (with a
+  refiner: the refiner's front view),
 - one line of `manifest.jsonl`: {"seed", "mesh", "preview", "vertices", "faces", "seconds"}
   ("mesh"/"preview" are file names or null; "seconds": the sample's share of its batch's time).
 
@@ -36,8 +36,8 @@ import torch.nn.functional as F
 
 from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.refine import colors_from_views, refined_views, render_textured
-from get3dhuman.render import Rendering
-from get3dhuman.synthetic.preview import save_grid, shading_factor
+from get3dhuman.render import Rendering, render_meshes
+from get3dhuman.synthetic.preview import save_grid, shade, shading_factor
 from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import record_settings
 
@@ -63,6 +63,17 @@ def render_previews(generator, z_shape: torch.Tensor, z_texture: torch.Tensor, r
         shape, texture = generator(z_shape, z_texture, truncation_psi)
         calib = generator.calibration.to(shape.volume.dtype).expand(z_shape.shape[0], 4, 4)
         return render_textured(generator, shape.volume, texture, calib, resolution, background=background)[0]
+
+
+@torch.no_grad()
+def mesh_previews(generator, meshes: Sequence, resolution: int = 256, background: float = PREVIEW_BACKGROUND) -> torch.Tensor:
+    """Front views [B, resolution, resolution, 3] in [0, 1] of `meshes` (B TexturedMeshes in world
+    coordinates, e.g. of `generator.extract_mesh`) through the generator's calibration: the
+    meshes rasterized (render.render_meshes), their vertex colours shaded as `render_previews`
+    shades the field's, `background` where no triangle is drawn. They show what the files
+    hold, and cost milliseconds where ray-marching the field costs seconds."""
+    calib = generator.calibration.float().expand(len(meshes), 4, 4)
+    return shade(render_meshes(meshes, calib, resolution), background)
 
 
 def _refined_preview(view: tuple[torch.Tensor, torch.Tensor, Rendering], resolution: int,
@@ -157,7 +168,9 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                 "truncation_psi": truncation_psi, "extract_options": extract_options,
                 # Refined colours lost their shading in a later version: a directory of earlier
                 # refined samples (no such record) is refused rather than mixed.
-                "refined_colors": None if refiner is None else "shading removed"}
+                "refined_colors": None if refiner is None else "shading removed",
+                # Previews were ray-marched from the field in earlier versions; those are refused too.
+                "previews": None if preview_resolution is None or refiner is not None else "rasterized mesh"}
     record_settings(os.path.join(out_dir, SETTINGS), settings, may_change=(), write=rank == 0)
     if rank == 0:
         _rewrite_manifest(out_dir, read_manifest(out_dir))  # drops a torn last line before anyone appends
@@ -183,7 +196,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
             if preview_resolution is not None:
                 previews = _refined_preview(views[0], preview_resolution, PREVIEW_BACKGROUND, refiner.albedo)
         elif preview_resolution is not None:
-            previews = render_previews(generator, z_shape, z_texture, preview_resolution, truncation_psi)
+            previews = mesh_previews(generator, meshes, preview_resolution)
         seconds = (time.perf_counter() - start) / len(batch)
         for sample_seed, mesh, preview in zip(batch, meshes, previews):
             name = f"human-{sample_seed}"

@@ -46,6 +46,10 @@ class TexturedMesh:
         """True when the mesh has no faces (the field never crossed its level)."""
         return self.faces.shape[0] == 0
 
+    def to(self, device: str | torch.device) -> TexturedMesh:
+        """The mesh with every tensor on `device`."""
+        return TexturedMesh(*(getattr(self, field.name).to(device) for field in dataclasses.fields(self)))
+
     def to_trimesh(self):
         """A trimesh.Trimesh (vertices and faces as they are, 8-bit RGBA vertex colours)."""
         import trimesh

@@ -16,10 +16,12 @@ order; normals come from the field's gradient with create_graph, so normal losse
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
+
+from get3dhuman.ops.rasterize import rasterize
 
 Field = Callable[[torch.Tensor], torch.Tensor]
 
@@ -76,6 +78,12 @@ class _Rays(NamedTuple):
     far: torch.Tensor  # [B, 1] world length of the NDC depth range
     linear: torch.Tensor  # [B, 3, 3] of the calibration
     offset: torch.Tensor  # [B, 3]
+
+
+def _camera_rotation(linear: torch.Tensor) -> torch.Tensor:
+    """World -> camera axes [B, 3, 3] of calibrations' linear parts [B, 3, 3]: their rows
+    without their scale, y flipped to point up."""
+    return linear / linear.norm(dim=2, keepdim=True) * torch.tensor([1.0, -1.0, 1.0], device=linear.device).reshape(1, 3, 1)
 
 
 def _camera_rays(calib: torch.Tensor, resolution: int) -> _Rays:
@@ -203,9 +211,7 @@ def _surface_maps(field: Field, rays: _Rays, t: torch.Tensor, found: torch.Tenso
     if normal_step is not None:
         gradient = _difference_gradient(field, surface.detach(), normal_step)
     normal_world = gradient / gradient.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    # Camera axes: the calibration's rows without their scale, y flipped to point up.
-    rotation = rays.linear / rays.linear.norm(dim=2, keepdim=True) * torch.tensor([1.0, -1.0, 1.0], device=device).reshape(1, 3, 1)
-    normal = normal_world @ rotation.transpose(1, 2)
+    normal = normal_world @ _camera_rotation(rays.linear).transpose(1, 2)
     depth = ((surface @ rays.linear.transpose(1, 2)) + rays.offset.unsqueeze(1))[..., 2]
     color = color_fn(surface) if color_fn is not None else torch.zeros_like(surface)
 
@@ -214,3 +220,41 @@ def _surface_maps(field: Field, rays: _Rays, t: torch.Tensor, found: torch.Tenso
         return torch.where(hit.reshape(batch, -1, *([1] * (x.dim() - 2))), x, torch.zeros_like(x)).reshape(shape)
 
     return Rendering(mask.reshape(batch, resolution, resolution), image(depth), image(normal), image(color), image(surface))
+
+
+def render_meshes(meshes: Sequence, calib: torch.Tensor, resolution: int = 256) -> Rendering:
+    """The maps of `sphere_trace`, drawn from triangle meshes instead of a field: each of
+    `meshes` (objects with world-space vertices [V, 3], faces [F, 3], colors [V, 3] and unit
+    normals [V, 3], such as mesh.TexturedMesh) rasterized (ops.rasterize) through its camera
+    calib [B, 4, 4] (B = len(meshes)) at resolution^2. Colours, normals (renormalised) and
+    points interpolate the vertices' at each pixel centre, depth is the NDC z; a mesh without
+    faces draws nothing. Not differentiable."""
+    if not meshes:
+        raise ValueError("meshes must hold at least one mesh")
+    if not isinstance(calib, torch.Tensor) or calib.dim() != 3 or calib.shape[1:] != (4, 4) or calib.shape[0] != len(meshes):
+        raise ValueError(f"calib must be [B, 4, 4] with B = len(meshes) = {len(meshes)}, got "
+                         f"{tuple(calib.shape) if isinstance(calib, torch.Tensor) else calib!r}")
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
+        raise ValueError(f"resolution must be an int >= 2, got {resolution!r}")
+    calib = calib.float()
+    linear, offset = calib[:, :3, :3], calib[:, :3, 3]
+    rotation = _camera_rotation(linear)
+    maps = []
+    for camera, mesh in enumerate(meshes):
+        vertices, faces = mesh.vertices.to(calib.device, torch.float32), mesh.faces.to(calib.device)
+        ndc = vertices @ linear[camera].T + offset[camera]
+        face_index, weights = rasterize(ndc.contiguous(), faces, resolution)
+        if faces.shape[0] == 0:
+            blank = weights.new_zeros(resolution, resolution)
+            maps.append((blank, blank, weights, weights, weights))
+            continue
+        corners = faces[face_index.clamp_min(0)]  # [H, W, 3]; weights are zero off the mesh
+
+        def interpolate(values: torch.Tensor) -> torch.Tensor:  # [V, K] -> [H, W, K]
+            return (values.to(weights)[corners] * weights.unsqueeze(-1)).sum(-2)
+
+        normal = interpolate(mesh.normals)
+        normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12) @ rotation[camera].T
+        maps.append(((face_index >= 0).to(weights), interpolate(ndc)[..., 2], normal, interpolate(mesh.colors),
+                     interpolate(vertices)))
+    return Rendering(*(torch.stack(parts) for parts in zip(*maps)))

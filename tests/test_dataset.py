@@ -16,10 +16,13 @@ from get3dhuman.cli import main
 from get3dhuman.dataset import (
     MANIFEST,
     SETTINGS,
+    mesh_previews,
     read_manifest,
     render_previews,
     write_samples,
 )
+from get3dhuman.mesh import TexturedMesh
+from get3dhuman.ops import marching_cubes
 from get3dhuman.refine import refine_meshes
 from get3dhuman.render import orbit_calibration
 from get3dhuman.synthetic.preview import LIGHT
@@ -38,13 +41,15 @@ def test_samples_are_the_generators_meshes_with_a_manifest(tmp_path):
     records = write_samples(generator, str(tmp_path), 3, seed=10, batch_size=2, file_type="ply", progress=False,
                             preview_resolution=24, **MESHING)
     expected = generator.sample(3, seed=10, batch_size=2, **MESHING)
+    previews = mesh_previews(generator, expected, 24)
     assert [record["seed"] for record in records] == [10, 11, 12]
     assert [json.loads(line) for line in manifest_lines(tmp_path)] == records
     assert any(record["mesh"] is not None for record in records)
-    for record, mesh in zip(records, expected):
+    for record, mesh, preview in zip(records, expected, previews):
         assert (record["vertices"], record["faces"]) == (mesh.vertices.shape[0], mesh.faces.shape[0])
         assert record["seconds"] > 0
-        assert Image.open(tmp_path / record["preview"]).size == (24, 24)
+        written = np.asarray(Image.open(tmp_path / record["preview"]).convert("RGB")) / 255.0
+        np.testing.assert_allclose(written, preview.numpy(), atol=0.5 / 255 + 1e-6)
         if mesh.is_empty:
             assert record["mesh"] is None
             continue
@@ -93,6 +98,24 @@ def test_previews_of_a_ball_are_discs_of_its_colour():
         assert float((ratio - ratio.mean(-1, keepdim=True)).abs().max()) < 1e-4
     facing = 0.35 + 0.65 * LIGHT[2] / float(torch.tensor(LIGHT).norm())  # the factor where n = (0, 0, 1)
     torch.testing.assert_close(previews[:, side // 2, side // 2], facing * colors[:, :3], atol=0.01, rtol=0)
+
+
+def test_mesh_previews_of_a_ball_are_its_field_previews():
+    side, radius = 65, 0.5
+    colors = torch.tensor([[0.9, 0.2, 0.1, 0.0], [0.1, 0.5, 0.8, 0.0]])
+    axis = torch.linspace(-1, 1, 97)
+    volume = radius - torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).norm(dim=-1)
+    vertices, faces = marching_cubes(volume, spacing=2 / 96, origin=-1.0, flip=True)  # index order is (x, y, z)
+    meshes = [TexturedMesh.from_geometry(vertices, faces, color[:3].expand(len(vertices), 3)) for color in colors]
+    ball = SphereGenerator(radius)
+    previews = mesh_previews(ball, meshes, side)
+    expected = render_previews(ball, torch.zeros(2, 4), colors, side, background=1.0)
+    ndc = torch.linspace(-1, 1, side)
+    distance = (ndc[:, None] ** 2 + ndc[None, :] ** 2).sqrt()
+    pixel = 2 / (side - 1)
+    away = (distance - radius).abs() > 1.5 * pixel  # off the silhouette, where a pixel may fall either side
+    assert float((previews - expected)[:, away].abs().max()) < 0.02
+    assert bool((previews[:, distance > radius] == 1.0).all())
 
 
 class ConstantRefiner(torch.nn.Module):

@@ -6,8 +6,9 @@ import subprocess
 import pytest
 import torch
 
-from get3dhuman.ops import sample_pixel_aligned
-from get3dhuman.render import orbit_calibration, ray_march, sphere_trace
+from get3dhuman.mesh import TexturedMesh
+from get3dhuman.ops import marching_cubes, sample_pixel_aligned
+from get3dhuman.render import orbit_calibration, ray_march, render_meshes, sphere_trace
 from get3dhuman.synthetic import human_parameters, human_sdf
 
 RES = 65
@@ -168,3 +169,46 @@ def test_difference_normals_train_a_fused_query_like_the_reference():
     exact = ray_march(lambda p: p.norm(dim=-1) - radius, calib, 17, samples=32)
     marched = ray_march(lambda p: p.norm(dim=-1) - radius, calib, 17, samples=32, normal_step=1e-3)
     assert (exact.normal - marched.normal).abs().max() < 1e-3
+
+
+def sphere_mesh(radius: float, cells: int = 64) -> TexturedMesh:
+    """The marching-cubes mesh of a sphere at the origin, coloured (x, y, z) -> ((x, y, z) + 1) / 2."""
+    axis = torch.linspace(-1, 1, cells + 1)
+    volume = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).norm(dim=-1) - radius
+    vertices, faces = marching_cubes(volume, spacing=2 / cells, origin=-1.0)  # index order is (x, y, z)
+    return TexturedMesh.from_geometry(vertices, faces, (vertices + 1) / 2)
+
+
+def test_meshes_render_the_analytic_maps_of_their_spheres():
+    radii = (0.6, 0.4)
+    meshes = [sphere_mesh(r) for r in radii]
+    calib = orbit_calibration(torch.tensor([0.0, 90.0]))
+    out = render_meshes(meshes, calib, RES)
+    assert out.mask.shape == (2, RES, RES) and out.normal.shape == (2, RES, RES, 3)
+    for view, (radius, mesh) in enumerate(zip(radii, meshes)):
+        z = (radius**2 - U**2 - V**2).clamp_min(0).sqrt()
+        interior = z > 0.15
+        assert bool(out.mask[view].bool()[interior].all())
+        assert not bool(out.mask[view].bool()[(U**2 + V**2) > radius**2].any())
+        assert float((out.depth[view][interior] - z[interior]).abs().max()) < 5e-3
+        camera_normal = torch.stack([U, -V, z], -1) / radius
+        # Interpolated normals are as far from the sphere's as the mesh's vertex normals are.
+        vertex_error = (mesh.normals - mesh.vertices / radius).abs().max()
+        assert float((out.normal[view][interior] - camera_normal[interior]).abs().max()) < float(vertex_error) + 0.005
+        world = (torch.stack([U, V, z], -1) @ torch.linalg.inv(calib[view, :3, :3]).T)[interior]  # the hit points
+        assert float((out.points[view][interior] - world).abs().max()) < 5e-3
+        assert float((out.color[view][interior] - (world + 1) / 2).abs().max()) < 5e-3
+        assert bool((out.color[view][out.mask[view] == 0] == 0).all())
+
+
+def test_an_empty_mesh_draws_nothing_and_bad_arguments_are_named():
+    empty = TexturedMesh.from_geometry(torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.int64), torch.zeros(0, 3))
+    out = render_meshes([sphere_mesh(0.5, 16), empty], orbit_calibration(torch.zeros(2)), 16)
+    assert bool(out.mask[0].any()) and not bool(out.mask[1].any())
+    assert all(bool((part[1] == 0).all()) for part in out)
+    with pytest.raises(ValueError, match=r"calib must be \[B, 4, 4\] with B = len\(meshes\) = 2"):
+        render_meshes([empty, empty], orbit_calibration(torch.zeros(1)), 16)
+    with pytest.raises(ValueError, match="meshes must hold at least one mesh"):
+        render_meshes([], orbit_calibration(torch.zeros(1)), 16)
+    with pytest.raises(ValueError, match="resolution must be an int >= 2, got 1"):
+        render_meshes([empty], orbit_calibration(torch.zeros(1)), 1)

@@ -10,6 +10,7 @@
 - pixel_order: the cache-friendly point order query_field uses on the CPU.
 - marching_cubes / marching_cubes_sparse / reference_marching_cubes: iso-surfaces of dense
   volumes and of sparse cell sets.
+- rasterize / reference_rasterize: z-buffer rasterization of triangle meshes (orthographic).
 - narrow_band / SparseVolume: coarse-to-fine evaluation of a field near its iso-surface
   (coarse_resolution_for: the coarse lattice to start from).
 """
@@ -38,6 +39,7 @@ from get3dhuman.ops.query import (
     reference_query_field,
     select_backend,
 )
+from get3dhuman.ops.rasterize import Rasterized, rasterize, reference_rasterize
 from get3dhuman.ops.stylegan2 import (
     bias_act,
     modulate_weights,
@@ -50,6 +52,7 @@ __all__ = [
     "BACKEND_ENV",
     "OFFICIAL_DEPTH_SCALE",
     "ProjectedInputs",
+    "Rasterized",
     "SparseVolume",
     "backend_unavailable_reason",
     "bias_act",
@@ -66,7 +69,9 @@ __all__ = [
     "reference_bias_act",
     "reference_marching_cubes",
     "reference_modulate_weights",
+    "rasterize",
     "reference_query_field",
+    "reference_rasterize",
     "reference_sample_pixel_aligned",
     "sample_pixel_aligned",
     "select_backend",

@@ -1,0 +1,71 @@
+"""Preview images of generated humans: the extracted mesh rasterized (`dataset.mesh_previews`,
+what `get3dhuman sample --preview` draws) against the field ray-marched (`dataset.render_previews`,
+the package's earlier way and that of the authors' renders), on the default weights."""
+
+import pytest
+import torch
+from bench_settings import DEVICES, QUICK
+
+from get3dhuman import Generator
+from get3dhuman.dataset import mesh_previews, render_previews
+from get3dhuman.ops import rasterize
+
+PREVIEW_SIDE = 64 if QUICK else 256
+MESH_RESOLUTION = 64 if QUICK else 256
+
+
+@pytest.fixture(scope="module")
+def generated():
+    """The default generator, the latents of seed 0 and its mesh at MESH_RESOLUTION."""
+    generator = Generator.from_pretrained().eval()
+    z_shape, z_texture = generator.latents([0])
+    with torch.no_grad():
+        mesh = generator.extract_mesh(z_shape, z_texture, MESH_RESOLUTION)[0]
+    return generator, z_shape, z_texture, mesh
+
+
+def median_seconds(benchmark):
+    return benchmark.stats.stats.median if benchmark.stats else float("nan")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("implementation", ["rasterized mesh", "reference"])
+def test_preview(benchmark, record, generated, device, implementation):
+    generator, z_shape, z_texture, mesh = generated
+    generator = generator.to(device)
+    z_shape, z_texture, mesh = z_shape.to(device), z_texture.to(device), mesh.to(device)
+    if implementation == "reference":
+        run = lambda: render_previews(generator, z_shape, z_texture, PREVIEW_SIDE)  # noqa: E731
+    else:
+        run = lambda: mesh_previews(generator, [mesh], PREVIEW_SIDE)  # noqa: E731
+
+    def timed():
+        with torch.no_grad():
+            image = run()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return image
+
+    benchmark.group = f"preview {PREVIEW_SIDE}^2 of a {MESH_RESOLUTION}^3 mesh, {device}"
+    benchmark.extra_info.update(faces=int(mesh.faces.shape[0]))
+    benchmark.pedantic(timed, rounds=1 if implementation == "reference" else 5, iterations=1, warmup_rounds=1)
+    record(f"preview {PREVIEW_SIDE}^2 {device}", implementation.split()[0], median_seconds(benchmark), 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("side", [PREVIEW_SIDE, 4 * PREVIEW_SIDE])
+def test_rasterize(benchmark, generated, device, side):
+    generator, _, _, mesh = generated
+    calib = generator.calibration
+    ndc = (mesh.vertices @ calib[:3, :3].T + calib[:3, 3]).to(device).contiguous()
+    faces = mesh.faces.to(device)
+
+    def timed():
+        out = rasterize(ndc, faces, side)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    benchmark.group = f"rasterize a {MESH_RESOLUTION}^3 mesh, {device}"
+    benchmark.extra_info.update(faces=int(faces.shape[0]), pixels=side * side)
+    benchmark.pedantic(timed, rounds=5, iterations=1, warmup_rounds=1)
