@@ -2,9 +2,10 @@
 textures on a fixed shape, and inversion of an image into latents. Command line:
 `get3dhuman interpolate`, `get3dhuman retexture` and `get3dhuman invert`.
 
-Latents are the Generator's z (`Generator.latents(seeds)` names them by seed). Interpolation is
-spherical (`slerp`): z is Gaussian, and points on the straight line between two draws have a
-smaller norm than any typical draw, which the mapping network has rarely seen.
+Latents are the Generator's z (`Generator.latents(seeds)` names them by seed). Interpolation in
+z is spherical (`slerp`): z is Gaussian, and points on the straight line between two draws have
+a smaller norm than any typical draw, which the mapping network has rarely seen. In w (the
+mapping networks' outputs, `Generator.mapping`) it is linear, as StyleGAN's walks are.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from get3dhuman.refine import render_textured
 from get3dhuman.render import _camera_rays
 
 MOVING = ("shape", "texture", "both")
+SPACES = ("z", "w")  # latent spaces of walks: the inputs z, the mapping networks' outputs w
 
 
 def slerp(start: torch.Tensor, end: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
@@ -40,39 +42,65 @@ def slerp(start: torch.Tensor, end: torch.Tensor, fractions: torch.Tensor) -> to
 
 
 def interpolation_latents(start: tuple[torch.Tensor, torch.Tensor], end: tuple[torch.Tensor, torch.Tensor],
-                          steps: int, moving: str = "both") -> tuple[torch.Tensor, torch.Tensor]:
-    """(z_shape, z_texture), each [steps, D], from the latent pair start = (z_shape, z_texture)
-    ([D] each) to end, evenly spaced (both ends included). `moving`: which latent walks ('shape',
-    'texture' or 'both'); the other stays at start's."""
+                          steps: int, moving: str = "both", space: str = "z") -> tuple[torch.Tensor, torch.Tensor]:
+    """(shape latents, texture latents), each [steps, *latent shape], from the latent pair start =
+    (shape latent, texture latent) to end, evenly spaced (both ends included). `moving`: which
+    latent walks ('shape', 'texture' or 'both'); the other stays at start's. `space` 'z': latents
+    [D] on the great circle (`slerp`); 'w': intermediate latents ([num_ws, w_dim] of
+    `Generator.mapping`) on the straight line, as StyleGAN walks its W space."""
     if not isinstance(steps, int) or steps < 2:
         raise ValueError(f"steps must be an int >= 2, got {steps!r}")
     if moving not in MOVING:
         raise ValueError(f"moving must be one of {', '.join(MOVING)}, got {moving!r}")
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
     fractions = torch.linspace(0, 1, steps)
-    z_shape = slerp(start[0], end[0], fractions) if moving != "texture" else start[0].expand(steps, -1)
-    z_texture = slerp(start[1], end[1], fractions) if moving != "shape" else start[1].expand(steps, -1)
-    return z_shape.contiguous(), z_texture.contiguous()
+
+    def walk(first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        if space == "z":
+            return slerp(first, last, fractions)
+        return torch.lerp(first, last, fractions.to(first).reshape(-1, *[1] * first.dim()))
+
+    shape = walk(start[0], end[0]) if moving != "texture" else start[0].expand(steps, *start[0].shape)
+    texture = walk(start[1], end[1]) if moving != "shape" else start[1].expand(steps, *start[1].shape)
+    return shape.contiguous(), texture.contiguous()
 
 
-def extract_meshes(generator, z_shape: torch.Tensor, z_texture: torch.Tensor, *, batch_size: int = 4,
-                   **extract_options) -> list[TexturedMesh]:
-    """Textured meshes of the latent pairs z_shape, z_texture [N, D], made `batch_size` at a time
-    by `generator.extract_mesh` (with `extract_options`) on the generator's device."""
+def extract_meshes(generator, shape_latents: torch.Tensor, texture_latents: torch.Tensor, *, space: str = "z",
+                   batch_size: int = 4, **extract_options) -> list[TexturedMesh]:
+    """Textured meshes of the latent pairs shape_latents, texture_latents ([N, D], or [N, num_ws,
+    w_dim] in `space` 'w'), made `batch_size` at a time by `generator.extract_mesh` (or
+    `extract_mesh_from_ws`) with `extract_options`, on the generator's device."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
+    extract = generator.extract_mesh if space == "z" else generator.extract_mesh_from_ws
     device = next(generator.parameters()).device
     meshes = []
-    for begin in range(0, z_shape.shape[0], batch_size):
+    for begin in range(0, shape_latents.shape[0], batch_size):
         part = slice(begin, begin + batch_size)
-        meshes += generator.extract_mesh(z_shape[part].to(device), z_texture[part].to(device), **extract_options)
+        meshes += extract(shape_latents[part].to(device), texture_latents[part].to(device), **extract_options)
     return meshes
 
 
 def interpolate(generator, start: tuple[torch.Tensor, torch.Tensor], end: tuple[torch.Tensor, torch.Tensor],
-                steps: int = 8, *, moving: str = "both", batch_size: int = 4, **extract_options) -> list[TexturedMesh]:
-    """Textured meshes of `steps` latent pairs from start to end (`interpolation_latents`)."""
-    z_shape, z_texture = interpolation_latents(start, end, steps, moving)
-    return extract_meshes(generator, z_shape, z_texture, batch_size=batch_size, **extract_options)
+                steps: int = 8, *, moving: str = "both", space: str = "z", batch_size: int = 4,
+                truncation_psi: float = 1.0, **extract_options) -> list[TexturedMesh]:
+    """Textured meshes of `steps` humans from the latent pair start = (z_shape, z_texture) ([D]
+    each) to end (`interpolation_latents`): in `space` 'z' the latents' great circle, in 'w'
+    the straight line between their intermediate latents (`Generator.mapping`, truncated by
+    `truncation_psi`), which StyleGAN generators follow more evenly."""
+    if space == "z":
+        z_shape, z_texture = interpolation_latents(start, end, steps, moving)
+        return extract_meshes(generator, z_shape, z_texture, batch_size=batch_size, truncation_psi=truncation_psi,
+                              **extract_options)
+    device = next(generator.parameters()).device
+    with torch.no_grad(), evaluation_mode(generator):
+        pair = torch.stack([start[0], end[0]]).to(device), torch.stack([start[1], end[1]]).to(device)
+        ws_shape, ws_texture = generator.mapping(*pair, truncation_psi)
+    ws = interpolation_latents((ws_shape[0], ws_texture[0]), (ws_shape[1], ws_texture[1]), steps, moving, space)
+    return extract_meshes(generator, *ws, space="w", batch_size=batch_size, **extract_options)
 
 
 @torch.no_grad()

@@ -219,14 +219,12 @@ def _edit(args: argparse.Namespace) -> int:
     try:
         if args.command == "interpolate":
             start, end = generator.latents([args.start]), generator.latents([args.end])
-            z_shape, z_texture = applications.interpolation_latents(
-                (start[0][0], start[1][0]), (end[0][0], end[1][0]), args.steps, args.moving)
-            meshes = applications.extract_meshes(generator, z_shape, z_texture, **options)
+            meshes = applications.interpolate(generator, (start[0][0], start[1][0]), (end[0][0], end[1][0]),
+                                              args.steps, moving=args.moving, space=args.space, **options)
             names = [f"step-{i:02d}" for i in range(args.steps)]
         else:
-            z_shape = generator.latents([args.shape])[0].expand(len(args.textures), -1)
-            z_texture = generator.latents(args.textures)[1]
-            meshes = applications.retexture(generator, z_shape[0].to(args.device), z_texture.to(args.device), **options)
+            z_shape, z_texture = generator.latents([args.shape])[0][0], generator.latents(args.textures)[1]
+            meshes = applications.retexture(generator, z_shape.to(args.device), z_texture.to(args.device), **options)
             names = [f"texture-{seed}" for seed in args.textures]
         written = applications.write_results(generator, args.out, names, meshes, args.format, args.preview, args.grid)
     except ValueError as error:
@@ -380,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     interpolate.add_argument("--steps", type=int, default=8, help="humans on the path, both ends included (default 8)")
     interpolate.add_argument("--moving", choices=["both", "shape", "texture"], default="both",
                              help="which latent walks; the other stays at --from's (default both)")
+    interpolate.add_argument("--space", choices=["z", "w"], default="z",
+                             help="walk the latents z on their great circle, or the mapping networks' outputs w "
+                                  "on a straight line (default z)")
     retexture = commands.add_parser("retexture", help="one seed's shape with the textures of other seeds")
     retexture.add_argument("--shape", type=int, required=True, help="seed whose shape is kept")
     retexture.add_argument("--textures", type=int, nargs="+", required=True, help="seeds whose textures are applied")

@@ -12,6 +12,7 @@ pass a signed-distance-like transform of it. Maps are differentiable with respec
 parameters the callables close over: the hit point is re-attached to the graph by implicit
 differentiation of f(x) = 0 along the ray, x = x* - d f(x*) / (grad f(x*) . d), exact to first
 order; normals come from the field's gradient with create_graph, so normal losses train too.
+`render_meshes` draws the same maps from triangle meshes (ops.rasterize), not differentiably.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def _surface_maps(field: Field, rays: _Rays, t: torch.Tensor, found: torch.Tenso
                   color_fn: Field | None, hit_tolerance: float | None, normal_step: float | None = None) -> Rendering:
     """Maps from ray lengths t [B, N] (rays with `found` false are misses), with the hit points
     re-attached to the field's parameters by implicit differentiation."""
-    batch, device = t.shape[0], t.device
+    batch = t.shape[0]
     t = torch.where(found, t, torch.zeros_like(t))  # misses are masked out; keep their points finite
     surface = rays.origin + t.unsqueeze(-1) * rays.direction
     value, gradient = _gradient(field, surface.detach().clone(), create_graph=torch.is_grad_enabled() and normal_step is None)
@@ -220,6 +221,11 @@ def _surface_maps(field: Field, rays: _Rays, t: torch.Tensor, found: torch.Tenso
         return torch.where(hit.reshape(batch, -1, *([1] * (x.dim() - 2))), x, torch.zeros_like(x)).reshape(shape)
 
     return Rendering(mask.reshape(batch, resolution, resolution), image(depth), image(normal), image(color), image(surface))
+
+
+def _interpolate(values: torch.Tensor, corners: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Vertex values [V, K] at pixels with face corners [H, W, 3] and weights [H, W, 3] -> [H, W, K]."""
+    return (values.to(weights)[corners] * weights.unsqueeze(-1)).sum(-2)
 
 
 def render_meshes(meshes: Sequence, calib: torch.Tensor, resolution: int = 256) -> Rendering:
@@ -249,12 +255,8 @@ def render_meshes(meshes: Sequence, calib: torch.Tensor, resolution: int = 256) 
             maps.append((blank, blank, weights, weights, weights))
             continue
         corners = faces[face_index.clamp_min(0)]  # [H, W, 3]; weights are zero off the mesh
-
-        def interpolate(values: torch.Tensor) -> torch.Tensor:  # [V, K] -> [H, W, K]
-            return (values.to(weights)[corners] * weights.unsqueeze(-1)).sum(-2)
-
-        normal = interpolate(mesh.normals)
+        normal = _interpolate(mesh.normals, corners, weights)
         normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12) @ rotation[camera].T
-        maps.append(((face_index >= 0).to(weights), interpolate(ndc)[..., 2], normal, interpolate(mesh.colors),
-                     interpolate(vertices)))
+        maps.append(((face_index >= 0).to(weights), _interpolate(ndc, corners, weights)[..., 2], normal,
+                     _interpolate(mesh.colors, corners, weights), _interpolate(vertices, corners, weights)))
     return Rendering(*(torch.stack(parts) for parts in zip(*maps)))

@@ -60,6 +60,48 @@ def test_a_texture_walk_keeps_the_geometry_and_changes_the_colours():
     torch.testing.assert_close(meshes[-1].colors, last.colors, atol=1e-5, rtol=0)
 
 
+def test_synthesis_of_the_mapped_latents_is_the_forward_pass():
+    generator = generator_with_a_surface().eval()
+    z_shape, z_texture = generator.latents([0, 1])
+    with torch.no_grad():
+        ws_shape, ws_texture = generator.mapping(z_shape, z_texture, 0.7)
+        shape, texture = generator.synthesize(ws_shape, ws_texture)
+        expected_shape, expected_texture = generator(z_shape, z_texture, 0.7)
+    assert ws_shape.shape == (2, generator.backbone_shape.synthesis.num_ws, generator.config.w_dim)
+    assert torch.equal(shape.volume, expected_shape.volume) and torch.equal(texture, expected_texture)
+    with pytest.raises(ValueError, match=r"ws_texture must be \[B, "):
+        generator.synthesize(ws_shape, ws_texture[:, :1])
+    with pytest.raises(ValueError, match="ws_texture must have the batch of ws_shape"):
+        generator.synthesize(ws_shape, ws_texture[:1])
+    with pytest.raises(ValueError, match=r"z_texture must be \[B, "):
+        generator.mapping(z_shape, z_texture[:, :3])
+
+
+def test_a_walk_in_w_is_the_straight_line_between_the_mapped_latents():
+    generator = generator_with_a_surface().eval()
+    start, end = generator.latents([0]), generator.latents([1])
+    meshes = applications.interpolate(generator, (start[0][0], start[1][0]), (end[0][0], end[1][0]), 3, space="w",
+                                      batch_size=1, truncation_psi=0.8, **MESHING)
+    assert len(meshes) == 3 and not meshes[0].is_empty
+    for mesh, z in ((meshes[0], start), (meshes[-1], end)):  # the ends are the seeds' own humans
+        expected = generator.extract_mesh(*z, truncation_psi=0.8, **MESHING)[0]
+        assert torch.equal(mesh.faces, expected.faces)  # (mapped in a batch of two: rounding differs)
+        torch.testing.assert_close(mesh.vertices, expected.vertices, atol=1e-4, rtol=0)
+    with torch.no_grad():
+        ws_start, ws_end = generator.mapping(*start, 0.8), generator.mapping(*end, 0.8)
+    middle = generator.extract_mesh_from_ws((ws_start[0] + ws_end[0]) / 2, (ws_start[1] + ws_end[1]) / 2, **MESHING)[0]
+    torch.testing.assert_close(meshes[1].vertices, middle.vertices, atol=1e-4, rtol=0)
+    through_z = applications.interpolate(generator, (start[0][0], start[1][0]), (end[0][0], end[1][0]), 3,
+                                         batch_size=1, truncation_psi=0.8, **MESHING)[1]
+    assert through_z.vertices.shape != meshes[1].vertices.shape or not torch.allclose(through_z.vertices, meshes[1].vertices)
+    textures = applications.interpolate(generator, (start[0][0], start[1][0]), (end[0][0], end[1][0]), 3, space="w",
+                                        moving="texture", **MESHING)
+    assert all(torch.equal(mesh.faces, textures[0].faces) for mesh in textures)
+    assert not torch.allclose(textures[0].colors, textures[-1].colors, atol=1e-3)
+    with pytest.raises(ValueError, match="space must be one of z, w, got 'x'"):
+        applications.interpolation_latents((start[0][0], start[1][0]), (end[0][0], end[1][0]), 3, space="x")
+
+
 def test_retexture_equals_extracting_each_pair():
     generator = generator_with_a_surface()
     z_shape = generator.latents([3])[0]
@@ -82,6 +124,12 @@ def test_command_lines_write_meshes_previews_and_a_grid(tmp_path):
                  "--grid", str(tmp_path / "walk.png"), *common]) == 0
     assert sorted(p.name for p in (tmp_path / "walk").glob("*.png")) == ["step-00.png", "step-01.png", "step-02.png"]
     assert Image.open(tmp_path / "walk.png").size == (3 * 16, 16)
+    assert main(["interpolate", "--from", "0", "--to", "1", "--steps", "3", "--space", "w",
+                 "--out", str(tmp_path / "walk-w"), *common]) == 0
+    ends, middles = ([trimesh.load(tmp_path / walk / f"step-{i:02d}.ply", process=False) for walk in ("walk", "walk-w")]
+                     for i in (0, 1))
+    assert ends[0].vertices.shape == ends[1].vertices.shape  # both walks start at seed 0
+    assert middles[0].vertices.shape != middles[1].vertices.shape or not (middles[0].vertices == middles[1].vertices).all()
     assert main(["retexture", "--shape", "2", "--textures", "7", "8", "--out", str(tmp_path / "skins"), *common]) == 0
     meshes = [trimesh.load(tmp_path / "skins" / f"texture-{seed}.ply", process=False) for seed in (7, 8)]
     assert meshes[0].vertices.shape == meshes[1].vertices.shape and len(meshes[0].vertices) > 0

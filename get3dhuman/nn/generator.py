@@ -32,7 +32,7 @@ from get3dhuman.nn.hourglass import HGFilter
 from get3dhuman.nn.implicit import ImplicitDecoder
 from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.nn.pretrained import WEIGHTS_DIR, load_pretrained_state, read_pretrained, write_pretrained
-from get3dhuman.nn.stylegan2 import StyleGAN2Generator
+from get3dhuman.nn.stylegan2 import NOISE_MODES, StyleGAN2Generator
 from get3dhuman.ops import OFFICIAL_DEPTH_SCALE, query_field
 from get3dhuman.render import orbit_calibration
 
@@ -201,8 +201,7 @@ class Generator(PixelAlignedModel):
                        truncation_cutoff: int | None = None) -> ShapeFeatures:
         """z_shape [B, z_dim] -> ShapeFeatures(map [B, C, R, R], volume [B, F, V, V]).
         Truncation pulls the first `truncation_cutoff` ws (all by default) towards the mean by 1 - psi."""
-        shape_map = self.backbone_shape(z_shape, truncation_psi, truncation_cutoff, noise_mode)
-        return ShapeFeatures(shape_map, self.filter_shape(shape_map))
+        return self._shape_of_map(self.backbone_shape(z_shape, truncation_psi, truncation_cutoff, noise_mode))
 
     def texture_features(self, shape: ShapeFeatures, z_texture: torch.Tensor, truncation_psi: float = 1.0,
                          noise_mode: str = "const", truncation_cutoff: int | None = None) -> torch.Tensor:
@@ -211,7 +210,12 @@ class Generator(PixelAlignedModel):
             raise TypeError(f"shape must be the ShapeFeatures of shape_features(), got {type(shape).__name__}")
         if z_texture.shape[:1] != shape.map.shape[:1]:
             raise ValueError(f"z_texture must be [B, {self.config.z_dim}] with B = {shape.map.shape[0]}, got {tuple(z_texture.shape)}")
-        texture_map = self.backbone_texture(z_texture, truncation_psi, truncation_cutoff, noise_mode)
+        return self._texture_of_map(shape, self.backbone_texture(z_texture, truncation_psi, truncation_cutoff, noise_mode))
+
+    def _shape_of_map(self, shape_map: torch.Tensor) -> ShapeFeatures:
+        return ShapeFeatures(shape_map, self.filter_shape(shape_map))
+
+    def _texture_of_map(self, shape: ShapeFeatures, texture_map: torch.Tensor) -> torch.Tensor:
         return self.filter_texture(torch.cat([texture_map, shape.map], 1))
 
     def forward(self, z_shape: torch.Tensor, z_texture: torch.Tensor, truncation_psi: float = 1.0,
@@ -219,6 +223,35 @@ class Generator(PixelAlignedModel):
         """Both branches: (ShapeFeatures, texture volume)."""
         shape = self.shape_features(z_shape, truncation_psi, noise_mode, truncation_cutoff)
         return shape, self.texture_features(shape, z_texture, truncation_psi, noise_mode, truncation_cutoff)
+
+    def mapping(self, z_shape: torch.Tensor, z_texture: torch.Tensor, truncation_psi: float = 1.0,
+                truncation_cutoff: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The intermediate latents (ws_shape, ws_texture), each [B, num_ws, w_dim], of z_shape,
+        z_texture [B, z_dim]: each branch's mapping network, truncated as in `forward`.
+        `synthesize` of them is `forward` of the zs; walks and edits in this W space are
+        StyleGAN's smoother ones."""
+        for name, z, backbone in (("z_shape", z_shape, self.backbone_shape), ("z_texture", z_texture, self.backbone_texture)):
+            backbone.check_latent(z, name)
+        if z_texture.shape[0] != z_shape.shape[0]:
+            raise ValueError(f"z_texture must be [B, {self.config.z_dim}] with B = {z_shape.shape[0]}, got {tuple(z_texture.shape)}")
+        return tuple(backbone.mapping(z, truncation_psi, truncation_cutoff, update_w_avg=self.training)
+                     for z, backbone in ((z_shape, self.backbone_shape), (z_texture, self.backbone_texture)))
+
+    def synthesize(self, ws_shape: torch.Tensor, ws_texture: torch.Tensor,
+                   noise_mode: str = "const") -> tuple[ShapeFeatures, torch.Tensor]:
+        """Both branches from intermediate latents ws_shape, ws_texture [B, num_ws, w_dim] (of
+        `mapping`, or mixed and interpolated from them): (ShapeFeatures, texture volume)."""
+        expected = (self.backbone_shape.synthesis.num_ws, self.config.w_dim)
+        for name, ws in (("ws_shape", ws_shape), ("ws_texture", ws_texture)):
+            if not isinstance(ws, torch.Tensor) or ws.dim() != 3 or tuple(ws.shape[1:]) != expected:
+                raise ValueError(f"{name} must be [B, {expected[0]}, {expected[1]}], got "
+                                 f"{tuple(ws.shape) if isinstance(ws, torch.Tensor) else type(ws).__name__}")
+        if ws_texture.shape[0] != ws_shape.shape[0]:
+            raise ValueError(f"ws_texture must have the batch of ws_shape ({ws_shape.shape[0]}), got {ws_texture.shape[0]}")
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        shape = self._shape_of_map(self.backbone_shape.synthesis(ws_shape, noise_mode))
+        return shape, self._texture_of_map(shape, self.backbone_texture.synthesis(ws_texture, noise_mode))
 
     @torch.no_grad()
     def extract_mesh(self, z_shape: torch.Tensor, z_texture: torch.Tensor, resolution: int = 256, *,
@@ -231,13 +264,26 @@ class Generator(PixelAlignedModel):
         if z_shape.dim() != 2 or z_shape.shape[1] != self.config.z_dim or z_texture.shape != z_shape.shape:
             raise ValueError(f"z_shape and z_texture must both be [B, {self.config.z_dim}], got "
                              f"{tuple(z_shape.shape)} and {tuple(z_texture.shape)}")
+        return self._extract(lambda: self(z_shape, z_texture, truncation_psi, noise_mode), resolution,
+                             coarse_resolution=coarse_resolution, band=band, chunk=chunk, timings=timings)
+
+    @torch.no_grad()
+    def extract_mesh_from_ws(self, ws_shape: torch.Tensor, ws_texture: torch.Tensor, resolution: int = 256, *,
+                             noise_mode: str = "const", coarse_resolution: int = 32, band: float = 0.0,
+                             chunk: int = 1 << 18, timings: ExtractionTimings | None = None) -> list[TexturedMesh]:
+        """`extract_mesh` of intermediate latents ws_shape, ws_texture [B, num_ws, w_dim]
+        (`synthesize`); truncation, if wanted, is `mapping`'s."""
+        return self._extract(lambda: self.synthesize(ws_shape, ws_texture, noise_mode), resolution,
+                             coarse_resolution=coarse_resolution, band=band, chunk=chunk, timings=timings)
+
+    def _extract(self, features, resolution: int, timings: ExtractionTimings | None, **meshing) -> list[TexturedMesh]:
+        """Meshes of the volumes `features()` returns, made in eval mode and timed."""
         timings = timings if timings is not None else ExtractionTimings()
         with evaluation_mode(self):
             start = time.perf_counter()
-            shape, texture = self(z_shape, z_texture, truncation_psi, noise_mode)
+            shape, texture = features()
             timings.networks += time.perf_counter() - start
-            return self.meshes_from_volumes(shape.volume, texture, resolution, coarse_resolution=coarse_resolution,
-                                            band=band, chunk=chunk, timings=timings)
+            return self.meshes_from_volumes(shape.volume, texture, resolution, timings=timings, **meshing)
 
     def sample(self, num: int, seed: int = 0, resolution: int = 256, *, batch_size: int = 4,
                **options) -> list[TexturedMesh]:
