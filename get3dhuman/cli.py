@@ -15,9 +15,12 @@ Every stage resumes where it stopped when run again with the same DIR, and runs
 data-parallel under `torchrun --nproc-per-node N -m get3dhuman.cli train ...`.
 - `get3dhuman export --generator RUN --out FILE.safetensors`: the trained generator as one file
   for `Generator.from_pretrained(FILE)`; `--refiner RUN` instead: the refiner, for
-  `Refiner.from_pretrained(FILE)`.
+  `Refiner.from_pretrained(FILE)`; `--checkpoint get3dhuman.pth`: the authors' released model.
 - `get3dhuman sample --num N --out DIR`: a dataset of generated humans (textured meshes,
-  previews, manifest.jsonl), resumable, sharded under torchrun (get3dhuman.dataset).
+  previews, manifest.jsonl), resumable, sharded under torchrun (get3dhuman.dataset). The
+  generator: the package's weights, `--weights FILE` (of `export`), `--generator RUN` or
+  `--checkpoint get3dhuman.pth` (the authors' released weights); so for the other commands
+  that take a generator.
 - `get3dhuman interpolate --from SEED --to SEED --out DIR` and `get3dhuman retexture --shape SEED
   --textures SEED ... --out DIR`: meshes between two humans, one shape with other textures
   (get3dhuman.applications).
@@ -157,19 +160,29 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+CHECKPOINT_HELP = ("the authors' released checkpoint (e.g. get3dhuman.pth: a state dict, read with "
+                   "torch.load(weights_only=True); or .safetensors)")
+
+
 def _load_generator(args: argparse.Namespace, device):
-    """The generator of --weights (default: the package's) or of the run --generator (--preset);
-    refuses both, and --grid without --preview where the command has them."""
+    """The generator of --weights (default: the package's), of the run --generator (--preset) or
+    of the authors' --checkpoint; refuses more than one, and --grid without --preview where the
+    command has them."""
     from get3dhuman.nn import Generator
     from get3dhuman.train import load_generator
 
-    if args.weights is not None and args.generator is not None:
-        raise SystemExit(f"get3dhuman {args.command}: give --weights or --generator, not both")
+    given = [f"--{name}" for name in ("weights", "generator", "checkpoint") if getattr(args, name) is not None]
+    if len(given) > 1:
+        raise SystemExit(f"get3dhuman {args.command}: give one of --weights, --generator and --checkpoint, "
+                         f"not {' and '.join(given)}")
     if getattr(args, "grid", None) is not None and args.preview is None:
         raise SystemExit(f"get3dhuman {args.command}: --grid needs --preview RES (the grid is made of the previews)")
     try:
-        return (load_generator(args.generator, args.preset, device) if args.generator is not None
-                else Generator.from_pretrained(args.weights, device))
+        if args.generator is not None:
+            return load_generator(args.generator, args.preset, device)
+        if args.checkpoint is not None:
+            return Generator.from_official_checkpoint(args.checkpoint).to(device)
+        return Generator.from_pretrained(args.weights, device)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"get3dhuman {args.command}: {error}") from error
 
@@ -273,11 +286,16 @@ def _invert(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import torch
 
+    from get3dhuman.nn import Generator
     from get3dhuman.train import REFINER_PRESETS, load_generator, load_refiner
 
     try:
-        model = (load_generator(args.generator, args.preset) if args.generator is not None
-                 else load_refiner(args.refiner, REFINER_PRESETS[args.preset]))
+        if args.generator is not None:
+            model = load_generator(args.generator, args.preset)
+        elif args.checkpoint is not None:
+            model = Generator.from_official_checkpoint(args.checkpoint)
+        else:
+            model = load_refiner(args.refiner, REFINER_PRESETS[args.preset])
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"get3dhuman export: {error}") from error
     model.save_pretrained(args.out, getattr(torch, args.dtype))
@@ -288,6 +306,7 @@ def _export(args: argparse.Namespace) -> int:
 def _add_generator_arguments(parser: argparse.ArgumentParser, preset_help: str = "of --generator") -> None:
     parser.add_argument("--weights", help="file of `get3dhuman export` (default: the package's weights)")
     parser.add_argument("--generator", help="stage-3 run directory or checkpoint instead of --weights")
+    parser.add_argument("--checkpoint", help=CHECKPOINT_HELP + " instead of --weights")
     parser.add_argument("--preset", choices=["tiny", "small", "official"], default="small", help=preset_help)
 
 
@@ -408,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     exported = export.add_mutually_exclusive_group(required=True)
     exported.add_argument("--generator", help="stage-3 run directory or checkpoint (its moving average)")
     exported.add_argument("--refiner", help="stage-4 run directory or checkpoint")
+    exported.add_argument("--checkpoint", help=CHECKPOINT_HELP + " (the official model, converted once)")
     export.add_argument("--preset", choices=["tiny", "small", "official"], default="small")
     export.add_argument("--out", required=True, help="the .safetensors file to write")
     export.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",

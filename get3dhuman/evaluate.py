@@ -33,8 +33,7 @@ import torch
 
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn.generator import latents_of_seeds
-from get3dhuman.ops import coarse_resolution_for
-from get3dhuman.refine import front_view_errors, refine_meshes
+from get3dhuman.refine import front_views, refine_meshes, view_errors
 from get3dhuman.synthetic import human_color, human_parameters
 from get3dhuman.synthetic.preview import stand_in_images
 from get3dhuman.synthetic.sampling import sample_surface
@@ -184,10 +183,9 @@ def evaluate_generator(generator, config: EvaluationConfig = EvaluationConfig(),
     vertex colours are its refined front and back views back-projected onto the meshes
     (refine.refine_meshes), as `get3dhuman sample --refiner` colours them (shapes are unchanged),
     and the row adds 'front_refined_l1', 'front_rendered_l1', 'front_refined_overlap_l1' and
-    'front_rendered_overlap_l1' (`refine.front_view_errors`, averaged over batches of `batch_size`, on
-    `samples` latents no training stage draws)."""
-    meshes = generator.sample(config.samples, seed=config.seed, resolution=config.resolution, batch_size=batch_size,
-                              coarse_resolution=coarse_resolution_for(config.resolution))
+    'front_rendered_overlap_l1' (`refine.front_view_errors` of `samples` latents no training
+    stage draws, rendered `batch_size` at a time)."""
+    meshes = generator.sample(config.samples, seed=config.seed, resolution=config.resolution, batch_size=batch_size)
     if refiner is not None:
         device = next(generator.parameters()).device
         z_shape, z_texture = (z.to(device) for z in generator.latents(range(config.seed, config.seed + config.samples)))
@@ -196,9 +194,9 @@ def evaluate_generator(generator, config: EvaluationConfig = EvaluationConfig(),
                                                                  z_texture[b : b + batch_size], meshes[b : b + batch_size])]
         first = EVAL_SEED_OFFSET + config.seed
         held_out = latents_of_seeds(range(first, first + config.samples), generator.config.z_dim)[0]
-        errors = [(len(part), front_view_errors(generator, refiner, part.to(device))) for part in held_out.split(batch_size)]
-        return {**mesh_metrics(meshes, config),
-                **{f"front_{key}": sum(n * e[key] for n, e in errors) / config.samples for key in errors[0][1]}}
+        views = [front_views(generator, refiner, part.to(device)) for part in held_out.split(batch_size)]
+        errors = view_errors(*(torch.cat(parts) for parts in zip(*views)))  # per pixel over all latents
+        return {**mesh_metrics(meshes, config), **{f"front_{key}": value for key, value in errors.items()}}
     return mesh_metrics(meshes, config)
 
 
@@ -220,6 +218,5 @@ def evaluate_prior(reconstructor, config: EvaluationConfig = EvaluationConfig(),
     meshes = []
     for part in z.split(batch_size):
         image = stand_in_images(part, side).permute(0, 3, 1, 2) * 2 - 1
-        meshes += reconstructor.extract_mesh(image.to(device), config.resolution,
-                                             coarse_resolution=coarse_resolution_for(config.resolution))
+        meshes += reconstructor.extract_mesh(image.to(device), config.resolution)
     return mesh_metrics(meshes, config)

@@ -101,7 +101,7 @@ class ExtractionTimings:
 def extract_textured_meshes(field: Field, color: Field | None, batch_size: int, resolution: int = 256, *,
                             level: float = 0.5, inside_is_above: bool = True,
                             bounds: tuple[Sequence[float], Sequence[float]] = ((-1.0,) * 3, (1.0,) * 3),
-                            coarse_resolution: int = 32, band: float = 0.0, device: torch.device | str = "cpu",
+                            coarse_resolution: int | None = None, band: float = 0.0, device: torch.device | str = "cpu",
                             chunk: int = 1 << 18, timings: ExtractionTimings | None = None) -> list[TexturedMesh]:
     """Meshes of `batch_size` fields evaluated together.
 

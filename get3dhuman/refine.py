@@ -94,17 +94,24 @@ def view_errors(refined: torch.Tensor, rendered: torch.Tensor, target: torch.Ten
 
 
 @torch.no_grad()
-def front_view_errors(generator, refiner, z: torch.Tensor, samples: int = 64) -> dict[str, float]:
-    """`view_errors` of the refiner's front views of latents z [B, z_dim] and of the unrefined
-    renders (both branches fed z, as in stage 4; `samples` depth samples per ray; all unshaded
-    for a Refiner of albedo) against the stand-in images of z: stage 4's metrics, for latents
-    outside its training cache."""
+def front_views(generator, refiner, z: torch.Tensor, samples: int = 64) -> tuple[torch.Tensor, ...]:
+    """(refined, rendered, target, overlap): the refiner's front views [B, S, S, 3] of latents z
+    [B, z_dim], the unrefined renders (both branches fed z, as in stage 4; `samples` depth
+    samples per ray; all unshaded for a Refiner of albedo), the stand-in images of z and the
+    pixels [B, S, S] where both the render and the stand-in image show the human: the
+    arguments of `view_errors`."""
     lit = not refiner.albedo
     with evaluation_mode(generator, refiner):
         rendered, mask = front_renders(generator, z, samples, lit)
         refined = (refiner(rendered.permute(0, 3, 1, 2) * 2 - 1).permute(0, 2, 3, 1) + 1) / 2
     target = stand_in_images(z.cpu(), generator.config.backbone_resolution, lit).to(rendered.device)
-    return view_errors(refined, rendered, target, mask & silhouettes(target))
+    return refined, rendered, target, mask & silhouettes(target)
+
+
+def front_view_errors(generator, refiner, z: torch.Tensor, samples: int = 64) -> dict[str, float]:
+    """`view_errors` of the `front_views` of latents z [B, z_dim]: stage 4's metrics, for
+    latents outside its training cache."""
+    return view_errors(*front_views(generator, refiner, z, samples))
 
 
 def refine_meshes(generator, refiner, z_shape: torch.Tensor, z_texture: torch.Tensor, meshes: list[TexturedMesh],

@@ -115,7 +115,7 @@ class _Oracle:
     def __init__(self, params):
         self.params = params
 
-    def sample(self, num, seed, resolution, batch_size, coarse_resolution):
+    def sample(self, num, seed, resolution, batch_size):
         return _true_meshes(self.params[:num])
 
 

@@ -235,3 +235,12 @@ def test_coarse_resolution_for_divides_by_powers_of_two():
 
     assert [coarse_resolution_for(r) for r in (16, 32, 48, 64, 512, 96, 33)] == [16, 32, 24, 32, 32, 24, 33]
     assert coarse_resolution_for(256, largest=64) == 64
+
+
+def test_the_default_coarse_lattice_fits_any_resolution():
+    field = lambda p: p.norm(dim=-1) - 0.5  # noqa: E731
+    for resolution, coarse in ((48, 24), (16, 16), (256, 32)):
+        default = narrow_band(field, resolution)
+        explicit = narrow_band(field, resolution, coarse_resolution=coarse)
+        assert [level[0] for level in default.levels] == [level[0] for level in explicit.levels]
+        assert torch.equal(default.cells, explicit.cells) and torch.equal(default.levels[-1][2], explicit.levels[-1][2])

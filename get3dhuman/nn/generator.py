@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import time
 from typing import NamedTuple
 
@@ -134,7 +135,7 @@ class PixelAlignedModel(nn.Module):
         return world.min(0).values.tolist(), world.max(0).values.tolist()
 
     def meshes_from_volumes(self, shape_volume: torch.Tensor, texture_volume: torch.Tensor | None,
-                            resolution: int = 256, *, coarse_resolution: int = 32, band: float = 0.0,
+                            resolution: int = 256, *, coarse_resolution: int | None = None, band: float = 0.0,
                             chunk: int = 1 << 18, timings: ExtractionTimings | None = None) -> list[TexturedMesh]:
         """Textured meshes of feature volumes [B, F, V, V], one per row (no gradients).
 
@@ -255,7 +256,7 @@ class Generator(PixelAlignedModel):
 
     @torch.no_grad()
     def extract_mesh(self, z_shape: torch.Tensor, z_texture: torch.Tensor, resolution: int = 256, *,
-                     truncation_psi: float = 1.0, noise_mode: str = "const", coarse_resolution: int = 32,
+                     truncation_psi: float = 1.0, noise_mode: str = "const", coarse_resolution: int | None = None,
                      band: float = 0.0, chunk: int = 1 << 18,
                      timings: ExtractionTimings | None = None) -> list[TexturedMesh]:
         """Textured meshes of latents z_shape, z_texture [B, z_dim], one per row
@@ -269,7 +270,7 @@ class Generator(PixelAlignedModel):
 
     @torch.no_grad()
     def extract_mesh_from_ws(self, ws_shape: torch.Tensor, ws_texture: torch.Tensor, resolution: int = 256, *,
-                             noise_mode: str = "const", coarse_resolution: int = 32, band: float = 0.0,
+                             noise_mode: str = "const", coarse_resolution: int | None = None, band: float = 0.0,
                              chunk: int = 1 << 18, timings: ExtractionTimings | None = None) -> list[TexturedMesh]:
         """`extract_mesh` of intermediate latents ws_shape, ws_texture [B, num_ws, w_dim]
         (`synthesize`); truncation, if wanted, is `mapping`'s."""
@@ -395,7 +396,10 @@ def _read_state_dict(path) -> dict[str, torch.Tensor]:
         with safe_open(path, framework="pt") as handle:
             state = {key: handle.get_tensor(key) for key in handle.keys()}
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(f"{path} holds objects other than tensors, which are never unpickled") from error
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} must hold a flat dict of tensors (a state dict)")
     if state and all(k.startswith("module.") for k in state):

@@ -130,7 +130,7 @@ def coarse_resolution_for(resolution: int, largest: int = 32) -> int:
 
 def narrow_band(field: Field, resolution: int = 256, *, batch_size: int = 1,
                 bounds: tuple[Sequence[float], Sequence[float]] = ((-1.0, -1.0, -1.0), (1.0, 1.0, 1.0)),
-                level: float = 0.0, coarse_resolution: int = 32, band: float = 0.0,
+                level: float = 0.0, coarse_resolution: int | None = None, band: float = 0.0,
                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                 chunk: int = 1 << 18) -> SparseVolume:
     """Samples `field` around its `level` set, coarse to fine (see the module docstring).
@@ -141,7 +141,8 @@ def narrow_band(field: Field, resolution: int = 256, *, batch_size: int = 1,
         batch_size: B, the number of fields evaluated together (one per batch row).
         bounds: (lower [3], upper [3]) corners of the box.
         level: the iso-value.
-        coarse_resolution: cells per axis of the first, fully evaluated lattice.
+        coarse_resolution: cells per axis of the first, fully evaluated lattice (default
+            `coarse_resolution_for(resolution)`: at most 32).
         band: also keep cells whose nearest corner is within band * (cell edge) of the level;
             for a signed distance with slope <= 1, band = sqrt(3) keeps every cell the surface can
             enter. 0 keeps sign changes only.
@@ -150,6 +151,8 @@ def narrow_band(field: Field, resolution: int = 256, *, batch_size: int = 1,
     Returns:
         a SparseVolume; `fraction_evaluated` says how much of the dense lattice was evaluated.
     """
+    if coarse_resolution is None and isinstance(resolution, int) and resolution >= 1:
+        coarse_resolution = coarse_resolution_for(resolution)
     if not isinstance(resolution, int) or not isinstance(coarse_resolution, int) or coarse_resolution < 1:
         raise ValueError(f"resolution and coarse_resolution must be positive ints, got {resolution!r}, {coarse_resolution!r}")
     steps = math.log2(resolution / coarse_resolution) if resolution >= coarse_resolution else -1

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from get3dhuman.evaluate import chamfer_distance, mesh_points
 from get3dhuman.nn import Reconstructor
 from get3dhuman.nn.modes import evaluation_mode
-from get3dhuman.ops import coarse_resolution_for
 from get3dhuman.render import orbit_calibration
 from get3dhuman.synthetic import (
     human_parameters,
@@ -129,8 +128,7 @@ def evaluate_reconstruction(model: Reconstructor, config: ReconstructorTrainingC
         shape_volume, _ = model(image.to(device))
         calib = orbit_calibration(torch.zeros(config.eval_humans)).to(device)
         predicted = (model.query_occupancy(shape_volume, points.to(device), calib) > 0.5).cpu()
-        meshes = model.meshes_from_volumes(shape_volume, None, config.eval_mesh_resolution,
-                                           coarse_resolution=coarse_resolution_for(config.eval_mesh_resolution))
+        meshes = model.meshes_from_volumes(shape_volume, None, config.eval_mesh_resolution)
     union = (predicted | truth).sum(1).clamp_min(1)
     chamfer = [chamfer_distance(mesh_points(mesh, config.eval_surface_points, i)[0], surface[i])
                for i, mesh in enumerate(meshes)]
