@@ -350,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--seed", type=int, help="seed (default: the preset's)")
     train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (under torchrun: each process its GPU LOCAL_RANK)")
     train.add_argument("--workers", type=int, help="reconstructor: processes making the coming synthetic batches "
-                       "while the model trains (default 2, 0: none; the batches are the same)")
+                       "while the model trains (default 2, 0: none; the batches are the same; on a GPU the "
+                       "batches are made there instead)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser("eval", help="shape and colour metrics of a generator against held-out humans")

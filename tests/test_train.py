@@ -9,12 +9,14 @@ import torch
 from inputs import resumed_equals_straight
 
 from get3dhuman.nn import Reconstructor
+from get3dhuman.synthetic import human_color, human_parameters, human_sdf
 from get3dhuman.train import (
     RECONSTRUCTOR_PRESETS,
     latest_checkpoint,
     load_checkpoint,
     make_batch,
     train_reconstructor,
+    distributed,
     training_loss,
 )
 
@@ -81,6 +83,28 @@ def test_batch_workers_change_nothing_but_the_speed(tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="workers must be >= 0, got -1"):
         train_reconstructor(config, str(tmp_path / "bad"), progress=False, workers=-1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_batches_made_on_the_gpu_show_the_same_humans():
+    config = dataclasses.replace(TINY, batch_size=3, occupancy_points=2048, color_points=1024)
+    on_cpu, on_gpu = make_batch(config, 5, 64), make_batch(config, 5, 64, device="cuda")
+    assert all(value.device.type == "cuda" for value in on_gpu.values())
+    on_gpu = {key: value.cpu() for key, value in on_gpu.items()}
+    assert torch.equal(on_gpu["calib"], on_cpu["calib"])
+    assert float((on_gpu["image"] - on_cpu["image"]).abs().mean()) < 1e-3  # the same humans, seen the same way
+    # The points may differ (rounding can move a candidate across the shell), not what they say
+    # of the batch's humans (make_batch's draws: the rank generator of the seed and step).
+    params = human_parameters(torch.randn(3, config.z_dim, generator=distributed.rank_generator(config.seed, 5, 0)))
+    inside = (human_sdf(params, on_gpu["occupancy_points"]) < 0).float()
+    assert float((inside == on_gpu["inside"]).float().mean()) > 0.999
+    assert abs(float(on_gpu["inside"].mean() - on_cpu["inside"].mean())) < 0.03
+
+    def color_agreement(batch):  # labels vs the colour field at the (displaced) points
+        difference = (human_color(params, batch["color_points"]) - batch["colors"]).abs().max(-1).values
+        return float((difference < 1e-3).float().mean())
+
+    assert color_agreement(on_gpu) > color_agreement(on_cpu) - 0.01
 
 
 def test_bad_checkpoints_and_runs_are_rejected(tmp_path):

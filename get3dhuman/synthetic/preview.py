@@ -13,8 +13,10 @@ LIGHT = (0.3, 0.5, 0.8)  # camera-space direction of the key light
 
 def trace_humans(params: torch.Tensor, resolution: int = 256, angles_deg: float | torch.Tensor = 0.0) -> Rendering:
     """The Rendering (colour, normal, depth, mask) of the humans `params` [B, P] seen by orbit
-    cameras at `angles_deg` (a float or [B]; 0: front): render.orbit_calibration(angles_deg)."""
-    calib = orbit_calibration(torch.as_tensor(angles_deg, dtype=torch.float32).expand(params.shape[0]))
+    cameras at `angles_deg` (a float or [B]; 0: front): render.orbit_calibration(angles_deg),
+    traced on the device of `params`."""
+    angles = torch.as_tensor(angles_deg, dtype=torch.float32).cpu().expand(params.shape[0])
+    calib = orbit_calibration(angles).to(params.device)
     with torch.no_grad():
         return sphere_trace(lambda p: human_sdf(params, p), calib, resolution, lambda p: human_color(params, p))
 

@@ -6,6 +6,10 @@ coarse cells it can cross, which is the same distribution at a fraction of the S
 occupancy samples are surface points displaced by N(0, sigma^2) plus uniform points in the box;
 colour samples are surface points displaced slightly along the normal, labelled with the colour
 of their surface point.
+
+Samples live on the device of the parameters; the random numbers are always drawn on the CPU
+(from `generator`, or torch's default CPU generator), so a seed gives the same draws on any
+device.
 """
 
 from __future__ import annotations
@@ -38,6 +42,14 @@ class ColorSamples(NamedTuple):
     colors: torch.Tensor
 
 
+def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    return torch.rand(shape, generator=generator).to(device)
+
+
+def _normal(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    return torch.randn(shape, generator=generator).to(device)
+
+
 def _sdf_and_gradient(params, points):
     with torch.enable_grad():
         points = points.detach().requires_grad_()
@@ -65,7 +77,7 @@ def candidate_cells(params: torch.Tensor) -> torch.Tensor:
     the shell |sdf| < SHELL: |sdf(centre)| < SHELL + CELL_MARGIN cell diagonals, which misses
     no shell point while the SDF's slope stays below 2 * CELL_MARGIN (tests check the cover)."""
     side = 2 * BOX / CELLS
-    axis = -BOX + side * (torch.arange(CELLS, dtype=torch.float32) + 0.5)
+    axis = -BOX + side * (torch.arange(CELLS, dtype=torch.float32, device=params.device) + 0.5)
     centres = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, -1, 3)
     distance = human_sdf(params, centres.expand(params.shape[0], -1, -1))
     return distance.abs() < SHELL + CELL_MARGIN * side * 3**0.5
@@ -77,7 +89,7 @@ def sample_surface(params: torch.Tensor, count: int, generator: torch.Generator 
     Points drawn uniformly in the cells that may hold the shell |sdf| < SHELL (candidate_cells)
     are kept when inside the shell and projected onto the surface (project_to_surface); each
     round draws as many candidates as the yield so far says are still needed."""
-    batch, side = params.shape[0], 2 * BOX / CELLS
+    batch, side, device = params.shape[0], 2 * BOX / CELLS, params.device
     cells = candidate_cells(params)
     cell_count = cells.sum(1)
     # Lower corners of each human's cells, padded to a common length (the padding is never drawn).
@@ -92,13 +104,14 @@ def sample_surface(params: torch.Tensor, count: int, generator: torch.Generator 
             break
         yield_so_far = max(kept / drawn, 0.05) if drawn else 0.25
         number = min(int(int(missing.max()) / yield_so_far * 1.2) + 16, 64 * count)
-        which = (torch.rand(batch, number, generator=generator) * cell_count.unsqueeze(1)).long()
-        candidates = corners.gather(1, which.unsqueeze(-1).expand(-1, -1, 3)) + torch.rand(batch, number, 3, generator=generator) * side
+        which = (_uniform((batch, number), generator, device) * cell_count.unsqueeze(1)).long()
+        candidates = corners.gather(1, which.unsqueeze(-1).expand(-1, -1, 3)) + _uniform((batch, number, 3), generator, device) * side
         near = human_sdf(params, candidates).abs() < SHELL
         # Shell points of each human, topped up to the same number with repeats for projection.
         picked = [candidates[b][near[b]] for b in range(batch)]
         width = max(1, max(len(p) for p in picked))
-        padded = torch.stack([p[torch.arange(width) % max(1, len(p))] if len(p) else torch.zeros(width, 3) for p in picked])
+        padded = torch.stack([p[torch.arange(width, device=device) % max(1, len(p))] if len(p)
+                              else torch.zeros(width, 3, device=device) for p in picked])
         projected, residual = project_to_surface(params, padded)
         for b in range(batch):
             mine, error = projected[b][: len(picked[b])], residual[b][: len(picked[b])]  # drop the repeats
@@ -117,8 +130,8 @@ def sample_occupancy(params: torch.Tensor, count: int, sigma: float = 0.05, unif
     uniform points in the box, labelled inside/outside by the sign of the SDF."""
     uniform = int(round(count * uniform_ratio))
     surface = sample_surface(params, count - uniform, generator)
-    near = surface + sigma * torch.randn(surface.shape, generator=generator)
-    box = (torch.rand(params.shape[0], uniform, 3, generator=generator) * 2 - 1) * BOX
+    near = surface + sigma * _normal(surface.shape, generator, params.device)
+    box = (_uniform((params.shape[0], uniform, 3), generator, params.device) * 2 - 1) * BOX
     points = torch.cat([near, box], 1)
     return OccupancySamples(points, (human_sdf(params, points) < 0).float())
 
@@ -130,5 +143,5 @@ def sample_surface_colors(params: torch.Tensor, count: int, offset: float = 0.00
     surface = sample_surface(params, count, generator)
     _, gradient = _sdf_and_gradient(params, surface)
     normal = gradient / gradient.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    shift = offset * torch.randn(surface.shape[:2], generator=generator).unsqueeze(-1)
+    shift = offset * _normal(surface.shape[:2], generator, params.device).unsqueeze(-1)
     return ColorSamples(surface + shift * normal, human_color(params, surface))

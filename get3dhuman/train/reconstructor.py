@@ -68,37 +68,39 @@ PRESETS = {
 
 
 def make_batch(config: ReconstructorTrainingConfig, step: int, image_side: int,
-               share: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+               share: tuple[int, int] | None = None, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """One process's share of the training batch of `step`: image [B, 3, S, S] in [-1, 1]
     (background -1), calib [B, 4, 4], occupancy points/labels [B, N, 3]/[B, N], colour
     points/colours [B, M, 3], with B = batch_size / processes.
 
     share: (rank, processes) whose share to make; default this process's (the whole batch
-    outside torchrun)."""
+    outside torchrun). device: where the humans are traced and sampled (the same humans,
+    cameras and random draws on any device; the results up to the device's rounding)."""
     rank, size = distributed.world() if share is None else share
     generator = distributed.rank_generator(config.seed, step, rank)
     batch_size = distributed.local_batch_size(config.batch_size, size)
-    params = human_parameters(torch.randn(batch_size, config.z_dim, generator=generator))
+    params = human_parameters(torch.randn(batch_size, config.z_dim, generator=generator)).to(device)
     angles = torch.rand(batch_size, generator=generator) * 360
     image = render_humans(params, image_side, angles, background=0.0).permute(0, 3, 1, 2) * 2 - 1
     occupancy = sample_occupancy(params, config.occupancy_points, generator=generator)
     colors = sample_surface_colors(params, config.color_points, generator=generator)
-    return {"image": image, "calib": orbit_calibration(angles), "occupancy_points": occupancy.points,
+    return {"image": image, "calib": orbit_calibration(angles).to(device), "occupancy_points": occupancy.points,
             "inside": occupancy.inside, "color_points": colors.points, "colors": colors.colors}
 
 
 class StepBatches(torch.utils.data.Dataset):
-    """Item `step` is make_batch(config, step, image_side, share): a map-style dataset, so a
-    DataLoader's worker processes make the next batches while the model trains on this one."""
+    """Item `step` is make_batch(config, step, image_side, share, device): a map-style dataset,
+    so a DataLoader's worker processes make the next batches while the model trains on this one."""
 
-    def __init__(self, config: ReconstructorTrainingConfig, image_side: int, share: tuple[int, int]):
-        self.config, self.image_side, self.share = config, image_side, share
+    def __init__(self, config: ReconstructorTrainingConfig, image_side: int, share: tuple[int, int],
+                 device: torch.device | str = "cpu"):
+        self.config, self.image_side, self.share, self.device = config, image_side, share, device
 
     def __len__(self) -> int:
         return self.config.steps
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
-        return make_batch(self.config, step, self.image_side, self.share)
+        return make_batch(self.config, step, self.image_side, self.share, self.device)
 
 
 def training_loss(model: Reconstructor, batch: dict[str, torch.Tensor], color_weight: float) -> dict[str, torch.Tensor]:
@@ -142,8 +144,10 @@ def train_reconstructor(config: ReconstructorTrainingConfig, out_dir: str, devic
     out_dir receives checkpoint-*.safetensors/json, metrics.jsonl and config.json. `workers`
     processes make the coming batches while the model trains (0: make each in turn; the
     batches are the same either way); meanwhile the model uses torch's threads less one per
-    worker (at least one; restored afterwards). Under torchrun the processes split each batch
-    (get3dhuman.train.distributed).
+    worker (at least one; restored afterwards). On a CUDA device the batches are traced and
+    sampled on the GPU instead, in this process (`workers` is then unused: CUDA does not fork
+    into workers), where the synthetic world runs far faster than on CPU workers. Under
+    torchrun the processes split each batch (get3dhuman.train.distributed).
     """
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
@@ -151,7 +155,8 @@ def train_reconstructor(config: ReconstructorTrainingConfig, out_dir: str, devic
     torch.manual_seed(config.seed)
     model = Reconstructor(config.preset).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    dataset = StepBatches(config, model.config.backbone_resolution, distributed.world())
+    batch_device, workers = (device, 0) if torch.device(device).type == "cuda" else ("cpu", workers)
+    dataset = StepBatches(config, model.config.backbone_resolution, distributed.world(), batch_device)
     batches, next_step = iter(()), None
 
     def train_step(step: int) -> dict[str, float]:
