@@ -9,6 +9,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 
 namespace get3dhuman::rasterize {
@@ -33,21 +34,10 @@ std::tuple<at::Tensor, at::Tensor> rasterize_cpu(const at::Tensor& vertices_in, 
     for (int64_t face = 0; face < face_count; ++face) {
       const Triangle t = load_triangle(vertex_data, face_data, face, height, width);
       if (!t.valid) continue;
-      int64_t first_row, last_row, first_column, last_column;
+      int64_t first_row, last_row;
       pixel_range(min3(t.y), max3(t.y), height, &first_row, &last_row);
-      if (first_row < row_begin) first_row = row_begin;
-      if (last_row > row_end - 1) last_row = row_end - 1;
-      if (first_row > last_row) continue;
-      pixel_range(min3(t.x), max3(t.x), width, &first_column, &last_column);
-      for (int64_t row = first_row; row <= last_row; ++row) {
-        for (int64_t column = first_column; column <= last_column; ++column) {
-          float weights[3];
-          if (!barycentric(t, float(column), float(row), weights)) continue;
-          const uint64_t key = make_key(interpolated_depth(t, weights), face);
-          uint64_t& pixel = keys[row * width + column];
-          if (key > pixel) pixel = key;
-        }
-      }
+      cover_rows(t, face, std::max(first_row, row_begin), std::min(last_row, row_end - 1), width,
+                 [&](int64_t pixel, uint64_t key) { keys[pixel] = std::max(keys[pixel], key); });
     }
   });
 
@@ -57,14 +47,7 @@ std::tuple<at::Tensor, at::Tensor> rasterize_cpu(const at::Tensor& vertices_in, 
   float* weight_data = weights_out.mutable_data_ptr<float>();
   at::parallel_for(0, height * width, kPixelGrain, [&](int64_t begin, int64_t end) {
     for (int64_t pixel = begin; pixel < end; ++pixel) {
-      if (keys[pixel] == 0) {
-        index_data[pixel] = -1;
-        continue;
-      }
-      const int64_t face = key_face(keys[pixel]);
-      const Triangle t = load_triangle(vertex_data, face_data, face, height, width);
-      barycentric(t, float(pixel % width), float(pixel / width), weight_data + 3 * pixel);
-      index_data[pixel] = face;
+      resolve_pixel(vertex_data, face_data, keys[pixel], pixel, height, width, index_data, weight_data);
     }
   });
   return {face_index, weights_out};

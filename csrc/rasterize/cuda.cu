@@ -25,30 +25,16 @@ __global__ void cover_kernel(const float* vertices, const int64_t* faces, int64_
   if (face >= face_count) return;
   const Triangle t = load_triangle(vertices, faces, face, height, width);
   if (!t.valid) return;
-  int64_t first_row, last_row, first_column, last_column;
+  int64_t first_row, last_row;
   pixel_range(min3(t.y), max3(t.y), height, &first_row, &last_row);
-  pixel_range(min3(t.x), max3(t.x), width, &first_column, &last_column);
-  for (int64_t row = first_row; row <= last_row; ++row) {
-    for (int64_t column = first_column; column <= last_column; ++column) {
-      float weights[3];
-      if (!barycentric(t, float(column), float(row), weights)) continue;
-      atomicMax(keys + row * width + column, static_cast<unsigned long long>(make_key(interpolated_depth(t, weights), face)));
-    }
-  }
+  cover_rows(t, face, first_row, last_row, width,
+             [&](int64_t pixel, uint64_t key) { atomicMax(keys + pixel, static_cast<unsigned long long>(key)); });
 }
 
 __global__ void resolve_kernel(const float* vertices, const int64_t* faces, const unsigned long long* keys,
                                int64_t height, int64_t width, int64_t* face_index, float* weights) {
   const int64_t pixel = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (pixel >= height * width) return;
-  if (keys[pixel] == 0) {
-    face_index[pixel] = -1;
-    return;
-  }
-  const int64_t face = key_face(keys[pixel]);
-  const Triangle t = load_triangle(vertices, faces, face, height, width);
-  barycentric(t, float(pixel % width), float(pixel / width), weights + 3 * pixel);
-  face_index[pixel] = face;
+  if (pixel < height * width) resolve_pixel(vertices, faces, keys[pixel], pixel, height, width, face_index, weights);
 }
 
 }  // namespace

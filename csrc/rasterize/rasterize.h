@@ -139,6 +139,40 @@ C10_HOST_DEVICE inline void pixel_range(float low, float high, int64_t size, int
 C10_HOST_DEVICE inline float min3(const float* v) { return fminf(fminf(v[0], v[1]), v[2]); }
 C10_HOST_DEVICE inline float max3(const float* v) { return fmaxf(fmaxf(v[0], v[1]), v[2]); }
 
+// Calls write(pixel, key) for each pixel of rows [first_row, last_row] whose centre the
+// triangle `face` covers, key its candidate key there.
+#ifdef __CUDACC__
+#pragma nv_exec_check_disable  // instantiated with host lambdas on the CPU, device lambdas on the GPU
+#endif
+template <typename Write>
+C10_HOST_DEVICE inline void cover_rows(const Triangle& t, int64_t face, int64_t first_row, int64_t last_row,
+                                       int64_t width, Write write) {
+  int64_t first_column, last_column;
+  pixel_range(min3(t.x), max3(t.x), width, &first_column, &last_column);
+  for (int64_t row = first_row; row <= last_row; ++row) {
+    for (int64_t column = first_column; column <= last_column; ++column) {
+      float weights[3];
+      if (barycentric(t, float(column), float(row), weights)) {
+        write(row * width + column, make_key(interpolated_depth(t, weights), face));
+      }
+    }
+  }
+}
+
+// Writes pixel's face index (-1 when no triangle covers it, key 0) and the winner's barycentric
+// weights, recomputed exactly as when it won.
+C10_HOST_DEVICE inline void resolve_pixel(const float* vertices, const int64_t* faces, uint64_t key, int64_t pixel,
+                                          int64_t height, int64_t width, int64_t* face_index, float* weights) {
+  if (key == 0) {
+    face_index[pixel] = -1;
+    return;
+  }
+  const int64_t face = key_face(key);
+  const Triangle t = load_triangle(vertices, faces, face, height, width);
+  barycentric(t, float(pixel % width), float(pixel / width), weights + 3 * pixel);
+  face_index[pixel] = face;
+}
+
 // Checks of the registered op's arguments (the Python wrapper checks user input more fully).
 inline void check_args(const at::Tensor& vertices, const at::Tensor& faces, int64_t height, int64_t width) {
   TORCH_CHECK_VALUE(vertices.dim() == 2 && vertices.size(1) == 3, "vertices must be [V, 3], got ", vertices.sizes());
