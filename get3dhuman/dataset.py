@@ -8,9 +8,11 @@ For each seed s, DIR receives:
 
 - `human-s.glb` (or .ply/.obj): the textured mesh with vertex colours (none for an empty field),
 - `human-s.png` with previews: the front view of the mesh, rasterized and shaded (with a
-  refiner: the refiner's front view),
+  refiner: the refiner's front view); with `preview_views` V > 1 also `human-s-AAA.png`, the
+  mesh seen from AAA degrees about the vertical axis (360 / V apart; `refine.view_calibration`),
 - one line of `manifest.jsonl`: {"seed", "mesh", "preview", "vertices", "faces", "seconds"}
-  ("mesh"/"preview" are file names or null; "seconds": the sample's share of its batch's time).
+  ("mesh"/"preview" are file names or null; "seconds": the sample's share of its batch's time),
+  with V > 1 also "views": {"angles": [...], "files": [...]}, the front first.
 
 `settings.json` records how the samples were made (the weights' fingerprint, mesh and preview
 resolution, file type, truncation, refiner, meshing options); a directory holding samples made
@@ -35,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from get3dhuman.nn.modes import evaluation_mode
-from get3dhuman.refine import colors_from_views, refined_views, render_textured
+from get3dhuman.refine import colors_from_views, refined_views, render_textured, view_calibration
 from get3dhuman.render import Rendering, render_meshes
 from get3dhuman.synthetic.preview import save_grid, shade, shading_factor
 from get3dhuman.train import distributed
@@ -66,13 +68,15 @@ def render_previews(generator, z_shape: torch.Tensor, z_texture: torch.Tensor, r
 
 
 @torch.no_grad()
-def mesh_previews(generator, meshes: Sequence, resolution: int = 256, background: float = PREVIEW_BACKGROUND) -> torch.Tensor:
-    """Front views [B, resolution, resolution, 3] in [0, 1] of `meshes` (B TexturedMeshes in world
-    coordinates, e.g. of `generator.extract_mesh`) through the generator's calibration: the
+def mesh_previews(generator, meshes: Sequence, resolution: int = 256, background: float = PREVIEW_BACKGROUND,
+                  angle: float = 0.0) -> torch.Tensor:
+    """Views [B, resolution, resolution, 3] in [0, 1] of `meshes` (B TexturedMeshes in world
+    coordinates, e.g. of `generator.extract_mesh`) through the generator's calibration turned
+    by `angle` degrees about the vertical axis (`refine.view_calibration`; 0: the front): the
     meshes rasterized (render.render_meshes), their vertex colours shaded as `render_previews`
     shades the field's, `background` where no triangle is drawn. They show what the files
     hold, and cost milliseconds where ray-marching the field costs seconds."""
-    calib = generator.calibration.float().expand(len(meshes), 4, 4)
+    calib = view_calibration(generator, angle).float().expand(len(meshes), 4, 4)
     return shade(render_meshes(meshes, calib, resolution), background)
 
 
@@ -141,8 +145,8 @@ def _save_png(image: torch.Tensor, path: str) -> None:
 
 
 def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_size: int = 4, resolution: int = 256,
-                  file_type: str = "glb", preview_resolution: int | None = None, truncation_psi: float = 1.0,
-                  refiner=None, progress: bool = True, **extract_options) -> list[dict]:
+                  file_type: str = "glb", preview_resolution: int | None = None, preview_views: int = 1,
+                  truncation_psi: float = 1.0, refiner=None, progress: bool = True, **extract_options) -> list[dict]:
     """Writes samples seed .. seed + num - 1 of `generator` to `out_dir` (see the module
     docstring) and returns the manifest records of those seeds made by this process or
     found done, in seed order (under torchrun: the ones this process saw; rank 0 sees all after
@@ -150,8 +154,10 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
 
     resolution: marching-cubes cells per axis (Generator.extract_mesh, with `extract_options`);
     file_type: one of FILE_TYPES; preview_resolution: side of the preview PNGs (None: none);
-    refiner: a trained Refiner whose refined front and back views replace the vertex colours
-    (refine.refine_meshes) and whose front view is the preview.
+    preview_views: previews per sample, evenly spaced about the vertical axis from the front
+    (1 to 360); refiner: a trained Refiner whose refined front and back views replace the
+    vertex colours (refine.refine_meshes) and whose front view is the preview (the other views
+    show the meshes with those colours).
     """
     if not isinstance(num, int) or num < 0:
         raise ValueError(f"num must be an int >= 0, got {num!r}")
@@ -161,6 +167,11 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
         raise ValueError(f"file_type must be one of {', '.join(FILE_TYPES)}, got {file_type!r}")
     if preview_resolution is not None and (not isinstance(preview_resolution, int) or preview_resolution < 2):
         raise ValueError(f"preview_resolution must be an int >= 2 or None, got {preview_resolution!r}")
+    if isinstance(preview_views, bool) or not isinstance(preview_views, int) or not 1 <= preview_views <= 360:
+        raise ValueError(f"preview_views must be an int in [1, 360], got {preview_views!r}")
+    if preview_views > 1 and preview_resolution is None:
+        raise ValueError("preview_views > 1 needs preview_resolution (the views are previews)")
+    angles = [360 * k / preview_views for k in range(preview_views)]
     rank, size = distributed.world()
     os.makedirs(out_dir, exist_ok=True)
     settings = {"generator": fingerprint(generator), "refiner": None if refiner is None else fingerprint(refiner),
@@ -170,8 +181,10 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                 # refined samples (no such record) is refused rather than mixed.
                 "refined_colors": None if refiner is None else "shading removed",
                 # Previews were ray-marched from the field in earlier versions; those are refused too.
-                "previews": None if preview_resolution is None or refiner is not None else "rasterized mesh"}
-    record_settings(os.path.join(out_dir, SETTINGS), settings, may_change=(), write=rank == 0)
+                "previews": None if preview_resolution is None or refiner is not None else "rasterized mesh",
+                "preview_views": preview_views}
+    record_settings(os.path.join(out_dir, SETTINGS), settings, may_change=(), write=rank == 0,
+                    introduced={"preview_views": 1})
     if rank == 0:
         _rewrite_manifest(out_dir, read_manifest(out_dir))  # drops a torn last line before anyone appends
     distributed.barrier()
@@ -197,8 +210,10 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                 previews = _refined_preview(views[0], preview_resolution, PREVIEW_BACKGROUND, refiner.albedo)
         elif preview_resolution is not None:
             previews = mesh_previews(generator, meshes, preview_resolution)
+        # Views beyond the front: [B] lists of images, one per further angle.
+        turned = [mesh_previews(generator, meshes, preview_resolution, angle=angle) for angle in angles[1:]]
         seconds = (time.perf_counter() - start) / len(batch)
-        for sample_seed, mesh, preview in zip(batch, meshes, previews):
+        for index, (sample_seed, mesh, preview) in enumerate(zip(batch, meshes, previews)):
             name = f"human-{sample_seed}"
             record = {"seed": sample_seed, "mesh": None if mesh.is_empty else f"{name}.{file_type}",
                       "preview": None if preview is None else f"{name}.png", "vertices": int(mesh.vertices.shape[0]),
@@ -207,6 +222,11 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                 mesh.export(os.path.join(out_dir, record["mesh"]), file_type)
             if preview is not None:
                 _save_png(preview, os.path.join(out_dir, record["preview"]))
+            if turned:
+                files = [record["preview"]] + [f"{name}-{round(angle):03d}.png" for angle in angles[1:]]
+                for file, views in zip(files[1:], turned):
+                    _save_png(views[index], os.path.join(out_dir, file))
+                record["views"] = {"angles": angles, "files": files}
             _append_record(out_dir, record)
             done[sample_seed] = record
         if bar is not None:

@@ -23,7 +23,7 @@ from get3dhuman.dataset import (
 )
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.ops import marching_cubes
-from get3dhuman.refine import refine_meshes
+from get3dhuman.refine import refine_meshes, view_calibration
 from get3dhuman.render import orbit_calibration
 from get3dhuman.synthetic.preview import LIGHT
 from get3dhuman.train import REFINER_PRESETS
@@ -116,6 +116,31 @@ def test_mesh_previews_of_a_ball_are_its_field_previews():
     away = (distance - radius).abs() > 1.5 * pixel  # off the silhouette, where a pixel may fall either side
     assert float((previews - expected)[:, away].abs().max()) < 0.02
     assert bool((previews[:, distance > radius] == 1.0).all())
+
+
+def test_views_turn_the_mesh_about_the_vertical_axis(tmp_path):
+    generator = generator_with_a_surface()
+    records = write_samples(generator, str(tmp_path), 2, batch_size=2, preview_resolution=32, preview_views=4,
+                            progress=False, **MESHING)
+    meshes = generator.sample(2, batch_size=2, **MESHING)
+    # World -> world turn of the back view: rendering the turned mesh from the front is the back view.
+    base, back = generator.calibration.double(), view_calibration(generator, 180.0).double()
+    turn = torch.linalg.solve(base, back).float()
+    for record, mesh in zip(records, meshes):
+        files = record["views"]["files"]
+        assert record["views"]["angles"] == [0.0, 90.0, 180.0, 270.0]
+        assert files == [record["preview"]] + [f"human-{record['seed']}-{a:03d}.png" for a in (90, 180, 270)]
+        turned = TexturedMesh(mesh.vertices @ turn[:3, :3].T + turn[:3, 3], mesh.faces, mesh.colors,
+                              mesh.normals @ turn[:3, :3].T)
+        expected = mesh_previews(generator, [turned], 32)[0].numpy()
+        written = np.asarray(Image.open(tmp_path / files[2]).convert("RGB")) / 255.0
+        mismatched = (np.abs(written - expected) > 1.5 / 255).any(-1)
+        assert mismatched.mean() < 0.01  # rounding of the two transforms may move a silhouette pixel
+        front = np.asarray(Image.open(tmp_path / files[0]).convert("RGB")) / 255.0
+        assert np.abs(front - written).max() > 0.1  # the back is not the front
+    with pytest.raises(ValueError, match="preview_views"):
+        write_samples(generator, str(tmp_path), 2, batch_size=2, preview_resolution=32, preview_views=2,
+                      progress=False, **MESHING)
 
 
 class ConstantRefiner(torch.nn.Module):
@@ -234,6 +259,8 @@ def test_empty_fields_are_listed_without_a_file(tmp_path):
     (dict(num=2, batch_size=0), "batch_size must be an int >= 1, got 0"),
     (dict(num=2, file_type="stl"), "file_type must be one of glb, ply, obj, got 'stl'"),
     (dict(num=2, preview_resolution=1), "preview_resolution must be an int >= 2 or None, got 1"),
+    (dict(num=2, preview_resolution=8, preview_views=0), r"preview_views must be an int in \[1, 360\], got 0"),
+    (dict(num=2, preview_views=2), "preview_views > 1 needs preview_resolution"),
 ])
 def test_bad_arguments_are_named(tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
@@ -254,7 +281,7 @@ def test_command_line_writes_a_dataset_and_a_preview_grid(tmp_path):
         main(["sample", "--weights", str(weights), "--num", "1", "--out", str(out), "--grid", str(grid)])
     with pytest.raises(SystemExit, match="does not exist"):
         main(["sample", "--weights", str(tmp_path / "missing.safetensors"), "--num", "1", "--out", str(out)])
-    with pytest.raises(SystemExit, match="give --weights or --generator"):
+    with pytest.raises(SystemExit, match="give one of --weights, --generator and --checkpoint, not --weights and "):
         main(["sample", "--weights", str(weights), "--generator", str(tmp_path), "--num", "1", "--out", str(out)])
 
 
