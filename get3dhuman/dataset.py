@@ -210,7 +210,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                 previews = _refined_preview(views[0], preview_resolution, PREVIEW_BACKGROUND, refiner.albedo)
         elif preview_resolution is not None:
             previews = mesh_previews(generator, meshes, preview_resolution)
-        # Views beyond the front: [B] lists of images, one per further angle.
+        # Per angle beyond the front, the batch's views [B, R, R, 3].
         turned = [mesh_previews(generator, meshes, preview_resolution, angle=angle) for angle in angles[1:]]
         seconds = (time.perf_counter() - start) / len(batch)
         for index, (sample_seed, mesh, preview) in enumerate(zip(batch, meshes, previews)):
