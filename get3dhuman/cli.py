@@ -212,8 +212,8 @@ def _sample(args: argparse.Namespace) -> int:
         refiner = _load_refiner(args, device)
         records = write_samples(generator, args.out, args.num, args.seed, batch_size=args.batch_size,
                                 resolution=args.resolution, file_type=args.format, preview_resolution=args.preview,
-                                preview_views=args.views, truncation_psi=args.truncation, refiner=refiner,
-                                progress=not args.quiet)
+                                preview_views=args.views, preview_maps=args.maps, truncation_psi=args.truncation,
+                                refiner=refiner, progress=not args.quiet)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"get3dhuman sample: {error}") from error
     if distributed.is_main_process():
@@ -393,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--views", type=int, default=1, metavar="V",
                         help="with --preview: V previews per sample, 360/V degrees apart about the vertical axis, "
                         "the front first (default 1)")
+    sample.add_argument("--maps", nargs="+", choices=["mask", "depth", "normal"], default=[],
+                        help="with --preview: also these maps of every view (mask; depth as 16-bit PNG, "
+                        "(z + 1) / 2 of the NDC depth; camera-space normals as RGB)")
     sample.add_argument("--device", default="cpu", help="torch device (under torchrun: each process its GPU LOCAL_RANK)")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
     sample.set_defaults(handler=_sample)

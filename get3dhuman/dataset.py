@@ -12,7 +12,9 @@ For each seed s, DIR receives:
   mesh seen from AAA degrees about the vertical axis (360 / V apart; `refine.view_calibration`),
 - one line of `manifest.jsonl`: {"seed", "mesh", "preview", "vertices", "faces", "seconds"}
   ("mesh"/"preview" are file names or null; "seconds": the sample's share of its batch's time),
-  with V > 1 also "views": {"angles": [...], "files": [...]}, the front first.
+  with V > 1 also "views": {"angles": [...], "files": [...]}, the front first,
+- with `preview_maps`, per view `human-s[-AAA]-MAP.png` for MAP in mask, depth (16-bit),
+  normal (`encode_map`), listed in the manifest's "maps": {MAP: [files per view]}.
 
 `settings.json` records how the samples were made (the weights' fingerprint, mesh and preview
 resolution, file type, truncation, refiner, meshing options); a directory holding samples made
@@ -33,6 +35,7 @@ import os
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -44,6 +47,7 @@ from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import record_settings
 
 FILE_TYPES = ("glb", "ply", "obj")
+MAPS = ("mask", "depth", "normal")  # per-view maps `preview_maps` may add (encode_map)
 MANIFEST = "manifest.jsonl"
 SETTINGS = "settings.json"
 PREVIEW_BACKGROUND = 1.0  # white behind the previews
@@ -68,16 +72,39 @@ def render_previews(generator, z_shape: torch.Tensor, z_texture: torch.Tensor, r
 
 
 @torch.no_grad()
+def mesh_renderings(generator, meshes: Sequence, resolution: int = 256, angle: float = 0.0) -> Rendering:
+    """The Rendering (mask, depth, camera normals, colours, points; [B, R, R(, 3)]) of `meshes`
+    (B TexturedMeshes in world coordinates, e.g. of `generator.extract_mesh`) rasterized
+    (render.render_meshes) through the generator's calibration turned by `angle` degrees about
+    the vertical axis (`refine.view_calibration`; 0: the front)."""
+    calib = view_calibration(generator, angle).float().expand(len(meshes), 4, 4)
+    return render_meshes(meshes, calib, resolution)
+
+
 def mesh_previews(generator, meshes: Sequence, resolution: int = 256, background: float = PREVIEW_BACKGROUND,
                   angle: float = 0.0) -> torch.Tensor:
-    """Views [B, resolution, resolution, 3] in [0, 1] of `meshes` (B TexturedMeshes in world
-    coordinates, e.g. of `generator.extract_mesh`) through the generator's calibration turned
-    by `angle` degrees about the vertical axis (`refine.view_calibration`; 0: the front): the
-    meshes rasterized (render.render_meshes), their vertex colours shaded as `render_previews`
-    shades the field's, `background` where no triangle is drawn. They show what the files
-    hold, and cost milliseconds where ray-marching the field costs seconds."""
-    calib = view_calibration(generator, angle).float().expand(len(meshes), 4, 4)
-    return shade(render_meshes(meshes, calib, resolution), background)
+    """Views [B, resolution, resolution, 3] in [0, 1] of `meshes` (`mesh_renderings`), their
+    vertex colours shaded as `render_previews` shades the field's, `background` where no
+    triangle is drawn. They show what the files hold, and cost milliseconds where ray-marching
+    the field costs seconds."""
+    return shade(mesh_renderings(generator, meshes, resolution, angle), background)
+
+
+def encode_map(rendering: Rendering, index: int, kind: str) -> np.ndarray:
+    """The pixels of map `kind` (one of MAPS) of view `index` of a Rendering: 'mask' uint8
+    [H, W] (255 on the mesh), 'depth' uint16 [H, W] (round((z + 1) / 2 * 65535) of the NDC
+    depth z, larger nearer; 0 off the mesh), 'normal' uint8 [H, W, 3] (round((n + 1) / 2 * 255)
+    of the camera-space normal: x right, y up, z towards the camera; 0 off the mesh)."""
+    mask = rendering.mask[index].bool().cpu()
+    if kind == "mask":
+        return (mask.to(torch.uint8) * 255).numpy()
+    if kind == "depth":
+        depth = ((rendering.depth[index].cpu() + 1) / 2 * 65535).round().clamp(0, 65535)
+        return torch.where(mask, depth, 0).to(torch.int32).numpy().astype(np.uint16)
+    if kind == "normal":
+        normal = ((rendering.normal[index].cpu() + 1) / 2 * 255).round().clamp(0, 255)
+        return torch.where(mask.unsqueeze(-1), normal, 0).to(torch.uint8).numpy()
+    raise ValueError(f"kind must be one of {', '.join(MAPS)}, got {kind!r}")
 
 
 def _refined_preview(view: tuple[torch.Tensor, torch.Tensor, Rendering], resolution: int,
@@ -136,17 +163,21 @@ def _append_record(out_dir: str, record: dict) -> None:
         os.close(descriptor)
 
 
-def _save_png(image: torch.Tensor, path: str) -> None:
+def _save_png(image: torch.Tensor | np.ndarray, path: str) -> None:
+    """Writes an image in [0, 1] [H, W, 3] (a tensor) or pixels (uint8/uint16 array) as a PNG,
+    under a temporary name first."""
     from PIL import Image
 
-    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    Image.fromarray(pixels).save(path + ".tmp", format="PNG")
+    if isinstance(image, torch.Tensor):
+        image = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    Image.fromarray(image).save(path + ".tmp", format="PNG")
     os.replace(path + ".tmp", path)
 
 
 def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_size: int = 4, resolution: int = 256,
                   file_type: str = "glb", preview_resolution: int | None = None, preview_views: int = 1,
-                  truncation_psi: float = 1.0, refiner=None, progress: bool = True, **extract_options) -> list[dict]:
+                  preview_maps: Sequence[str] = (), truncation_psi: float = 1.0, refiner=None, progress: bool = True,
+                  **extract_options) -> list[dict]:
     """Writes samples seed .. seed + num - 1 of `generator` to `out_dir` (see the module
     docstring) and returns the manifest records of those seeds made by this process or
     found done, in seed order (under torchrun: the ones this process saw; rank 0 sees all after
@@ -155,7 +186,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     resolution: marching-cubes cells per axis (Generator.extract_mesh, with `extract_options`);
     file_type: one of FILE_TYPES; preview_resolution: side of the preview PNGs (None: none);
     preview_views: previews per sample, evenly spaced about the vertical axis from the front
-    (1 to 360); refiner: a trained Refiner whose refined front and back views replace the
+    (1 to 360); preview_maps: maps of MAPS written with every view (`encode_map`); refiner: a trained Refiner whose refined front and back views replace the
     vertex colours (refine.refine_meshes) and whose front view is the preview (the other views
     show the meshes with those colours).
     """
@@ -171,6 +202,11 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
         raise ValueError(f"preview_views must be an int in [1, 360], got {preview_views!r}")
     if preview_views > 1 and preview_resolution is None:
         raise ValueError("preview_views > 1 needs preview_resolution (the views are previews)")
+    preview_maps = list(preview_maps)
+    if any(kind not in MAPS for kind in preview_maps) or len(set(preview_maps)) < len(preview_maps):
+        raise ValueError(f"preview_maps must be distinct names of {', '.join(MAPS)}, got {preview_maps!r}")
+    if preview_maps and preview_resolution is None:
+        raise ValueError("preview_maps needs preview_resolution (the maps are the previews' pixels)")
     angles = [360 * k / preview_views for k in range(preview_views)]
     rank, size = distributed.world()
     os.makedirs(out_dir, exist_ok=True)
@@ -182,9 +218,9 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                 "refined_colors": None if refiner is None else "shading removed",
                 # Previews were ray-marched from the field in earlier versions; those are refused too.
                 "previews": None if preview_resolution is None or refiner is not None else "rasterized mesh",
-                "preview_views": preview_views}
+                "preview_views": preview_views, "preview_maps": preview_maps}
     record_settings(os.path.join(out_dir, SETTINGS), settings, may_change=(), write=rank == 0,
-                    introduced={"preview_views": 1})
+                    introduced={"preview_views": 1, "preview_maps": []})
     if rank == 0:
         _rewrite_manifest(out_dir, read_manifest(out_dir))  # drops a torn last line before anyone appends
     distributed.barrier()
@@ -208,10 +244,11 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
             meshes = colors_from_views(meshes, views, remove_shading=not refiner.albedo)
             if preview_resolution is not None:
                 previews = _refined_preview(views[0], preview_resolution, PREVIEW_BACKGROUND, refiner.albedo)
-        elif preview_resolution is not None:
-            previews = mesh_previews(generator, meshes, preview_resolution)
-        # Per angle beyond the front, the batch's views [B, R, R, 3].
-        turned = [mesh_previews(generator, meshes, preview_resolution, angle=angle) for angle in angles[1:]]
+        renderings = [] if preview_resolution is None else [
+            mesh_renderings(generator, meshes, preview_resolution, angle) for angle in angles]
+        images = [shade(rendering, PREVIEW_BACKGROUND) for rendering in renderings]  # per angle [B, R, R, 3]
+        if refiner is None and images:
+            previews = images[0]
         seconds = (time.perf_counter() - start) / len(batch)
         for index, (sample_seed, mesh, preview) in enumerate(zip(batch, meshes, previews)):
             name = f"human-{sample_seed}"
@@ -222,11 +259,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                 mesh.export(os.path.join(out_dir, record["mesh"]), file_type)
             if preview is not None:
                 _save_png(preview, os.path.join(out_dir, record["preview"]))
-            if turned:
-                files = [record["preview"]] + [f"{name}-{round(angle):03d}.png" for angle in angles[1:]]
-                for file, views in zip(files[1:], turned):
-                    _save_png(views[index], os.path.join(out_dir, file))
-                record["views"] = {"angles": angles, "files": files}
+                record.update(_write_views(out_dir, name, index, angles, images, renderings, preview_maps))
             _append_record(out_dir, record)
             done[sample_seed] = record
         if bar is not None:
@@ -239,10 +272,28 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     return [done[seed + i] for i in range(num) if seed + i in done]
 
 
+def _write_views(out_dir: str, name: str, index: int, angles: list[float], images: list[torch.Tensor],
+                 renderings: list[Rendering], maps: list[str]) -> dict:
+    """Writes sample `index`'s views beyond the front (of `images`, per angle [B, R, R, 3]) and
+    its `maps` of every view (of `renderings`, per angle); returns their manifest entries
+    ('views' with more than one angle, 'maps' with maps)."""
+    suffixes = [""] + [f"-{round(angle):03d}" for angle in angles[1:]]
+    for suffix, image in zip(suffixes[1:], images[1:]):
+        _save_png(image[index], os.path.join(out_dir, f"{name}{suffix}.png"))
+    entries = {}
+    if len(angles) > 1:
+        entries["views"] = {"angles": angles, "files": [f"{name}{suffix}.png" for suffix in suffixes]}
+    if maps:
+        entries["maps"] = {kind: [f"{name}{suffix}-{kind}.png" for suffix in suffixes] for kind in maps}
+        for kind in maps:
+            for file, rendering in zip(entries["maps"][kind], renderings):
+                _save_png(encode_map(rendering, index, kind), os.path.join(out_dir, file))
+    return entries
+
+
 def save_preview_grid(out_dir: str, records: Sequence[dict], path: str, columns: int = 4) -> None:
     """One PNG grid (synthetic.preview.save_grid) of the preview images of `records` (manifest
     records of `out_dir`, each with a preview)."""
-    import numpy as np
     from PIL import Image
 
     missing = [record["seed"] for record in records if record.get("preview") is None]

@@ -24,7 +24,7 @@ from get3dhuman.dataset import (
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.ops import marching_cubes
 from get3dhuman.refine import refine_meshes, view_calibration
-from get3dhuman.render import orbit_calibration
+from get3dhuman.render import orbit_calibration, render_meshes
 from get3dhuman.synthetic.preview import LIGHT
 from get3dhuman.train import REFINER_PRESETS
 from get3dhuman.train.refiner import make_refiner
@@ -141,6 +141,30 @@ def test_views_turn_the_mesh_about_the_vertical_axis(tmp_path):
     with pytest.raises(ValueError, match="preview_views"):
         write_samples(generator, str(tmp_path), 2, batch_size=2, preview_resolution=32, preview_views=2,
                       progress=False, **MESHING)
+
+
+def test_maps_encode_the_renderings_of_each_view(tmp_path):
+    generator = generator_with_a_surface()
+    (record,) = write_samples(generator, str(tmp_path), 1, preview_resolution=32, preview_views=2,
+                              preview_maps=("mask", "depth", "normal"), progress=False, **MESHING)
+    mesh = generator.sample(1, **MESHING)[0]
+    assert list(record["maps"]) == ["mask", "depth", "normal"]
+    assert record["maps"]["depth"] == ["human-0-depth.png", "human-0-180-depth.png"]
+    for view, angle in enumerate((0.0, 180.0)):
+        rendering = render_meshes([mesh], view_calibration(generator, angle)[None], 32)
+        on = rendering.mask[0].numpy() > 0
+        mask, depth, normal = (np.asarray(Image.open(tmp_path / record["maps"][kind][view])).astype(np.float64)
+                               for kind in ("mask", "depth", "normal"))
+        assert on.any() and np.array_equal(mask == 255, on) and set(np.unique(mask)) <= {0, 255}
+        np.testing.assert_allclose(depth[on] / 65535 * 2 - 1, rendering.depth[0].numpy()[on], atol=1 / 65535 + 1e-6)
+        np.testing.assert_allclose(normal[on] / 255 * 2 - 1, rendering.normal[0].numpy()[on], atol=1 / 255 + 1e-6)
+        assert (depth[~on] == 0).all() and (normal[~on] == 0).all()
+        preview = np.asarray(Image.open(tmp_path / record["views"]["files"][view]).convert("RGB"))
+        assert (preview[~on] == 255).all()  # the background, where the mask is off
+    with pytest.raises(ValueError, match="preview_maps must be distinct names of mask, depth, normal"):
+        write_samples(generator, str(tmp_path / "x"), 1, preview_resolution=8, preview_maps=["mask", "mask"])
+    with pytest.raises(ValueError, match="preview_maps needs preview_resolution"):
+        write_samples(generator, str(tmp_path / "x"), 1, preview_maps=["depth"])
 
 
 class ConstantRefiner(torch.nn.Module):
