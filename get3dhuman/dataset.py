@@ -16,6 +16,10 @@ For each seed s, DIR receives:
 - with `preview_maps`, per view `human-s[-AAA]-MAP.png` for MAP in mask, depth (16-bit),
   normal (`encode_map`), listed in the manifest's "maps": {MAP: [files per view]}.
 
+With previews, `cameras.json` holds the views' angles and cameras (world -> NDC [4, 4], the
+same for every sample; CAMERA_CONVENTION says how NDC maps to pixels), so the depth maps
+lift back to world points.
+
 `settings.json` records how the samples were made (the weights' fingerprint, mesh and preview
 resolution, file type, truncation, refiner, meshing options); a directory holding samples made
 otherwise is refused, so one dataset never mixes models or settings (seeds and counts may
@@ -49,6 +53,9 @@ from get3dhuman.train.checkpoint import record_settings
 FILE_TYPES = ("glb", "ply", "obj")
 MAPS = ("mask", "depth", "normal")  # per-view maps `preview_maps` may add (encode_map)
 MANIFEST = "manifest.jsonl"
+CAMERAS = "cameras.json"
+CAMERA_CONVENTION = ("orthographic: ndc = calibration @ [x, y, z, 1] of world points; pixel (row i, column j) of an "
+                     "R x R image is centred at ndc x = -1 + 2j/(R-1), y = -1 + 2i/(R-1); ndc z grows towards the camera")
 SETTINGS = "settings.json"
 PREVIEW_BACKGROUND = 1.0  # white behind the previews
 
@@ -223,6 +230,8 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                     introduced={"preview_views": 1, "preview_maps": []})
     if rank == 0:
         _rewrite_manifest(out_dir, read_manifest(out_dir))  # drops a torn last line before anyone appends
+        if preview_resolution is not None:
+            _write_cameras(os.path.join(out_dir, CAMERAS), generator, angles, preview_resolution)
     distributed.barrier()
     done = {record["seed"]: record for record in read_manifest(out_dir)}
     seeds = [seed + i for i in range(num) if i % size == rank and seed + i not in done]
@@ -270,6 +279,17 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     if rank == 0:
         done.update({record["seed"]: record for record in read_manifest(out_dir)})
     return [done[seed + i] for i in range(num) if seed + i in done]
+
+
+def _write_cameras(path: str, generator, angles: list[float], resolution: int) -> None:
+    """Writes the previews' cameras (`refine.view_calibration` of each angle: world -> NDC [4, 4])
+    as json, under a temporary name first."""
+    cameras = {"resolution": resolution, "angles": angles,
+               "calibrations": [view_calibration(generator, angle).double().cpu().tolist() for angle in angles],
+               "convention": CAMERA_CONVENTION}
+    with open(path + ".tmp", "w") as handle:
+        json.dump(cameras, handle, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def _write_views(out_dir: str, name: str, index: int, angles: list[float], images: list[torch.Tensor],

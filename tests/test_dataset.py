@@ -161,6 +161,14 @@ def test_maps_encode_the_renderings_of_each_view(tmp_path):
         assert (depth[~on] == 0).all() and (normal[~on] == 0).all()
         preview = np.asarray(Image.open(tmp_path / record["views"]["files"][view]).convert("RGB"))
         assert (preview[~on] == 255).all()  # the background, where the mask is off
+        # cameras.json lifts the depth map back to the mesh's points.
+        cameras = json.loads((tmp_path / "cameras.json").read_text())
+        calib = torch.tensor(cameras["calibrations"][view], dtype=torch.float64)
+        rows, columns = np.nonzero(on)
+        ndc = torch.tensor(np.stack([-1 + 2 * columns / 31, -1 + 2 * rows / 31, depth[on] / 65535 * 2 - 1], -1))
+        world = (ndc - calib[:3, 3]) @ torch.linalg.inv(calib[:3, :3]).T
+        np.testing.assert_allclose(world.numpy(), rendering.points[0].numpy()[on], atol=1e-3)
+    assert cameras["angles"] == [0.0, 180.0] and cameras["resolution"] == 32
     with pytest.raises(ValueError, match="preview_maps must be distinct names of mask, depth, normal"):
         write_samples(generator, str(tmp_path / "x"), 1, preview_resolution=8, preview_maps=["mask", "mask"])
     with pytest.raises(ValueError, match="preview_maps needs preview_resolution"):
