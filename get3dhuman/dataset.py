@@ -21,7 +21,7 @@ same for every sample; CAMERA_CONVENTION says how NDC maps to pixels), so the de
 lift back to world points.
 
 `settings.json` records how the samples were made (the weights' fingerprint, mesh and preview
-resolution, file type, truncation, refiner, meshing options); a directory holding samples made
+resolution, views and maps, file type, truncation, refiner, meshing options); a directory holding samples made
 otherwise is refused, so one dataset never mixes models or settings (seeds and counts may
 change: a dataset can grow).
 
@@ -193,9 +193,10 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     resolution: marching-cubes cells per axis (Generator.extract_mesh, with `extract_options`);
     file_type: one of FILE_TYPES; preview_resolution: side of the preview PNGs (None: none);
     preview_views: previews per sample, evenly spaced about the vertical axis from the front
-    (1 to 360); preview_maps: maps of MAPS written with every view (`encode_map`); refiner: a trained Refiner whose refined front and back views replace the
-    vertex colours (refine.refine_meshes) and whose front view is the preview (the other views
-    show the meshes with those colours).
+    (1 to 360); preview_maps: maps of MAPS written with every view (`encode_map`); refiner: a
+    trained Refiner whose refined front and back views replace the vertex colours
+    (refine.refine_meshes) and whose front view is the preview (the other views show the
+    meshes with those colours).
     """
     if not isinstance(num, int) or num < 0:
         raise ValueError(f"num must be an int >= 0, got {num!r}")
