@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 
 import torch
 
@@ -208,13 +209,16 @@ def invert(generator, image: torch.Tensor, mask: torch.Tensor | None = None, *, 
 
 
 def write_results(generator, out_dir: str, names: list[str], meshes: list[TexturedMesh], file_type: str = "glb",
-                  preview_resolution: int | None = None, grid: str | None = None) -> list[str]:
-    """Writes mesh i as out_dir/names[i].file_type (empty meshes are left out), with
-    `preview_resolution` front views names[i].png of the meshes (`dataset.mesh_previews`) and
-    their `grid` PNG; returns the paths written."""
-    from get3dhuman.dataset import mesh_previews
-    from get3dhuman.synthetic.preview import save_grid
+                  preview_resolution: int | None = None, grid: str | None = None, preview_views: int = 1,
+                  preview_maps: Sequence[str] = ()) -> list[str]:
+    """Writes mesh i as out_dir/names[i].file_type (empty meshes are left out); with
+    `preview_resolution` also its previews as `get3dhuman sample` writes them
+    (`dataset.write_previews`: the front view names[i].png, `preview_views` views about the
+    vertical axis, `preview_maps`), `cameras.json` and the `grid` PNG of the front views.
+    Returns the paths written."""
+    from get3dhuman.dataset import CAMERAS, check_preview_options, save_preview_grid, write_cameras, write_previews
 
+    preview_maps = check_preview_options(preview_resolution, preview_views, preview_maps)
     if grid is not None and preview_resolution is None:
         raise ValueError("grid needs preview_resolution (the grid is made of the previews)")
     os.makedirs(out_dir, exist_ok=True)
@@ -224,11 +228,14 @@ def write_results(generator, out_dir: str, names: list[str], meshes: list[Textur
             written.append(os.path.join(out_dir, f"{name}.{file_type}"))
             mesh.export(written[-1], file_type)
     if preview_resolution is not None:
-        previews = mesh_previews(generator, meshes, preview_resolution).cpu()
-        for name, preview in zip(names, previews):
-            written.append(os.path.join(out_dir, f"{name}.png"))
-            save_grid(preview[None], written[-1], columns=1)
+        write_cameras(out_dir, generator, preview_views, preview_resolution)
+        entries = write_previews(generator, out_dir, names, meshes, preview_resolution, preview_views, preview_maps)
+        files = [CAMERAS]
+        for entry in entries:
+            files += entry["views"]["files"] if "views" in entry else [entry["preview"]]
+            files += [file for per_view in entry.get("maps", {}).values() for file in per_view]
+        written += [os.path.join(out_dir, file) for file in files]
         if grid is not None:
-            save_grid(previews, grid, columns=min(len(names), 8))
+            save_preview_grid(out_dir, entries, grid, columns=min(len(names), 8))
             written.append(grid)
     return written

@@ -240,7 +240,8 @@ def _edit(args: argparse.Namespace) -> int:
             z_shape, z_texture = generator.latents([args.shape])[0][0], generator.latents(args.textures)[1]
             meshes = applications.retexture(generator, z_shape.to(args.device), z_texture.to(args.device), **options)
             names = [f"texture-{seed}" for seed in args.textures]
-        written = applications.write_results(generator, args.out, names, meshes, args.format, args.preview, args.grid)
+        written = applications.write_results(generator, args.out, names, meshes, args.format, args.preview, args.grid,
+                                             args.views, args.maps)
     except ValueError as error:
         raise SystemExit(f"get3dhuman {args.command}: {error}") from error
     print(f"{len(written)} files in {args.out}" + (f" and {args.grid}" if args.grid else ""))
@@ -312,12 +313,19 @@ def _add_generator_arguments(parser: argparse.ArgumentParser, preset_help: str =
 
 
 def _add_mesh_arguments(parser: argparse.ArgumentParser, grid_help: str | None) -> None:
-    """--resolution, --format, and unless grid_help is None --preview, --grid and --truncation."""
+    """--resolution, --format, and unless grid_help is None --preview, --grid, --views, --maps and
+    --truncation."""
     parser.add_argument("--resolution", type=int, default=256, help="marching-cubes cells per axis (default 256)")
     parser.add_argument("--format", choices=["glb", "ply", "obj"], default="glb", help="mesh files (default glb)")
     if grid_help is not None:
         parser.add_argument("--preview", type=int, metavar="RES", help="also write RES x RES front views (PNG)")
         parser.add_argument("--grid", help=grid_help)
+        parser.add_argument("--views", type=int, default=1, metavar="V",
+                            help="with --preview: V previews per mesh, 360/V degrees apart about the vertical axis, "
+                            "the front first (default 1)")
+        parser.add_argument("--maps", nargs="+", choices=["mask", "depth", "normal"], default=[],
+                            help="with --preview: also these maps of every view (mask; depth as 16-bit PNG, "
+                            "(z + 1) / 2 of the NDC depth; camera-space normals as RGB)")
         parser.add_argument("--truncation", type=float, default=1.0, help="truncation psi (default 1: none)")
 
 
@@ -390,12 +398,6 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--seed", type=int, default=0, help="seed of the first sample (default 0)")
     sample.add_argument("--batch-size", type=int, default=4, help="latents per generator call (default 4)")
     _add_mesh_arguments(sample, "with --preview: one PNG of all the previews, 4 per row")
-    sample.add_argument("--views", type=int, default=1, metavar="V",
-                        help="with --preview: V previews per sample, 360/V degrees apart about the vertical axis, "
-                        "the front first (default 1)")
-    sample.add_argument("--maps", nargs="+", choices=["mask", "depth", "normal"], default=[],
-                        help="with --preview: also these maps of every view (mask; depth as 16-bit PNG, "
-                        "(z + 1) / 2 of the NDC depth; camera-space normals as RGB)")
     sample.add_argument("--device", default="cpu", help="torch device (under torchrun: each process its GPU LOCAL_RANK)")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
     sample.set_defaults(handler=_sample)

@@ -204,18 +204,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if file_type not in FILE_TYPES:
         raise ValueError(f"file_type must be one of {', '.join(FILE_TYPES)}, got {file_type!r}")
-    if preview_resolution is not None and (not isinstance(preview_resolution, int) or preview_resolution < 2):
-        raise ValueError(f"preview_resolution must be an int >= 2 or None, got {preview_resolution!r}")
-    if isinstance(preview_views, bool) or not isinstance(preview_views, int) or not 1 <= preview_views <= 360:
-        raise ValueError(f"preview_views must be an int in [1, 360], got {preview_views!r}")
-    if preview_views > 1 and preview_resolution is None:
-        raise ValueError("preview_views > 1 needs preview_resolution (the views are previews)")
-    preview_maps = list(preview_maps)
-    if any(kind not in MAPS for kind in preview_maps) or len(set(preview_maps)) < len(preview_maps):
-        raise ValueError(f"preview_maps must be distinct names of {', '.join(MAPS)}, got {preview_maps!r}")
-    if preview_maps and preview_resolution is None:
-        raise ValueError("preview_maps needs preview_resolution (the maps are the previews' pixels)")
-    angles = [360 * k / preview_views for k in range(preview_views)]
+    preview_maps = check_preview_options(preview_resolution, preview_views, preview_maps)
     rank, size = distributed.world()
     os.makedirs(out_dir, exist_ok=True)
     settings = {"generator": fingerprint(generator), "refiner": None if refiner is None else fingerprint(refiner),
@@ -232,7 +221,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     if rank == 0:
         _rewrite_manifest(out_dir, read_manifest(out_dir))  # drops a torn last line before anyone appends
         if preview_resolution is not None:
-            _write_cameras(os.path.join(out_dir, CAMERAS), generator, angles, preview_resolution)
+            write_cameras(out_dir, generator, preview_views, preview_resolution)
     distributed.barrier()
     done = {record["seed"]: record for record in read_manifest(out_dir)}
     seeds = [seed + i for i in range(num) if i % size == rank and seed + i not in done]
@@ -247,29 +236,24 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
         start = time.perf_counter()
         z_shape, z_texture = (z.to(device) for z in generator.latents(batch))
         meshes = generator.extract_mesh(z_shape, z_texture, resolution, truncation_psi=truncation_psi, **extract_options)
-        previews = [None] * len(batch)
+        fronts = None
         if refiner is not None:
             # One front and back render serves both the vertex colours and the preview.
             views = refined_views(generator, refiner, z_shape, z_texture, truncation_psi=truncation_psi)
             meshes = colors_from_views(meshes, views, remove_shading=not refiner.albedo)
             if preview_resolution is not None:
-                previews = _refined_preview(views[0], preview_resolution, PREVIEW_BACKGROUND, refiner.albedo)
-        renderings = [] if preview_resolution is None else [
-            mesh_renderings(generator, meshes, preview_resolution, angle) for angle in angles]
-        images = [shade(rendering, PREVIEW_BACKGROUND) for rendering in renderings]  # per angle [B, R, R, 3]
-        if refiner is None and images:
-            previews = images[0]
+                fronts = _refined_preview(views[0], preview_resolution, PREVIEW_BACKGROUND, refiner.albedo)
+        names = [f"human-{sample_seed}" for sample_seed in batch]
+        previews = [{}] * len(batch) if preview_resolution is None else write_previews(
+            generator, out_dir, names, meshes, preview_resolution, preview_views, preview_maps, fronts)
         seconds = (time.perf_counter() - start) / len(batch)
-        for index, (sample_seed, mesh, preview) in enumerate(zip(batch, meshes, previews)):
-            name = f"human-{sample_seed}"
-            record = {"seed": sample_seed, "mesh": None if mesh.is_empty else f"{name}.{file_type}",
-                      "preview": None if preview is None else f"{name}.png", "vertices": int(mesh.vertices.shape[0]),
-                      "faces": int(mesh.faces.shape[0]), "seconds": round(seconds, 4)}
+        for sample_seed, name, mesh, preview in zip(batch, names, meshes, previews):
+            record = {"seed": sample_seed, "mesh": None if mesh.is_empty else f"{name}.{file_type}", "preview": None,
+                      "vertices": int(mesh.vertices.shape[0]), "faces": int(mesh.faces.shape[0]),
+                      "seconds": round(seconds, 4)}
+            record.update(preview)
             if record["mesh"] is not None:
                 mesh.export(os.path.join(out_dir, record["mesh"]), file_type)
-            if preview is not None:
-                _save_png(preview, os.path.join(out_dir, record["preview"]))
-                record.update(_write_views(out_dir, name, index, angles, images, renderings, preview_maps))
             _append_record(out_dir, record)
             done[sample_seed] = record
         if bar is not None:
@@ -282,33 +266,75 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     return [done[seed + i] for i in range(num) if seed + i in done]
 
 
-def _write_cameras(path: str, generator, angles: list[float], resolution: int) -> None:
-    """Writes the previews' cameras (`refine.view_calibration` of each angle: world -> NDC [4, 4])
-    as json, under a temporary name first."""
+def preview_angles(views: int) -> list[float]:
+    """The angles in degrees of `views` previews about the vertical axis: 360 / views apart, the
+    front (0) first."""
+    return [360 * k / views for k in range(views)]
+
+
+def check_preview_options(preview_resolution: int | None, preview_views: int = 1,
+                          preview_maps: Sequence[str] = ()) -> list[str]:
+    """Validates the preview options of `write_samples` / `write_previews` (naming the argument
+    and what it must be); returns preview_maps as a list."""
+    if preview_resolution is not None and (not isinstance(preview_resolution, int) or preview_resolution < 2):
+        raise ValueError(f"preview_resolution must be an int >= 2 or None, got {preview_resolution!r}")
+    if isinstance(preview_views, bool) or not isinstance(preview_views, int) or not 1 <= preview_views <= 360:
+        raise ValueError(f"preview_views must be an int in [1, 360], got {preview_views!r}")
+    if preview_views > 1 and preview_resolution is None:
+        raise ValueError("preview_views > 1 needs preview_resolution (the views are previews)")
+    preview_maps = list(preview_maps)
+    if any(kind not in MAPS for kind in preview_maps) or len(set(preview_maps)) < len(preview_maps):
+        raise ValueError(f"preview_maps must be distinct names of {', '.join(MAPS)}, got {preview_maps!r}")
+    if preview_maps and preview_resolution is None:
+        raise ValueError("preview_maps needs preview_resolution (the maps are the previews' pixels)")
+    return preview_maps
+
+
+def write_cameras(out_dir: str, generator, views: int, resolution: int) -> None:
+    """Writes `out_dir`/cameras.json: the resolution, the angles of `views` previews and their
+    cameras (`refine.view_calibration` of each angle: world -> NDC [4, 4]) with CAMERA_CONVENTION,
+    under a temporary name first."""
+    angles = preview_angles(views)
     cameras = {"resolution": resolution, "angles": angles,
                "calibrations": [view_calibration(generator, angle).double().cpu().tolist() for angle in angles],
                "convention": CAMERA_CONVENTION}
+    path = os.path.join(out_dir, CAMERAS)
     with open(path + ".tmp", "w") as handle:
         json.dump(cameras, handle, indent=1)
     os.replace(path + ".tmp", path)
 
 
-def _write_views(out_dir: str, name: str, index: int, angles: list[float], images: list[torch.Tensor],
-                 renderings: list[Rendering], maps: list[str]) -> dict:
-    """Writes sample `index`'s views beyond the front (of `images`, per angle [B, R, R, 3]) and
-    its `maps` of every view (of `renderings`, per angle); returns their manifest entries
-    ('views' with more than one angle, 'maps' with maps)."""
+def write_previews(generator, out_dir: str, names: Sequence[str], meshes: Sequence, resolution: int, views: int = 1,
+                   maps: Sequence[str] = (), fronts: torch.Tensor | None = None) -> list[dict]:
+    """Writes the previews of B `meshes` (`mesh_previews` through the generator's cameras):
+    per mesh i `names[i].png` (the front; `fronts[i]` instead when given, e.g. a refiner's
+    [B, R, R, 3] front views), with `views` > 1 also `names[i]-AAA.png` from AAA degrees
+    (`preview_angles`), and per view the `maps` of MAPS (`names[i][-AAA]-MAP.png`, encode_map).
+
+    Returns per mesh its manifest entries: {"preview": file} and, with more than one view,
+    "views": {"angles", "files"} (the front first), with maps "maps": {MAP: [files per view]}.
+    """
+    maps = check_preview_options(resolution, views, maps)
+    angles = preview_angles(views)
+    renderings = [mesh_renderings(generator, meshes, resolution, angle) for angle in angles]
+    images = [shade(rendering, PREVIEW_BACKGROUND) for rendering in renderings]  # per angle [B, R, R, 3]
+    if fronts is not None:
+        images[0] = fronts
     suffixes = [""] + [f"-{round(angle):03d}" for angle in angles[1:]]
-    for suffix, image in zip(suffixes[1:], images[1:]):
-        _save_png(image[index], os.path.join(out_dir, f"{name}{suffix}.png"))
-    entries = {}
-    if len(angles) > 1:
-        entries["views"] = {"angles": angles, "files": [f"{name}{suffix}.png" for suffix in suffixes]}
-    if maps:
-        entries["maps"] = {kind: [f"{name}{suffix}-{kind}.png" for suffix in suffixes] for kind in maps}
-        for kind in maps:
-            for file, rendering in zip(entries["maps"][kind], renderings):
-                _save_png(encode_map(rendering, index, kind), os.path.join(out_dir, file))
+    entries = []
+    for index, name in enumerate(names):
+        files = [f"{name}{suffix}.png" for suffix in suffixes]
+        for file, image in zip(files, images):
+            _save_png(image[index], os.path.join(out_dir, file))
+        entry = {"preview": files[0]}
+        if views > 1:
+            entry["views"] = {"angles": angles, "files": files}
+        if maps:
+            entry["maps"] = {kind: [f"{name}{suffix}-{kind}.png" for suffix in suffixes] for kind in maps}
+            for kind in maps:
+                for file, rendering in zip(entry["maps"][kind], renderings):
+                    _save_png(encode_map(rendering, index, kind), os.path.join(out_dir, file))
+        entries.append(entry)
     return entries
 
 

@@ -4,6 +4,7 @@ import json
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import trimesh
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 
 from get3dhuman import applications
 from get3dhuman.cli import main
+from get3dhuman.dataset import encode_map, mesh_previews, mesh_renderings
 from get3dhuman.refine import render_textured
 from get3dhuman.render import orbit_calibration
 
@@ -136,6 +138,39 @@ def test_command_lines_write_meshes_previews_and_a_grid(tmp_path):
     with pytest.raises(SystemExit, match="--grid needs --preview"):
         main(["retexture", "--shape", "2", "--textures", "7", "--out", str(tmp_path / "x"), "--weights", str(weights),
               "--grid", str(tmp_path / "x.png")])
+    assert main(["retexture", "--shape", "2", "--textures", "7", "--out", str(tmp_path / "turned"), *common,
+                 "--views", "2", "--maps", "depth"]) == 0
+    assert sorted(p.name for p in (tmp_path / "turned").iterdir()) == [
+        "cameras.json", "texture-7-180-depth.png", "texture-7-180.png", "texture-7-depth.png", "texture-7.ply",
+        "texture-7.png"]
+    with pytest.raises(SystemExit, match="preview_views > 1 needs preview_resolution"):
+        main(["interpolate", "--from", "0", "--to", "1", "--out", str(tmp_path / "x"), "--weights", str(weights),
+              "--views", "4"])
+
+
+def test_results_have_the_previews_views_and_maps_of_a_dataset(tmp_path):
+    generator = generator_with_a_surface()
+    z_shape, z_textures = generator.latents([2])[0][0], generator.latents([5, 6])[1]
+    meshes = applications.retexture(generator, z_shape, z_textures, **MESHING)
+    names = ["texture-5", "texture-6"]
+    written = applications.write_results(generator, str(tmp_path / "out"), names, meshes, "ply", 24,
+                                         str(tmp_path / "grid.png"), preview_views=3, preview_maps=["mask", "normal"])
+    assert sorted(written) == sorted([*(str(p) for p in (tmp_path / "out").iterdir()), str(tmp_path / "grid.png")])
+    assert len(written) == 2 + 1 + 2 * 3 * 3 + 1  # meshes, cameras, (view + 2 maps) x 3 views each, grid
+    for angle, suffix in ((0.0, ""), (120.0, "-120"), (240.0, "-240")):
+        expected = mesh_previews(generator, meshes, 24, angle=angle)
+        rendering = mesh_renderings(generator, meshes, 24, angle)
+        for index, name in enumerate(names):
+            view = np.asarray(Image.open(tmp_path / "out" / f"{name}{suffix}.png").convert("RGB"))
+            np.testing.assert_array_equal(view, (expected[index] * 255).round().to(torch.uint8).numpy())
+            for kind in ("mask", "normal"):
+                encoded = np.asarray(Image.open(tmp_path / "out" / f"{name}{suffix}-{kind}.png"))
+                np.testing.assert_array_equal(encoded, encode_map(rendering, index, kind))
+    cameras = json.loads((tmp_path / "out" / "cameras.json").read_text())
+    assert cameras["angles"] == [0.0, 120.0, 240.0] and cameras["resolution"] == 24
+    assert Image.open(tmp_path / "grid.png").size == (2 * 24, 24)
+    with pytest.raises(ValueError, match=r"preview_views must be an int in \[1, 360\], got 0"):
+        applications.write_results(generator, str(tmp_path / "x"), names, meshes, "ply", 24, preview_views=0)
 
 
 class LatentBall(torch.nn.Module):
