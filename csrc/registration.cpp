@@ -38,6 +38,13 @@ TORCH_LIBRARY(get3dhuman, m) {
   // z larger nearer), faces [F,3] int64 (indices in [0, V)) -> (face_index [H,W] int64, -1 where
   // nothing is drawn; barycentric weights [H,W,3] float32 of the nearest triangle's corners).
   m.def("rasterize(Tensor vertices, Tensor faces, int height, int width) -> (Tensor, Tensor)");
+  // Smooth union of signed-distance primitives: points [B,N,3] float32, primitives [B,Q,12]
+  // float32 rows (csrc/sdf_union/sdf_union.h; last entry: active), kinds/parts [Q] int32 (parts
+  // nondecreasing from 0) -> (distance [B,N], gradient [B,N,3] or [0,N,3] without with_gradient,
+  // nearest part [B,N] int64).
+  m.def(
+      "sdf_union(Tensor points, Tensor primitives, Tensor kinds, Tensor parts, float blend, float absent, "
+      "bool with_gradient) -> (Tensor, Tensor, Tensor)");
 }
 
 #ifdef GET3DHUMAN_PYTHON_MODULE

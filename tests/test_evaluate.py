@@ -183,7 +183,10 @@ def test_the_prior_row_reconstructs_the_stand_in_images_of_the_sampled_latents()
     side = reconstructor.config.backbone_resolution
     expected = render_humans(params, side, 0.0, background=0.0).permute(0, 3, 1, 2) * 2 - 1
     assert [len(image) for image in reconstructor.images] == [2, 1]
-    torch.testing.assert_close(torch.cat(reconstructor.images), expected)
+    # Batches of 2 and 1 round the latent map differently from one of 3 (1e-7), which may flip
+    # a sphere-traced silhouette pixel or two; other latents or views would differ everywhere.
+    mismatched = (torch.cat(reconstructor.images) - expected).abs() > 1e-5
+    assert mismatched.float().mean() < 0.01
     assert prior == evaluate_generator(_Oracle(params), config)  # the same meshes, the same metrics
 
 

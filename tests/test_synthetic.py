@@ -19,7 +19,7 @@ from get3dhuman.synthetic import (
 )
 from get3dhuman.synthetic.human import INDEX
 from get3dhuman.synthetic.preview import shade, silhouettes, trace_humans
-from get3dhuman.synthetic.primitives import capped_cone, ellipsoid, tapered_capsule
+from get3dhuman.ops.sdf import capped_cone, ellipsoid, tapered_capsule
 
 
 def _points(count, seed=0, scale=1.0):

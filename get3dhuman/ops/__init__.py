@@ -11,6 +11,8 @@
 - marching_cubes / marching_cubes_sparse / reference_marching_cubes: iso-surfaces of dense
   volumes and of sparse cell sets.
 - rasterize / reference_rasterize: z-buffer rasterization of triangle meshes (orthographic).
+- sdf_union / reference_sdf_union: smooth unions of signed-distance primitive tables (the
+  synthetic humans' field), with the primitives (ellipsoid, tapered_capsule, capped_cone, ...).
 - narrow_band / SparseVolume: coarse-to-fine evaluation of a field near its iso-surface
   (coarse_resolution_for: the coarse lattice to start from).
 """
@@ -40,6 +42,7 @@ from get3dhuman.ops.query import (
     select_backend,
 )
 from get3dhuman.ops.rasterize import Rasterized, rasterize, reference_rasterize
+from get3dhuman.ops.sdf import UnionDistances, reference_sdf_union, sdf_union
 from get3dhuman.ops.stylegan2 import (
     bias_act,
     modulate_weights,
@@ -54,6 +57,7 @@ __all__ = [
     "ProjectedInputs",
     "Rasterized",
     "SparseVolume",
+    "UnionDistances",
     "backend_unavailable_reason",
     "bias_act",
     "check_sample_inputs",
@@ -66,13 +70,15 @@ __all__ = [
     "pixel_order",
     "project_inputs",
     "query_field",
+    "rasterize",
     "reference_bias_act",
     "reference_marching_cubes",
     "reference_modulate_weights",
-    "rasterize",
     "reference_query_field",
     "reference_rasterize",
     "reference_sample_pixel_aligned",
+    "reference_sdf_union",
     "sample_pixel_aligned",
+    "sdf_union",
     "select_backend",
 ]

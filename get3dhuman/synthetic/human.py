@@ -5,6 +5,8 @@ World frame: metres, y up, the person faces +z, centred so the body spans y in [
 tapered capsules, ellipsoids and cones; clothes are thicker copies of the body parts they
 cover, so they sit on the skin; the colour of a surface point is the colour of the part whose
 surface it is (clothes over skin), with optional stripes on the top and eyes on the face.
+Each human is a table of primitives (`human_primitives`), evaluated by the compiled
+`ops.sdf_union` (one pass per point, CPU and CUDA) or by torch operations (`reference=True`).
 
 `PARAMETERS` documents the vector: one row per entry of a [B, P] tensor (physical units;
 categorical entries hold the category index as a float).
@@ -17,10 +19,20 @@ from typing import NamedTuple
 
 import torch
 
-from get3dhuman.synthetic.primitives import capped_cone, ellipsoid, smooth_union, tapered_capsule
+from get3dhuman.ops.sdf import (
+    CAPSULE,
+    CONE,
+    CUT_ELLIPSOID,
+    ELLIPSOID,
+    PRIMITIVE_WIDTH,
+    UnionDistances,
+    reference_sdf_union,
+    sdf_union,
+)
 
 BLEND = 0.012  # metres: fillet size of the smooth union between parts
 ABSENT = 10.0  # distance given to a part a human does not have (it never wins the union)
+HAIRLINE_SLOPE = 0.6  # dz / dy of the plane that cuts the hair cap
 
 
 class Parameter(NamedTuple):
@@ -98,46 +110,80 @@ def _vec(x, y, z):
     return torch.stack(torch.broadcast_tensors(torch.as_tensor(x), torch.as_tensor(y), torch.as_tensor(z)), -1)
 
 
-def _clothing(points, segments, cover, loose, height):
-    """Distances of a garment over a chain of limb segments (start, end, r0, r1, length),
-    covering the first `cover` metres [B] of the chain, `loose` [B] thicker than the limb. A
-    segment with no cover shrinks to a point inside the limb, where it cannot show."""
+def _clothing(segments, cover, loose, height):
+    """Capsules (start, end, r0, r1) of a garment over a chain of limb segments (start, end, r0,
+    r1, length), covering the first `cover` metres [B] of the chain, `loose` [B] thicker than the
+    limb. A segment with no cover shrinks to a point inside the limb, where it cannot show."""
     covered = torch.zeros_like(cover)
     for start, end, r0, r1, length in segments:
         part = (cover - covered).clamp(0).minimum(length) / length
         shrink = (part * length / (0.02 * height)).clamp(max=1)
         end_point = start + (end - start) * part.unsqueeze(-1)
-        yield tapered_capsule(points, start, end_point, (r0 + loose) * shrink, (r0 + (r1 - r0) * part + loose) * shrink)[0]
+        yield start, end_point, (r0 + loose) * shrink, (r0 + (r1 - r0) * part + loose) * shrink
         covered = covered + length
 
 
-class Parts(NamedTuple):
-    """Per-part distances [B, N, P], per-part base colours [B, P, 3], and part names."""
+class HumanPrimitives(NamedTuple):
+    """The humans as tables of primitives (ops.sdf): rows [B, Q, PRIMITIVE_WIDTH] in the frame
+    with the feet at y = 0, kinds and parts [Q] int32 (CPU), per-part base colours [B, P, 3]
+    and part names [P]."""
 
-    distances: torch.Tensor
+    table: torch.Tensor
+    kinds: torch.Tensor
+    parts: torch.Tensor
     colors: torch.Tensor
     names: tuple[str, ...]
 
 
-def _parts(params: torch.Tensor, points: torch.Tensor) -> Parts:
-    """Builds every part of every human at the points (see the module docstring)."""
+class _TableBuilder:
+    """Collects the parts of a batch of humans, each one or more primitives."""
+
+    def __init__(self):
+        self.rows, self.kinds, self.parts, self.colors, self.names = [], [], [], [], []
+
+    def add(self, name: str, color: torch.Tensor, *primitives: tuple[int, list[torch.Tensor], torch.Tensor | None]):
+        """Part `name` of colour [B, 3]: the union of primitives (kind, entries ([B] or [B, k]
+        tensors, concatenated), active [B] bool or None for always)."""
+        for kind, entries, active in primitives:
+            values = torch.cat([e.reshape(e.shape[0], -1) for e in entries], 1)
+            pad = values.new_zeros(values.shape[0], PRIMITIVE_WIDTH - 1 - values.shape[1])
+            flag = torch.ones_like(values[:, :1]) if active is None else active.to(values).unsqueeze(1)
+            self.rows.append(torch.cat([values, pad, flag], 1))
+            self.kinds.append(kind)
+            self.parts.append(len(self.names))
+        self.names.append(name)
+        self.colors.append(color)
+
+    def build(self) -> HumanPrimitives:
+        index = {"dtype": torch.int32}
+        return HumanPrimitives(torch.stack(self.rows, 1), torch.tensor(self.kinds, **index),
+                               torch.tensor(self.parts, **index), torch.stack(self.colors, 1), tuple(self.names))
+
+
+def _ellipsoid(center, radii):
+    return ELLIPSOID, [center, radii]
+
+
+def _capsule(start, end, radius_start, radius_end):
+    return CAPSULE, [start, end, radius_start, radius_end]
+
+
+def human_primitives(params: torch.Tensor) -> HumanPrimitives:
+    """Every part of every human `params` [B, P] as primitives (see the module docstring)."""
     if params.dim() != 2 or params.shape[1] != NUM_PARAMETERS:
         raise ValueError(f"params must be [B, {NUM_PARAMETERS}], got {tuple(params.shape)}")
-    if points.dim() != 3 or points.shape[0] != params.shape[0] or points.shape[2] != 3:
-        raise ValueError(f"points must be [B, N, 3] with B = {params.shape[0]}, got {tuple(points.shape)}")
     p = {name: params[:, i] for name, i in INDEX.items()}
     zero = torch.zeros_like(p["height"])
     height = p["height"]
-    points = points + _vec(zero, height / 2, zero).unsqueeze(1)  # model built with the feet at y = 0
     hip_y, shoulder_y = p["leg_ratio"] * height, 0.818 * height
     shoulder_w, hip_w = p["shoulder_width"] * height, p["hip_width"] * height
     depth, head_r = p["chest_depth"] * height, p["head_size"] * height
     arm_r, leg_r, loose = p["arm_girth"] * height, p["leg_girth"] * height, p["looseness"]
     up, forward = _vec(zero, zero + 1, zero), _vec(zero, zero, zero + 1)
-    parts, colors = {}, {}
+    table = _TableBuilder()
 
-    def add(name, distance, color):
-        parts[name], colors[name] = distance, color
+    def add(name, color, *primitives):
+        table.add(name, color, *((kind, entries, None) for kind, entries in primitives))
 
     skin = _palette(_SKIN, p["skin_tone"])
     top = torch.stack([p["top_r"], p["top_g"], p["top_b"]], -1)
@@ -146,9 +192,10 @@ def _parts(params: torch.Tensor, points: torch.Tensor) -> Parts:
 
     # Head, neck, torso.
     head_c = _vec(zero, height - 1.05 * head_r, 0.1 * head_r)
-    add("head", ellipsoid(points, head_c, _vec(0.88 * head_r, head_r, 0.95 * head_r)), skin)
+    head_radii = _vec(0.88 * head_r, head_r, 0.95 * head_r)
+    add("head", skin, _ellipsoid(head_c, head_radii))
     neck_top, neck_bottom = _vec(zero, head_c[:, 1] - 0.6 * head_r, zero), _vec(zero, shoulder_y - 0.02 * height, zero)
-    add("neck", tapered_capsule(points, neck_bottom, neck_top, 0.45 * head_r, 0.4 * head_r)[0], skin)
+    add("neck", skin, _capsule(neck_bottom, neck_top, 0.45 * head_r, 0.4 * head_r))
     chest_c = _vec(zero, shoulder_y - 0.085 * height, zero)
     chest_r = _vec(0.95 * shoulder_w, 0.11 * height, depth)
     waist_c = _vec(zero, hip_y + 0.13 * height, zero)
@@ -156,10 +203,10 @@ def _parts(params: torch.Tensor, points: torch.Tensor) -> Parts:
     pelvis_c = _vec(zero, hip_y + 0.035 * height, zero)
     pelvis_r = _vec(1.05 * hip_w, 0.075 * height, 0.9 * depth)
     for name, center, radii in (("chest", chest_c, chest_r), ("waist", waist_c, waist_r), ("pelvis", pelvis_c, pelvis_r)):
-        add(name, ellipsoid(points, center, radii), skin)
-    covered = ellipsoid(points, chest_c, chest_r + loose.unsqueeze(-1)).minimum(ellipsoid(points, waist_c, waist_r + loose.unsqueeze(-1)))
-    add("top", covered, top)
-    add("waistband", ellipsoid(points, pelvis_c, pelvis_r + loose.unsqueeze(-1)), bottom)
+        add(name, skin, _ellipsoid(center, radii))
+    thicker = loose.unsqueeze(-1)
+    add("top", top, _ellipsoid(chest_c, chest_r + thicker), _ellipsoid(waist_c, waist_r + thicker))
+    add("waistband", bottom, _ellipsoid(pelvis_c, pelvis_r + thicker))
 
     # Arms: shoulder -> elbow -> wrist -> hand, spread sideways, forearms bent forward.
     arm_length = p["arm_ratio"] * height
@@ -174,11 +221,10 @@ def _parts(params: torch.Tensor, points: torch.Tensor) -> Parts:
         wrist = elbow + fore_dir * fore.unsqueeze(-1)
         segments = ((shoulder, elbow, arm_r, 0.8 * arm_r, upper), (elbow, wrist, 0.8 * arm_r, 0.55 * arm_r, fore))
         for k, (start, end, r0, r1, _) in enumerate(segments):
-            add(f"{side}_arm{k}", tapered_capsule(points, start, end, r0, r1)[0], skin)
-        add(f"{side}_hand", tapered_capsule(points, wrist, wrist + fore_dir * hand.unsqueeze(-1), 0.6 * arm_r, 0.5 * arm_r)[0], skin)
-        sleeves = _clothing(points, segments, p["sleeve_length"] * (upper + fore), loose, height)
-        for k, sleeve in enumerate(sleeves):
-            add(f"{side}_sleeve{k}", sleeve, top)
+            add(f"{side}_arm{k}", skin, _capsule(start, end, r0, r1))
+        add(f"{side}_hand", skin, _capsule(wrist, wrist + fore_dir * hand.unsqueeze(-1), 0.6 * arm_r, 0.5 * arm_r))
+        for k, sleeve in enumerate(_clothing(segments, p["sleeve_length"] * (upper + fore), loose, height)):
+            add(f"{side}_sleeve{k}", top, _capsule(*sleeve))
 
     # Legs: hip -> knee -> ankle, feet pointing forward, knees bent backwards.
     foot_h = 0.04 * height
@@ -195,57 +241,94 @@ def _parts(params: torch.Tensor, points: torch.Tensor) -> Parts:
         ankle = knee + shin_dir * shin.unsqueeze(-1)
         segments = ((hip, knee, leg_r, 0.62 * leg_r, thigh), (knee, ankle, 0.6 * leg_r, 0.38 * leg_r, shin))
         for k, (start, end, r0, r1, _) in enumerate(segments):
-            add(f"{side}_leg{k}", tapered_capsule(points, start, end, r0, r1)[0], skin)
-        for k, trouser in enumerate(_clothing(points, segments, leg_cover * (thigh + shin), loose, height)):
-            add(f"{side}_trouser{k}", trouser, bottom)
+            add(f"{side}_leg{k}", skin, _capsule(start, end, r0, r1))
+        for k, trouser in enumerate(_clothing(segments, leg_cover * (thigh + shin), loose, height)):
+            add(f"{side}_trouser{k}", bottom, _capsule(*trouser))
         heel = _vec(ankle[:, 0], 0.028 * height, ankle[:, 2] - 0.02 * height)
         toe = _vec(ankle[:, 0] + sign * 0.01 * height, 0.022 * height, ankle[:, 2] + 0.1 * height)
-        add(f"{side}_shoe", tapered_capsule(points, heel, toe, 0.03 * height, 0.024 * height)[0], shoe_color)
+        add(f"{side}_shoe", shoe_color, _capsule(heel, toe, 0.03 * height, 0.024 * height))
 
     # Skirt (skirt and dress): a cone from the waist to the knees.
     knee_y = 0.52 * hip_y + 0.48 * foot_h
-    skirt = capped_cone(points, knee_y, hip_y + 0.12 * height,
-                        p["skirt_flare"] * 1.2 * hip_w + loose, p["waist"] * hip_w + loose)
-    add("skirt", torch.where((garment >= 2).unsqueeze(1), skirt, torch.full_like(skirt, ABSENT)), bottom)
+    skirt = [knee_y, hip_y + 0.12 * height, p["skirt_flare"] * 1.2 * hip_w + loose, p["waist"] * hip_w + loose]
+    table.add("skirt", bottom, (CONE, skirt, garment >= 2))
 
-    # Hair: a cap over the scalp, plus a long tail or a bun.
+    # Hair: a cap over the scalp, cut by a plane tilted in (y, z) (above the forehead at the
+    # front, down to the nape at the back), plus a long tail or a bun.
     style = p["hair_style"]
-    hair_color = _palette(_HAIR, p["hair_color"])
-    scalp = ellipsoid(points, head_c, _vec(0.88 * head_r, head_r, 0.95 * head_r) + p["hair_volume"].unsqueeze(-1))
-    # Cut by a plane tilted in (y, z): above the forehead at the front, down to the nape at the back.
-    hairline = (head_c[:, 1] - 0.2 * head_r).unsqueeze(1) + 0.6 * (points[..., 2] - head_c[:, 2].unsqueeze(1))
-    cap = scalp.maximum((hairline - points[..., 1]) / math.sqrt(1 + 0.6**2))
+    scalp = [head_c, head_radii + p["hair_volume"].unsqueeze(-1), head_c[:, 1] - 0.2 * head_r, head_c[:, 2],
+             torch.full_like(zero, HAIRLINE_SLOPE)]
     tail_top, tail_bottom = head_c + _vec(zero, zero, -0.55 * head_r), _vec(zero, shoulder_y - 0.1 * height, -0.75 * depth - 0.5 * head_r)
-    tail = tapered_capsule(points, tail_top, tail_bottom, 0.7 * head_r, 0.45 * head_r)[0]
-    bun = ellipsoid(points, head_c + _vec(zero, 0.7 * head_r, -0.75 * head_r), _vec(0.45 * head_r, 0.45 * head_r, 0.45 * head_r))
-    hair = torch.where((style == 1).unsqueeze(1), cap.minimum(tail), torch.where((style == 2).unsqueeze(1), cap.minimum(bun), cap))
-    add("hair", torch.where((style == 3).unsqueeze(1), torch.full_like(hair, ABSENT), hair), hair_color)
-
-    names = tuple(parts)
-    return Parts(torch.stack([parts[n] for n in names], -1), torch.stack([colors[n] for n in names], 1), names)
+    bun_radii = _vec(0.45 * head_r, 0.45 * head_r, 0.45 * head_r)
+    table.add("hair", _palette(_HAIR, p["hair_color"]), (CUT_ELLIPSOID, scalp, style != 3),
+              (*_capsule(tail_top, tail_bottom, 0.7 * head_r, 0.45 * head_r), style == 1),
+              (*_ellipsoid(head_c + _vec(zero, 0.7 * head_r, -0.75 * head_r), bun_radii), style == 2))
+    return table.build()
 
 
-def human_sdf(params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Signed distance (metres, negative inside) of the humans `params` [B, P] at points [B, N, 3] -> [B, N]."""
-    return smooth_union(_parts(params, points).distances, BLEND)
+class HumanField:
+    """The distance and colour fields of the humans `params` [B, P], their primitive tables
+    built once (`human_primitives`) for many queries, as the sphere tracer and Newton
+    projections make. The compiled ops.sdf_union evaluates them where it applies (float32 points
+    on the CPU or a CUDA device, params not requiring grad; differentiable with respect to the
+    points), else, or with `reference`, torch operations (ops.reference_sdf_union;
+    differentiable with respect to points and params)."""
+
+    def __init__(self, params: torch.Tensor, reference: bool = False):
+        self.params, self.reference = params, reference
+        self.primitives = human_primitives(params)
+        self._indices = {}
+
+    def _distances(self, points: torch.Tensor) -> UnionDistances:
+        params, table = self.params, self.primitives.table
+        if points.dim() != 3 or points.shape[0] != params.shape[0] or points.shape[2] != 3:
+            raise ValueError(f"points must be [B, N, 3] with B = {params.shape[0]}, got {tuple(points.shape)}")
+        zero = torch.zeros_like(params[:, 0])
+        local = points + _vec(zero, params[:, INDEX["height"]] / 2, zero).unsqueeze(1)  # feet at y = 0
+        if points.device not in self._indices:
+            self._indices[points.device] = (self.primitives.kinds.to(points.device),
+                                            self.primitives.parts.to(points.device))
+        kinds, parts = self._indices[points.device]
+        compiled = (not self.reference and local.dtype == torch.float32 and local.device.type in ("cpu", "cuda")
+                    and not table.requires_grad)
+        if compiled:
+            return sdf_union(local, table, kinds, parts, BLEND, ABSENT)
+        return reference_sdf_union(local, table.to(local.dtype), kinds, parts, BLEND, ABSENT)
+
+    def sdf(self, points: torch.Tensor) -> torch.Tensor:
+        """Signed distance (metres, negative inside) at points [B, N, 3] -> [B, N]: the smooth
+        union (BLEND) of the parts."""
+        return self._distances(points).distance
+
+    def color(self, points: torch.Tensor) -> torch.Tensor:
+        """Colour in [0, 1] [B, N, 3] of the part whose surface is nearest to each point
+        (meaningful on and near the surface), with the top's stripes and the eyes."""
+        nearest = self._distances(points).nearest  # [B, N]
+        names = self.primitives.names
+        color = torch.gather(self.primitives.colors.to(points.dtype), 1, nearest.unsqueeze(-1).expand(-1, -1, 3))
+        p = {name: self.params[:, i].unsqueeze(1) for name, i in INDEX.items()}
+        y = points[..., 1] + p["height"] / 2
+        stripe_parts = [i for i, n in enumerate(names) if n == "top" or "_sleeve" in n]
+        on_top = torch.isin(nearest, torch.tensor(stripe_parts, device=nearest.device))
+        stripes = on_top & (p["pattern"] == 1) & (torch.sin(2 * math.pi * y / p["stripe_period"]) > 0)
+        stripe_color = torch.stack([p["stripe_r"], p["stripe_g"], p["stripe_b"]], -1).expand_as(color)
+        color = torch.where(stripes.unsqueeze(-1), stripe_color, color)
+        # Eyes: two dark spots on the front of the face, so that front and back views differ.
+        height, head_r = p["height"], p["head_size"] * p["height"]
+        eye_y = height / 2 - 1.05 * head_r + 0.15 * head_r
+        on_face = (nearest == names.index("head")) & (points[..., 2] > 0.5 * head_r)
+        eye = (on_face & ((points[..., 0].abs() - 0.35 * head_r).abs() < 0.13 * head_r)
+               & ((points[..., 1] - eye_y).abs() < 0.09 * head_r))
+        return torch.where(eye.unsqueeze(-1), _EYES.to(color), color)
 
 
-def human_color(params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Colour in [0, 1] [B, N, 3] of the part whose surface is nearest to each point (meaningful
-    on and near the surface), with the top's stripes and the eyes."""
-    parts = _parts(params, points)
-    nearest = parts.distances.argmin(-1)  # [B, N]
-    color = torch.gather(parts.colors, 1, nearest.unsqueeze(-1).expand(-1, -1, 3))
-    p = {name: params[:, i].unsqueeze(1) for name, i in INDEX.items()}
-    y = points[..., 1] + p["height"] / 2
-    stripe_parts = [i for i, n in enumerate(parts.names) if n == "top" or "_sleeve" in n]
-    on_top = torch.isin(nearest, torch.tensor(stripe_parts, device=nearest.device))
-    stripes = on_top & (p["pattern"] == 1) & (torch.sin(2 * math.pi * y / p["stripe_period"]) > 0)
-    stripe_color = torch.stack([p["stripe_r"], p["stripe_g"], p["stripe_b"]], -1).expand_as(color)
-    color = torch.where(stripes.unsqueeze(-1), stripe_color, color)
-    # Eyes: two dark spots on the front of the face, so that front and back views differ.
-    height, head_r = p["height"], p["head_size"] * p["height"]
-    eye_y = height / 2 - 1.05 * head_r + 0.15 * head_r
-    on_face = (nearest == parts.names.index("head")) & (points[..., 2] > 0.5 * head_r)
-    eye = on_face & ((points[..., 0].abs() - 0.35 * head_r).abs() < 0.13 * head_r) & ((points[..., 1] - eye_y).abs() < 0.09 * head_r)
-    return torch.where(eye.unsqueeze(-1), _EYES.to(color), color)
+def human_sdf(params: torch.Tensor, points: torch.Tensor, reference: bool = False) -> torch.Tensor:
+    """Signed distance (metres, negative inside) of the humans `params` [B, P] at points
+    [B, N, 3] -> [B, N] (HumanField(params, reference).sdf; build a HumanField for many queries)."""
+    return HumanField(params, reference).sdf(points)
+
+
+def human_color(params: torch.Tensor, points: torch.Tensor, reference: bool = False) -> torch.Tensor:
+    """Colour in [0, 1] [B, N, 3] of the humans `params` [B, P] at points [B, N, 3]
+    (HumanField(params, reference).color)."""
+    return HumanField(params, reference).color(points)

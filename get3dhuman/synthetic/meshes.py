@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from get3dhuman.ops.marching_cubes import marching_cubes
-from get3dhuman.synthetic.human import human_color, human_sdf
+from get3dhuman.synthetic.human import HumanField, human_color
 
 CHUNK = 1 << 18  # points per SDF evaluation
 
@@ -20,7 +20,8 @@ def sdf_grid(params: torch.Tensor, resolution: int) -> torch.Tensor:
     indexed [x, y, z]."""
     coords = torch.linspace(-1, 1, resolution)
     grid = torch.stack(torch.meshgrid(coords, coords, coords, indexing="ij"), -1).reshape(1, -1, 3)
-    values = torch.cat([human_sdf(params.reshape(1, -1), chunk) for chunk in grid.split(CHUNK, dim=1)], 1)
+    field = HumanField(params.reshape(1, -1))
+    values = torch.cat([field.sdf(chunk) for chunk in grid.split(CHUNK, dim=1)], 1)
     return values.reshape(resolution, resolution, resolution)
 
 

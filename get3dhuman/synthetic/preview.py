@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from get3dhuman.render import Rendering, orbit_calibration, sphere_trace
-from get3dhuman.synthetic.human import human_color, human_sdf
+from get3dhuman.synthetic.human import HumanField
 from get3dhuman.synthetic.latent import human_parameters
 
 LIGHT = (0.3, 0.5, 0.8)  # camera-space direction of the key light
@@ -17,8 +17,9 @@ def trace_humans(params: torch.Tensor, resolution: int = 256, angles_deg: float 
     traced on the device of `params`."""
     angles = torch.as_tensor(angles_deg, dtype=torch.float32).cpu().expand(params.shape[0])
     calib = orbit_calibration(angles).to(params.device)
+    field = HumanField(params)
     with torch.no_grad():
-        return sphere_trace(lambda p: human_sdf(params, p), calib, resolution, lambda p: human_color(params, p))
+        return sphere_trace(field.sdf, calib, resolution, field.color)
 
 
 def render_humans(params: torch.Tensor, resolution: int = 256, angles_deg: float | torch.Tensor = 0.0,
