@@ -12,7 +12,7 @@ from bench_settings import QUICK
 import get3dhuman
 from get3dhuman.mesh import ExtractionTimings
 from get3dhuman.ops import marching_cubes, narrow_band
-from get3dhuman.synthetic import human_parameters, human_sdf
+from get3dhuman.synthetic import HumanField, human_parameters
 
 skimage_measure = pytest.importorskip("skimage.measure")
 
@@ -37,7 +37,8 @@ def human_volumes(human):
     for size in sorted({min(s, 256) for s in DENSE_SIZES}):
         x = torch.linspace(-1, 1, size)
         grid = torch.stack(torch.meshgrid(x, x, x, indexing="ij"), -1).reshape(1, -1, 3)
-        values = torch.cat([human_sdf(human, part) for part in grid.split(1 << 20, dim=1)], 1)
+        field = HumanField(human)
+        values = torch.cat([field.sdf(part) for part in grid.split(1 << 20, dim=1)], 1)
         volumes[size] = values.reshape(size, size, size).contiguous()
     if 512 in DENSE_SIZES:
         volumes[512] = F.interpolate(volumes[256][None, None], size=(512,) * 3, mode="trilinear",
@@ -69,7 +70,7 @@ def test_dense_marching_cubes(benchmark, record, human_volumes, size, implementa
 def test_narrow_band_marching_cubes(benchmark, record, human, size):
     """Marching cubes on the band only (the band search is timed separately in extra_info)."""
     start = time.perf_counter()
-    volume = narrow_band(lambda p: human_sdf(human, p), size, coarse_resolution=32, band=1.0)
+    volume = narrow_band(HumanField(human).sdf, size, coarse_resolution=32, band=1.0)
     band_seconds = time.perf_counter() - start
     benchmark.group = f"narrow band {size}^3"
     benchmark.extra_info.update(fraction_evaluated=float(volume.fraction_evaluated[0]), cells=volume.cells.numel(),
