@@ -111,8 +111,7 @@ def _train(args: argparse.Namespace) -> int:
                              "drop --reconstructor (train all: the generator stage needs a full cache)")
         train.induce_priors(config, args.reconstructor, args.out, args.device, progress=not args.quiet)
     elif args.stage == "reconstructor":
-        train.train_reconstructor(config, args.out, args.device, progress=not args.quiet,
-                                  workers=2 if args.workers is None else args.workers)
+        train.train_reconstructor(config, args.out, args.device, progress=not args.quiet, workers=args.workers)
     elif args.stage == "refiner":
         if args.prior is None or args.generator is None:
             raise SystemExit("get3dhuman train refiner: --prior DIR and --generator RUN_OR_FILE are required")
@@ -359,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--seed", type=int, help="seed (default: the preset's)")
     train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (under torchrun: each process its GPU LOCAL_RANK)")
     train.add_argument("--workers", type=int, help="reconstructor: processes making the coming synthetic batches "
-                       "while the model trains (default 2, 0: none; the batches are the same; on a GPU the "
-                       "batches are made there instead)")
+                       "while the model trains (default: none below 4 threads, else one per 4 threads, at most 2; "
+                       "the batches are the same; on a GPU the batches are made there instead)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser("eval", help="shape and colour metrics of a generator against held-out humans")

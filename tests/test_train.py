@@ -19,6 +19,7 @@ from get3dhuman.train import (
     distributed,
     training_loss,
 )
+from get3dhuman.train.reconstructor import default_workers
 
 TINY = RECONSTRUCTOR_PRESETS["tiny"]
 
@@ -83,6 +84,10 @@ def test_batch_workers_change_nothing_but_the_speed(tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="workers must be >= 0, got -1"):
         train_reconstructor(config, str(tmp_path / "bad"), progress=False, workers=-1)
+
+
+def test_batch_workers_default_to_none_on_few_threads():
+    assert [default_workers(threads) for threads in (1, 2, 3, 4, 7, 8, 16, 64)] == [0, 0, 0, 1, 1, 2, 2, 2]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
