@@ -85,13 +85,15 @@ def _train(args: argparse.Namespace) -> int:
         for stage, out in runs.items():
             _train(argparse.Namespace(**{**vars(args), "stage": stage, "out": out, "reconstructor": runs["reconstructor"],
                                          "prior": runs["prior"], "generator": runs["generator"],
-                                         "workers": args.workers if stage == "reconstructor" else None}))
+                                         "workers": args.workers if stage == "reconstructor" else None,
+                                         "scans": args.scans if stage == "reconstructor" else None}))
         return 0
-    if args.workers is not None and args.stage != "reconstructor":
-        raise SystemExit(f"get3dhuman train {args.stage}: --workers applies to the reconstructor stage only")
+    for name in ("workers", "scans"):
+        if getattr(args, name) is not None and args.stage != "reconstructor":
+            raise SystemExit(f"get3dhuman train {args.stage}: --{name} applies to the reconstructor stage only")
     if args.stage == "prior" and args.steps is not None:
         raise SystemExit("get3dhuman train prior: --steps does not apply (the cache size is the setting 'count')")
-    options = {k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
+    options = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("scans", args.scans)) if v is not None}
     presets = {"reconstructor": train.RECONSTRUCTOR_PRESETS, "prior": train.PRIOR_PRESETS,
                "generator": train.GENERATOR_PRESETS, "refiner": train.REFINER_PRESETS}
     try:
@@ -111,7 +113,10 @@ def _train(args: argparse.Namespace) -> int:
                              "drop --reconstructor (train all: the generator stage needs a full cache)")
         train.induce_priors(config, args.reconstructor, args.out, args.device, progress=not args.quiet)
     elif args.stage == "reconstructor":
-        train.train_reconstructor(config, args.out, args.device, progress=not args.quiet, workers=args.workers)
+        try:
+            train.train_reconstructor(config, args.out, args.device, progress=not args.quiet, workers=args.workers)
+        except ValueError as error:  # e.g. a --scans folder without scans
+            raise SystemExit(f"get3dhuman train reconstructor: {error}") from error
     elif args.stage == "refiner":
         if args.prior is None or args.generator is None:
             raise SystemExit("get3dhuman train refiner: --prior DIR and --generator RUN_OR_FILE are required")
@@ -360,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--workers", type=int, help="reconstructor: processes making the coming synthetic batches "
                        "while the model trains (default: none below 4 threads, else one per 4 threads, at most 2; "
                        "the batches are the same; on a GPU the batches are made there instead)")
+    train.add_argument("--scans", metavar="DIR", help="reconstructor: train on the textured scans in DIR (OBJ, PLY, GLB, "
+                       "...; y up, facing +z; each scaled to 1.8 m tall) instead of the synthetic world, the last "
+                       "tenth by file name held out for the metrics (get3dhuman.scans; the setting 'scans')")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser("eval", help="shape and colour metrics of a generator against held-out humans")

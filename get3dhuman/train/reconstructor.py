@@ -1,10 +1,12 @@
-"""Training stage 1: the pixel-aligned Reconstructor on rendered synthetic humans.
+"""Training stage 1: the pixel-aligned Reconstructor on rendered synthetic humans or scans.
 
 Every step draws a fresh batch from the synthetic world (deterministically from the seed, the
 step number and, under torchrun, the rank, so a resumed run sees exactly the batches an
 uninterrupted one would): humans from z ~ N(0, I), each rendered from a random orbit angle,
 with PIFu-style occupancy samples and surface colour samples in world coordinates, queried
-through the same camera.
+through the same camera. With the setting `scans` (a folder of textured scans,
+get3dhuman.scans) the humans are scans drawn from the folder instead, the last tenth of them
+(by file name; at least one, at most `eval_humans`) held out for the metrics.
 
 Losses: binary cross-entropy of the predicted inside-probability against the occupancy labels,
 plus `color_weight` times the L1 error of the predicted colours.
@@ -15,6 +17,7 @@ Metrics: occupancy IoU and the Chamfer distance of reconstructed meshes on held-
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +26,7 @@ from get3dhuman.evaluate import chamfer_distance, mesh_points
 from get3dhuman.nn import Reconstructor
 from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.render import orbit_calibration
+from get3dhuman.scans import ScanSet
 from get3dhuman.synthetic import (
     human_parameters,
     human_sdf,
@@ -56,6 +60,9 @@ class ReconstructorTrainingConfig:
     eval_points: int = 20000
     eval_mesh_resolution: int = 64
     eval_surface_points: int = 2048
+    scans: str | None = None  # folder of textured scans to train on instead of the synthetic world
+
+    INTRODUCED: ClassVar[dict] = {"scans": None}  # runs recorded before the setting trained on the world
 
 
 PRESETS = {
@@ -67,40 +74,65 @@ PRESETS = {
 }
 
 
+def split_scans(scans: ScanSet, held_out_limit: int) -> tuple[list[int], list[int]]:
+    """(training, held-out) indices of `scans`: the last tenth held out (at least one, at most
+    `held_out_limit`); raises ValueError for fewer than two scans."""
+    if len(scans) < 2:
+        raise ValueError(f"scans must hold at least 2 scans (one is held out for the metrics), got {len(scans)}")
+    held = min(max(1, len(scans) // 10), held_out_limit)
+    return list(range(len(scans) - held)), list(range(len(scans) - held, len(scans)))
+
+
 def make_batch(config: ReconstructorTrainingConfig, step: int, image_side: int,
-               share: tuple[int, int] | None = None, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+               share: tuple[int, int] | None = None, device: torch.device | str = "cpu",
+               scans: ScanSet | None = None) -> dict[str, torch.Tensor]:
     """One process's share of the training batch of `step`: image [B, 3, S, S] in [-1, 1]
     (background -1), calib [B, 4, 4], occupancy points/labels [B, N, 3]/[B, N], colour
     points/colours [B, M, 3], with B = batch_size / processes.
 
     share: (rank, processes) whose share to make; default this process's (the whole batch
     outside torchrun). device: where the humans are traced and sampled (the same humans,
-    cameras and random draws on any device; the results up to the device's rounding)."""
+    cameras and random draws on any device; the results up to the device's rounding).
+    scans: the ScanSet of config.scans (required with it; read once by the caller): its
+    training scans replace the synthetic humans (made on the CPU, then moved to `device`)."""
     rank, size = distributed.world() if share is None else share
     generator = distributed.rank_generator(config.seed, step, rank)
     batch_size = distributed.local_batch_size(config.batch_size, size)
-    params = human_parameters(torch.randn(batch_size, config.z_dim, generator=generator)).to(device)
-    angles = torch.rand(batch_size, generator=generator) * 360
-    image = render_humans(params, image_side, angles, background=0.0).permute(0, 3, 1, 2) * 2 - 1
-    occupancy = sample_occupancy(params, config.occupancy_points, generator=generator)
-    colors = sample_surface_colors(params, config.color_points, generator=generator)
-    return {"image": image, "calib": orbit_calibration(angles).to(device), "occupancy_points": occupancy.points,
-            "inside": occupancy.inside, "color_points": colors.points, "colors": colors.colors}
+    if config.scans is not None:
+        if scans is None:
+            raise ValueError(f"scans must be the ScanSet of config.scans ({config.scans!r}), got None")
+        training, _ = split_scans(scans, config.eval_humans)
+        indices = [training[i] for i in torch.randint(len(training), (batch_size,), generator=generator).tolist()]
+        angles = torch.rand(batch_size, generator=generator) * 360
+        image = scans.views(indices, angles, image_side, background=0.0).permute(0, 3, 1, 2) * 2 - 1
+        occupancy = scans.occupancy_samples(indices, config.occupancy_points, generator=generator)
+        colors = scans.color_samples(indices, config.color_points, generator=generator)
+    else:
+        params = human_parameters(torch.randn(batch_size, config.z_dim, generator=generator)).to(device)
+        angles = torch.rand(batch_size, generator=generator) * 360
+        image = render_humans(params, image_side, angles, background=0.0).permute(0, 3, 1, 2) * 2 - 1
+        occupancy = sample_occupancy(params, config.occupancy_points, generator=generator)
+        colors = sample_surface_colors(params, config.color_points, generator=generator)
+    batch = {"image": image, "calib": orbit_calibration(angles), "occupancy_points": occupancy.points,
+             "inside": occupancy.inside, "color_points": colors.points, "colors": colors.colors}
+    return {key: value.to(device) for key, value in batch.items()}
 
 
 class StepBatches(torch.utils.data.Dataset):
-    """Item `step` is make_batch(config, step, image_side, share, device): a map-style dataset,
-    so a DataLoader's worker processes make the next batches while the model trains on this one."""
+    """Item `step` is make_batch(config, step, image_side, share, device, scans): a map-style
+    dataset, so a DataLoader's worker processes make the next batches while the model trains on
+    this one. Reads config.scans once, when set."""
 
     def __init__(self, config: ReconstructorTrainingConfig, image_side: int, share: tuple[int, int],
                  device: torch.device | str = "cpu"):
         self.config, self.image_side, self.share, self.device = config, image_side, share, device
+        self.scans = None if config.scans is None else ScanSet.from_folder(config.scans)
 
     def __len__(self) -> int:
         return self.config.steps
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
-        return make_batch(self.config, step, self.image_side, self.share, self.device)
+        return make_batch(self.config, step, self.image_side, self.share, self.device, self.scans)
 
 
 def training_loss(model: Reconstructor, batch: dict[str, torch.Tensor], color_weight: float) -> dict[str, torch.Tensor]:
@@ -114,21 +146,33 @@ def training_loss(model: Reconstructor, batch: dict[str, torch.Tensor], color_we
 
 
 @torch.no_grad()
-def evaluate_reconstruction(model: Reconstructor, config: ReconstructorTrainingConfig, device: str = "cpu") -> dict[str, float]:
-    """{'iou', 'chamfer'} over `eval_humans` held-out humans seen from the front: the occupancy
-    IoU at `eval_points` uniform box points, and the Chamfer distance (get3dhuman.evaluate) of
-    the reconstructed mesh (`eval_mesh_resolution`) to the true surface, `eval_surface_points`
+def evaluate_reconstruction(model: Reconstructor, config: ReconstructorTrainingConfig, device: str = "cpu",
+                            scans: ScanSet | None = None) -> dict[str, float]:
+    """{'iou', 'chamfer'} over `eval_humans` held-out humans seen from the front (with
+    config.scans: the held-out scans of `scans`, split_scans): the occupancy IoU at
+    `eval_points` uniform box points, and the Chamfer distance (get3dhuman.evaluate) of the
+    reconstructed mesh (`eval_mesh_resolution`) to the true surface, `eval_surface_points`
     points each (a human without a reconstructed surface counts as the box centre)."""
     generator = torch.Generator().manual_seed(config.seed + EVAL_SEED_OFFSET)
-    params = human_parameters(torch.randn(config.eval_humans, config.z_dim, generator=generator))
     side = model.config.backbone_resolution
-    image = render_humans(params, side, 0.0, background=0.0).permute(0, 3, 1, 2) * 2 - 1
-    points = torch.rand(config.eval_humans, config.eval_points, 3, generator=generator) * 2 - 1
-    truth = human_sdf(params, points) < 0
-    surface = sample_surface(params, config.eval_surface_points, generator)
+    if config.scans is not None:
+        if scans is None:
+            raise ValueError(f"scans must be the ScanSet of config.scans ({config.scans!r}), got None")
+        held = split_scans(scans, config.eval_humans)[1]
+        image = scans.views(held, torch.zeros(len(held)), side, background=0.0).permute(0, 3, 1, 2) * 2 - 1
+        points = torch.rand(len(held), config.eval_points, 3, generator=generator) * 2 - 1
+        truth = scans.inside(held, points)
+        surface = scans.surface(held, config.eval_surface_points, generator)[0]
+    else:
+        params = human_parameters(torch.randn(config.eval_humans, config.z_dim, generator=generator))
+        image = render_humans(params, side, 0.0, background=0.0).permute(0, 3, 1, 2) * 2 - 1
+        points = torch.rand(config.eval_humans, config.eval_points, 3, generator=generator) * 2 - 1
+        truth = human_sdf(params, points) < 0
+        surface = sample_surface(params, config.eval_surface_points, generator)
+    count = len(image)
     with evaluation_mode(model):
         shape_volume, _ = model(image.to(device))
-        calib = orbit_calibration(torch.zeros(config.eval_humans)).to(device)
+        calib = orbit_calibration(torch.zeros(count)).to(device)
         predicted = (model.query_occupancy(shape_volume, points.to(device), calib) > 0.5).cpu()
         meshes = model.meshes_from_volumes(shape_volume, None, config.eval_mesh_resolution)
     union = (predicted | truth).sum(1).clamp_min(1)
@@ -190,7 +234,7 @@ def train_reconstructor(config: ReconstructorTrainingConfig, out_dir: str, devic
     torch.set_num_threads(max(1, threads - workers))
     try:
         run_training(config, out_dir, {"model": model}, {"optimizer": optimizer}, train_step,
-                     lambda: evaluate_reconstruction(model, config, device), "reconstructor", progress)
+                     lambda: evaluate_reconstruction(model, config, device, dataset.scans), "reconstructor", progress)
     finally:
         torch.set_num_threads(threads)
     return model
