@@ -34,9 +34,10 @@ UNCOLOURED = 0.7  # grey of scans without colours
 
 def load_scan(path: str, height: float | None = DEFAULT_HEIGHT) -> TexturedMesh:
     """The mesh file at `path` as a TexturedMesh in the box: its bounding box centred on the
-    origin and, unless `height` is None, scaled to `height` tall (y). Colours: the vertex
-    colours, or the texture's at the vertices, else UNCOLOURED. Raises ValueError for a file
-    without triangles, or one that does not fit [-1, 1]^3 once placed."""
+    origin and, unless `height` is None, scaled to `height` tall (y); faces wound outwards (a
+    scan of negative signed volume has them flipped, so that its normals face out). Colours:
+    the vertex colours, or the texture's at the vertices, else UNCOLOURED. Raises ValueError
+    for a file without triangles, or one that does not fit [-1, 1]^3 once placed."""
     import trimesh
 
     try:
@@ -56,8 +57,11 @@ def load_scan(path: str, height: float | None = DEFAULT_HEIGHT) -> TexturedMesh:
                          f"it spans {extent} (x, y, z)")
     visual = mesh.visual.to_color() if mesh.visual.kind == "texture" else mesh.visual  # texture: its colours at the vertices
     colors = visual.vertex_colors[:, :3] / 255.0 if visual.kind is not None else None
-    vertices = vertices.float()
     faces = torch.as_tensor(mesh.faces, dtype=torch.int64)
+    corners = vertices[faces]
+    if float(torch.linalg.det(corners).sum()) < 0:  # negative signed volume: wound inwards
+        faces = faces[:, [0, 2, 1]]
+    vertices = vertices.float()
     colors = (torch.full_like(vertices, UNCOLOURED) if colors is None or len(colors) != len(vertices)
               else torch.as_tensor(colors, dtype=torch.float32))
     return TexturedMesh(vertices, faces, colors, vertex_normals(vertices, faces))

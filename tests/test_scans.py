@@ -74,6 +74,11 @@ def test_scans_are_placed_in_the_box_at_the_given_height(tmp_path):
     torch.testing.assert_close(extent, torch.tensor([0.6, 1.8, 0.4]))
     torch.testing.assert_close(mesh.vertices.max(0).values + mesh.vertices.min(0).values, torch.zeros(3))
     torch.testing.assert_close(mesh.colors, torch.tensor([1.0, 0.0, 0.0]).expand_as(mesh.colors))
+    box.invert()  # wound inwards: read back outwards (a centred box's normals point away from the centre)
+    box.export(tmp_path / "inverted.ply")
+    inverted = load_scan(str(tmp_path / "inverted.ply"))
+    for placed in (mesh, inverted):
+        assert ((placed.normals * placed.vertices).sum(-1) > 0).all()
     with pytest.raises(ValueError, match=r"does not fit the box \[-1.0, 1.0\]\^3 once placed"):
         load_scan(str(tmp_path / "box.glb"), height=None)
     (tmp_path / "empty").mkdir()

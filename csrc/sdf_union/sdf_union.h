@@ -27,28 +27,8 @@ constexpr int64_t kWidth = 12;
 constexpr int kEllipsoid = 0, kCapsule = 1, kCone = 2, kCutEllipsoid = 3;
 constexpr int kKinds = 4;
 constexpr float kTiny = 1e-18f;  // squared metres: the reference's safe_norm clamp
+// sqrtf, expf and logf name the host's C functions and CUDA's device ones alike.
 
-C10_HOST_DEVICE inline float sqrt_(float v) {
-#ifdef __CUDA_ARCH__
-  return sqrtf(v);
-#else
-  return std::sqrt(v);
-#endif
-}
-C10_HOST_DEVICE inline float exp_(float v) {
-#ifdef __CUDA_ARCH__
-  return expf(v);
-#else
-  return std::exp(v);
-#endif
-}
-C10_HOST_DEVICE inline float log_(float v) {
-#ifdef __CUDA_ARCH__
-  return logf(v);
-#else
-  return std::log(v);
-#endif
-}
 C10_HOST_DEVICE inline float min_(float a, float b) { return a < b ? a : b; }
 C10_HOST_DEVICE inline float max_(float a, float b) { return a > b ? a : b; }
 C10_HOST_DEVICE inline float clamp01(float v) { return min_(max_(v, 0.f), 1.f); }
@@ -65,7 +45,7 @@ C10_HOST_DEVICE inline float ellipsoid(const float* row, float x, float y, float
     s0 += a * a;
     s1 += b * b;
   }
-  const float k0 = sqrt_(max_(s0, kTiny)), k1_raw = sqrt_(max_(s1, kTiny));
+  const float k0 = sqrtf(max_(s0, kTiny)), k1_raw = sqrtf(max_(s1, kTiny));
   const float k1 = max_(k1_raw, 1e-9f);
   if constexpr (kGradient) {
     const float dk0 = s0 > kTiny ? 1.f / k0 : 0.f;
@@ -95,7 +75,7 @@ C10_HOST_DEVICE inline float capsule(const float* row, float x, float y, float z
     v[i] = p[i] - (row[i] + t * axis[i]);
     norm_sq += v[i] * v[i];
   }
-  const float norm = sqrt_(max_(norm_sq, kTiny));
+  const float norm = sqrtf(max_(norm_sq, kTiny));
   if constexpr (kGradient) {
     const float to_unit = norm_sq > kTiny ? 1.f / norm : 0.f;
     float n_axis = 0.f;
@@ -112,7 +92,7 @@ C10_HOST_DEVICE inline float cone(const float* row, float x, float y, float z, f
   const float bottom = row[0], top = row[1], r_bottom = row[2], r_top = row[3];
   const float half = (top - bottom) / 2.f;
   const float radial_sq = x * x + z * z;
-  const float radial = sqrt_(max_(radial_sq, kTiny));
+  const float radial = sqrtf(max_(radial_sq, kTiny));
   const float axial = y - (top + bottom) / 2.f;
   const float cap_radius = axial < 0.f ? r_bottom : r_top;
   const float cap_x = radial - min_(radial, cap_radius), cap_y = fabsf(axial) - half;
@@ -123,7 +103,7 @@ C10_HOST_DEVICE inline float cone(const float* row, float x, float y, float z, f
   const bool inside = (side_x < 0.f) & (cap_y < 0.f);
   const float cap_sq = cap_x * cap_x + cap_y * cap_y, side_sq = side_x * side_x + side_y * side_y;
   const float nearest_sq = min_(cap_sq, side_sq);
-  const float distance = sqrt_(max_(nearest_sq, kTiny));
+  const float distance = sqrtf(max_(nearest_sq, kTiny));
   if constexpr (kGradient) {
     // In the (radial, axial) plane the distance's gradient is the nearest feature's offset over
     // the distance (a slid side point stays perpendicular to the side, so no extra term).
@@ -142,7 +122,7 @@ C10_HOST_DEVICE inline float cone(const float* row, float x, float y, float z, f
 template <bool kGradient>
 C10_HOST_DEVICE inline float cut_ellipsoid(const float* row, float x, float y, float z, float* g) {
   const float shell = ellipsoid<kGradient>(row, x, y, z, g);
-  const float slope = row[8], norm = sqrt_(1.f + slope * slope);
+  const float slope = row[8], norm = sqrtf(1.f + slope * slope);
   const float plane = (row[6] + slope * (z - row[7]) - y) / norm;
   const bool cut = plane > shell;
   if constexpr (kGradient) {
@@ -240,13 +220,13 @@ C10_HOST_DEVICE inline void evaluate(const float* rows, const int32_t* kinds, co
     for (int64_t k = 0; k < part_count; ++k) {
       const float excess = (part_distance[k][l] - best[l]) / blend;
       if (excess > kNegligible) continue;
-      const float w = exp_(-excess);
+      const float w = expf(-excess);
       total += w;
       if constexpr (kGradient) {
         for (int i = 0; i < 3; ++i) sum_grad[i] += w * part_grad[k][i][l];
       }
     }
-    distance[l] = -blend * (-best[l] / blend + log_(total));
+    distance[l] = -blend * (-best[l] / blend + logf(total));
     if constexpr (kGradient) {
       for (int i = 0; i < 3; ++i) grad[3 * l + i] = sum_grad[i] / total;
     }
