@@ -11,7 +11,8 @@ along the normal with the colour there.
 
 The inside test counts the triangles a ray from each point towards +z crosses (odd: inside),
 testing only the triangles registered in the point's cell of a grid over (x, y): exact for
-closed (watertight) scans, whose vertices need not be welded.
+closed (watertight) scans, whose vertices need not be welded. A scan through which more than
+MAX_OPEN_FRACTION of the lines along z cross an odd number of times (holes) is refused.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ SCAN_SUFFIXES = (".obj", ".ply", ".glb", ".gltf", ".off", ".stl")
 DEFAULT_HEIGHT = 1.8  # metres: the height every scan is scaled to (the synthetic humans: 1.5 - 1.95)
 GRID_CELLS = 256  # cells per side of the (x, y) grid of the inside test
 UNCOLOURED = 0.7  # grey of scans without colours
+MAX_OPEN_FRACTION = 0.01  # of lines along z crossing a scan's surface an odd number of times
 
 
 def load_scan(path: str, height: float | None = DEFAULT_HEIGHT) -> TexturedMesh:
@@ -50,6 +52,8 @@ def load_scan(path: str, height: float | None = DEFAULT_HEIGHT) -> TexturedMesh:
     low, high = vertices.min(0).values, vertices.max(0).values
     vertices = vertices - (low + high) / 2
     if height is not None:
+        if not float(high[1] - low[1]) > 0:
+            raise ValueError(f"the scan {path} has no height (y extent 0) to scale to {height}")
         vertices = vertices * (height / float(high[1] - low[1]))
     if float(vertices.abs().max()) > BOX:
         extent = [round(float(x), 3) for x in vertices.max(0).values - vertices.min(0).values]
@@ -109,7 +113,10 @@ class ScanSet:
     """Textured scans (TexturedMeshes in the box, e.g. of `load_scan`) as training subjects:
     orbit views, exact inside tests and surface samples. On the CPU."""
 
-    def __init__(self, meshes: Sequence[TexturedMesh], names: Sequence[str] | None = None):
+    def __init__(self, meshes: Sequence[TexturedMesh], names: Sequence[str] | None = None,
+                 max_open_fraction: float = MAX_OPEN_FRACTION):
+        """Raises ValueError naming a scan without triangles, or one whose `open_fraction`
+        exceeds `max_open_fraction` (its inside test would mislabel what its holes let through)."""
         if not meshes:
             raise ValueError("meshes must hold at least one scan")
         self.meshes = [mesh.to("cpu") for mesh in meshes]
@@ -121,6 +128,12 @@ class ScanSet:
                 raise ValueError(f"the scan {name} has no triangles")
         self._columns = [_ColumnIndex(mesh.vertices.double(), mesh.faces) for mesh in self.meshes]
         self._areas = [self._face_areas(mesh) for mesh in self.meshes]
+        for index, name in enumerate(self.names):
+            fraction = self.open_fraction(index)
+            if fraction > max_open_fraction:
+                raise ValueError(f"the scan {name} is not closed: {fraction:.1%} of the lines along z through it cross "
+                                 f"its surface an odd number of times (at most {max_open_fraction:.1%} allowed): "
+                                 "close its holes (e.g. Poisson reconstruction) so that inside and outside are defined")
 
     @classmethod
     def from_folder(cls, folder: str, height: float | None = DEFAULT_HEIGHT) -> ScanSet:
@@ -162,6 +175,11 @@ class ScanSet:
         return torch.stack([self._inside_one(i, p) for i, p in zip(indices, points)])
 
     def _inside_one(self, index: int, points: torch.Tensor) -> torch.Tensor:
+        return self._crossings(index, points, above_only=True) % 2 == 1
+
+    def _crossings(self, index: int, points: torch.Tensor, above_only: bool) -> torch.Tensor:
+        """How many triangles of scan `index` the line along z through each of points [N, 3]
+        crosses (beyond the point towards +z only, with above_only) -> [N]."""
         mesh = self.meshes[index]
         points = points.double()
         point, face = self._columns[index].candidates(points)
@@ -172,9 +190,19 @@ class ScanSet:
         u = _cross2(p[:, :2] - a[:, :2], c[:, :2] - a[:, :2]) / safe
         v = _cross2(b[:, :2] - a[:, :2], p[:, :2] - a[:, :2]) / safe
         w = 1 - u - v
-        above = a[:, 2] * w + b[:, 2] * u + c[:, 2] * v > p[:, 2]
-        crossed = (area != 0) & (u >= 0) & (v >= 0) & (w >= 0) & above
-        return torch.bincount(point[crossed], minlength=len(points)) % 2 == 1
+        crossed = (area != 0) & (u >= 0) & (v >= 0) & (w >= 0)
+        if above_only:
+            crossed &= a[:, 2] * w + b[:, 2] * u + c[:, 2] * v > p[:, 2]
+        return torch.bincount(point[crossed], minlength=len(points))
+
+    def open_fraction(self, index: int, lines: int = 4096) -> float:
+        """The fraction of `lines` lines along z, drawn uniformly (seeded) over scan `index`'s
+        (x, y) extent, that cross its surface an odd number of times: 0 for a closed scan,
+        whose inside test is then exact; holes facing z make it positive."""
+        mesh = self.meshes[self._check([index])[0]]
+        low, high = mesh.vertices.min(0).values, mesh.vertices.max(0).values
+        points = low + (high - low) * torch.rand(lines, 3, generator=torch.Generator().manual_seed(0))
+        return float((self._crossings(index, points, above_only=False) % 2 == 1).float().mean())
 
     def surface(self, indices: Sequence[int], count: int,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

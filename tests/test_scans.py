@@ -10,6 +10,7 @@ import torch
 import trimesh
 
 from get3dhuman.cli import main
+from get3dhuman.mesh import TexturedMesh
 from get3dhuman.scans import ScanSet, load_scan
 from get3dhuman.synthetic import human_color, human_parameters, human_sdf
 from get3dhuman.synthetic.meshes import ground_truth_mesh
@@ -88,6 +89,13 @@ def test_scans_are_placed_in_the_box_at_the_given_height(tmp_path):
         ScanSet.from_folder(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 1\)"):
         ScanSet([mesh]).inside([3], torch.zeros(1, 2, 3))
+    assert ScanSet([mesh]).open_fraction(0) == 0
+    corners = mesh.vertices[mesh.faces]
+    front = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])[:, 2] > 0
+    lidless = TexturedMesh(mesh.vertices, mesh.faces[~front], mesh.colors, mesh.normals)  # no +z face
+    assert ScanSet([lidless], max_open_fraction=1.0).open_fraction(0) > 0.9
+    with pytest.raises(ValueError, match=r"the scan scan-0 is not closed: 100.0% of the lines along z"):
+        ScanSet([lidless])
 
 
 def test_batches_of_scans_and_training_on_them(humans, tmp_path):
