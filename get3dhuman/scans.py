@@ -109,6 +109,29 @@ def _cross2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
 
 
+def line_crossings(mesh: TexturedMesh, points: torch.Tensor, point: torch.Tensor | None = None,
+                   face: torch.Tensor | None = None, above_only: bool = True) -> torch.Tensor:
+    """How many triangles of `mesh` the line along z through each of points [N, 3] crosses
+    (beyond the point towards +z only, with above_only) -> [N] int64, testing the (point, face)
+    index pairs given (default: every point against every face, the oracle of the grid's
+    candidates). Triangles seen edge-on from z are never crossed."""
+    points = points.double()
+    if point is None:
+        point = torch.arange(len(points)).repeat_interleave(len(mesh.faces))
+        face = torch.arange(len(mesh.faces)).repeat(len(points))
+    a, b, c = mesh.vertices.double()[mesh.faces[face]].unbind(1)
+    p = points[point]
+    area = _cross2(b[:, :2] - a[:, :2], c[:, :2] - a[:, :2])
+    safe = torch.where(area == 0, torch.ones_like(area), area)
+    u = _cross2(p[:, :2] - a[:, :2], c[:, :2] - a[:, :2]) / safe
+    v = _cross2(b[:, :2] - a[:, :2], p[:, :2] - a[:, :2]) / safe
+    w = 1 - u - v
+    crossed = (area != 0) & (u >= 0) & (v >= 0) & (w >= 0)
+    if above_only:
+        crossed &= a[:, 2] * w + b[:, 2] * u + c[:, 2] * v > p[:, 2]
+    return torch.bincount(point[crossed], minlength=len(points))
+
+
 class ScanSet:
     """Textured scans (TexturedMeshes in the box, e.g. of `load_scan`) as training subjects:
     orbit views, exact inside tests and surface samples. On the CPU."""
@@ -178,22 +201,8 @@ class ScanSet:
         return self._crossings(index, points, above_only=True) % 2 == 1
 
     def _crossings(self, index: int, points: torch.Tensor, above_only: bool) -> torch.Tensor:
-        """How many triangles of scan `index` the line along z through each of points [N, 3]
-        crosses (beyond the point towards +z only, with above_only) -> [N]."""
-        mesh = self.meshes[index]
-        points = points.double()
-        point, face = self._columns[index].candidates(points)
-        a, b, c = mesh.vertices.double()[mesh.faces[face]].unbind(1)
-        p = points[point]
-        area = _cross2(b[:, :2] - a[:, :2], c[:, :2] - a[:, :2])
-        safe = torch.where(area == 0, torch.ones_like(area), area)  # edge-on triangles: never crossed
-        u = _cross2(p[:, :2] - a[:, :2], c[:, :2] - a[:, :2]) / safe
-        v = _cross2(b[:, :2] - a[:, :2], p[:, :2] - a[:, :2]) / safe
-        w = 1 - u - v
-        crossed = (area != 0) & (u >= 0) & (v >= 0) & (w >= 0)
-        if above_only:
-            crossed &= a[:, 2] * w + b[:, 2] * u + c[:, 2] * v > p[:, 2]
-        return torch.bincount(point[crossed], minlength=len(points))
+        point, face = self._columns[index].candidates(points.double())
+        return line_crossings(self.meshes[index], points, point, face, above_only)
 
     def open_fraction(self, index: int, lines: int = 4096) -> float:
         """The fraction of `lines` lines along z, drawn uniformly (seeded) over scan `index`'s

@@ -11,7 +11,7 @@ import trimesh
 
 from get3dhuman.cli import main
 from get3dhuman.mesh import TexturedMesh
-from get3dhuman.scans import ScanSet, load_scan
+from get3dhuman.scans import ScanSet, line_crossings, load_scan
 from get3dhuman.synthetic import human_color, human_parameters, human_sdf
 from get3dhuman.synthetic.meshes import ground_truth_mesh
 from get3dhuman.synthetic.preview import render_humans
@@ -49,6 +49,9 @@ def test_inside_tests_and_surface_samples_match_the_analytic_humans(humans):
     assert agree.float().mean() > 0.8  # interpolation across part seams and stripes aside
     samples = scans.occupancy_samples([1], 4096, generator=torch.Generator().manual_seed(3))
     assert torch.equal(samples.inside.bool(), scans.inside([1], samples.points))
+    # The column grid's candidates give the crossings of testing every triangle.
+    few = samples.points[0, ::128]  # 32 points: every point against every triangle is memory-hungry
+    assert torch.equal(scans.inside([1], few[None])[0], line_crossings(scans.meshes[1], few) % 2 == 1)
     assert 0.2 < samples.inside.mean() < 0.8  # most samples lie near the surface, on both sides
 
 
