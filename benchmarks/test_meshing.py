@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-from bench_settings import QUICK
+from bench_settings import QUICK, median_seconds
 
 import get3dhuman
 from get3dhuman.mesh import ExtractionTimings
@@ -44,10 +44,6 @@ def human_volumes(human):
         volumes[512] = F.interpolate(volumes[256][None, None], size=(512,) * 3, mode="trilinear",
                                      align_corners=True)[0, 0].contiguous()
     return volumes
-
-
-def median_seconds(benchmark):
-    return benchmark.stats.stats.median if benchmark.stats else float("nan")
 
 
 @pytest.mark.parametrize("size", DENSE_SIZES)

@@ -4,7 +4,7 @@ the package's earlier way and that of the authors' renders), on the default weig
 
 import pytest
 import torch
-from bench_settings import DEVICES, QUICK
+from bench_settings import DEVICES, QUICK, median_seconds
 
 from get3dhuman import Generator
 from get3dhuman.dataset import mesh_previews, render_previews
@@ -22,10 +22,6 @@ def generated():
     with torch.no_grad():
         mesh = generator.extract_mesh(z_shape, z_texture, MESH_RESOLUTION)[0]
     return generator, z_shape, z_texture, mesh
-
-
-def median_seconds(benchmark):
-    return benchmark.stats.stats.median if benchmark.stats else float("nan")
 
 
 @pytest.mark.parametrize("device", DEVICES)

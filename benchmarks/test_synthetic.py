@@ -4,7 +4,7 @@ the compiled `ops.sdf_union` ("ours") against the torch evaluation of the same p
 
 import pytest
 import torch
-from bench_settings import DEVICES, QUICK
+from bench_settings import DEVICES, QUICK, median_seconds
 
 from get3dhuman.render import orbit_calibration, sphere_trace
 from get3dhuman.synthetic import HumanField, human_parameters, sample_occupancy
@@ -18,10 +18,6 @@ IMPLEMENTATIONS = ("ours", "reference")
 @pytest.fixture(scope="module")
 def params():
     return human_parameters(torch.randn(8, 64, generator=torch.Generator().manual_seed(0)))
-
-
-def median_seconds(benchmark):
-    return benchmark.stats.stats.median if benchmark.stats else float("nan")
 
 
 def synchronized(function, device):

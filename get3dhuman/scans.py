@@ -195,10 +195,7 @@ class ScanSet:
         indices = self._check(indices)
         if points.dim() != 3 or points.shape[0] != len(indices) or points.shape[2] != 3:
             raise ValueError(f"points must be [B, N, 3] with B = {len(indices)}, got {tuple(points.shape)}")
-        return torch.stack([self._inside_one(i, p) for i, p in zip(indices, points)])
-
-    def _inside_one(self, index: int, points: torch.Tensor) -> torch.Tensor:
-        return self._crossings(index, points, above_only=True) % 2 == 1
+        return torch.stack([self._crossings(i, p, above_only=True) % 2 == 1 for i, p in zip(indices, points)])
 
     def _crossings(self, index: int, points: torch.Tensor, above_only: bool) -> torch.Tensor:
         point, face = self._columns[index].candidates(points.double())

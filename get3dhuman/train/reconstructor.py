@@ -83,6 +83,12 @@ def split_scans(scans: ScanSet, held_out_limit: int) -> tuple[list[int], list[in
     return list(range(len(scans) - held)), list(range(len(scans) - held, len(scans)))
 
 
+def _given_scans(config: ReconstructorTrainingConfig, scans: ScanSet | None) -> ScanSet:
+    if scans is None:
+        raise ValueError(f"scans must be the ScanSet of config.scans ({config.scans!r}), got None")
+    return scans
+
+
 def make_batch(config: ReconstructorTrainingConfig, step: int, image_side: int,
                share: tuple[int, int] | None = None, device: torch.device | str = "cpu",
                scans: ScanSet | None = None) -> dict[str, torch.Tensor]:
@@ -99,9 +105,7 @@ def make_batch(config: ReconstructorTrainingConfig, step: int, image_side: int,
     generator = distributed.rank_generator(config.seed, step, rank)
     batch_size = distributed.local_batch_size(config.batch_size, size)
     if config.scans is not None:
-        if scans is None:
-            raise ValueError(f"scans must be the ScanSet of config.scans ({config.scans!r}), got None")
-        training, _ = split_scans(scans, config.eval_humans)
+        training, _ = split_scans(_given_scans(config, scans), config.eval_humans)
         indices = [training[i] for i in torch.randint(len(training), (batch_size,), generator=generator).tolist()]
         angles = torch.rand(batch_size, generator=generator) * 360
         image = scans.views(indices, angles, image_side, background=0.0).permute(0, 3, 1, 2) * 2 - 1
@@ -156,9 +160,7 @@ def evaluate_reconstruction(model: Reconstructor, config: ReconstructorTrainingC
     generator = torch.Generator().manual_seed(config.seed + EVAL_SEED_OFFSET)
     side = model.config.backbone_resolution
     if config.scans is not None:
-        if scans is None:
-            raise ValueError(f"scans must be the ScanSet of config.scans ({config.scans!r}), got None")
-        held = split_scans(scans, config.eval_humans)[1]
+        held = split_scans(_given_scans(config, scans), config.eval_humans)[1]
         image = scans.views(held, torch.zeros(len(held)), side, background=0.0).permute(0, 3, 1, 2) * 2 - 1
         points = torch.rand(len(held), config.eval_points, 3, generator=generator) * 2 - 1
         truth = scans.inside(held, points)
