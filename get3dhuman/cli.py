@@ -4,7 +4,8 @@
 - `get3dhuman synthetic --out FILE.png`: a grid of humans from the synthetic world.
 - `get3dhuman train reconstructor --preset tiny|small|official --out DIR`: training stage 1.
 - `get3dhuman train prior --reconstructor RUN --out DIR`: stage 2, the prior cache (with the
-  setting images_only, no --reconstructor: the stand-in images alone, all the refiner needs).
+  setting images_only, no --reconstructor: the stand-in images alone, all the refiner needs;
+  `--image-generator FILE`: a real 2-D generator's images, e.g. StyleGAN-Human's, instead).
 - `get3dhuman train generator --prior DIR --reconstructor RUN --out DIR`: stage 3.
 - `get3dhuman train refiner --prior DIR --generator RUN_OR_FILE --out DIR`: stage 4 (the
   generator: a stage-3 run or checkpoint, or a file of `export`).
@@ -86,14 +87,19 @@ def _train(args: argparse.Namespace) -> int:
             _train(argparse.Namespace(**{**vars(args), "stage": stage, "out": out, "reconstructor": runs["reconstructor"],
                                          "prior": runs["prior"], "generator": runs["generator"],
                                          "workers": args.workers if stage == "reconstructor" else None,
-                                         "scans": args.scans if stage == "reconstructor" else None}))
+                                         "scans": args.scans if stage == "reconstructor" else None,
+                                         "image_generator": args.image_generator if stage == "prior" else None}))
         return 0
-    for name in ("workers", "scans"):
-        if getattr(args, name) is not None and args.stage != "reconstructor":
-            raise SystemExit(f"get3dhuman train {args.stage}: --{name} applies to the reconstructor stage only")
+    for name, stage in (("workers", "reconstructor"), ("scans", "reconstructor"), ("image_generator", "prior")):
+        if getattr(args, name) is not None and args.stage != stage:
+            raise SystemExit(f"get3dhuman train {args.stage}: --{name.replace('_', '-')} applies to the {stage} stage "
+                             "only")
     if args.stage == "prior" and args.steps is not None:
         raise SystemExit("get3dhuman train prior: --steps does not apply (the cache size is the setting 'count')")
-    options = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("scans", args.scans)) if v is not None}
+    options = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("scans", args.scans),
+                                 ("image_generator", args.image_generator)) if v is not None}
+    if args.image_generator is not None:
+        options["albedo_images"] = False  # only the stand-in paints albedo images
     presets = {"reconstructor": train.RECONSTRUCTOR_PRESETS, "prior": train.PRIOR_PRESETS,
                "generator": train.GENERATOR_PRESETS, "refiner": train.REFINER_PRESETS}
     try:
@@ -111,7 +117,10 @@ def _train(args: argparse.Namespace) -> int:
         if args.reconstructor is not None and config.images_only:
             raise SystemExit("get3dhuman train prior: the setting images_only makes a cache without a Reconstructor; "
                              "drop --reconstructor (train all: the generator stage needs a full cache)")
-        train.induce_priors(config, args.reconstructor, args.out, args.device, progress=not args.quiet)
+        try:
+            train.induce_priors(config, args.reconstructor, args.out, args.device, progress=not args.quiet)
+        except (OSError, ValueError) as error:  # e.g. an --image-generator file of another kind
+            raise SystemExit(f"get3dhuman train prior: {error}") from error
     elif args.stage == "reconstructor":
         try:
             train.train_reconstructor(config, args.out, args.device, progress=not args.quiet, workers=args.workers)
@@ -368,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--scans", metavar="DIR", help="reconstructor: train on the textured scans in DIR (OBJ, PLY, GLB, "
                        "...; y up, facing +z; each scaled to 1.8 m tall) instead of the synthetic world, the last "
                        "tenth by file name held out for the metrics (get3dhuman.scans; the setting 'scans')")
+    train.add_argument("--image-generator", metavar="FILE", help="prior: the 2-D generator whose images the "
+                       "Reconstructor lifts, instead of the synthetic stand-in: a StyleGAN2-ADA network pickle such as "
+                       "StyleGAN-Human's stylegan_human_v2_1024.pkl (read as data, nothing in it is run) or a file of "
+                       "ImageGenerator.save; its z_dim must be the preset's (the setting 'image_generator'; "
+                       "albedo_images off)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser("eval", help="shape and colour metrics of a generator against held-out humans")

@@ -115,3 +115,50 @@ def torchrun(*arguments: str, cwd) -> None:
                "-m", "get3dhuman.cli", *arguments, "--quiet"]
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def write_network_pickle(path, networks: dict, init_kwargs: dict, protocol: int = 4) -> None:
+    """Writes the torch modules `networks` (name -> module, or any picklable value) to `path` as
+    NVIDIA's torch_utils.persistence pickles store them (StyleGAN2-ADA, StyleGAN-Human): every
+    module a call `torch_utils.persistence._reconstruct_persistent_obj(meta)` whose meta holds a
+    module source (one that raises if ever executed) and the module's attributes, the
+    constructor's keyword arguments `init_kwargs[name]` (dnnlib.util.EasyDict) recorded on the
+    top networks. The two packages are stood in for while writing and removed afterwards."""
+    import pickle
+    import types
+
+    fakes = {name: types.ModuleType(name) for name in ("torch_utils", "torch_utils.persistence", "dnnlib", "dnnlib.util")}
+
+    def _reconstruct_persistent_obj(meta):
+        raise AssertionError("only written here")
+
+    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
+    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+    easy_dict = type("EasyDict", (dict,), {"__module__": "dnnlib.util"})
+    fakes["torch_utils.persistence"]._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    fakes["dnnlib.util"].EasyDict = easy_dict
+    tops = {id(module): name for name, module in networks.items()}
+
+    class PersistencePickler(pickle.Pickler):
+        def reducer_override(self, obj):
+            if not isinstance(obj, torch.nn.Module):
+                return NotImplemented
+            state = dict(obj.__dict__)
+            kwargs = init_kwargs.get(tops.get(id(obj)), {})
+            state["_init_args"] = ()
+            state["_init_kwargs"] = easy_dict({k: easy_dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()})
+            meta = {"type": "class", "version": 6, "module_src": "raise SystemExit('executed the module source')",
+                    "class_name": type(obj).__name__, "state": state}
+            return _reconstruct_persistent_obj, (meta,)
+
+    saved = {name: sys.modules.get(name) for name in fakes}
+    sys.modules.update(fakes)
+    try:
+        with open(path, "wb") as handle:
+            PersistencePickler(handle, protocol=protocol).dump(networks)
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name)
+            else:
+                sys.modules[name] = module

@@ -5,6 +5,8 @@
 - HGFilter: the authors' hourglass filter turning backbone maps into feature volumes.
 - ResNetDiscriminator: the StyleGAN2 'resnet' discriminator on feature volumes.
 - Generator (GeneratorConfig, PRESETS, latents_of_seeds): the two-branch Get3DHuman generator.
+- ImageGenerator: the 2-D human image generator of stage 2 (StyleGAN-Human's network pickle, read
+  as data by network_pickle.read_network_pickle; square_on_black prepares its images).
 - Reconstructor: the PIFu-style image -> feature volumes reconstructor (the prior source).
 - Refiner, MultiScalePatchDiscriminator: the refinement U-Net and its PatchGAN.
 - evaluation_mode, frozen_parameters: eval mode / no weight gradients for a block, restored after.
@@ -14,6 +16,7 @@
 from get3dhuman.nn.discriminator import ResNetDiscriminator
 from get3dhuman.nn.generator import PRESETS, Generator, GeneratorConfig, ShapeFeatures, latents_of_seeds
 from get3dhuman.nn.hourglass import HGFilter
+from get3dhuman.nn.image_generator import ImageGenerator
 from get3dhuman.nn.implicit import ImplicitDecoder
 from get3dhuman.nn.modes import evaluation_mode, frozen_parameters
 from get3dhuman.nn.reconstructor import Reconstructor
@@ -25,6 +28,7 @@ __all__ = [
     "Generator",
     "GeneratorConfig",
     "HGFilter",
+    "ImageGenerator",
     "ImplicitDecoder",
     "MappingNetwork",
     "MultiScalePatchDiscriminator",

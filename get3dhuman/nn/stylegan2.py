@@ -159,22 +159,24 @@ class MappingNetwork(nn.Module):
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 convolution (optionally 2x up-sampling), noise, bias, leaky ReLU, clamp."""
 
-    def __init__(self, in_channels, out_channels, w_dim, resolution, up=1, conv_clamp=None, kernel_size=3):
+    def __init__(self, in_channels, out_channels, w_dim, resolution, up=1, conv_clamp=None, kernel_size=3,
+                 portrait=False):
         super().__init__()
         self.resolution, self.up, self.conv_clamp, self.padding = resolution, up, conv_clamp, kernel_size // 2
+        self.width = resolution // 2 if portrait else resolution
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         self.register_buffer("resample_filter", setup_filter())
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
-        self.register_buffer("noise_const", torch.randn(resolution, resolution))
+        self.register_buffer("noise_const", torch.randn(resolution, self.width))
         self.noise_strength = nn.Parameter(torch.zeros([]))
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, x, w, noise_mode="const"):
-        """x [B, I, r/up, r/up], w [B, w_dim] -> [B, O, r, r]."""
+        """x [B, I, r/up, width/up], w [B, w_dim] -> [B, O, r, width] (width r, or r/2 in portrait)."""
         styles = self.affine(w)
         noise = None
         if noise_mode == "random":
-            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype) * self.noise_strength
+            noise = torch.randn(x.shape[0], 1, self.resolution, self.width, device=x.device, dtype=x.dtype) * self.noise_strength
         elif noise_mode == "const":
             noise = self.noise_const * self.noise_strength
         x = modulated_conv2d(x, self.weight, styles, noise, self.up, self.padding, self.resample_filter, flip_weight=self.up == 1)
@@ -193,23 +195,26 @@ class ToRGBLayer(nn.Module):
         self.weight_gain = 1 / math.sqrt(in_channels)
 
     def forward(self, x, w):
-        """x [B, I, r, r], w [B, w_dim] -> [B, out_channels, r, r]."""
+        """x [B, I, H, W], w [B, w_dim] -> [B, out_channels, H, W]."""
         x = modulated_conv2d(x, self.weight, self.affine(w) * self.weight_gain, demodulate=False)
         return bias_act(x, self.bias, clamp=self.conv_clamp)
 
 
 class SynthesisBlock(nn.Module):
-    """One resolution of the 'skip' synthesis network: (const | up-sampling conv0), conv1, torgb."""
+    """One resolution of the 'skip' synthesis network: (const | up-sampling conv0), conv1, torgb.
+    In `portrait` its maps are half as wide as tall (StyleGAN-Human's 4x2 constant)."""
 
-    def __init__(self, in_channels, out_channels, w_dim, resolution, img_channels, conv_clamp=None):
+    def __init__(self, in_channels, out_channels, w_dim, resolution, img_channels, conv_clamp=None, portrait=False):
         super().__init__()
         self.in_channels = in_channels
         self.register_buffer("resample_filter", setup_filter())
         if in_channels == 0:
-            self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
+            self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution // 2 if portrait else resolution))
         else:
-            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2, conv_clamp=conv_clamp)
-        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp)
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2, conv_clamp=conv_clamp,
+                                        portrait=portrait)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp,
+                                    portrait=portrait)
         self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
         self.num_conv = 1 if in_channels == 0 else 2
         self.num_torgb = 1
@@ -228,18 +233,21 @@ class SynthesisBlock(nn.Module):
 
 
 class SynthesisNetwork(nn.Module):
-    """ws [B, num_ws, w_dim] -> image [B, img_channels, R, R], blocks b4 ... bR."""
+    """ws [B, num_ws, w_dim] -> image [B, img_channels, R, R] (R/2 wide in `portrait`), blocks b4 ... bR."""
 
-    def __init__(self, w_dim, img_resolution, img_channels, channel_base=32768, channel_max=512, conv_clamp=256):
+    def __init__(self, w_dim, img_resolution, img_channels, channel_base=32768, channel_max=512, conv_clamp=256,
+                 portrait=False):
         super().__init__()
         if img_resolution < 4 or img_resolution & (img_resolution - 1):
             raise ValueError(f"img_resolution must be a power of two >= 4, got {img_resolution}")
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
+        self.portrait = portrait
         self.block_resolutions = [2**i for i in range(2, int(math.log2(img_resolution)) + 1)]
         channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
         self.num_ws = 0
         for res in self.block_resolutions:
-            block = SynthesisBlock(channels[res // 2] if res > 4 else 0, channels[res], w_dim, res, img_channels, conv_clamp)
+            block = SynthesisBlock(channels[res // 2] if res > 4 else 0, channels[res], w_dim, res, img_channels, conv_clamp,
+                                   portrait)
             self.num_ws += block.num_conv
             setattr(self, f"b{res}", block)
         self.num_ws += 1  # the last block's torgb
@@ -255,17 +263,21 @@ class SynthesisNetwork(nn.Module):
 
 
 class StyleGAN2Generator(nn.Module):
-    """Mapping + synthesis: z [B, z_dim] -> image [B, img_channels, R, R].
+    """Mapping + synthesis: z [B, z_dim] -> image [B, img_channels, R, R] ([B, img_channels, R, R/2]
+    in `portrait`).
 
     The Get3DHuman backbones are instances with z_dim = w_dim = 512, 2 mapping layers,
     R = 512, 16 output channels, channel_base 32768, channel_max 512, conv_clamp 256.
+    StyleGAN-Human's 2-D generator (nn.image_generator) is one with 8 mapping layers, R = 1024
+    or 512, 3 channels and `portrait` images.
     """
 
     def __init__(self, z_dim=512, w_dim=512, img_resolution=512, img_channels=16, mapping_layers=2,
-                 channel_base=32768, channel_max=512, conv_clamp=256):
+                 channel_base=32768, channel_max=512, conv_clamp=256, portrait=False):
         super().__init__()
         self.z_dim = z_dim
-        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base, channel_max, conv_clamp)
+        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base, channel_max, conv_clamp,
+                                          portrait)
         self.mapping = MappingNetwork(z_dim, w_dim, self.synthesis.num_ws, mapping_layers)
 
     def check_latent(self, z: torch.Tensor, name: str = "z") -> None:

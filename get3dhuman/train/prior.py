@@ -1,8 +1,11 @@
 """Training stage 2: prior induction.
 
-For many latents z, the stand-in 2-D generator (`synthetic.preview.stand_in_images`) renders
-its image (the synthetic human of `human_parameters(z)`, front view, as the Reconstructor was
-trained on), the trained Reconstructor turns the image into shape and texture feature volumes,
+For many latents z, the 2-D generator paints its image: by default the synthetic world's
+stand-in (`synthetic.preview.stand_in_images`: the synthetic human of `human_parameters(z)`,
+front view, as the Reconstructor was trained on); with the setting `image_generator`, a real
+one such as StyleGAN-Human (`nn.ImageGenerator.load`: a network pickle or a file of its
+`save`; its images matted to black, padded square and resized: `nn.image_generator.square_on_black`).
+The trained Reconstructor turns the image into shape and texture feature volumes,
 and the Reconstructor's occupancy field is rendered to depth, normal and mask maps
 (`render.ray_march` of 0.5 - occupancy, front camera). These are the targets of the
 Generator's latent prior loss and of its depth and normal losses for the same z.
@@ -12,9 +15,9 @@ written under a temporary name and renamed, so a shard either is complete or abs
 `prior.json` with the settings. Latent j is drawn from its own seed (seed * 1_000_003 + j), so
 an interrupted run resumes with the first missing shard and produces the same cache.
 
-Shard tensors: z [S, z_dim] float32; image [S, H, W, 3] uint8 (the stand-in image, for the
-refiner); with `albedo_images`, albedo [S, H, W, 3] uint8 (the same view unshaded, for a
-refiner of albedo); shape, texture [S, F, V, V] (`volume_dtype`); depth, mask [S, M, M] and normal
+Shard tensors: z [S, z_dim] float32; image [S, H, W, 3] uint8 (the 2-D generator's image, for
+the refiner); with `albedo_images`, albedo [S, H, W, 3] uint8 (the stand-in's view unshaded, for
+a refiner of albedo; a real image generator paints shaded images only); shape, texture [S, F, V, V] (`volume_dtype`); depth, mask [S, M, M] and normal
 [S, M, M, 3] float32 (camera space, y up, as `render.Rendering`).
 
 With `images_only` the cache holds z and the images alone (IMAGE_KEYS, with `albedo_images` also
@@ -34,8 +37,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from get3dhuman.nn import Reconstructor
+from get3dhuman.nn import ImageGenerator, Reconstructor
 from get3dhuman.nn.generator import resolve_config
+from get3dhuman.nn.image_generator import square_on_black
 from get3dhuman.render import orbit_calibration, ray_march
 from get3dhuman.synthetic.preview import shade, stand_in_rendering
 from get3dhuman.train import distributed
@@ -48,7 +52,9 @@ from get3dhuman.train.checkpoint import (
 SHARD_KEYS = ("z", "image", "shape", "texture", "depth", "normal", "mask")
 IMAGE_KEYS = ("z", "image")  # the shards of an `images_only` cache
 ALBEDO_KEY = "albedo"  # with `albedo_images`, in both kinds of cache
-INTRODUCED = {"images_only": False, "albedo_images": False}  # settings older caches were made without
+# settings older caches were made without
+INTRODUCED = {"images_only": False, "albedo_images": False, "image_generator": None, "truncation_psi": 1.0,
+              "matte_tolerance": 0.06}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +71,9 @@ class PriorConfig:
     seed: int = 0
     images_only: bool = False  # z and the stand-in image only (IMAGE_KEYS), no Reconstructor: for the refiner
     albedo_images: bool = True  # also the stand-in images unshaded (ALBEDO_KEY): for a refiner of albedo
+    image_generator: str | None = None  # a 2-D generator file (nn.ImageGenerator.load) instead of the stand-in
+    truncation_psi: float = 1.0  # of the image generator's styles (1: none)
+    matte_tolerance: float = 0.06  # of the image generator's background colour (nn.image_generator.matte_background)
 
 
 PRESETS = {
@@ -100,13 +109,37 @@ def _bytes(image: torch.Tensor) -> torch.Tensor:
     return (image * 255).round().to(torch.uint8)
 
 
+def load_image_generator(config: PriorConfig, device: str = "cpu") -> ImageGenerator | None:
+    """The setting `image_generator` as an ImageGenerator on `device` (None without one).
+    Raises ValueError when its latents do not have the preset's z_dim or the settings ask for
+    albedo images, which only the stand-in makes."""
+    if config.image_generator is None:
+        return None
+    if config.albedo_images:
+        raise ValueError("albedo_images: an image generator paints shaded images only; set albedo_images to false "
+                         f"with image_generator {config.image_generator!r}")
+    model = ImageGenerator.load(config.image_generator)
+    z_dim = resolve_config(config.preset).z_dim
+    if model.z_dim != z_dim:
+        raise ValueError(f"image_generator: {config.image_generator} draws latents of {model.z_dim} dimensions, the "
+                         f"preset {config.preset!r} has z_dim {z_dim}")
+    return model.to(device).requires_grad_(False)
+
+
 @torch.no_grad()
-def prior_targets(model: Reconstructor | None, z: torch.Tensor, config: PriorConfig) -> dict[str, torch.Tensor]:
-    """The cache entries `cache_keys(config)` of latents z [B, z_dim], on the CPU; the
+def prior_targets(model: Reconstructor | None, z: torch.Tensor, config: PriorConfig,
+                  image_generator: ImageGenerator | None = None) -> dict[str, torch.Tensor]:
+    """The cache entries `cache_keys(config)` of latents z [B, z_dim], on the CPU: the images of
+    `image_generator` (`load_image_generator(config)`) or, without one, of the stand-in; the
     Reconstructor `model` makes the volumes and maps (None for an `images_only` cache)."""
-    # The stand-in images (synthetic.preview.stand_in_images), shaded and unshaded from one trace.
-    rendering = stand_in_rendering(z, resolve_config(config.preset).backbone_resolution)
-    image = shade(rendering, background=0.0)  # [B, S, S, 3] in [0, 1]
+    side = resolve_config(config.preset).backbone_resolution
+    if image_generator is None:
+        # The stand-in images (synthetic.preview.stand_in_images), shaded and unshaded from one trace.
+        rendering = stand_in_rendering(z, side)
+        image = shade(rendering, background=0.0)  # [B, S, S, 3] in [0, 1]
+    else:
+        generated = image_generator(z.to(next(image_generator.parameters()).device), config.truncation_psi)
+        image = square_on_black(generated, side, config.matte_tolerance).cpu()
     entries = {"z": z.float(), "image": _bytes(image)}
     if config.albedo_images:
         entries[ALBEDO_KEY] = _bytes(shade(rendering, background=0.0, lit=False))
@@ -125,14 +158,17 @@ def prior_targets(model: Reconstructor | None, z: torch.Tensor, config: PriorCon
 def induce_priors(config: PriorConfig, reconstructor: str | None, out_dir: str, device: str = "cpu",
                   progress: bool = True) -> list[str]:
     """Fills (or completes) the prior cache in `out_dir` from the stage-1 run or checkpoint
-    `reconstructor` (None, and not used, with `config.images_only`); returns the shard paths in
-    order. Under torchrun process r makes the missing shards whose index is r modulo the number
+    `reconstructor` (None, and not used, with `config.images_only`) and the 2-D generator of
+    `config.image_generator` (default: the stand-in); returns the shard paths in order. Under torchrun process r makes the missing shards whose index is r modulo the number
     of processes."""
     if config.count < 1 or config.shard_size < 1 or config.batch_size < 1:
         raise ValueError(f"count, shard_size and batch_size must be positive, got {config.count}, "
                          f"{config.shard_size}, {config.batch_size}")
     if config.volume_dtype not in ("float16", "bfloat16", "float32"):
         raise ValueError(f"volume_dtype must be float16, bfloat16 or float32, got {config.volume_dtype!r}")
+    if not 0 < config.truncation_psi <= 1 or not 0 <= config.matte_tolerance < 1:
+        raise ValueError(f"truncation_psi must be in (0, 1] and matte_tolerance in [0, 1), got "
+                         f"{config.truncation_psi} and {config.matte_tolerance}")
     if reconstructor is None and not config.images_only:
         raise ValueError("reconstructor: a stage-1 run or checkpoint is required (or set images_only for a cache of "
                          "the stand-in images alone)")
@@ -141,6 +177,7 @@ def induce_priors(config: PriorConfig, reconstructor: str | None, out_dir: str, 
     device = distributed.initialize(device)
     rank, size = distributed.world()
     os.makedirs(out_dir, exist_ok=True)
+    image_generator = load_image_generator(config, device)  # checked before anything is written
     source = None if reconstructor is None else os.path.abspath(reconstructor)
     record_settings(os.path.join(out_dir, "prior.json"), {**dataclasses.asdict(config), "reconstructor": source},
                     may_change=("count",), write=rank == 0, introduced=INTRODUCED)
@@ -157,7 +194,7 @@ def induce_priors(config: PriorConfig, reconstructor: str | None, out_dir: str, 
     for index in missing:
         begin = index * config.shard_size
         end = min(begin + config.shard_size, config.count)
-        parts = [prior_targets(model, latents(config, b, min(b + config.batch_size, end)), config)
+        parts = [prior_targets(model, latents(config, b, min(b + config.batch_size, end)), config, image_generator)
                  for b in range(begin, end, config.batch_size)]
         tensors = {key: torch.cat([part[key] for part in parts]).contiguous() for key in keys}
         save_file(tensors, paths[index] + ".tmp", metadata={"first": str(begin), "preset": config.preset})
@@ -166,7 +203,7 @@ def induce_priors(config: PriorConfig, reconstructor: str | None, out_dir: str, 
     return paths
 
 
-def check_stage_inputs(prior: "PriorCache", model, preset: str, name: str, keys: tuple[str, ...]) -> None:
+def check_stage_inputs(prior: PriorCache, model, preset: str, name: str, keys: tuple[str, ...]) -> None:
     """Raises ValueError unless the prior cache and `model` (called `name`) are of `preset` and
     the cache holds the entries `keys` that the stage reads."""
     if prior.settings.get("preset") != preset or model.config != resolve_config(preset):
