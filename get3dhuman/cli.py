@@ -2,6 +2,8 @@
 
 - `get3dhuman info`: what was built and what this machine can run.
 - `get3dhuman synthetic --out FILE.png`: a grid of humans from the synthetic world.
+- `get3dhuman images --image-generator FILE --out FILE.png`: the images stage 2 would lift
+  (a 2-D generator's, matted and squared; without FILE, the stand-in's), to check them first.
 - `get3dhuman train reconstructor --preset tiny|small|official --out DIR`: training stage 1.
 - `get3dhuman train prior --reconstructor RUN --out DIR`: stage 2, the prior cache (with the
   setting images_only, no --reconstructor: the stand-in images alone, all the refiner needs;
@@ -72,6 +74,32 @@ def _synthetic(args: argparse.Namespace) -> int:
 
     sample_grid(args.out, args.num, args.seed, args.resolution)
     print(f"wrote {args.num} synthetic humans to {args.out}")
+    return 0
+
+
+def _images(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from get3dhuman import train
+    from get3dhuman.synthetic.preview import save_grid
+    from get3dhuman.train.prior import check_prior_config, latents, load_image_generator, prior_targets
+
+    if args.num < 1:
+        raise SystemExit(f"get3dhuman images: --num must be positive, got {args.num}")
+    config = dataclasses.replace(train.PRIOR_PRESETS[args.preset], seed=args.seed, images_only=True,
+                                 albedo_images=False, image_generator=args.image_generator,
+                                 truncation_psi=args.truncation_psi, matte_tolerance=args.matte_tolerance)
+    try:
+        check_prior_config(config)
+        generator = load_image_generator(config, args.device)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"get3dhuman images: {error}") from error
+    images = [prior_targets(None, latents(config, begin, min(begin + config.batch_size, args.num)), config,
+                            generator)["image"] for begin in range(0, args.num, config.batch_size)]
+    save_grid(torch.cat(images).float() / 255, args.out, args.columns)
+    print(f"wrote the first {args.num} images of a prior cache of seed {args.seed} to {args.out}")
     return 0
 
 
@@ -355,6 +383,21 @@ def main(argv: list[str] | None = None) -> int:
     synthetic.add_argument("--seed", type=int, default=0, help="seed of the latents (default 0)")
     synthetic.add_argument("--resolution", type=int, default=256, help="pixels per side of each render (default 256)")
     synthetic.set_defaults(handler=_synthetic)
+    images = commands.add_parser("images", help="a PNG grid of the images a prior cache would hold: a 2-D "
+                                 "generator's, matted and squared, or the synthetic stand-in's")
+    images.add_argument("--out", required=True, help="PNG file to write")
+    images.add_argument("--image-generator", metavar="FILE", help="network pickle (e.g. StyleGAN-Human's) or file of "
+                        "ImageGenerator.save, as `train prior --image-generator` (default: the synthetic stand-in)")
+    images.add_argument("--preset", choices=["tiny", "small", "official"], default="small",
+                        help="fixes z_dim and the image side (StyleGAN-Human: official)")
+    images.add_argument("--num", type=int, default=16, help="number of images: the cache's first (default 16)")
+    images.add_argument("--seed", type=int, default=0, help="the prior cache's seed (default 0)")
+    images.add_argument("--truncation-psi", type=float, default=1.0, help="of the generator's styles (default 1)")
+    images.add_argument("--matte-tolerance", type=float, default=0.06,
+                        help="of the generator's background colour (default 0.06)")
+    images.add_argument("--columns", type=int, default=4, help="images per row of the grid (default 4)")
+    images.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    images.set_defaults(handler=_images)
     train = commands.add_parser("train", help="train a stage (resumes from the newest checkpoint in --out)")
     train.add_argument("stage", choices=[*STAGES, "all"],
                        help="the training stage: 1 reconstructor, 2 prior (cache), 3 generator, 4 refiner; "

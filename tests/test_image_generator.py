@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from inputs import write_network_pickle
+from PIL import Image
 from skimage import measure
 
 from get3dhuman import cli
@@ -18,7 +19,7 @@ from get3dhuman.nn.generator import resolve_config
 from get3dhuman.nn.image_generator import matte_background, square_on_black
 from get3dhuman.nn.network_pickle import read_network_pickle
 from get3dhuman.synthetic import human_parameters
-from get3dhuman.synthetic.preview import trace_humans
+from get3dhuman.synthetic.preview import stand_in_images, trace_humans
 from get3dhuman.train import PRIOR_PRESETS, RECONSTRUCTOR_PRESETS, induce_priors, train_reconstructor
 from get3dhuman.train.prior import PriorCache, latents, load_reconstructor
 
@@ -229,7 +230,18 @@ def test_train_prior_takes_an_image_generator_on_the_command_line(reconstructor,
               "--out", str(out), "--quiet"])
     recorded = json.loads((out / "prior.json").read_text())
     assert recorded["image_generator"] == pickle_path and recorded["albedo_images"] is False
-    assert PriorCache(str(out)).keys == ("z", "image")
+    cache = PriorCache(str(out))
+    assert cache.keys == ("z", "image")
+    # `images` shows the cache's images, two to a row.
+    cli.main(["images", "--preset", "tiny", "--image-generator", pickle_path, "--num", "4", "--columns", "2",
+              "--out", str(tmp_path / "grid.png")])
+    grid = torch.from_numpy(np.asarray(Image.open(tmp_path / "grid.png")).copy())
+    cached = cache.batch(range(4))["image"]
+    assert torch.equal(grid, torch.cat([torch.cat([cached[0], cached[1]], 1), torch.cat([cached[2], cached[3]], 1)]))
+    cli.main(["images", "--preset", "tiny", "--num", "1", "--out", str(tmp_path / "stand-in.png")])
+    stand_in = stand_in_images(latents(PRIOR_PRESETS["tiny"], 0, 1), resolve_config("tiny").backbone_resolution)
+    stand_in_grid = np.asarray(Image.open(tmp_path / "stand-in.png"))
+    assert torch.equal(torch.from_numpy(stand_in_grid[:, :32].copy()), (stand_in[0] * 255).round().to(torch.uint8))
     with pytest.raises(SystemExit, match="--image-generator applies to the prior stage only"):
         cli.main(["train", "reconstructor", "--preset", "tiny", "--image-generator", pickle_path, "--out",
                   str(tmp_path / "rec"), "--quiet"])

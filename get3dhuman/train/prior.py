@@ -155,12 +155,9 @@ def prior_targets(model: Reconstructor | None, z: torch.Tensor, config: PriorCon
             "normal": maps.normal.cpu(), "mask": maps.mask.cpu()}
 
 
-def induce_priors(config: PriorConfig, reconstructor: str | None, out_dir: str, device: str = "cpu",
-                  progress: bool = True) -> list[str]:
-    """Fills (or completes) the prior cache in `out_dir` from the stage-1 run or checkpoint
-    `reconstructor` (None, and not used, with `config.images_only`) and the 2-D generator of
-    `config.image_generator` (default: the stand-in); returns the shard paths in order. Under torchrun process r makes the missing shards whose index is r modulo the number
-    of processes."""
+def check_prior_config(config: PriorConfig) -> None:
+    """Raises ValueError naming the setting unless the sizes are positive, volume_dtype a
+    storage type, truncation_psi in (0, 1] and matte_tolerance in [0, 1)."""
     if config.count < 1 or config.shard_size < 1 or config.batch_size < 1:
         raise ValueError(f"count, shard_size and batch_size must be positive, got {config.count}, "
                          f"{config.shard_size}, {config.batch_size}")
@@ -169,6 +166,15 @@ def induce_priors(config: PriorConfig, reconstructor: str | None, out_dir: str, 
     if not 0 < config.truncation_psi <= 1 or not 0 <= config.matte_tolerance < 1:
         raise ValueError(f"truncation_psi must be in (0, 1] and matte_tolerance in [0, 1), got "
                          f"{config.truncation_psi} and {config.matte_tolerance}")
+
+
+def induce_priors(config: PriorConfig, reconstructor: str | None, out_dir: str, device: str = "cpu",
+                  progress: bool = True) -> list[str]:
+    """Fills (or completes) the prior cache in `out_dir` from the stage-1 run or checkpoint
+    `reconstructor` (None, and not used, with `config.images_only`) and the 2-D generator of
+    `config.image_generator` (default: the stand-in); returns the shard paths in order. Under torchrun process r makes the missing shards whose index is r modulo the number
+    of processes."""
+    check_prior_config(config)
     if reconstructor is None and not config.images_only:
         raise ValueError("reconstructor: a stage-1 run or checkpoint is required (or set images_only for a cache of "
                          "the stand-in images alone)")
