@@ -90,7 +90,8 @@ def _images(args: argparse.Namespace) -> int:
         raise SystemExit(f"get3dhuman images: --num must be positive, got {args.num}")
     config = dataclasses.replace(train.PRIOR_PRESETS[args.preset], seed=args.seed, images_only=True,
                                  albedo_images=False, image_generator=args.image_generator,
-                                 truncation_psi=args.truncation_psi, matte_tolerance=args.matte_tolerance)
+                                 truncation_psi=args.truncation_psi, matte_tolerance=args.matte_tolerance,
+                                 figure_height=None if args.figure_height == 0 else args.figure_height)
     try:
         check_prior_config(config)
         generator = load_image_generator(config, args.device)
@@ -395,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     images.add_argument("--truncation-psi", type=float, default=1.0, help="of the generator's styles (default 1)")
     images.add_argument("--matte-tolerance", type=float, default=0.06,
                         help="of the generator's background colour (default 0.06)")
+    images.add_argument("--figure-height", type=float, default=0.9, help="the figures framed this tall, a fraction "
+                        "of the side, as scans are (default 0.9; 0: the generator's framing, padded square)")
     images.add_argument("--columns", type=int, default=4, help="images per row of the grid (default 4)")
     images.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     images.set_defaults(handler=_images)

@@ -184,6 +184,20 @@ def test_square_on_black_centres_the_matted_figure():
     assert torch.allclose(small[1], torch.from_numpy(np.stack(pillow, -1)), atol=1e-6)
 
 
+def test_figures_are_framed_centred_and_as_tall_as_asked():
+    images = torch.ones(1, 16, 8, 3)
+    images[:, 2:10, 3:5] = 0.5  # a figure 8 rows tall, centred on row 6, column 4
+    framed = square_on_black(images, 16, figure_height=0.5)
+    expected = torch.zeros(1, 16, 16, 3)
+    expected[:, 4:12, 7:9] = 0.5  # the window of 16 rows centred on the figure
+    assert torch.equal(framed, expected)
+    tall = square_on_black(images, 16, figure_height=1.0)  # a window of 8, resized to 16: the figure fills it
+    assert (tall[0, :, :, 0] > 0.4).any(1).all() and tall[0, :, :3].max() == 0
+    assert torch.equal(square_on_black(torch.ones(1, 16, 8, 3), 16, figure_height=0.5), torch.zeros(1, 16, 16, 3))
+    with pytest.raises(ValueError, match=r"figure_height must be in \(0, 1\]"):
+        square_on_black(images, 16, figure_height=1.5)
+
+
 @pytest.fixture(scope="module")
 def reconstructor(tmp_path_factory):
     root = tmp_path_factory.mktemp("image-generator")
@@ -206,7 +220,8 @@ def test_a_prior_cache_of_a_generators_images(reconstructor, tmp_path):
     assert torch.equal(entries["z"], z)
     network = read_network_pickle(pickle_path)["G_ema"]
     side = resolve_config("tiny").backbone_resolution
-    expected = square_on_black(expected_images(ImageGenerator.from_pickled(network).network, z, 0.8), side)
+    generated = expected_images(ImageGenerator.from_pickled(network).network, z, 0.8)
+    expected = square_on_black(generated, side, figure_height=0.9)
     assert torch.equal(entries["image"], (expected * 255).round().to(torch.uint8))
     model = load_reconstructor(str(reconstructor / "rec"), "tiny")
     with torch.no_grad():

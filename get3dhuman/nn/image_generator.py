@@ -8,7 +8,8 @@ Without one, the prior stage uses the synthetic world's stand-in (synthetic.prev
 
 Such generators paint people on a uniform background, while the Reconstructor sees humans on
 black: `square_on_black` mattes the background colour (estimated from the image border; the
-region of it connected to the border), pads to a square and resizes.
+region of it connected to the border), frames the figure as the Reconstructor's training
+views do (or pads the image to a square) and resizes.
 """
 
 from __future__ import annotations
@@ -146,18 +147,42 @@ def matte_background(images: torch.Tensor, tolerance: float = 0.06) -> torch.Ten
     return torch.from_numpy(~background).to(images.device)
 
 
-def square_on_black(images: torch.Tensor, side: int, matte_tolerance: float = 0.06) -> torch.Tensor:
+def _window(foreground: torch.Tensor, figure_height: float | None) -> tuple[int, int, int]:
+    """(top, left, size) of the square of an image [H, W] (bool foreground) that `square_on_black` keeps."""
+    height, width = foreground.shape
+    rows, columns = foreground.any(1).nonzero(), foreground.any(0).nonzero()
+    if figure_height is None or not len(rows):
+        size = max(height, width)
+        return (height - size) // 2, (width - size) // 2, size
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(columns[0]), int(columns[-1]) + 1
+    size = max(round((bottom - top) / figure_height), 1)
+    return round((top + bottom - size) / 2), round((left + right - size) / 2), size
+
+
+def square_on_black(images: torch.Tensor, side: int, matte_tolerance: float = 0.06,
+                    figure_height: float | None = None) -> torch.Tensor:
     """The Reconstructor's view of generated images [B, H, W, 3] in [0, 1]: the background
-    (`matte_background` with `matte_tolerance`) made black, padded with black to a centred
-    square and resized (antialiased bilinear) to [B, side, side, 3]."""
+    (`matte_background` with `matte_tolerance`) made black, then a square of each resized
+    (antialiased bilinear) to [B, side, side, 3], black where it leaves the image. The square
+    is the image padded to a centred square, or with `figure_height` in (0, 1] one framing the
+    figure as the Reconstructor's training views do: its bounding box centred and
+    `figure_height` of the side tall (0.9: a 1.8 m person in the 2 m views of scans, which
+    are scaled to 1.8 m and centred)."""
     if side < 1:
         raise ValueError(f"side must be positive, got {side}")
+    if figure_height is not None and not 0 < figure_height <= 1:
+        raise ValueError(f"figure_height must be in (0, 1] or None, got {figure_height}")
     foreground = matte_background(images, matte_tolerance)
-    images = images.float() * foreground.unsqueeze(-1)
-    height, width = images.shape[1:3]
-    extent = max(height, width)
-    left, top = (extent - width) // 2, (extent - height) // 2
-    square = F.pad(images.permute(0, 3, 1, 2), (left, extent - width - left, top, extent - height - top))
-    if extent != side:
-        square = F.interpolate(square, size=(side, side), mode="bilinear", align_corners=False, antialias=extent > side)
-    return square.clamp(0, 1).permute(0, 2, 3, 1)
+    images = (images.float() * foreground.unsqueeze(-1)).permute(0, 3, 1, 2)
+    height, width = images.shape[2:]
+    squares = []
+    for image, mask in zip(images, foreground):
+        top, left, size = _window(mask, figure_height)
+        square = images.new_zeros(3, size, size)
+        rows, columns = slice(max(top, 0), min(top + size, height)), slice(max(left, 0), min(left + size, width))
+        square[:, rows.start - top : rows.stop - top, columns.start - left : columns.stop - left] = image[:, rows, columns]
+        if size != side:
+            square = F.interpolate(square[None], size=(side, side), mode="bilinear", align_corners=False,
+                                   antialias=size > side)[0]
+        squares.append(square)
+    return torch.stack(squares).clamp(0, 1).permute(0, 2, 3, 1)

@@ -4,7 +4,8 @@ For many latents z, the 2-D generator paints its image: by default the synthetic
 stand-in (`synthetic.preview.stand_in_images`: the synthetic human of `human_parameters(z)`,
 front view, as the Reconstructor was trained on); with the setting `image_generator`, a real
 one such as StyleGAN-Human (`nn.ImageGenerator.load`: a network pickle or a file of its
-`save`; its images matted to black, padded square and resized: `nn.image_generator.square_on_black`).
+`save`; its images matted to black, the figures framed as scans are, and resized:
+`nn.image_generator.square_on_black`).
 The trained Reconstructor turns the image into shape and texture feature volumes,
 and the Reconstructor's occupancy field is rendered to depth, normal and mask maps
 (`render.ray_march` of 0.5 - occupancy, front camera). These are the targets of the
@@ -54,7 +55,7 @@ IMAGE_KEYS = ("z", "image")  # the shards of an `images_only` cache
 ALBEDO_KEY = "albedo"  # with `albedo_images`, in both kinds of cache
 # settings older caches were made without
 INTRODUCED = {"images_only": False, "albedo_images": False, "image_generator": None, "truncation_psi": 1.0,
-              "matte_tolerance": 0.06}
+              "matte_tolerance": 0.06, "figure_height": 0.9}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,7 @@ class PriorConfig:
     image_generator: str | None = None  # a 2-D generator file (nn.ImageGenerator.load) instead of the stand-in
     truncation_psi: float = 1.0  # of the image generator's styles (1: none)
     matte_tolerance: float = 0.06  # of the image generator's background colour (nn.image_generator.matte_background)
+    figure_height: float | None = 0.9  # its figures framed this tall, as scans are (None: its framing, padded square)
 
 
 PRESETS = {
@@ -139,7 +141,7 @@ def prior_targets(model: Reconstructor | None, z: torch.Tensor, config: PriorCon
         image = shade(rendering, background=0.0)  # [B, S, S, 3] in [0, 1]
     else:
         generated = image_generator(z.to(next(image_generator.parameters()).device), config.truncation_psi)
-        image = square_on_black(generated, side, config.matte_tolerance).cpu()
+        image = square_on_black(generated, side, config.matte_tolerance, config.figure_height).cpu()
     entries = {"z": z.float(), "image": _bytes(image)}
     if config.albedo_images:
         entries[ALBEDO_KEY] = _bytes(shade(rendering, background=0.0, lit=False))
@@ -157,7 +159,8 @@ def prior_targets(model: Reconstructor | None, z: torch.Tensor, config: PriorCon
 
 def check_prior_config(config: PriorConfig) -> None:
     """Raises ValueError naming the setting unless the sizes are positive, volume_dtype a
-    storage type, truncation_psi in (0, 1] and matte_tolerance in [0, 1)."""
+    storage type, truncation_psi in (0, 1], matte_tolerance in [0, 1) and figure_height None
+    or in (0, 1]."""
     if config.count < 1 or config.shard_size < 1 or config.batch_size < 1:
         raise ValueError(f"count, shard_size and batch_size must be positive, got {config.count}, "
                          f"{config.shard_size}, {config.batch_size}")
@@ -166,6 +169,8 @@ def check_prior_config(config: PriorConfig) -> None:
     if not 0 < config.truncation_psi <= 1 or not 0 <= config.matte_tolerance < 1:
         raise ValueError(f"truncation_psi must be in (0, 1] and matte_tolerance in [0, 1), got "
                          f"{config.truncation_psi} and {config.matte_tolerance}")
+    if config.figure_height is not None and not 0 < config.figure_height <= 1:
+        raise ValueError(f"figure_height must be None or in (0, 1], got {config.figure_height}")
 
 
 def induce_priors(config: PriorConfig, reconstructor: str | None, out_dir: str, device: str = "cpu",
