@@ -79,8 +79,8 @@ class ImageGenerator(nn.Module):
         except ValueError as error:
             raise ValueError(f"path: {os.fspath(path)} is neither an image generator file of `ImageGenerator.save` "
                              f"nor a network pickle ({error})") from error
-        if not isinstance(networks.get(network), PickledModule):
-            held = [key for key, value in networks.items() if isinstance(value, PickledModule)]
+        held = [key for key, value in networks.items() if isinstance(value, PickledModule)]
+        if network not in held:
             raise ValueError(f"network must be one of the pickle's networks {held}, got {network!r}")
         return cls.from_pickled(networks[network], f"{os.fspath(path)}[{network!r}]")
 
