@@ -74,6 +74,21 @@ def test_a_network_pickle_reads_back_to_the_same_generator(tmp_path, portrait, p
     assert records["D"].class_name == "Linear" and set(records["D"].state_dict()) == {"weight", "bias"}
 
 
+def test_images_agree_on_every_device(device):
+    network = tiny_network()
+    model = ImageGenerator(z_dim=TINY_Z, w_dim=16, img_resolution=16, mapping_layers=8, channel_base=256,
+                           channel_max=32, portrait=True)
+    model.network.load_state_dict(network.state_dict())
+    z = torch.randn(3, TINY_Z, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        images = model.to(device)(z.to(device), 0.7)
+        squares = square_on_black(images, 24, figure_height=0.9)
+    assert images.device.type == squares.device.type == device
+    expected = expected_images(network, z, 0.7)
+    assert torch.allclose(images.cpu(), expected, atol=1e-5)
+    assert torch.allclose(squares.cpu(), square_on_black(expected, 24, figure_height=0.9), atol=1e-4)
+
+
 def test_reading_a_pickle_runs_nothing_and_names_what_it_refuses(tmp_path):
     marker = tmp_path / "ran"
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
+from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.nn.network_pickle import PickledModule, read_network_pickle
 from get3dhuman.nn.pretrained import is_pretrained_file, load_pretrained_state, read_pretrained, write_pretrained
 from get3dhuman.nn.stylegan2 import StyleGAN2Generator
@@ -55,8 +56,10 @@ class ImageGenerator(nn.Module):
                 noise_mode: str = "const") -> torch.Tensor:
         """Images [B, H, W, 3] in [0, 1] of latents z [B, z_dim] (the network's [-1, 1] output,
         clamped); `truncation_psi` < 1 pulls the styles towards the average (StyleGAN's
-        truncation trick), 'const' noise keeps the same latent to the same image."""
-        images = self.network(z, truncation_psi, truncation_cutoff, noise_mode)
+        truncation trick), 'const' noise keeps the same latent to the same image. Always in
+        eval mode: the average style is the loaded one, never updated (nothing trains it here)."""
+        with evaluation_mode(self.network):
+            images = self.network(z, truncation_psi, truncation_cutoff, noise_mode)
         return ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
 
     def save(self, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> None:
