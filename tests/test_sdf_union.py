@@ -10,13 +10,14 @@ from get3dhuman.ops.sdf import (
     CUT_ELLIPSOID,
     ELLIPSOID,
     PRIMITIVE_WIDTH,
+    check_union_tables,
     ellipsoid,
     reference_part_distances,
     reference_sdf_union,
     sdf_union,
     tapered_capsule,
 )
-from get3dhuman.synthetic import human_color, human_parameters, human_sdf
+from get3dhuman.synthetic import HumanField, human_color, human_parameters, human_sdf
 from get3dhuman.synthetic.human import ABSENT, BLEND, human_primitives
 
 
@@ -175,3 +176,27 @@ def test_cuda_matches_the_cpu_kernel():
     human_points = points[:2, :20000] * 0.5
     torch.testing.assert_close(human_sdf(params.cuda(), human_points.cuda()).cpu(), human_sdf(params, human_points),
                                atol=2e-6, rtol=1e-5)
+
+
+def test_checked_tables_may_skip_the_value_checks():
+    table, kinds, parts = random_table(2, KINDS, PARTS, torch.Generator().manual_seed(5))
+    points = torch.rand(2, 300, 3) * 2 - 1
+    checked = sdf_union(points, table, kinds, parts, 0.02, 2.0)
+    trusted = sdf_union(points, table, kinds, parts, 0.02, 2.0, check_tables=False)
+    assert torch.equal(checked.distance, trusted.distance) and torch.equal(checked.nearest, trusted.nearest)
+    with pytest.raises(ValueError, match=r"kinds must lie in \[0, 4\)"):
+        check_union_tables(torch.tensor([0, 4]), torch.tensor([0, 1]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_human_distance_queries_on_cuda_never_synchronise():
+    params = human_parameters(torch.randn(2, 512, generator=torch.Generator().manual_seed(1))).cuda()
+    points = torch.rand(2, 4096, 3, device="cuda") - 0.5
+    field = HumanField(params)
+    field.sdf(points)  # the first query copies the index tables to the device
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            field.sdf(points)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -96,11 +96,24 @@ class UnionDistances(NamedTuple):
     nearest: torch.Tensor
 
 
+def check_union_tables(kinds: torch.Tensor, parts: torch.Tensor) -> None:
+    """Raises ValueError naming the argument unless kinds [Q] lie in KINDS' range and parts [Q]
+    grow from 0 in steps of 0 or 1 (every part has a primitive). Reads the values: on a CUDA
+    device a host synchronisation each, so callers that query one table many times check it
+    once (on its CPU copy) and pass check_tables=False to `sdf_union`."""
+    if int(kinds.min()) < 0 or int(kinds.max()) >= len(KINDS):
+        raise ValueError(f"kinds must lie in [0, {len(KINDS)}) ({', '.join(KINDS)}), got "
+                         f"[{int(kinds.min())}, {int(kinds.max())}]")
+    steps = parts[1:] - parts[:-1]
+    if int(parts[0]) != 0 or (steps.numel() and (int(steps.min()) < 0 or int(steps.max()) > 1)):
+        raise ValueError("parts must start at 0 and grow by 0 or 1 from one primitive to the next")
+
+
 def check_union_inputs(points: torch.Tensor, primitives: torch.Tensor, kinds: torch.Tensor,
-                       parts: torch.Tensor) -> None:
+                       parts: torch.Tensor, check_tables: bool = True) -> None:
     """Raises naming the argument unless points is [B, N, 3], primitives [B, Q, PRIMITIVE_WIDTH]
-    (1 <= Q <= MAX_PRIMITIVES), kinds [Q] in KINDS' range and parts [Q] nondecreasing from 0 in
-    steps of 0 or 1 (every part has a primitive), all on one device."""
+    (1 <= Q <= MAX_PRIMITIVES), kinds and parts integer [Q], all on one device, and (with
+    `check_tables`) the tables' values are valid (`check_union_tables`)."""
     if not isinstance(points, torch.Tensor) or points.dim() != 3 or points.shape[2] != 3:
         raise ValueError(f"points must be a [B, N, 3] tensor, got {tuple(getattr(points, 'shape', ()))}")
     if primitives.dim() != 3 or primitives.shape[0] != points.shape[0] or primitives.shape[2] != PRIMITIVE_WIDTH:
@@ -113,15 +126,11 @@ def check_union_inputs(points: torch.Tensor, primitives: torch.Tensor, kinds: to
                              f"{index.dtype} {tuple(index.shape)}")
     if not 1 <= count <= MAX_PRIMITIVES:
         raise ValueError(f"primitives must hold 1 to {MAX_PRIMITIVES} primitives (Q), got {count}")
-    if int(kinds.min()) < 0 or int(kinds.max()) >= len(KINDS):
-        raise ValueError(f"kinds must lie in [0, {len(KINDS)}) ({', '.join(KINDS)}), got "
-                         f"[{int(kinds.min())}, {int(kinds.max())}]")
-    steps = parts[1:] - parts[:-1]
-    if int(parts[0]) != 0 or (steps.numel() and (int(steps.min()) < 0 or int(steps.max()) > 1)):
-        raise ValueError("parts must start at 0 and grow by 0 or 1 from one primitive to the next")
     for name, tensor in (("primitives", primitives), ("kinds", kinds), ("parts", parts)):
         if tensor.device != points.device:
             raise ValueError(f"{name} must be on the device of points ({points.device}), got {tensor.device}")
+    if check_tables:
+        check_union_tables(kinds, parts)
 
 
 def primitive_distance(kind: int, rows: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -183,7 +192,7 @@ class _SdfUnion(torch.autograd.Function):
 
 
 def sdf_union(points: torch.Tensor, primitives: torch.Tensor, kinds: torch.Tensor, parts: torch.Tensor,
-              blend: float, absent: float) -> UnionDistances:
+              blend: float, absent: float, check_tables: bool = True) -> UnionDistances:
     """The smooth union -blend * logsumexp(-d / blend) over parts of the primitive table at
     points, and the nearest part, by the compiled kernels (CPU or CUDA, float32).
 
@@ -193,6 +202,9 @@ def sdf_union(points: torch.Tensor, primitives: torch.Tensor, kinds: torch.Tenso
             (KINDS). parts: [Q] part of each primitive, nondecreasing from 0: a part's distance
             is the minimum over its active primitives, `absent` where it has none.
         blend: fillet size of the union (> 0). absent: distance of a part with no active primitive.
+        check_tables: check the values of kinds and parts (`check_union_tables`: on CUDA, host
+            synchronisations); False for tables the caller has checked, which then launches
+            without any (invalid tables then give wrong distances, not an error).
 
     Returns:
         UnionDistances (distance [B, N], nearest [B, N] int64: the first part of least
@@ -200,7 +212,7 @@ def sdf_union(points: torch.Tensor, primitives: torch.Tensor, kinds: torch.Tenso
         respect to points (the analytic gradient; one taken with create_graph has no graph of
         its own); not with respect to the table.
     """
-    check_union_inputs(points, primitives, kinds, parts)
+    check_union_inputs(points, primitives, kinds, parts, check_tables)
     if points.dtype != torch.float32 or primitives.dtype != torch.float32:
         raise TypeError(f"points and primitives must be float32, got {points.dtype} and {primitives.dtype}")
     if primitives.requires_grad:

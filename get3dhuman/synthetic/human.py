@@ -26,6 +26,7 @@ from get3dhuman.ops.sdf import (
     ELLIPSOID,
     PRIMITIVE_WIDTH,
     UnionDistances,
+    check_union_tables,
     reference_sdf_union,
     sdf_union,
 )
@@ -277,6 +278,7 @@ class HumanField:
     def __init__(self, params: torch.Tensor, reference: bool = False):
         self.params, self.reference = params, reference
         self.primitives = human_primitives(params)
+        check_union_tables(self.primitives.kinds, self.primitives.parts)  # once, on the CPU: no device reads per query
         self._indices = {}
 
     def _distances(self, points: torch.Tensor) -> UnionDistances:
@@ -292,7 +294,7 @@ class HumanField:
         compiled = (not self.reference and local.dtype == torch.float32 and local.device.type in ("cpu", "cuda")
                     and not table.requires_grad)
         if compiled:
-            return sdf_union(local, table, kinds, parts, BLEND, ABSENT)
+            return sdf_union(local, table, kinds, parts, BLEND, ABSENT, check_tables=False)
         return reference_sdf_union(local, table.to(local.dtype), kinds, parts, BLEND, ABSENT)
 
     def sdf(self, points: torch.Tensor) -> torch.Tensor:
