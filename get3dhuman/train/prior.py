@@ -5,11 +5,10 @@ stand-in (`synthetic.preview.stand_in_images`: the synthetic human of `human_par
 front view, as the Reconstructor was trained on); with the setting `image_generator`, a real
 one such as StyleGAN-Human (`nn.ImageGenerator.load`: a network pickle or a file of its
 `save`; its images matted to black, the figures framed as scans are, and resized:
-`nn.image_generator.square_on_black`).
-The trained Reconstructor turns the image into shape and texture feature volumes,
-and the Reconstructor's occupancy field is rendered to depth, normal and mask maps
-(`render.ray_march` of 0.5 - occupancy, front camera). These are the targets of the
-Generator's latent prior loss and of its depth and normal losses for the same z.
+`nn.image_generator.square_on_black`). The trained Reconstructor turns the image into shape and
+texture feature volumes, and the Reconstructor's occupancy field is rendered to depth, normal
+and mask maps (`render.ray_march` of 0.5 - occupancy, front camera). These are the targets of
+the Generator's latent prior loss and of its depth and normal losses for the same z.
 
 The cache is a directory of shards `prior-00000.safetensors`, ... (`shard_size` latents each,
 written under a temporary name and renamed, so a shard either is complete or absent) and
@@ -18,8 +17,9 @@ an interrupted run resumes with the first missing shard and produces the same ca
 
 Shard tensors: z [S, z_dim] float32; image [S, H, W, 3] uint8 (the 2-D generator's image, for
 the refiner); with `albedo_images`, albedo [S, H, W, 3] uint8 (the stand-in's view unshaded, for
-a refiner of albedo; a real image generator paints shaded images only); shape, texture [S, F, V, V] (`volume_dtype`); depth, mask [S, M, M] and normal
-[S, M, M, 3] float32 (camera space, y up, as `render.Rendering`).
+a refiner of albedo; a real image generator paints shaded images only); shape, texture
+[S, F, V, V] (`volume_dtype`); depth, mask [S, M, M] and normal [S, M, M, 3] float32 (camera
+space, y up, as `render.Rendering`).
 
 With `images_only` the cache holds z and the images alone (IMAGE_KEYS, with `albedo_images` also
 ALBEDO_KEY: `cache_keys`) and needs no Reconstructor:
