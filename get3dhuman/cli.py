@@ -298,19 +298,35 @@ def _invert(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
     from get3dhuman import applications
+    from get3dhuman.nn.image_generator import frame_figures
+    from get3dhuman.train.prior import PriorConfig
 
     generator = _load_generator(args, args.device)
     side = args.side or generator.config.backbone_resolution
 
-    def read(path: str, mode: str) -> torch.Tensor:
+    def read(path: str, mode: str, resize: bool) -> torch.Tensor:
         try:
-            picture = Image.open(path).convert(mode).resize((side, side), Image.Resampling.BILINEAR)
+            picture = Image.open(path).convert(mode)
+            if resize and picture.width != picture.height:
+                raise SystemExit(f"get3dhuman invert: {path} is {picture.width} x {picture.height}, not square: pass "
+                                 "--frame to matte and frame a picture of any shape")
+            picture = picture.resize((side, side), Image.Resampling.BILINEAR) if resize else picture
         except OSError as error:
             raise SystemExit(f"get3dhuman invert: cannot read {path}: {error}") from error
         return torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255)
 
-    image = read(args.image, "RGB")
-    mask = None if args.mask is None else (read(args.mask, "L") > 0.5).float()
+    if args.frame:
+        if args.mask is not None:
+            raise SystemExit("get3dhuman invert: --frame takes the mask from the matte; drop --mask")
+        try:  # framed as the prior stage frames generated figures
+            framed = frame_figures(read(args.image, "RGB", resize=False)[None], side, args.matte_tolerance,
+                                   PriorConfig.figure_height)
+        except ValueError as error:
+            raise SystemExit(f"get3dhuman invert: {error}") from error
+        image, mask = framed.images[0], (framed.masks[0] > 0.5).float()
+    else:
+        image = read(args.image, "RGB", resize=True)
+        mask = None if args.mask is None else (read(args.mask, "L", resize=True) > 0.5).float()
     try:
         result = applications.invert(generator, image, mask, steps=args.steps, learning_rate=args.learning_rate,
                                      seed=args.seed, progress=not args.quiet)
@@ -489,6 +505,11 @@ def main(argv: list[str] | None = None) -> int:
     invert = commands.add_parser("invert", help="find latents whose front view matches an image")
     invert.add_argument("--image", required=True, help="image file (PNG, JPEG, ...) of a human seen from the front")
     invert.add_argument("--mask", help="its foreground mask file (default: what differs from the corner pixel)")
+    invert.add_argument("--frame", action="store_true", help="a picture of any shape on a uniform background: matte "
+                        "the background (the border's colour where it reaches the border) and frame the figure as the "
+                        "prior stage frames generated ones (centred, 0.9 of the side tall); the mask is the matte")
+    invert.add_argument("--matte-tolerance", type=float, default=0.06,
+                        help="with --frame: of the background colour (default 0.06)")
     invert.add_argument("--out", required=True, help="directory of latents.safetensors, losses.json, the mesh and view")
     _add_generator_arguments(invert)
     invert.add_argument("--steps", type=int, default=200, help="optimiser steps (default 200)")

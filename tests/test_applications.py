@@ -240,3 +240,22 @@ def test_invert_command_writes_latents_mesh_view_and_losses(tmp_path):
     assert Image.open(out / "inverted.png").size == (32, 32)  # the tiny backbone's side
     with pytest.raises(SystemExit, match="cannot read"):
         main(["invert", "--image", str(tmp_path / "missing.png"), "--weights", str(weights), "--out", str(out)])
+
+
+def test_invert_frames_a_picture_of_any_shape_and_refuses_to_squash_one(tmp_path):
+    generator = generator_with_a_surface()
+    weights = tmp_path / "tiny.safetensors"
+    generator.save_pretrained(weights)
+    picture = np.full((60, 30, 3), 255, dtype=np.uint8)  # a portrait: a figure on white, off centre
+    picture[10:40, 4:16] = (200, 60, 40)
+    Image.fromarray(picture).save(tmp_path / "portrait.png")
+    out = tmp_path / "inverted"
+    assert main(["invert", "--image", str(tmp_path / "portrait.png"), "--frame", "--weights", str(weights),
+                 "--steps", "2", "--resolution", "32", "--format", "ply", "--out", str(out), "--quiet"]) == 0
+    losses = json.loads((out / "losses.json").read_text())
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    with pytest.raises(SystemExit, match="is 30 x 60, not square: pass --frame"):
+        main(["invert", "--image", str(tmp_path / "portrait.png"), "--weights", str(weights), "--out", str(out)])
+    with pytest.raises(SystemExit, match="--frame takes the mask from the matte"):
+        main(["invert", "--image", str(tmp_path / "portrait.png"), "--frame", "--mask", str(tmp_path / "portrait.png"),
+              "--weights", str(weights), "--out", str(out)])

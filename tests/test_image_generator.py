@@ -16,7 +16,7 @@ from skimage import measure
 from get3dhuman import cli
 from get3dhuman.nn import ImageGenerator, StyleGAN2Generator
 from get3dhuman.nn.generator import resolve_config
-from get3dhuman.nn.image_generator import matte_background, square_on_black
+from get3dhuman.nn.image_generator import frame_figures, matte_background
 from get3dhuman.nn.network_pickle import read_network_pickle
 from get3dhuman.synthetic import human_parameters
 from get3dhuman.synthetic.preview import stand_in_images, trace_humans
@@ -82,11 +82,11 @@ def test_images_agree_on_every_device(device):
     z = torch.randn(3, TINY_Z, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         images = model.to(device)(z.to(device), 0.7)
-        squares = square_on_black(images, 24, figure_height=0.9)
+        squares = frame_figures(images, 24, figure_height=0.9).images
     assert images.device.type == squares.device.type == device
     expected = expected_images(network, z, 0.7)
     assert torch.allclose(images.cpu(), expected, atol=1e-5)
-    assert torch.allclose(squares.cpu(), square_on_black(expected, 24, figure_height=0.9), atol=1e-4)
+    assert torch.allclose(squares.cpu(), frame_figures(expected, 24, figure_height=0.9).images, atol=1e-4)
 
 
 def test_reading_a_pickle_runs_nothing_and_names_what_it_refuses(tmp_path):
@@ -182,14 +182,14 @@ def test_the_matte_is_the_background_coloured_region_reaching_the_border():
         matte_background(torch.ones(9, 9, 3))
 
 
-def test_square_on_black_centres_the_matted_figure():
+def test_unframed_images_are_padded_to_a_centred_square():
     images = torch.ones(2, 8, 4, 3)
     images[:, 2:6, 1:3] = torch.tensor([0.5, 0.25, 0.75])
-    square = square_on_black(images, 8)
+    square, masks = frame_figures(images, 8)
     expected = torch.zeros(2, 8, 8, 3)
     expected[:, 2:6, 3:5] = torch.tensor([0.5, 0.25, 0.75])
-    assert torch.equal(square, expected)
-    small = square_on_black(images, 4)
+    assert torch.equal(square, expected) and torch.equal(masks, (expected[..., 0] > 0).float())
+    small = frame_figures(images, 4).images
     assert small.shape == (2, 4, 4, 3)
     # Oracle: Pillow's bilinear resize (antialiased: its filter widens with the scale), per channel.
     from PIL import Image
@@ -202,15 +202,15 @@ def test_square_on_black_centres_the_matted_figure():
 def test_figures_are_framed_centred_and_as_tall_as_asked():
     images = torch.ones(1, 16, 8, 3)
     images[:, 2:10, 3:5] = 0.5  # a figure 8 rows tall, centred on row 6, column 4
-    framed = square_on_black(images, 16, figure_height=0.5)
+    framed = frame_figures(images, 16, figure_height=0.5).images
     expected = torch.zeros(1, 16, 16, 3)
     expected[:, 4:12, 7:9] = 0.5  # the window of 16 rows centred on the figure
     assert torch.equal(framed, expected)
-    tall = square_on_black(images, 16, figure_height=1.0)  # a window of 8, resized to 16: the figure fills it
+    tall = frame_figures(images, 16, figure_height=1.0).images  # a window of 8, resized to 16: the figure fills it
     assert (tall[0, :, :, 0] > 0.4).any(1).all() and tall[0, :, :3].max() == 0
-    assert torch.equal(square_on_black(torch.ones(1, 16, 8, 3), 16, figure_height=0.5), torch.zeros(1, 16, 16, 3))
+    assert torch.equal(frame_figures(torch.ones(1, 16, 8, 3), 16, figure_height=0.5).images, torch.zeros(1, 16, 16, 3))
     with pytest.raises(ValueError, match=r"figure_height must be in \(0, 1\]"):
-        square_on_black(images, 16, figure_height=1.5)
+        frame_figures(images, 16, figure_height=1.5).images
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +236,7 @@ def test_a_prior_cache_of_a_generators_images(reconstructor, tmp_path):
     network = read_network_pickle(pickle_path)["G_ema"]
     side = resolve_config("tiny").backbone_resolution
     generated = expected_images(ImageGenerator.from_pickled(network).network, z, 0.8)
-    expected = square_on_black(generated, side, figure_height=0.9)
+    expected = frame_figures(generated, side, figure_height=0.9).images
     assert torch.equal(entries["image"], (expected * 255).round().to(torch.uint8))
     model = load_reconstructor(str(reconstructor / "rec"), "tiny")
     with torch.no_grad():

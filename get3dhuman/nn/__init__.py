@@ -6,7 +6,7 @@
 - ResNetDiscriminator: the StyleGAN2 'resnet' discriminator on feature volumes.
 - Generator (GeneratorConfig, PRESETS, latents_of_seeds): the two-branch Get3DHuman generator.
 - ImageGenerator: the 2-D human image generator of stage 2 (StyleGAN-Human's network pickle, read
-  as data by network_pickle.read_network_pickle; square_on_black prepares its images).
+  as data by network_pickle.read_network_pickle; frame_figures prepares its images).
 - Reconstructor: the PIFu-style image -> feature volumes reconstructor (the prior source).
 - Refiner, MultiScalePatchDiscriminator: the refinement U-Net and its PatchGAN.
 - evaluation_mode, frozen_parameters: eval mode / no weight gradients for a block, restored after.

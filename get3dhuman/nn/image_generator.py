@@ -7,7 +7,7 @@ generator of that architecture; `save` writes it as one safetensors file that `l
 Without one, the prior stage uses the synthetic world's stand-in (synthetic.preview).
 
 Such generators paint people on a uniform background, while the Reconstructor sees humans on
-black: `square_on_black` mattes the background colour (estimated from the image border; the
+black: `frame_figures` mattes the background colour (estimated from the image border; the
 region of it connected to the border), frames the figure as the Reconstructor's training
 views do (or pads the image to a square) and resizes.
 """
@@ -15,6 +15,7 @@ views do (or pads the image to a square) and resizes.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -151,7 +152,7 @@ def matte_background(images: torch.Tensor, tolerance: float = 0.06) -> torch.Ten
 
 
 def _window(foreground: torch.Tensor, figure_height: float | None) -> tuple[int, int, int]:
-    """(top, left, size) of the square of an image [H, W] (bool foreground) that `square_on_black` keeps."""
+    """(top, left, size) of the square of an image [H, W] (bool foreground) that `frame_figures` keeps."""
     height, width = foreground.shape
     rows, columns = foreground.any(1).nonzero(), foreground.any(0).nonzero()
     if figure_height is None or not len(rows):
@@ -162,30 +163,40 @@ def _window(foreground: torch.Tensor, figure_height: float | None) -> tuple[int,
     return round((top + bottom - size) / 2), round((left + right - size) / 2), size
 
 
-def square_on_black(images: torch.Tensor, side: int, matte_tolerance: float = 0.06,
-                    figure_height: float | None = None) -> torch.Tensor:
-    """The Reconstructor's view of generated images [B, H, W, 3] in [0, 1]: the background
-    (`matte_background` with `matte_tolerance`) made black, then a square of each resized
-    (antialiased bilinear) to [B, side, side, 3], black where it leaves the image. The square
-    is the image padded to a centred square, or with `figure_height` in (0, 1] one framing the
-    figure as the Reconstructor's training views do: its bounding box centred and
-    `figure_height` of the side tall (0.9: a 1.8 m person in the 2 m views of scans, which
-    are scaled to 1.8 m and centred)."""
+class FramedImages(NamedTuple):
+    """`frame_figures`' result: images [B, S, S, 3] in [0, 1] (black background) and the
+    foreground masks [B, S, S] in [0, 1] (the matte, resampled alike)."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+
+
+def frame_figures(images: torch.Tensor, side: int, matte_tolerance: float = 0.06,
+                  figure_height: float | None = None) -> FramedImages:
+    """The Reconstructor's view of images [B, H, W, 3] in [0, 1] of people on a uniform
+    background: the background (`matte_background` with `matte_tolerance`) made black, then a
+    square of each resized (antialiased bilinear) to side x side, black where it leaves the
+    image, and the matte framed alike. The square is the image padded to a centred square, or
+    with `figure_height` in (0, 1] one framing the figure as the Reconstructor's training views
+    do: its bounding box centred and `figure_height` of the side tall (0.9: a 1.8 m person in
+    the 2 m views of scans, which are scaled to 1.8 m and centred)."""
     if side < 1:
         raise ValueError(f"side must be positive, got {side}")
     if figure_height is not None and not 0 < figure_height <= 1:
         raise ValueError(f"figure_height must be in (0, 1] or None, got {figure_height}")
     foreground = matte_background(images, matte_tolerance)
-    images = (images.float() * foreground.unsqueeze(-1)).permute(0, 3, 1, 2)
-    height, width = images.shape[2:]
+    layers = torch.cat([images.float() * foreground.unsqueeze(-1), foreground.unsqueeze(-1).float()], -1)
+    layers = layers.permute(0, 3, 1, 2)  # [B, 4, H, W]: the colours on black, then the matte
+    height, width = layers.shape[2:]
     squares = []
-    for image, mask in zip(images, foreground):
+    for image, mask in zip(layers, foreground):
         top, left, size = _window(mask, figure_height)
-        square = images.new_zeros(3, size, size)
+        square = layers.new_zeros(4, size, size)
         rows, columns = slice(max(top, 0), min(top + size, height)), slice(max(left, 0), min(left + size, width))
         square[:, rows.start - top : rows.stop - top, columns.start - left : columns.stop - left] = image[:, rows, columns]
         if size != side:
             square = F.interpolate(square[None], size=(side, side), mode="bilinear", align_corners=False,
                                    antialias=size > side)[0]
         squares.append(square)
-    return torch.stack(squares).clamp(0, 1).permute(0, 2, 3, 1)
+    framed = torch.stack(squares).clamp(0, 1).permute(0, 2, 3, 1)
+    return FramedImages(framed[..., :3].contiguous(), framed[..., 3].contiguous())

@@ -5,7 +5,7 @@ stand-in (`synthetic.preview.stand_in_images`: the synthetic human of `human_par
 front view, as the Reconstructor was trained on); with the setting `image_generator`, a real
 one such as StyleGAN-Human (`nn.ImageGenerator.load`: a network pickle or a file of its
 `save`; its images matted to black, the figures framed as scans are, and resized:
-`nn.image_generator.square_on_black`). The trained Reconstructor turns the image into shape and
+`nn.image_generator.frame_figures`). The trained Reconstructor turns the image into shape and
 texture feature volumes, and the Reconstructor's occupancy field is rendered to depth, normal
 and mask maps (`render.ray_march` of 0.5 - occupancy, front camera). These are the targets of
 the Generator's latent prior loss and of its depth and normal losses for the same z.
@@ -40,7 +40,7 @@ from safetensors.torch import save_file
 
 from get3dhuman.nn import ImageGenerator, Reconstructor
 from get3dhuman.nn.generator import resolve_config
-from get3dhuman.nn.image_generator import square_on_black
+from get3dhuman.nn.image_generator import frame_figures
 from get3dhuman.render import orbit_calibration, ray_march
 from get3dhuman.synthetic.preview import shade, stand_in_rendering
 from get3dhuman.train import distributed
@@ -141,7 +141,7 @@ def prior_targets(model: Reconstructor | None, z: torch.Tensor, config: PriorCon
         image = shade(rendering, background=0.0)  # [B, S, S, 3] in [0, 1]
     else:
         generated = image_generator(z.to(next(image_generator.parameters()).device), config.truncation_psi)
-        image = square_on_black(generated, side, config.matte_tolerance, config.figure_height).cpu()
+        image = frame_figures(generated, side, config.matte_tolerance, config.figure_height).images.cpu()
     entries = {"z": z.float(), "image": _bytes(image)}
     if config.albedo_images:
         entries[ALBEDO_KEY] = _bytes(shade(rendering, background=0.0, lit=False))
