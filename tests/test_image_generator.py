@@ -210,7 +210,7 @@ def test_figures_are_framed_centred_and_as_tall_as_asked():
     assert (tall[0, :, :, 0] > 0.4).any(1).all() and tall[0, :, :3].max() == 0
     assert torch.equal(frame_figures(torch.ones(1, 16, 8, 3), 16, figure_height=0.5).images, torch.zeros(1, 16, 16, 3))
     with pytest.raises(ValueError, match=r"figure_height must be in \(0, 1\]"):
-        frame_figures(images, 16, figure_height=1.5).images
+        frame_figures(images, 16, figure_height=1.5)
 
 
 @pytest.fixture(scope="module")
