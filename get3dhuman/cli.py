@@ -18,7 +18,8 @@ Every stage resumes where it stopped when run again with the same DIR, and runs
 data-parallel under `torchrun --nproc-per-node N -m get3dhuman.cli train ...`.
 - `get3dhuman export --generator RUN --out FILE.safetensors`: the trained generator as one file
   for `Generator.from_pretrained(FILE)`; `--refiner RUN` instead: the refiner, for
-  `Refiner.from_pretrained(FILE)`; `--checkpoint get3dhuman.pth`: the authors' released model.
+  `Refiner.from_pretrained(FILE)`; `--checkpoint get3dhuman.pth`: the authors' released model;
+  `--image-generator PKL`: a 2-D generator's network pickle, for `train prior --image-generator`.
 - `get3dhuman sample --num N --out DIR`: a dataset of generated humans (textured meshes,
   previews, manifest.jsonl), resumable, sharded under torchrun (get3dhuman.dataset). The
   generator: the package's weights, `--weights FILE` (of `export`), `--generator RUN` or
@@ -346,12 +347,14 @@ def _invert(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import torch
 
-    from get3dhuman.nn import Generator
+    from get3dhuman.nn import Generator, ImageGenerator
     from get3dhuman.train import REFINER_PRESETS, load_generator, load_refiner
 
     try:
         if args.generator is not None:
             model = load_generator(args.generator, args.preset)
+        elif args.image_generator is not None:
+            model = ImageGenerator.load(args.image_generator)
         elif args.checkpoint is not None:
             model = Generator.from_official_checkpoint(args.checkpoint)
         else:
@@ -404,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "generator's, matted and squared, or the synthetic stand-in's")
     images.add_argument("--out", required=True, help="PNG file to write")
     images.add_argument("--image-generator", metavar="FILE", help="network pickle (e.g. StyleGAN-Human's) or file of "
-                        "ImageGenerator.save, as `train prior --image-generator` (default: the synthetic stand-in)")
+                        "`export --image-generator`, as `train prior --image-generator` (default: the synthetic "
+                        "stand-in)")
     images.add_argument("--preset", choices=["tiny", "small", "official"], default="small",
                         help="fixes z_dim and the image side (StyleGAN-Human: official)")
     images.add_argument("--num", type=int, default=16, help="number of images: the cache's first (default 16)")
@@ -442,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--image-generator", metavar="FILE", help="prior: the 2-D generator whose images the "
                        "Reconstructor lifts, instead of the synthetic stand-in: a StyleGAN2-ADA network pickle such as "
                        "StyleGAN-Human's stylegan_human_v2_1024.pkl (read as data, nothing in it is run) or a file of "
-                       "ImageGenerator.save; its z_dim must be the preset's (the setting 'image_generator'; "
+                       "`export --image-generator`; its z_dim must be the preset's (the setting 'image_generator'; "
                        "albedo_images off)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
@@ -520,12 +524,14 @@ def main(argv: list[str] | None = None) -> int:
     invert.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     invert.add_argument("--quiet", action="store_true", help="no progress bar")
     invert.set_defaults(handler=_invert)
-    export = commands.add_parser("export", help="write a trained generator (or refiner) as one file for "
-                                 "Generator.from_pretrained (Refiner.from_pretrained)")
+    export = commands.add_parser("export", help="write a trained generator (or refiner, or 2-D image generator) as "
+                                 "one file for Generator.from_pretrained (Refiner.from_pretrained, ImageGenerator.load)")
     exported = export.add_mutually_exclusive_group(required=True)
     exported.add_argument("--generator", help="stage-3 run directory or checkpoint (its moving average)")
     exported.add_argument("--refiner", help="stage-4 run directory or checkpoint")
     exported.add_argument("--checkpoint", help=CHECKPOINT_HELP + " (the official model, converted once)")
+    exported.add_argument("--image-generator", metavar="FILE", help="a 2-D generator's network pickle (e.g. "
+                          "StyleGAN-Human's, read as data) for `train prior --image-generator` without the pickle")
     export.add_argument("--preset", choices=["tiny", "small", "official"], default="small")
     export.add_argument("--out", required=True, help="the .safetensors file to write")
     export.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",

@@ -144,7 +144,7 @@ def test_saved_generators_load_back_and_portrait_layers_are_half_as_wide(tmp_pat
     model = ImageGenerator(z_dim=TINY_Z, w_dim=16, img_resolution=16, mapping_layers=8, channel_base=256,
                            channel_max=32, portrait=True)
     model.network.load_state_dict(network.state_dict())
-    model.save(tmp_path / "generator.safetensors")
+    model.save_pretrained(tmp_path / "generator.safetensors")
     loaded = ImageGenerator.load(tmp_path / "generator.safetensors")
     assert loaded.settings == model.settings
     with torch.no_grad():
@@ -275,6 +275,12 @@ def test_train_prior_takes_an_image_generator_on_the_command_line(reconstructor,
     with pytest.raises(SystemExit, match="--image-generator applies to the prior stage only"):
         cli.main(["train", "reconstructor", "--preset", "tiny", "--image-generator", pickle_path, "--out",
                   str(tmp_path / "rec"), "--quiet"])
+    # `export --image-generator` writes the pickle's generator as one file that the option takes too.
+    cli.main(["export", "--image-generator", pickle_path, "--dtype", "float16", "--out", str(tmp_path / "g.safetensors")])
+    exported = ImageGenerator.load(tmp_path / "g.safetensors")
+    z = torch.randn(2, TINY_Z)
+    with torch.no_grad():
+        assert torch.allclose(exported(z), ImageGenerator.load(pickle_path)(z), atol=5e-3)  # float16 weights
     (tmp_path / "plain.bin").write_bytes(b"\0" * 8)
     with pytest.raises(SystemExit, match="neither an image generator file"):
         cli.main(["train", "prior", "--preset", "tiny", "--image-generator", str(tmp_path / "plain.bin"), "--config",

@@ -3,7 +3,8 @@
 `ImageGenerator` is a StyleGAN2 'skip' generator of RGB images, z [B, z_dim] -> [B, H, W, 3] in
 [0, 1]: StyleGAN-Human's StyleGAN2 release (1024 x 512 portraits, 8 mapping layers) read from
 its network pickle without unpickling code (`nn.network_pickle`), or any StyleGAN2-ADA
-generator of that architecture; `save` writes it as one safetensors file that `load` reads.
+generator of that architecture; `save_pretrained` writes it as one safetensors file that `load`
+reads (`get3dhuman export --image-generator PKL` on the command line).
 Without one, the prior stage uses the synthetic world's stand-in (synthetic.preview).
 
 Such generators paint people on a uniform background, while the Reconstructor sees humans on
@@ -34,7 +35,7 @@ IMAGE_GENERATOR_FORMAT = "get3dhuman-image-generator"
 class ImageGenerator(nn.Module):
     """A 2-D generator of human images: `ImageGenerator(**settings)` with the arguments of
     `StyleGAN2Generator` (img_channels 3); `network` is that generator. `load(path)` reads a
-    network pickle or a file of `save`."""
+    network pickle or a file of `save_pretrained`."""
 
     def __init__(self, **settings):
         super().__init__()
@@ -63,13 +64,13 @@ class ImageGenerator(nn.Module):
             images = self.network(z, truncation_psi, truncation_cutoff, noise_mode)
         return ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
 
-    def save(self, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> None:
+    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> None:
         """Writes the weights and settings to one safetensors file (`nn.pretrained.write_pretrained`)."""
         write_pretrained(self, path, IMAGE_GENERATOR_FORMAT, self.settings, dtype)
 
     @classmethod
     def load(cls, path: str | os.PathLike, network: str = "G_ema") -> ImageGenerator:
-        """The generator of `path`: a file of `save`, or a StyleGAN2-ADA network pickle such as
+        """The generator of `path`: a file of `save_pretrained`, or a StyleGAN2-ADA network pickle such as
         StyleGAN-Human's stylegan_human_v2_1024.pkl (its `network` entry, by default the
         moving average of the weights, 'G_ema'), in eval mode. Raises ValueError for a file of
         neither kind or a network of another architecture (StyleGAN3, conditional, non-skip)."""
@@ -81,8 +82,8 @@ class ImageGenerator(nn.Module):
         try:
             networks = read_network_pickle(path)
         except ValueError as error:
-            raise ValueError(f"path: {os.fspath(path)} is neither an image generator file of `ImageGenerator.save` "
-                             f"nor a network pickle ({error})") from error
+            raise ValueError(f"path: {os.fspath(path)} is neither an image generator file of "
+                             f"`ImageGenerator.save_pretrained` nor a network pickle ({error})") from error
         held = [key for key, value in networks.items() if isinstance(value, PickledModule)]
         if network not in held:
             raise ValueError(f"network must be one of the pickle's networks {held}, got {network!r}")
