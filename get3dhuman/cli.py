@@ -106,12 +106,20 @@ def _images(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from get3dhuman import train
 
     if args.stage == "all":
         if any(getattr(args, k) is not None for k in ("reconstructor", "prior", "generator", "steps")):
             raise SystemExit("get3dhuman train all: --reconstructor, --prior, --generator and --steps do not apply "
                              "(every stage trains on the stages before it in --out; set each stage's steps in --config)")
+        if args.image_generator is not None:  # refused now, not after the reconstructor has trained
+            try:
+                train.load_image_generator(dataclasses.replace(train.PRIOR_PRESETS[args.preset], albedo_images=False,
+                                                               image_generator=args.image_generator))
+            except (OSError, ValueError) as error:
+                raise SystemExit(f"get3dhuman train all: {error}") from error
         runs = {stage: os.path.join(args.out, stage) for stage in STAGES}
         for stage, out in runs.items():
             _train(argparse.Namespace(**{**vars(args), "stage": stage, "out": out, "reconstructor": runs["reconstructor"],

@@ -281,6 +281,9 @@ def test_train_prior_takes_an_image_generator_on_the_command_line(reconstructor,
     z = torch.randn(2, TINY_Z)
     with torch.no_grad():
         assert torch.allclose(exported(z), ImageGenerator.load(pickle_path)(z), atol=5e-3)  # float16 weights
+    with pytest.raises(SystemExit, match="get3dhuman train all: image_generator: .* the preset 'small' has z_dim 256"):
+        cli.main(["train", "all", "--image-generator", pickle_path, "--out", str(tmp_path / "all"), "--quiet"])
+    assert not (tmp_path / "all").exists()  # refused before stage 1 began
     (tmp_path / "plain.bin").write_bytes(b"\0" * 8)
     with pytest.raises(SystemExit, match="neither an image generator file"):
         cli.main(["train", "prior", "--preset", "tiny", "--image-generator", str(tmp_path / "plain.bin"), "--config",

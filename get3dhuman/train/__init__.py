@@ -1,7 +1,8 @@
 """Training: one resumable loop per stage (DESIGN.md section 6).
 
 - reconstructor: stage 1, the pixel-aligned Reconstructor on the synthetic world.
-- prior: stage 2, the prior cache (the Reconstructor's volumes and maps of many latents).
+- prior: stage 2, the prior cache (the Reconstructor's volumes and maps of many latents' images:
+  the synthetic stand-in's or a real 2-D generator's, load_image_generator).
 - generator: stage 3, the Generator from the prior (latent prior, adversarial, geometry losses).
 - refiner: stage 4, the texture Refiner (rendered views -> stand-in images).
 - checkpoint, loop: safetensors + json checkpoints that resume bit for bit; the shared loop.
@@ -26,6 +27,7 @@ from get3dhuman.train.prior import (
     PriorCache,
     PriorConfig,
     induce_priors,
+    load_image_generator,
     load_reconstructor,
 )
 from get3dhuman.train.reconstructor import (
@@ -49,23 +51,24 @@ from get3dhuman.train.settings import STAGES, apply_overrides, read_overrides
 
 __all__ = [
     "GENERATOR_PRESETS",
-    "GeneratorTrainer",
-    "GeneratorTrainingConfig",
     "PRIOR_PRESETS",
-    "PriorCache",
-    "PriorConfig",
     "RECONSTRUCTOR_PRESETS",
     "REFINER_PRESETS",
+    "STAGES",
+    "GeneratorTrainer",
+    "GeneratorTrainingConfig",
+    "PriorCache",
+    "PriorConfig",
+    "ReconstructorTrainingConfig",
     "RefinerTrainer",
     "RefinerTrainingConfig",
-    "STAGES",
     "apply_overrides",
-    "ReconstructorTrainingConfig",
     "evaluate_reconstruction",
     "induce_priors",
     "latest_checkpoint",
     "load_checkpoint",
     "load_generator",
+    "load_image_generator",
     "load_reconstructor",
     "load_refiner",
     "make_batch",
