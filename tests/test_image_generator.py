@@ -11,7 +11,6 @@ import pytest
 import torch
 from inputs import write_network_pickle
 from PIL import Image
-from skimage import measure
 
 from get3dhuman import cli
 from get3dhuman.nn import ImageGenerator, StyleGAN2Generator
@@ -124,6 +123,9 @@ def test_other_architectures_and_networks_are_refused_by_name(tmp_path):
             ImageGenerator.load(path)
     with pytest.raises(ValueError, match=r"network must be one of the pickle's networks \['G_ema'\]"):
         ImageGenerator.load(path, network="G")
+    write_network_pickle(path, {"G_ema": torch.nn.Linear(3, 3)}, {})
+    with pytest.raises(ValueError, match="is not a StyleGAN2 generator"):
+        ImageGenerator.load(path)
 
     class SynthesisInput(torch.nn.Module):  # StyleGAN3's first synthesis layer
         pass
@@ -160,6 +162,7 @@ def test_the_matte_is_the_background_coloured_region_reaching_the_border():
     inside = rendering.mask > 0.5
     images = torch.where(inside.unsqueeze(-1), rendering.color * 0.5, gray)
     # Oracle: scikit-image's labelling of the background's 4-connected regions.
+    measure = pytest.importorskip("skimage.measure")
     regions = torch.from_numpy(np.stack([measure.label(~image.numpy(), connectivity=1) for image in inside]))
     reach = [set(torch.cat([r[0], r[-1], r[:, 0], r[:, -1]]).tolist()) - {0} for r in regions]
     background = torch.stack([torch.isin(r, torch.tensor(sorted(s))) for r, s in zip(regions, reach)])

@@ -16,12 +16,12 @@ views do (or pads the image to a square) and resizes.
 from __future__ import annotations
 
 import os
+import re
 from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch import nn
 
 from get3dhuman.nn.modes import evaluation_mode
@@ -107,9 +107,12 @@ class ImageGenerator(nn.Module):
             if value != expected:
                 raise ValueError(f"{name}: {key} must be {expected!r} for this generator, got {value!r}")
         tensors = record.state_dict()
-        if "mapping.fc0.weight" not in tensors or "synthesis.b4.const" not in tensors:
-            raise ValueError(f"{name} is not a StyleGAN2 generator (no mapping.fc0.weight / synthesis.b4.const)")
-        resolution = max(int(key.split(".")[1][1:]) for key in tensors if key.startswith("synthesis.b"))
+        blocks = [int(key.split(".")[1][1:]) for key in tensors if re.match(r"synthesis\.b\d+\.", key)]
+        resolution = max(blocks, default=0)
+        needed = ("mapping.fc0.weight", "synthesis.b4.const", f"synthesis.b{resolution}.torgb.weight")
+        if any(key not in tensors for key in needed):
+            raise ValueError(f"{name} is not a StyleGAN2 generator (it lacks one of {', '.join(needed[:2])}, "
+                             "synthesis.bR.torgb.weight)")
         const = tensors["synthesis.b4.const"]
         settings = {
             "z_dim": tensors["mapping.fc0.weight"].shape[1],
@@ -140,6 +143,8 @@ def matte_background(images: torch.Tensor, tolerance: float = 0.06) -> torch.Ten
         raise ValueError(f"images must be [B, H, W, 3], got {tuple(images.shape)}")
     if not 0 <= tolerance < 1:
         raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
+    from scipy import ndimage  # here, as in evaluate: importing the package needs no scipy
+
     images = images.float()
     border = torch.cat([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], 1)
     color = border.median(1).values

@@ -158,7 +158,8 @@ def read_network_pickle(path: str | os.PathLike) -> dict:
     with open(path, "rb") as handle:
         try:
             data = _DataOnlyUnpickler(handle).load()
-        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, RuntimeError) as error:
+        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, RuntimeError, KeyError,
+                IndexError) as error:  # what a malformed stream raises
             raise ValueError(f"{path} is not a readable network pickle: {error}") from error
     if not isinstance(data, dict) or not any(isinstance(value, PickledModule) for value in data.values()):
         raise ValueError(f"{path} is not a network pickle: it holds no dict of networks")
