@@ -105,6 +105,20 @@ def _images(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_silhouettes(cache_dir: str, entries: int = 512) -> None:
+    """Prints how well the Reconstructor's front masks cover the cache's images (prior.silhouette_iou)."""
+    from get3dhuman.train.prior import PriorCache, silhouette_iou
+
+    cache = PriorCache(cache_dir)
+    if "mask" not in cache.keys:
+        return
+    checked = range(min(entries, len(cache)))
+    batch = cache.batch(checked, ("image", "mask"))
+    iou = silhouette_iou(batch["image"], batch["mask"])
+    print(f"silhouette IoU of the Reconstructor's front masks and the images (first {len(checked)} latents): "
+          f"mean {iou.mean():.3f}, lowest tenth below {iou.quantile(0.1):.3f}")
+
+
 def _train(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -159,6 +173,7 @@ def _train(args: argparse.Namespace) -> int:
             train.induce_priors(config, args.reconstructor, args.out, args.device, progress=not args.quiet)
         except (OSError, ValueError) as error:  # e.g. an --image-generator file of another kind
             raise SystemExit(f"get3dhuman train prior: {error}") from error
+        _report_silhouettes(args.out)
     elif args.stage == "reconstructor":
         try:
             train.train_reconstructor(config, args.out, args.device, progress=not args.quiet, workers=args.workers)

@@ -20,7 +20,7 @@ from get3dhuman.nn.network_pickle import read_network_pickle
 from get3dhuman.synthetic import human_parameters
 from get3dhuman.synthetic.preview import stand_in_images, trace_humans
 from get3dhuman.train import PRIOR_PRESETS, RECONSTRUCTOR_PRESETS, induce_priors, train_reconstructor
-from get3dhuman.train.prior import PriorCache, latents, load_reconstructor
+from get3dhuman.train.prior import PriorCache, latents, load_reconstructor, silhouette_iou
 
 TINY_Z = resolve_config("tiny").z_dim
 
@@ -254,7 +254,19 @@ def test_a_prior_cache_of_a_generators_images(reconstructor, tmp_path):
     assert not (tmp_path / "b" / "prior.json").exists()  # refused before anything was written
 
 
-def test_train_prior_takes_an_image_generator_on_the_command_line(reconstructor, tmp_path):
+def test_silhouette_iou_compares_the_masks_with_the_images_foreground():
+    images = torch.zeros(3, 8, 8, 3, dtype=torch.uint8)
+    images[0, :4, :4] = 200  # 2 x 2 mask cells of foreground
+    images[1, :4, :4] = 200
+    masks = torch.zeros(3, 4, 4)
+    masks[0, :2, :2] = 1.0  # the same cells
+    masks[1, :2, 1:3] = 1.0  # shifted by one cell: 2 shared of 6
+    assert torch.allclose(silhouette_iou(images, masks), torch.tensor([1.0, 1 / 3, 1.0]))  # both empty: 1
+    with pytest.raises(ValueError, match="the same K"):
+        silhouette_iou(images[:2], masks)
+
+
+def test_train_prior_takes_an_image_generator_on_the_command_line(reconstructor, tmp_path, capsys):
     pickle_path = str(reconstructor / "human.pkl")
     out = tmp_path / "prior"
     settings = tmp_path / "settings.json"
@@ -275,6 +287,16 @@ def test_train_prior_takes_an_image_generator_on_the_command_line(reconstructor,
     stand_in = stand_in_images(latents(PRIOR_PRESETS["tiny"], 0, 1), resolve_config("tiny").backbone_resolution)
     stand_in_grid = np.asarray(Image.open(tmp_path / "stand-in.png"))
     assert torch.equal(torch.from_numpy(stand_in_grid[:, :32].copy()), (stand_in[0] * 255).round().to(torch.uint8))
+    capsys.readouterr()
+    full = {"prior": {"count": 4, "shard_size": 4, "batch_size": 2}}
+    settings.write_text(json.dumps(full))
+    cli.main(["train", "prior", "--preset", "tiny", "--image-generator", pickle_path, "--reconstructor",
+              str(reconstructor / "rec"), "--config", str(settings), "--out", str(tmp_path / "full"), "--quiet"])
+    printed = capsys.readouterr().out
+    mean = float(printed.split("(first 4 latents): mean ")[1].split(",")[0])
+    entries = PriorCache(str(tmp_path / "full")).batch(range(4), ("image", "mask"))
+    assert mean == pytest.approx(silhouette_iou(entries["image"], entries["mask"]).mean().item(), abs=1e-3)
+    settings.write_text(json.dumps({"prior": {"count": 4, "shard_size": 4, "images_only": True}}))
     with pytest.raises(SystemExit, match="--image-generator applies to the prior stage only"):
         cli.main(["train", "reconstructor", "--preset", "tiny", "--image-generator", pickle_path, "--out",
                   str(tmp_path / "rec"), "--quiet"])

@@ -35,6 +35,7 @@ import json
 import os
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -42,7 +43,7 @@ from get3dhuman.nn import ImageGenerator, Reconstructor
 from get3dhuman.nn.generator import resolve_config
 from get3dhuman.nn.image_generator import frame_figures
 from get3dhuman.render import orbit_calibration, ray_march
-from get3dhuman.synthetic.preview import shade, stand_in_rendering
+from get3dhuman.synthetic.preview import shade, silhouettes, stand_in_rendering
 from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import (
     load_checkpoint,
@@ -286,3 +287,20 @@ class PriorCache:
         generator = distributed.rank_generator(seed, step)
         indices = torch.randint(self.count, (distributed.local_batch_size(batch_size),), generator=generator)
         return indices, generator
+
+
+def silhouette_iou(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """[K]: per cache entry, the intersection over union of the Reconstructor's front-view mask
+    (masks [K, M, M], the cache's `mask`) and the foreground of the image it was made from
+    (images [K, S, S, 3] uint8 on black, `synthetic.preview.silhouettes`, resized to M x M: a
+    pixel counts when more than half of it is foreground); 1 where both are empty. How well
+    the Reconstructor lifts the 2-D generator's images: on real images (`image_generator`), the
+    one check of stage 2 there is, as they have no 3-D ground truth."""
+    if images.dim() != 4 or masks.dim() != 3 or images.shape[0] != masks.shape[0]:
+        raise ValueError(f"images must be [K, S, S, 3] and masks [K, M, M] with the same K, got "
+                         f"{tuple(images.shape)} and {tuple(masks.shape)}")
+    foreground = silhouettes(images).float().unsqueeze(1)
+    foreground = F.interpolate(foreground, size=masks.shape[1:], mode="area")[:, 0] > 0.5
+    inside = masks > 0.5
+    union = (foreground | inside).sum((1, 2))
+    return torch.where(union > 0, (foreground & inside).sum((1, 2)) / union.clamp_min(1), 1.0)
