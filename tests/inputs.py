@@ -117,13 +117,14 @@ def torchrun(*arguments: str, cwd) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-def write_network_pickle(path, networks: dict, init_kwargs: dict, protocol: int = 4) -> None:
+def write_network_pickle(path, networks: dict, init_kwargs: dict, protocol: int = 4, plain_modules: tuple = ()) -> None:
     """Writes the torch modules `networks` (name -> module, or any picklable value) to `path` as
     NVIDIA's torch_utils.persistence pickles store them (StyleGAN2-ADA, StyleGAN-Human): every
     module a call `torch_utils.persistence._reconstruct_persistent_obj(meta)` whose meta holds a
     module source (one that raises if ever executed) and the module's attributes, the
     constructor's keyword arguments `init_kwargs[name]` (dnnlib.util.EasyDict) recorded on the
-    top networks. The two packages are stood in for while writing and removed afterwards."""
+    top networks; modules of the types `plain_modules` are pickled as torch pickles them (no
+    persistence). The two packages are stood in for while writing and removed afterwards."""
     import pickle
     import types
 
@@ -141,7 +142,7 @@ def write_network_pickle(path, networks: dict, init_kwargs: dict, protocol: int 
 
     class PersistencePickler(pickle.Pickler):
         def reducer_override(self, obj):
-            if not isinstance(obj, torch.nn.Module):
+            if not isinstance(obj, torch.nn.Module) or isinstance(obj, plain_modules):
                 return NotImplemented
             state = dict(obj.__dict__)
             kwargs = init_kwargs.get(tops.get(id(obj)), {})

@@ -56,9 +56,10 @@ def expected_images(network, z, psi=1.0):
 def test_a_network_pickle_reads_back_to_the_same_generator(tmp_path, portrait, protocol):
     network, other = tiny_network(portrait), tiny_network(portrait, seed=1)
     path = tmp_path / "network.pkl"
-    write_network_pickle(path, {"G": other, "D": torch.nn.Linear(2, 2), "G_ema": network,
+    plain = torch.nn.Sequential(torch.nn.Linear(2, 2))  # a torch container pickled as torch pickles it
+    write_network_pickle(path, {"G": other, "D": torch.nn.Linear(2, 2), "G_ema": network, "plain": plain,
                                 "training_set_kwargs": {"resolution": 16, "xflip": False}},
-                         {"G_ema": kwargs_of(network), "G": kwargs_of(other)}, protocol)
+                         {"G_ema": kwargs_of(network), "G": kwargs_of(other)}, protocol, (torch.nn.Sequential,))
     model = ImageGenerator.load(path)
     z = torch.randn(3, TINY_Z, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -71,6 +72,8 @@ def test_a_network_pickle_reads_back_to_the_same_generator(tmp_path, portrait, p
     assert records["training_set_kwargs"] == {"resolution": 16, "xflip": False}
     assert set(records["G_ema"].state_dict()) == set(network.state_dict())
     assert records["D"].class_name == "Linear" and set(records["D"].state_dict()) == {"weight", "bias"}
+    assert records["plain"].class_name == "torch.nn.modules.container.Sequential"
+    assert torch.equal(records["plain"].state_dict()["0.weight"], plain[0].weight.detach())
 
 
 def test_images_agree_on_every_device(device):
