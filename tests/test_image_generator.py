@@ -18,6 +18,7 @@ from get3dhuman.nn.generator import resolve_config
 from get3dhuman.nn.image_generator import frame_figures, matte_background
 from get3dhuman.nn.network_pickle import read_network_pickle
 from get3dhuman.synthetic import human_parameters
+from get3dhuman.synthetic.human import INDEX
 from get3dhuman.synthetic.preview import stand_in_images, trace_humans
 from get3dhuman.train import PRIOR_PRESETS, RECONSTRUCTOR_PRESETS, induce_priors, train_reconstructor
 from get3dhuman.train.prior import PriorCache, latents, load_reconstructor, silhouette_iou
@@ -217,6 +218,19 @@ def test_figures_are_framed_centred_and_as_tall_as_asked():
     assert torch.equal(frame_figures(torch.ones(1, 16, 8, 3), 16, figure_height=0.5).images, torch.zeros(1, 16, 16, 3))
     with pytest.raises(ValueError, match=r"figure_height must be in \(0, 1\]"):
         frame_figures(images, 16, figure_height=1.5)
+
+
+def test_a_person_in_a_larger_picture_is_framed_as_the_training_views_show_one():
+    # Oracle: the renderer. 1.8 m synthetic humans on white in an off-centre portrait crop of a
+    # 256^2 view, framed to 64^2, against their own 64^2 views through the training camera.
+    params = human_parameters(torch.randn(8, 512, generator=torch.Generator().manual_seed(3)))
+    params[:, INDEX["height"]] = 1.8
+    view = trace_humans(params, 256)
+    picture = torch.where(view.mask.unsqueeze(-1) > 0.5, view.color * 0.8, torch.ones(3))[:, :, 50:178]
+    framed = frame_figures(picture, 64, 0.02, figure_height=0.9).masks > 0.5
+    truth = trace_humans(params, 64).mask > 0.5
+    iou = (framed & truth).sum((1, 2)) / (framed | truth).sum((1, 2))
+    assert iou.min() > 0.9 and iou.mean() > 0.94
 
 
 @pytest.fixture(scope="module")

@@ -160,13 +160,17 @@ def matte_background(images: torch.Tensor, tolerance: float = 0.06) -> torch.Ten
 def _window(foreground: torch.Tensor, figure_height: float | None) -> tuple[int, int, int]:
     """(top, left, size) of the square of an image [H, W] (bool foreground) that `frame_figures` keeps."""
     height, width = foreground.shape
-    rows, columns = foreground.any(1).nonzero(), foreground.any(0).nonzero()
+    rows = foreground.any(1).nonzero()
     if figure_height is None or not len(rows):
         size = max(height, width)
         return (height - size) // 2, (width - size) // 2, size
-    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(columns[0]), int(columns[-1]) + 1
+    top, bottom = int(rows[0]), int(rows[-1]) + 1
     size = max(round((bottom - top) / figure_height), 1)
-    return round((top + bottom - size) / 2), round((left + right - size) / 2), size
+    # Across, the figure's centroid: the body's axis whatever the arms do (a bounding box moves with them).
+    weights = foreground.sum(0, dtype=torch.float64)
+    centre = float((weights * (torch.arange(width, dtype=torch.float64, device=weights.device) + 0.5)).sum()
+                   / weights.sum())
+    return round((top + bottom - size) / 2), round(centre - size / 2), size
 
 
 class FramedImages(NamedTuple):
@@ -184,8 +188,9 @@ def frame_figures(images: torch.Tensor, side: int, matte_tolerance: float = 0.06
     square of each resized (antialiased bilinear) to side x side, black where it leaves the
     image, and the matte framed alike. The square is the image padded to a centred square, or
     with `figure_height` in (0, 1] one framing the figure as the Reconstructor's training views
-    do: its bounding box centred and `figure_height` of the side tall (0.9: a 1.8 m person in
-    the 2 m views of scans, which are scaled to 1.8 m and centred)."""
+    do: `figure_height` of the side tall and centred, vertically by its extent, across by its
+    centroid (0.9: a 1.8 m person in the 2 m views of scans, which are scaled to 1.8 m and
+    centred, and of the synthetic humans)."""
     if side < 1:
         raise ValueError(f"side must be positive, got {side}")
     if figure_height is not None and not 0 < figure_height <= 1:
