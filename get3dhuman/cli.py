@@ -106,11 +106,13 @@ def _images(args: argparse.Namespace) -> int:
 
 
 def _report_silhouettes(cache_dir: str, entries: int = 512) -> None:
-    """Prints how well the Reconstructor's front masks cover the cache's images (prior.silhouette_iou)."""
+    """Prints how well the Reconstructor's front masks cover the cache's images (prior.silhouette_iou);
+    under torchrun, rank 0 alone."""
+    from get3dhuman.train.distributed import is_main_process
     from get3dhuman.train.prior import PriorCache, silhouette_iou
 
     cache = PriorCache(cache_dir)
-    if "mask" not in cache.keys:
+    if "mask" not in cache.keys or not is_main_process():
         return
     checked = range(min(entries, len(cache)))
     batch = cache.batch(checked, ("image", "mask"))
