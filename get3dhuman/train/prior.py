@@ -178,8 +178,8 @@ def induce_priors(config: PriorConfig, reconstructor: str | None, out_dir: str, 
                   progress: bool = True) -> list[str]:
     """Fills (or completes) the prior cache in `out_dir` from the stage-1 run or checkpoint
     `reconstructor` (None, and not used, with `config.images_only`) and the 2-D generator of
-    `config.image_generator` (default: the stand-in); returns the shard paths in order. Under torchrun process r makes the missing shards whose index is r modulo the number
-    of processes."""
+    `config.image_generator` (default: the stand-in); returns the shard paths in order. Under
+    torchrun process r makes the missing shards whose index is r modulo the number of processes."""
     check_prior_config(config)
     if reconstructor is None and not config.images_only:
         raise ValueError("reconstructor: a stage-1 run or checkpoint is required (or set images_only for a cache of "
