@@ -549,8 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     invert.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     invert.add_argument("--quiet", action="store_true", help="no progress bar")
     invert.set_defaults(handler=_invert)
-    export = commands.add_parser("export", help="write a trained generator (or refiner, or 2-D image generator) as "
-                                 "one file for Generator.from_pretrained (Refiner.from_pretrained, ImageGenerator.load)")
+    export = commands.add_parser("export", help="write a trained generator (or refiner, or 2-D image generator) "
+                                 "as one file for Generator.from_pretrained (Refiner.from_pretrained, "
+                                 "ImageGenerator.load)")
     exported = export.add_mutually_exclusive_group(required=True)
     exported.add_argument("--generator", help="stage-3 run directory or checkpoint (its moving average)")
     exported.add_argument("--refiner", help="stage-4 run directory or checkpoint")
