@@ -100,7 +100,8 @@ class ImageGenerator(nn.Module):
         if "SynthesisInput" in record.class_names():
             raise ValueError(f"{name} is a StyleGAN3 generator, which this package does not run; use the StyleGAN2 "
                              "release (e.g. stylegan_human_v2_1024.pkl)")
-        unsupported = {"c_dim": (kwargs.get("c_dim", 0), 0), "architecture": (synthesis.get("architecture", "skip"), "skip"),
+        unsupported = {"c_dim": (kwargs.get("c_dim", 0), 0),
+                       "architecture": (synthesis.get("architecture", "skip"), "skip"),
                        "lr_multiplier": (mapping.get("lr_multiplier", 0.01), 0.01),
                        "activation": (mapping.get("activation", "lrelu"), "lrelu")}
         for key, (value, expected) in unsupported.items():
