@@ -88,7 +88,7 @@ def test_images_agree_on_every_device(device):
         squares = frame_figures(images, 24, figure_height=0.9).images
     assert images.device.type == squares.device.type == device
     expected = expected_images(network, z, 0.7)
-    assert torch.allclose(images.cpu(), expected, atol=1e-5)
+    assert torch.allclose(images.cpu(), expected, atol=1e-4)  # CUDA: Triton's fused bias_act and modulation
     assert torch.allclose(squares.cpu(), frame_figures(expected, 24, figure_height=0.9).images, atol=1e-4)
 
 
