@@ -81,11 +81,9 @@ def _synthetic(args: argparse.Namespace) -> int:
 def _images(args: argparse.Namespace) -> int:
     import dataclasses
 
-    import torch
-
     from get3dhuman import train
     from get3dhuman.synthetic.preview import save_grid
-    from get3dhuman.train.prior import check_prior_config, latents, load_image_generator, prior_targets
+    from get3dhuman.train.prior import check_prior_config, load_image_generator, range_targets
 
     if args.num < 1:
         raise SystemExit(f"get3dhuman images: --num must be positive, got {args.num}")
@@ -98,9 +96,8 @@ def _images(args: argparse.Namespace) -> int:
         generator = load_image_generator(config, args.device)
     except (OSError, ValueError) as error:
         raise SystemExit(f"get3dhuman images: {error}") from error
-    images = [prior_targets(None, latents(config, begin, min(begin + config.batch_size, args.num)), config,
-                            generator)["image"] for begin in range(0, args.num, config.batch_size)]
-    save_grid(torch.cat(images).float() / 255, args.out, args.columns)
+    images = range_targets(None, config, generator, 0, args.num)["image"]
+    save_grid(images.float() / 255, args.out, args.columns)
     print(f"wrote the first {args.num} images of a prior cache of seed {args.seed} to {args.out}")
     return 0
 

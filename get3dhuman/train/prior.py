@@ -158,6 +158,15 @@ def prior_targets(model: Reconstructor | None, z: torch.Tensor, config: PriorCon
             "normal": maps.normal.cpu(), "mask": maps.mask.cpu()}
 
 
+def range_targets(model: Reconstructor | None, config: PriorConfig, image_generator: ImageGenerator | None,
+                  begin: int, end: int) -> dict[str, torch.Tensor]:
+    """`prior_targets` of latents begin..end-1 of the cache, made `config.batch_size` at a time
+    and concatenated per entry (`cache_keys(config)`)."""
+    parts = [prior_targets(model, latents(config, b, min(b + config.batch_size, end)), config, image_generator)
+             for b in range(begin, end, config.batch_size)]
+    return {key: torch.cat([part[key] for part in parts]).contiguous() for key in cache_keys(config)}
+
+
 def check_prior_config(config: PriorConfig) -> None:
     """Raises ValueError naming the setting unless the sizes are positive, volume_dtype a
     storage type, truncation_psi in (0, 1], matte_tolerance in [0, 1) and figure_height None
@@ -194,7 +203,6 @@ def induce_priors(config: PriorConfig, reconstructor: str | None, out_dir: str, 
     record_settings(os.path.join(out_dir, "prior.json"), {**dataclasses.asdict(config), "reconstructor": source},
                     may_change=("count",), write=rank == 0, introduced=INTRODUCED)
     model = None if config.images_only else load_reconstructor(reconstructor, config.preset, device)
-    keys = cache_keys(config)
     shards = range(-(-config.count // config.shard_size))
     paths = [os.path.join(out_dir, f"prior-{index:05d}.safetensors") for index in shards]
     missing = [index for index in shards if not os.path.exists(paths[index]) and index % size == rank]
@@ -206,9 +214,7 @@ def induce_priors(config: PriorConfig, reconstructor: str | None, out_dir: str, 
     for index in missing:
         begin = index * config.shard_size
         end = min(begin + config.shard_size, config.count)
-        parts = [prior_targets(model, latents(config, b, min(b + config.batch_size, end)), config, image_generator)
-                 for b in range(begin, end, config.batch_size)]
-        tensors = {key: torch.cat([part[key] for part in parts]).contiguous() for key in keys}
+        tensors = range_targets(model, config, image_generator, begin, end)
         save_file(tensors, paths[index] + ".tmp", metadata={"first": str(begin), "preset": config.preset})
         os.replace(paths[index] + ".tmp", paths[index])
     distributed.barrier()  # every shard exists before any process goes on
