@@ -3,7 +3,7 @@
 - `get3dhuman info`: what was built and what this machine can run.
 - `get3dhuman synthetic --out FILE.png`: a grid of humans from the synthetic world.
 - `get3dhuman images --image-generator FILE --out FILE.png`: the images stage 2 would lift
-  (a 2-D generator's, matted and squared; without FILE, the stand-in's), to check them first.
+  (a 2-D generator's, matted and framed; without FILE, the stand-in's), to check them first.
 - `get3dhuman train reconstructor --preset tiny|small|official --out DIR`: training stage 1.
 - `get3dhuman train prior --reconstructor RUN --out DIR`: stage 2, the prior cache (with the
   setting images_only, no --reconstructor: the stand-in images alone, all the refiner needs;

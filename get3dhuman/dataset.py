@@ -8,7 +8,7 @@ For each seed s, DIR receives:
 
 - `human-s.glb` (or .ply/.obj): the textured mesh with vertex colours (none for an empty field),
 - `human-s.png` with previews: the front view of the mesh, rasterized and shaded (with a
-  refiner: the refiner's front view); with `preview_views` V > 1 also `human-s-AAA.png`, the
+  refiner: its refined colours); with `preview_views` V > 1 also `human-s-AAA.png`, the
   mesh seen from AAA degrees about the vertical axis (360 / V apart; `refine.view_calibration`),
 - one line of `manifest.jsonl`: {"seed", "mesh", "preview", "vertices", "faces", "seconds"}
   ("mesh"/"preview" are file names or null; "seconds": the sample's share of its batch's time),
@@ -41,12 +41,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from get3dhuman.nn.modes import evaluation_mode
-from get3dhuman.refine import colors_from_views, refined_views, render_textured, view_calibration
-from get3dhuman.render import Rendering, render_meshes
-from get3dhuman.synthetic.preview import save_grid, shade, shading_factor
+from get3dhuman.refine import mesh_views, refine_meshes, render_textured, view_calibration
+from get3dhuman.render import Rendering
+from get3dhuman.synthetic.preview import save_grid
 from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import record_settings
 
@@ -62,39 +61,25 @@ PREVIEW_BACKGROUND = 1.0  # white behind the previews
 
 @torch.no_grad()
 def render_previews(generator, z_shape: torch.Tensor, z_texture: torch.Tensor, resolution: int = 256,
-                    truncation_psi: float = 1.0, background: float = PREVIEW_BACKGROUND, refiner=None) -> torch.Tensor:
+                    truncation_psi: float = 1.0, background: float = PREVIEW_BACKGROUND) -> torch.Tensor:
     """Front views [B, resolution, resolution, 3] in [0, 1] of latents z_shape, z_texture
     [B, z_dim] through the generator's calibration (refine.render_textured: the field
-    ray-marched, coloured by the texture decoder, shaded), `background` where nothing is hit.
-    With a `refiner`: its refined front view (refine.refined_views, at the generator's backbone
-    resolution, the refiner's own; a Refiner of albedo's shaded as the renders are), on
-    `background`, resized to `resolution`."""
-    if refiner is not None:
-        front = refined_views(generator, refiner, z_shape, z_texture, (0.0,), truncation_psi=truncation_psi)[0]
-        return _refined_preview(front, resolution, background, refiner.albedo)
+    ray-marched, coloured by the texture decoder, shaded), `background` where nothing is hit:
+    what `mesh_previews` draws from the meshes, at seconds rather than milliseconds a view."""
     with evaluation_mode(generator):
         shape, texture = generator(z_shape, z_texture, truncation_psi)
         calib = generator.calibration.to(shape.volume.dtype).expand(z_shape.shape[0], 4, 4)
         return render_textured(generator, shape.volume, texture, calib, resolution, background=background)[0]
 
 
-@torch.no_grad()
-def mesh_renderings(generator, meshes: Sequence, resolution: int = 256, angle: float = 0.0) -> Rendering:
-    """The Rendering (mask, depth, camera normals, colours, points; [B, R, R(, 3)]) of `meshes`
-    (B TexturedMeshes in world coordinates, e.g. of `generator.extract_mesh`) rasterized
-    (render.render_meshes) through the generator's calibration turned by `angle` degrees about
-    the vertical axis (`refine.view_calibration`; 0: the front)."""
-    calib = view_calibration(generator, angle).float().expand(len(meshes), 4, 4)
-    return render_meshes(meshes, calib, resolution)
-
-
 def mesh_previews(generator, meshes: Sequence, resolution: int = 256, background: float = PREVIEW_BACKGROUND,
                   angle: float = 0.0) -> torch.Tensor:
-    """Views [B, resolution, resolution, 3] in [0, 1] of `meshes` (`mesh_renderings`), their
-    vertex colours shaded as `render_previews` shades the field's, `background` where no
-    triangle is drawn. They show what the files hold, and cost milliseconds where ray-marching
-    the field costs seconds."""
-    return shade(mesh_renderings(generator, meshes, resolution, angle), background)
+    """Views [B, resolution, resolution, 3] in [0, 1] of `meshes` (B TexturedMeshes in world
+    coordinates) rasterized through the generator's calibration turned by `angle` degrees about
+    the vertical axis (refine.mesh_views), their vertex colours shaded as `render_previews`
+    shades the field's, `background` where no triangle is drawn. They show what the files hold,
+    and cost milliseconds where ray-marching the field costs seconds."""
+    return mesh_views(generator, meshes, (angle,), resolution, background=background)[0][0]
 
 
 def encode_map(rendering: Rendering, index: int, kind: str) -> np.ndarray:
@@ -112,20 +97,6 @@ def encode_map(rendering: Rendering, index: int, kind: str) -> np.ndarray:
         normal = ((rendering.normal[index].cpu() + 1) / 2 * 255).round().clamp(0, 255)
         return torch.where(mask.unsqueeze(-1), normal, 0).to(torch.uint8).numpy()
     raise ValueError(f"kind must be one of {', '.join(MAPS)}, got {kind!r}")
-
-
-def _refined_preview(view: tuple[torch.Tensor, torch.Tensor, Rendering], resolution: int,
-                     background: float, albedo: bool) -> torch.Tensor:
-    """A refined view of `refine.refined_views` on `background`, resized to `resolution`; a view
-    of `albedo` gets the renders' shading (synthetic.preview.shading_factor)."""
-    refined, _, rendering = view
-    if albedo:
-        refined = refined * shading_factor(rendering).unsqueeze(-1)
-    mask = rendering.mask.unsqueeze(-1).to(refined.dtype)
-    image = (mask * refined + (1 - mask) * background).permute(0, 3, 1, 2)
-    image = F.interpolate(image, size=(resolution, resolution), mode="bilinear", align_corners=False,
-                          antialias=resolution < image.shape[-1])
-    return image.permute(0, 2, 3, 1).clamp(0, 1)
 
 
 def read_manifest(out_dir: str) -> list[dict]:
@@ -194,9 +165,8 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     file_type: one of FILE_TYPES; preview_resolution: side of the preview PNGs (None: none);
     preview_views: previews per sample, evenly spaced about the vertical axis from the front
     (1 to 360); preview_maps: maps of MAPS written with every view (`encode_map`); refiner: a
-    trained Refiner whose refined front and back views replace the vertex colours
-    (refine.refine_meshes) and whose front view is the preview (the other views show the
-    meshes with those colours).
+    trained Refiner whose refined front and back views of the meshes replace their vertex
+    colours (refine.refine_meshes; the previews show the meshes with those colours).
     """
     if not isinstance(num, int) or num < 0:
         raise ValueError(f"num must be an int >= 0, got {num!r}")
@@ -210,11 +180,12 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     settings = {"generator": fingerprint(generator), "refiner": None if refiner is None else fingerprint(refiner),
                 "resolution": resolution, "file_type": file_type, "preview_resolution": preview_resolution,
                 "truncation_psi": truncation_psi, "extract_options": extract_options,
-                # Refined colours lost their shading in a later version: a directory of earlier
-                # refined samples (no such record) is refused rather than mixed.
-                "refined_colors": None if refiner is None else "shading removed",
-                # Previews were ray-marched from the field in earlier versions; those are refused too.
-                "previews": None if preview_resolution is None or refiner is not None else "rasterized mesh",
+                # Refined colours came from views of the field, shading baked in, in earlier versions:
+                # a directory of such samples is refused rather than mixed.
+                "refined_colors": None if refiner is None else "mesh views, shading removed",
+                # Previews were ray-marched from the field (with a refiner: its front view) in
+                # earlier versions; those are refused too.
+                "previews": None if preview_resolution is None else "rasterized mesh",
                 "preview_views": preview_views, "preview_maps": preview_maps}
     record_settings(os.path.join(out_dir, SETTINGS), settings, may_change=(), write=rank == 0,
                     introduced={"preview_views": 1, "preview_maps": []})
@@ -236,16 +207,11 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
         start = time.perf_counter()
         z_shape, z_texture = (z.to(device) for z in generator.latents(batch))
         meshes = generator.extract_mesh(z_shape, z_texture, resolution, truncation_psi=truncation_psi, **extract_options)
-        fronts = None
         if refiner is not None:
-            # One front and back render serves both the vertex colours and the preview.
-            views = refined_views(generator, refiner, z_shape, z_texture, truncation_psi=truncation_psi)
-            meshes = colors_from_views(meshes, views, remove_shading=not refiner.albedo)
-            if preview_resolution is not None:
-                fronts = _refined_preview(views[0], preview_resolution, PREVIEW_BACKGROUND, refiner.albedo)
+            meshes = refine_meshes(generator, refiner, meshes)
         names = [f"human-{sample_seed}" for sample_seed in batch]
         previews = [{}] * len(batch) if preview_resolution is None else write_previews(
-            generator, out_dir, names, meshes, preview_resolution, preview_views, preview_maps, fronts)
+            generator, out_dir, names, meshes, preview_resolution, preview_views, preview_maps)
         seconds = (time.perf_counter() - start) / len(batch)
         for sample_seed, name, mesh, preview in zip(batch, names, meshes, previews):
             record = {"seed": sample_seed, "mesh": None if mesh.is_empty else f"{name}.{file_type}", "preview": None,
@@ -305,10 +271,9 @@ def write_cameras(out_dir: str, generator, views: int, resolution: int) -> None:
 
 
 def write_previews(generator, out_dir: str, names: Sequence[str], meshes: Sequence, resolution: int, views: int = 1,
-                   maps: Sequence[str] = (), fronts: torch.Tensor | None = None) -> list[dict]:
+                   maps: Sequence[str] = ()) -> list[dict]:
     """Writes the previews of B `meshes` (`mesh_previews` through the generator's cameras):
-    per mesh i `names[i].png` (the front; `fronts[i]` instead when given, e.g. a refiner's
-    [B, R, R, 3] front views), with `views` > 1 also `names[i]-AAA.png` from AAA degrees
+    per mesh i `names[i].png` (the front), with `views` > 1 also `names[i]-AAA.png` from AAA degrees
     (`preview_angles`), and per view the `maps` of MAPS (`names[i][-AAA]-MAP.png`, encode_map).
 
     Returns per mesh its manifest entries: {"preview": file} and, with more than one view,
@@ -316,10 +281,9 @@ def write_previews(generator, out_dir: str, names: Sequence[str], meshes: Sequen
     """
     maps = check_preview_options(resolution, views, maps)
     angles = preview_angles(views)
-    renderings = [mesh_renderings(generator, meshes, resolution, angle) for angle in angles]
-    images = [shade(rendering, PREVIEW_BACKGROUND) for rendering in renderings]  # per angle [B, R, R, 3]
-    if fronts is not None:
-        images[0] = fronts
+    rendered = mesh_views(generator, meshes, angles, resolution, background=PREVIEW_BACKGROUND)
+    images = [image for image, _, _ in rendered]  # per angle [B, R, R, 3]
+    renderings = [rendering for _, _, rendering in rendered]
     suffixes = [""] + [f"-{round(angle):03d}" for angle in angles[1:]]
     entries = []
     for index, name in enumerate(names):

@@ -184,17 +184,15 @@ def evaluate_generator(generator, config: EvaluationConfig = EvaluationConfig(),
     (refine.refine_meshes), as `get3dhuman sample --refiner` colours them (shapes are unchanged),
     and the row adds 'front_refined_l1', 'front_rendered_l1', 'front_refined_overlap_l1' and
     'front_rendered_overlap_l1' (`refine.front_view_errors` of `samples` latents no training
-    stage draws, rendered `batch_size` at a time)."""
+    stage draws, their meshes of `resolution` rendered `batch_size` at a time)."""
     meshes = generator.sample(config.samples, seed=config.seed, resolution=config.resolution, batch_size=batch_size)
     if refiner is not None:
         device = next(generator.parameters()).device
-        z_shape, z_texture = (z.to(device) for z in generator.latents(range(config.seed, config.seed + config.samples)))
-        parts = range(0, config.samples, batch_size)
-        meshes = [mesh for b in parts for mesh in refine_meshes(generator, refiner, z_shape[b : b + batch_size],
-                                                                 z_texture[b : b + batch_size], meshes[b : b + batch_size])]
+        meshes = [mesh for b in range(0, config.samples, batch_size)
+                  for mesh in refine_meshes(generator, refiner, meshes[b : b + batch_size])]
         first = EVAL_SEED_OFFSET + config.seed
         held_out = latents_of_seeds(range(first, first + config.samples), generator.config.z_dim)[0]
-        views = [front_views(generator, refiner, part.to(device)) for part in held_out.split(batch_size)]
+        views = [front_views(generator, refiner, part.to(device), config.resolution) for part in held_out.split(batch_size)]
         errors = view_errors(*(torch.cat(parts) for parts in zip(*views)))  # per pixel over all latents
         return {**mesh_metrics(meshes, config), **{f"front_{key}": value for key, value in errors.items()}}
     return mesh_metrics(meshes, config)

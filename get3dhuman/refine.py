@@ -1,18 +1,20 @@
-"""Texture refinement at inference: render views of generated humans, refine them with the
-Refiner U-Net, and back-project the refined colours onto the meshes' vertices (the authors'
-step 3, with projection and a depth test instead of a nearest-neighbour search). A Refiner of
+"""Texture refinement at inference: rasterize views of the generated meshes, refine them with
+the Refiner U-Net, and back-project the refined colours onto the meshes' vertices (the authors'
+step 3, with projection and a depth test instead of a nearest-neighbour search). Stage 4 trains
+the Refiner on the same rasterized views (`front_renders`). A Refiner of
 albedo (`Refiner.albedo`) refines unshaded renders; the shading of a refiner's shaded views is
 divided out before back-projection, as vertex colours are albedo."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
 from get3dhuman.mesh import TexturedMesh, back_project_colors
 from get3dhuman.nn.modes import evaluation_mode
-from get3dhuman.render import Rendering, ray_march
+from get3dhuman.render import Rendering, ray_march, render_meshes
 from get3dhuman.synthetic.preview import shade, shading_factor, silhouettes, stand_in_images
 
 
@@ -45,36 +47,52 @@ def render_textured(generator, shape_volume: torch.Tensor, texture_volume: torch
 
 
 @torch.no_grad()
-def refined_views(generator, refiner, z_shape: torch.Tensor, z_texture: torch.Tensor,
-                  angles: tuple[float, ...] = (0.0, 180.0), resolution: int | None = None, samples: int = 96,
-                  truncation_psi: float = 1.0) -> list[tuple[torch.Tensor, torch.Tensor, Rendering]]:
-    """Per angle of `angles` (degrees about the vertical axis, 0: the generator's own view): the
-    refiner's images [B, H, W, 3] in [0, 1] of the rendered views of latents z_shape, z_texture
-    [B, z_dim] (H = W = `resolution`, default the generator's backbone resolution, which the
-    refiner was trained at), the cameras [B, 4, 4] and the Renderings (depth, mask, ...). The
-    views are shaded, or unshaded for a Refiner of albedo (`Refiner.albedo`)."""
+def mesh_views(generator, meshes: Sequence[TexturedMesh], angles: Sequence[float] = (0.0, 180.0),
+               resolution: int | None = None, lit: bool = True,
+               background: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor, Rendering]]:
+    """Per angle of `angles` (degrees about the vertical axis, 0: the generator's own view;
+    `view_calibration`): the images [B, R, R, 3] in [0, 1] of B `meshes` (TexturedMeshes in
+    world coordinates, e.g. of `generator.extract_mesh`) rasterized (render.render_meshes),
+    their vertex colours shaded (left unshaded when not `lit`) on `background`, the cameras
+    [B, 4, 4] and the Renderings (mask, depth, normals, ...). R = `resolution`, default the
+    generator's backbone resolution (the refiner's). Milliseconds, where ray-marching the field
+    (`render_textured`) takes seconds."""
     resolution = resolution or generator.config.backbone_resolution
-    with evaluation_mode(generator, refiner):
-        shape, texture = generator(z_shape, z_texture, truncation_psi)
-        views = []
-        for angle in angles:
-            calib = view_calibration(generator, angle).expand(z_shape.shape[0], 4, 4)
-            image, rendering = render_textured(generator, shape.volume, texture, calib, resolution, samples,
-                                               lit=not refiner.albedo)
-            refined = (refiner(image.permute(0, 3, 1, 2) * 2 - 1).permute(0, 2, 3, 1) + 1) / 2
-            views.append((refined, calib, rendering))
-        return views
+    views = []
+    for angle in angles:
+        calib = view_calibration(generator, angle).float().expand(len(meshes), 4, 4)
+        rendering = render_meshes(meshes, calib, resolution)
+        views.append((shade(rendering, background, lit), calib, rendering))
+    return views
+
+
+def refine_images(refiner, images: torch.Tensor) -> torch.Tensor:
+    """The `refiner`'s output [B, H, W, 3] in [0, 1] for images [B, H, W, 3] in [0, 1] (it works
+    in [-1, 1], channels first)."""
+    return (refiner(images.permute(0, 3, 1, 2) * 2 - 1).permute(0, 2, 3, 1) + 1) / 2
 
 
 @torch.no_grad()
-def front_renders(generator, z: torch.Tensor, samples: int = 64, lit: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def refined_views(generator, refiner, meshes: Sequence[TexturedMesh], angles: Sequence[float] = (0.0, 180.0),
+                  resolution: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor, Rendering]]:
+    """`mesh_views` of `meshes` with the refiner's images [B, R, R, 3] in [0, 1] in place of the
+    renders: views shaded, or unshaded for a Refiner of albedo (`Refiner.albedo`), at the
+    backbone resolution unless `resolution` is given (the refiner was trained at it)."""
+    with evaluation_mode(refiner):
+        return [(refine_images(refiner, image), calib, rendering) for image, calib, rendering
+                in mesh_views(generator, meshes, angles, resolution, lit=not refiner.albedo)]
+
+
+@torch.no_grad()
+def front_renders(generator, z: torch.Tensor, mesh_resolution: int = 256,
+                  lit: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(images, masks): shaded front views [B, S, S, 3] in [0, 1] (S: the backbone resolution,
     the stand-in images' side; their albedo when not `lit`) of latents z [B, z_dim] fed to both
-    branches, as stage 4 trains on them, and where they show the human [B, S, S] (bool)."""
-    shape, texture = generator(z, z)
-    calib = view_calibration(generator, 0.0).expand(z.shape[0], 4, 4)
-    image, rendering = render_textured(generator, shape.volume, texture, calib, generator.config.backbone_resolution,
-                                       samples, lit=lit)
+    branches, as stage 4 trains on them: their meshes of `mesh_resolution` cells per axis
+    (`generator.extract_mesh`) rasterized (`mesh_views`), as `refine_meshes` sees the meshes it
+    colours; and where they show the human [B, S, S] (bool)."""
+    meshes = generator.extract_mesh(z, z, mesh_resolution)
+    image, _, rendering = mesh_views(generator, meshes, (0.0,), lit=lit)[0]
     return image, rendering.mask > 0.5
 
 
@@ -94,43 +112,41 @@ def view_errors(refined: torch.Tensor, rendered: torch.Tensor, target: torch.Ten
 
 
 @torch.no_grad()
-def front_views(generator, refiner, z: torch.Tensor, samples: int = 64) -> tuple[torch.Tensor, ...]:
+def front_views(generator, refiner, z: torch.Tensor, mesh_resolution: int = 256) -> tuple[torch.Tensor, ...]:
     """(refined, rendered, target, overlap): the refiner's front views [B, S, S, 3] of latents z
-    [B, z_dim], the unrefined renders (both branches fed z, as in stage 4; `samples` depth
-    samples per ray; all unshaded for a Refiner of albedo), the stand-in images of z and the
-    pixels [B, S, S] where both the render and the stand-in image show the human: the
+    [B, z_dim], the unrefined renders (`front_renders` of meshes of `mesh_resolution`; both
+    branches fed z, as in stage 4; all unshaded for a Refiner of albedo), the stand-in images of
+    z and the pixels [B, S, S] where both the render and the stand-in image show the human: the
     arguments of `view_errors`."""
     lit = not refiner.albedo
-    with evaluation_mode(generator, refiner):
-        rendered, mask = front_renders(generator, z, samples, lit)
-        refined = (refiner(rendered.permute(0, 3, 1, 2) * 2 - 1).permute(0, 2, 3, 1) + 1) / 2
+    with evaluation_mode(refiner):
+        rendered, mask = front_renders(generator, z, mesh_resolution, lit)
+        refined = refine_images(refiner, rendered)
     target = stand_in_images(z.cpu(), generator.config.backbone_resolution, lit).to(rendered.device)
     return refined, rendered, target, mask & silhouettes(target)
 
 
-def front_view_errors(generator, refiner, z: torch.Tensor, samples: int = 64) -> dict[str, float]:
+def front_view_errors(generator, refiner, z: torch.Tensor, mesh_resolution: int = 256) -> dict[str, float]:
     """`view_errors` of the `front_views` of latents z [B, z_dim]: stage 4's metrics, for
     latents outside its training cache."""
-    return view_errors(*front_views(generator, refiner, z, samples))
+    return view_errors(*front_views(generator, refiner, z, mesh_resolution))
 
 
-def refine_meshes(generator, refiner, z_shape: torch.Tensor, z_texture: torch.Tensor, meshes: list[TexturedMesh],
-                  resolution: int | None = None, angles: tuple[float, ...] = (0.0, 180.0),
-                  samples: int = 96, truncation_psi: float = 1.0) -> list[TexturedMesh]:
-    """The meshes of latents z_shape, z_texture [B, z_dim] (from `generator.extract_mesh` with
-    the same `truncation_psi`) with vertex colours back-projected from the `refined_views` at
-    `angles` (default front and back) of `resolution` pixels (default: the generator's
-    backbone resolution); shaded views have their shading removed first (`colors_from_views`)."""
-    if len(meshes) != z_shape.shape[0]:
-        raise ValueError(f"meshes must hold one mesh per latent ({z_shape.shape[0]}), got {len(meshes)}")
-    views = refined_views(generator, refiner, z_shape, z_texture, angles, resolution, samples, truncation_psi)
+def refine_meshes(generator, refiner, meshes: Sequence[TexturedMesh], resolution: int | None = None,
+                  angles: Sequence[float] = (0.0, 180.0)) -> list[TexturedMesh]:
+    """`meshes` (B TexturedMeshes of `generator.extract_mesh`) with vertex colours back-projected
+    from their `refined_views` at `angles` (default front and back) of `resolution` pixels
+    (default: the generator's backbone resolution); shaded views have their shading removed
+    first (`colors_from_views`). Each mesh is coloured from views of itself, so the depth test
+    of back-projection compares a vertex with the very surface it lies on."""
+    views = refined_views(generator, refiner, meshes, angles, resolution)
     return colors_from_views(meshes, views, remove_shading=not refiner.albedo)
 
 
 def colors_from_views(meshes: list[TexturedMesh], views: list[tuple[torch.Tensor, torch.Tensor, Rendering]],
                       remove_shading: bool = True) -> list[TexturedMesh]:
     """The meshes (one per batch row of the views) with vertex colours back-projected from
-    `views`, the output of `refined_views` (per view: images [B, H, W, 3], cameras [B, 4, 4],
+    `views`, the output of `refined_views` or `mesh_views` (per view: images [B, H, W, 3], cameras [B, 4, 4],
     Renderings). Vertex colours are albedo (as the generator's own), so for shaded views
     `remove_shading` first divides each image by its rendering's `shading_factor` (clamped to
     [0, 1]); without it the light is baked in. Views of a Refiner of albedo need no division."""

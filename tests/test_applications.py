@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from get3dhuman import applications
 from get3dhuman.cli import main
-from get3dhuman.dataset import encode_map, mesh_previews, mesh_renderings
-from get3dhuman.refine import render_textured
+from get3dhuman.dataset import encode_map, mesh_previews
+from get3dhuman.refine import mesh_views, render_textured
 from get3dhuman.render import orbit_calibration
 
 MESHING = {"resolution": 32, "coarse_resolution": 8}
@@ -159,7 +159,7 @@ def test_results_have_the_previews_views_and_maps_of_a_dataset(tmp_path):
     assert len(written) == 2 + 1 + 2 * 3 * 3 + 1  # meshes, cameras, (view + 2 maps) x 3 views each, grid
     for angle, suffix in ((0.0, ""), (120.0, "-120"), (240.0, "-240")):
         expected = mesh_previews(generator, meshes, 24, angle=angle)
-        rendering = mesh_renderings(generator, meshes, 24, angle)
+        rendering = mesh_views(generator, meshes, (angle,), 24)[0][2]
         for index, name in enumerate(names):
             view = np.asarray(Image.open(tmp_path / "out" / f"{name}{suffix}.png").convert("RGB"))
             np.testing.assert_array_equal(view, (expected[index] * 255).round().to(torch.uint8).numpy())

@@ -100,13 +100,18 @@ def test_previews_of_a_ball_are_discs_of_its_colour():
     torch.testing.assert_close(previews[:, side // 2, side // 2], facing * colors[:, :3], atol=0.01, rtol=0)
 
 
+def ball_mesh(radius: float, color, cells: int = 96) -> TexturedMesh:
+    """A marching-cubes ball of `radius` at the origin in [-1, 1]^3, of one colour."""
+    axis = torch.linspace(-1, 1, cells + 1)
+    volume = radius - torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).norm(dim=-1)
+    vertices, faces = marching_cubes(volume, spacing=2 / cells, origin=-1.0, flip=True)  # index order is (x, y, z)
+    return TexturedMesh.from_geometry(vertices, faces, torch.tensor(color).expand(len(vertices), 3))
+
+
 def test_mesh_previews_of_a_ball_are_its_field_previews():
     side, radius = 65, 0.5
     colors = torch.tensor([[0.9, 0.2, 0.1, 0.0], [0.1, 0.5, 0.8, 0.0]])
-    axis = torch.linspace(-1, 1, 97)
-    volume = radius - torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).norm(dim=-1)
-    vertices, faces = marching_cubes(volume, spacing=2 / 96, origin=-1.0, flip=True)  # index order is (x, y, z)
-    meshes = [TexturedMesh.from_geometry(vertices, faces, color[:3].expand(len(vertices), 3)) for color in colors]
+    meshes = [ball_mesh(radius, color[:3].tolist()) for color in colors]
     ball = SphereGenerator(radius)
     previews = mesh_previews(ball, meshes, side)
     expected = render_previews(ball, torch.zeros(2, 4), colors, side, background=1.0)
@@ -188,31 +193,26 @@ class ConstantRefiner(torch.nn.Module):
         return (self.color * 2 - 1)[None, :, None, None].expand_as(image)
 
 
-def test_refined_previews_are_the_refiners_front_view_on_the_background():
-    backbone, side, radius = 33, 48, 0.5
+def test_a_refiner_of_one_colour_paints_the_ball_it_sees_with_the_shading_removed():
+    radius, color = 0.5, [0.2, 0.6, 0.9]
     generator = SphereGenerator(radius)
-    generator.config = SimpleNamespace(backbone_resolution=backbone)
-    color = [0.2, 0.6, 0.9]
-    previews = render_previews(generator, torch.zeros(1, 4), torch.zeros(1, 4), side, background=1.0,
-                               refiner=ConstantRefiner(color))
-    assert previews.shape == (1, side, side, 3)
-    # Pixel centres of the resized image, in the NDC of the refiner's backbone-sized view.
-    ndc = (torch.arange(side) + 0.5) / side * 2 - 1
-    distance = (ndc[:, None] ** 2 + ndc[None, :] ** 2).sqrt()
-    margin = 2 * 2 / (backbone - 1)  # a backbone pixel of mask edge, blurred by the resize
-    inside, outside = distance < radius - margin, distance > radius + margin
-    torch.testing.assert_close(previews[0][inside], torch.tensor(color).expand(int(inside.sum()), 3), atol=1e-5, rtol=0)
-    assert bool((previews[0][outside] == 1.0).all())
-    # A Refiner of albedo's view is shaded as the renders: the key light's factor, 0.35 .. 1.
-    lit = render_previews(generator, torch.zeros(1, 4), torch.zeros(1, 4), side, background=1.0,
-                          refiner=ConstantRefiner(color, albedo=True))[0]
-    factor = lit[inside] / torch.tensor(color)
-    assert bool((factor <= 1 + 1e-5).all()) and bool((factor >= 0.35 - 1e-5).all()) and factor.std() > 0.05
-    light = torch.tensor(LIGHT) / torch.tensor(LIGHT).norm()  # the sphere's centre faces the camera: n = (0, 0, 1)
-    # The four pixels about the centre: their normals' first-order tilts cancel in the mean.
-    centre = (lit[side // 2 - 1 : side // 2 + 1, side // 2 - 1 : side // 2 + 1] / torch.tensor(color)).mean()
-    assert centre.item() == pytest.approx(0.35 + 0.65 * light[2].item(), abs=3e-3)
-    assert bool((lit[outside] == 1.0).all())
+    generator.config = SimpleNamespace(backbone_resolution=65)
+    mesh = ball_mesh(radius, [0.5, 0.5, 0.5])
+    unit = mesh.vertices / mesh.vertices.norm(dim=-1, keepdim=True)
+    light = torch.tensor(LIGHT) / torch.tensor(LIGHT).norm()
+    # Vertices seen by one view alone, away from its silhouette (front: z > 0, back: z < 0); their
+    # camera-space normals are the ball's, the back camera's mirrored in x and z (the front
+    # camera's axes are the world's).
+    for side, normal in ((unit[:, 2] > 0.5, unit), (unit[:, 2] < -0.5, unit * torch.tensor([-1.0, 1.0, -1.0]))):
+        factor = 0.35 + 0.65 * (normal[side] @ light).clamp_min(0)
+        albedo = refine_meshes(generator, ConstantRefiner(color, albedo=True), [mesh])[0].colors[side]
+        torch.testing.assert_close(albedo, torch.tensor(color).expand_as(albedo), atol=1e-5, rtol=0)
+        # A shaded view of one colour is that colour over the light's factor, as albedo.
+        shaded = refine_meshes(generator, ConstantRefiner(color), [mesh])[0].colors[side]
+        expected = (torch.tensor(color) / factor[:, None]).clamp(0, 1)
+        assert float((shaded - expected).abs().mean()) < 2e-3 and float((shaded - expected).abs().max()) < 0.03
+    with pytest.raises(ValueError, match="meshes must hold at least one mesh"):
+        refine_meshes(generator, ConstantRefiner(color), [])
 
 
 def test_an_interrupted_dataset_resumes_without_redoing_samples(tmp_path):
@@ -250,8 +250,8 @@ def test_a_refiner_gives_the_refined_vertex_colours_and_previews(tmp_path, albed
                             preview_resolution=24, **MESHING)
     z_shape, z_texture = generator.latents([10, 11])
     plain = generator.extract_mesh(z_shape, z_texture, **MESHING)
-    expected = refine_meshes(generator, refiner, z_shape, z_texture, plain)
-    previews = render_previews(generator, z_shape, z_texture, 24, refiner=refiner)
+    expected = refine_meshes(generator, refiner, plain)
+    previews = mesh_previews(generator, expected, 24)  # the previews show the files' meshes
     assert any(record["mesh"] is not None for record in records)
     assert bool((previews < 1).any())  # not only background
     for record, preview in zip(records, previews):

@@ -21,6 +21,7 @@ from get3dhuman.refine import (
     front_view_errors,
     refine_meshes,
     refined_views,
+    render_textured,
     view_calibration,
     view_errors,
 )
@@ -43,6 +44,7 @@ from get3dhuman.train.refiner import (
 )
 
 TINY = PRESETS["tiny"]
+MESH_RESOLUTION = 32  # of the meshes the tiny generators' views render
 
 
 def sphere_mesh(radius=0.6, n=33):
@@ -89,13 +91,13 @@ def test_an_identity_refiner_gives_back_the_generators_own_colours():
     meshes = generator.extract_mesh(z_shape, z_texture, resolution=32, coarse_resolution=8)
     # Zero heads: each returns the render, shaded or (a Refiner of albedo) unshaded.
     identity = {albedo: Refiner(base_channels=4, depth=2, residual=True, albedo=albedo) for albedo in (False, True)}
-    views = {albedo: refined_views(generator, refiner, z_shape, z_texture) for albedo, refiner in identity.items()}
+    views = {albedo: refined_views(generator, refiner, meshes) for albedo, refiner in identity.items()}
     for (shaded, _, rendering), (unshaded, _, same) in zip(views[False], views[True]):
         assert torch.equal(rendering.mask, same.mask)
         hit = rendering.mask > 0.5
         assert torch.allclose(shaded[hit], (unshaded * shading_factor(rendering).unsqueeze(-1))[hit], atol=1e-5)
-    colored = {"shading removed": refine_meshes(generator, identity[False], z_shape, z_texture, meshes),
-               "albedo": refine_meshes(generator, identity[True], z_shape, z_texture, meshes),
+    colored = {"shading removed": refine_meshes(generator, identity[False], meshes),
+               "albedo": refine_meshes(generator, identity[True], meshes),
                "light baked in": colors_from_views(meshes, views[False], remove_shading=False)}
     for name, refined_meshes in colored.items():
         for mesh, refined in zip(meshes, refined_meshes):
@@ -106,6 +108,21 @@ def test_an_identity_refiner_gives_back_the_generators_own_colours():
                 assert difference.mean() > 0.05 and difference.max() > 0.2
             else:  # the views' colours are the decoder's, up to pixel interpolation
                 assert difference.mean() < 1e-3 and difference.max() < 0.01, name
+
+
+def test_stage_4s_mesh_renders_show_what_the_field_ray_marched_shows():
+    generator = generator_with_a_surface(seen_from_the_front=True)
+    z = torch.randn(2, generator.config.z_dim, generator=torch.Generator().manual_seed(5))
+    calib = generator.calibration.expand(2, 4, 4)
+    for lit, tolerance in ((False, 1e-3), (True, 0.03)):  # shading: the mesh's normals against the field's gradient
+        image, mask = front_renders(generator, z, MESH_RESOLUTION, lit)
+        with torch.no_grad():
+            shape, texture = generator(z, z)
+            field, rendering = render_textured(generator, shape.volume, texture, calib,
+                                               generator.config.backbone_resolution, samples=128, lit=lit)
+        hit = rendering.mask > 0.5
+        assert 0.2 < hit.float().mean() < 0.8 and (mask == hit).float().mean() > 0.99
+        assert float((image - field)[mask & hit].abs().mean()) < tolerance, lit
 
 
 class _Painter(torch.nn.Module):
@@ -127,14 +144,15 @@ def test_front_view_errors_against_a_perfect_and_an_identity_refiner():
     generator = generator_with_a_surface(seen_from_the_front=True)
     z = torch.randn(2, generator.config.z_dim, generator=torch.Generator().manual_seed(5))
     for albedo in (False, True):  # a Refiner of albedo is scored on unshaded renders and targets
-        perfect = front_view_errors(generator, _Painter(z, albedo), z)
+        perfect = front_view_errors(generator, _Painter(z, albedo), z, MESH_RESOLUTION)
         assert perfect["refined_l1"] < 1e-6 and perfect["refined_overlap_l1"] < 1e-6  # ([-1, 1] -> [0, 1] rounding)
         assert perfect["rendered_l1"] > 0.01 and perfect["rendered_overlap_l1"] > 0.01
         identity = Refiner(base_channels=4, depth=2, residual=True, albedo=albedo)  # zero head: identity
         rendered = {key: value for key, value in perfect.items() if key.startswith("rendered")}
-        assert front_view_errors(generator, identity, z) == {**rendered, **{key.replace("rendered", "refined"): value
-                                                                            for key, value in rendered.items()}}
-    assert front_view_errors(generator, _Painter(z, albedo=True), z) != front_view_errors(generator, _Painter(z), z)
+        same = {**rendered, **{key.replace("rendered", "refined"): value for key, value in rendered.items()}}
+        assert front_view_errors(generator, identity, z, MESH_RESOLUTION) == pytest.approx(same, rel=1e-6)  # [0, 1] <-> [-1, 1]
+    assert front_view_errors(generator, _Painter(z, albedo=True), z, MESH_RESOLUTION) != \
+        front_view_errors(generator, _Painter(z), z, MESH_RESOLUTION)
 
 
 def test_view_calibration_turns_about_the_centre_of_the_view():
@@ -205,11 +223,8 @@ def test_refiner_training_resumes_bit_for_bit_and_refines_meshes(prior, tmp_path
     assert torch.equal(next(iter(refiner.state_dict().values())), next(iter(resumed.state_dict().values())))
     mesh = sphere_mesh(0.3)
     generator = Generator("tiny")
-    z = torch.randn(1, generator.config.z_dim)
-    refined = refine_meshes(generator, refiner, z, z, [mesh], resolution=16, samples=16)[0]
+    refined = refine_meshes(generator, refiner, [mesh], resolution=16)[0]
     assert refined.colors.shape == mesh.colors.shape and bool(((refined.colors >= 0) & (refined.colors <= 1)).all())
-    with pytest.raises(ValueError, match="one mesh per latent"):
-        refine_meshes(generator, refiner, z, z, [])
 
 
 def test_a_refiner_trains_alike_on_an_images_only_cache_an_exported_generator_and_memoised_renders(prior, tmp_path):
@@ -227,8 +242,8 @@ def test_a_refiner_trains_alike_on_an_images_only_cache_an_exported_generator_an
     # The memo leaves the results unchanged, so a run may resume with another one, but not with another setting.
     train_refiner(dataclasses.replace(config, steps=5, render_memo=0), str(tmp_path / "images"), exported,
                   str(tmp_path / "images_only"), progress=False)
-    with pytest.raises(ValueError, match="other settings .*march_samples"):
-        train_refiner(dataclasses.replace(config, steps=6, march_samples=8), str(tmp_path / "images"), exported,
+    with pytest.raises(ValueError, match="other settings .*mesh_resolution"):
+        train_refiner(dataclasses.replace(config, steps=6, mesh_resolution=24), str(tmp_path / "images"), exported,
                       str(tmp_path / "images_only"), progress=False)
 
 
@@ -247,7 +262,7 @@ def test_a_refiner_of_albedo_learns_unshaded_renders_against_unshaded_targets(pr
     for albedo, key in ((False, "image"), (True, "albedo")):
         rendered, target, overlap = images[albedo]
         assert torch.equal(target, entries[key].permute(0, 3, 1, 2).float() / 255 * 2 - 1)
-        renders = [front_renders(generator, z[i : i + 1], TINY.march_samples, lit=not albedo) for i in range(2)]
+        renders = [front_renders(generator, z[i : i + 1], TINY.mesh_resolution, lit=not albedo) for i in range(2)]
         assert torch.equal(rendered, torch.cat([image for image, _ in renders]).permute(0, 3, 1, 2) * 2 - 1)
         assert torch.equal(overlap, torch.cat([mask for _, mask in renders]) & silhouettes(entries[key]))
     # Shading only darkens: the albedo images are the brighter ones, in the renders as in the targets.

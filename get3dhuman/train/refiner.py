@@ -5,8 +5,9 @@ wherever the render or the target shows background (refine.view_errors: their si
 differ there), so the Refiner learns colours alone, which is what back-projection takes.
 
 Each step renders the trained (frozen) Generator's humans for `batch_size` cached latents from
-the front (`refine.front_renders`; up to `render_memo` renders are kept, as an entry's render
-never changes), refines them, and trains pix2pixHD style: least-squares
+the front (`refine.front_renders`: their meshes of `mesh_resolution` rasterized, as `get3dhuman
+sample --refiner` renders the meshes it colours; up to `render_memo` renders are kept, as an
+entry's render never changes), refines them, and trains pix2pixHD style: least-squares
 GAN (`gan_weight`) with a two-scale PatchGAN conditioned on the rendered image, plus
 `feature_matching_weight` x feature matching and `perceptual_weight` x the weight-free pyramid L1 loss (see
 get3dhuman.losses: no pretrained VGG can be downloaded). With both discriminator terms weighted
@@ -56,7 +57,7 @@ class RefinerTrainingConfig:
     gan_weight: float = 1.0
     feature_matching_weight: float = 10.0
     perceptual_weight: float = 10.0
-    march_samples: int = 64
+    mesh_resolution: int = 256  # marching-cubes cells per axis of the meshes rendered (front_renders)
     seed: int = 0
     checkpoint_every: int = 500
     eval_every: int = 500
@@ -68,12 +69,12 @@ class RefinerTrainingConfig:
 
 PRESETS = {
     "tiny": RefinerTrainingConfig(preset="tiny", refiner_channels=8, refiner_depth=2, discriminator_channels=8, steps=20,
-                                  batch_size=2, march_samples=24, checkpoint_every=10, eval_every=10, eval_latents=2),
+                                  batch_size=2, mesh_resolution=32, checkpoint_every=10, eval_every=10, eval_latents=2),
     # On the synthetic world the adversarial terms and BatchNorm made the views worse (TRAINING.md, Status).
     "small": RefinerTrainingConfig(refiner_norm="instance", gan_weight=0.0, feature_matching_weight=0.0,
                                    perceptual_weight=100.0),
     "official": RefinerTrainingConfig(preset="official", refiner_channels=64, discriminator_channels=64, batch_size=8,
-                                      march_samples=128, residual=False, render_memo=256),  # 3.25 MiB per 512 px render and mask
+                                      mesh_resolution=512, residual=False, render_memo=256),  # 3.25 MiB per 512 px render and mask
 }
 
 
@@ -124,7 +125,7 @@ class RefinerTrainer:
         if index in self._renders:
             return self._renders[index]
         z = self.prior.batch([index], ("z",))["z"].to(self.device)
-        image, mask = front_renders(self.generator, z, self.config.march_samples, lit=not self.config.albedo)
+        image, mask = front_renders(self.generator, z, self.config.mesh_resolution, lit=not self.config.albedo)
         rendered = (image[0].permute(2, 0, 1) * 2 - 1, mask[0])
         if len(self._renders) < self.config.render_memo:
             self._renders[index] = rendered
