@@ -1,6 +1,8 @@
-"""Preview images of generated humans: the extracted mesh rasterized (`dataset.mesh_previews`,
-what `get3dhuman sample --preview` draws) against the field ray-marched (`dataset.render_previews`,
-the package's earlier way and that of the authors' renders), on the default weights."""
+"""Views of generated humans, on the default weights: previews, the extracted mesh rasterized
+(`dataset.mesh_previews`, what `get3dhuman sample --preview` draws) against the field ray-marched
+(`dataset.render_previews`, the package's earlier way and that of the authors' renders); and
+refined vertex colours (`refine.refine_meshes`, what `sample --refiner` does) from rasterized
+views of the mesh against views ray-marched from the field (the package's earlier way)."""
 
 import pytest
 import torch
@@ -9,9 +11,13 @@ from bench_settings import DEVICES, QUICK, median_seconds
 from get3dhuman import Generator
 from get3dhuman.dataset import mesh_previews, render_previews
 from get3dhuman.ops import rasterize
+from get3dhuman.refine import colors_from_views, refine_images, refine_meshes, render_textured, view_calibration
+from get3dhuman.train import REFINER_PRESETS
+from get3dhuman.train.refiner import make_refiner
 
 PREVIEW_SIDE = 64 if QUICK else 256
 MESH_RESOLUTION = 64 if QUICK else 256
+VIEW_SIDE = 32 if QUICK else None  # of the refiner's views; None: the backbone's (128), the refiner's own
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +71,34 @@ def test_rasterize(benchmark, generated, device, side):
     benchmark.group = f"rasterize a {MESH_RESOLUTION}^3 mesh, {device}"
     benchmark.extra_info.update(faces=int(faces.shape[0]), pixels=side * side)
     benchmark.pedantic(timed, rounds=5, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("implementation", ["rasterized mesh", "reference"])
+def test_refined_colors(benchmark, record, generated, device, implementation):
+    generator, z_shape, z_texture, mesh = generated
+    generator = generator.to(device)
+    z_shape, z_texture, mesh = z_shape.to(device), z_texture.to(device), mesh.to(device)
+    # The `small` stage-4 Refiner; its cost does not depend on its (here random) weights.
+    refiner = make_refiner(REFINER_PRESETS["small"]).to(device).eval()
+    side = VIEW_SIDE or generator.config.backbone_resolution
+
+    def field_views():  # front and back ray-marched from the field (96 samples a ray), refined
+        shape, texture = generator(z_shape, z_texture)
+        views = []
+        for angle in (0.0, 180.0):
+            calib = view_calibration(generator, angle).expand(1, 4, 4)
+            image, rendering = render_textured(generator, shape.volume, texture, calib, side)
+            views.append((refine_images(refiner, image), calib, rendering))
+        return colors_from_views([mesh], views)
+
+    def timed():
+        with torch.no_grad():
+            refined = field_views() if implementation == "reference" else refine_meshes(generator, refiner, [mesh], side)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return refined
+
+    benchmark.group = f"refined colours of a {MESH_RESOLUTION}^3 mesh, views {side}^2, {device}"
+    benchmark.pedantic(timed, rounds=1 if implementation == "reference" else 5, iterations=1, warmup_rounds=1)
+    record(f"refined colours {side}^2 {device}", implementation.split()[0], median_seconds(benchmark), 0)

@@ -109,7 +109,7 @@ def retexture(generator, z_shape: torch.Tensor, z_textures: torch.Tensor, resolu
               truncation_psi: float = 1.0, chunk: int = 1 << 18, **extract_options) -> list[TexturedMesh]:
     """The shape of z_shape [D] (or [1, D]) with each texture of z_textures [T, D]: the mesh is
     extracted once (`generator.extract_mesh`) and its vertices are coloured by the texture
-    decoder T times. Mesh t equals `extract_mesh(z_shape, z_textures[t])` up to float rounding."""
+    decoder T times. Mesh t is `extract_mesh(z_shape, z_textures[t])`, bit for bit."""
     z_shape = z_shape.reshape(1, -1)
     if z_textures.dim() != 2 or z_textures.shape[1] != z_shape.shape[1] or z_textures.shape[0] < 1:
         raise ValueError(f"z_textures must be [T, {z_shape.shape[1]}] with T >= 1, got {tuple(z_textures.shape)}")
@@ -117,16 +117,17 @@ def retexture(generator, z_shape: torch.Tensor, z_textures: torch.Tensor, resolu
                                   **extract_options)[0]
     if mesh.is_empty:
         return [mesh for _ in range(z_textures.shape[0])]
-    count = z_textures.shape[0]
+    meshes = []
     with evaluation_mode(generator):
-        shape = generator.shape_features(z_shape.expand(count, -1), truncation_psi)
-        textures = generator.texture_features(shape, z_textures, truncation_psi)
-        calib = generator.calibration.to(shape.volume.dtype).expand(count, 4, 4)
-        vertices = mesh.vertices.to(shape.volume).expand(count, -1, -1)
-        colors = torch.cat([generator.query_color(shape.volume, textures, part, calib)
-                            for part in vertices.split(chunk, dim=1)], 1).float().clamp(0, 1)
-    return [TexturedMesh(mesh.vertices, mesh.faces, colors[t].to(mesh.colors.device), mesh.normals)
-            for t in range(count)]
+        shape = generator.shape_features(z_shape, truncation_psi)
+        calib = generator.calibration.to(shape.volume.dtype)[None]
+        vertices = mesh.vertices.to(shape.volume)[None]
+        for z_texture in z_textures.split(1):  # one at a time, as extract_mesh does: the same bits
+            texture = generator.texture_features(shape, z_texture, truncation_psi)
+            colors = torch.cat([generator.query_color(shape.volume, texture, part, calib)
+                                for part in vertices.split(chunk, dim=1)], 1)[0].float().clamp(0, 1)
+            meshes.append(TexturedMesh(mesh.vertices, mesh.faces, colors.to(mesh.colors.device), mesh.normals))
+    return meshes
 
 
 @dataclasses.dataclass

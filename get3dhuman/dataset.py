@@ -1,9 +1,8 @@
 """Datasets of generated humans: `get3dhuman sample --num N --out DIR` (DESIGN.md section 7).
 
 Sample i of a call with `seed` is the latent pair of seed + i (`Generator.latents`), so a seed
-names one human whatever the batch size, the number of processes or how often the run was
-interrupted. (Its mesh is the same bit for bit when its batch is; other batch partners change
-the float rounding of the networks, which can move a vertex or two across the level set.)
+names one human, and its mesh is the same bits, whatever the batch size, the number of
+processes or how often the run was interrupted (Generator.extract_mesh works row by row).
 For each seed s, DIR receives:
 
 - `human-s.glb` (or .ply/.obj): the textured mesh with vertex colours (none for an empty field),

@@ -87,15 +87,15 @@ def official_checkpoint_layout(prefix: str = "") -> dict[str, tuple[int, ...]]:
     return {name[len(prefix):]: tuple(ast.literal_eval(shape)) for name, shape in rows if name.startswith(prefix)}
 
 
-def generator_with_a_surface(seen_from_the_front: bool = False):
-    """A tiny random Generator whose occupancy is shifted to cross 0.5 inside the box.
+def generator_with_a_surface(seen_from_the_front: bool = False, preset: str = "tiny"):
+    """A random Generator (of `preset`) whose occupancy is shifted to cross 0.5 inside the box.
 
     A random decoder is nearly monotone in depth, and falls along the front camera's rays, which
     then start inside and hit nothing (render.ray_march); `seen_from_the_front` negates the
     depth feature, so that the occupancy grows away from the camera and the front view shows a
     surface."""
     torch.manual_seed(0)
-    generator = get3dhuman.Generator("tiny")
+    generator = get3dhuman.Generator(preset)
     if seen_from_the_front:
         generator.config = dataclasses.replace(generator.config, depth_scale=-generator.config.depth_scale)
     z = torch.randn(4, generator.config.z_dim)

@@ -112,8 +112,8 @@ def test_retexture_equals_extracting_each_pair():
     assert len(meshes) == 3 and not meshes[0].is_empty
     for t, mesh in enumerate(meshes):
         expected = generator.extract_mesh(z_shape, z_textures[t:t + 1], **MESHING)[0]
-        assert torch.equal(mesh.vertices, expected.vertices) and torch.equal(mesh.faces, expected.faces)
-        torch.testing.assert_close(mesh.colors, expected.colors, atol=1e-5, rtol=0)
+        for name in ("vertices", "faces", "colors", "normals"):
+            assert torch.equal(getattr(mesh, name), getattr(expected, name)), name
     with pytest.raises(ValueError, match=r"z_textures must be \[T, "):
         applications.retexture(generator, z_shape[0], z_textures[:, :3], **MESHING)
 

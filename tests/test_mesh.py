@@ -68,14 +68,27 @@ def test_empty_mesh_exports(tmp_path):
     assert len(mesh.to_trimesh().faces) == 0
 
 
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_a_seeds_mesh_is_the_same_bits_whatever_its_batch(preset):
+    generator = generator_with_a_surface(preset=preset)
+    together = generator.sample(4, seed=10, resolution=32, coarse_resolution=8, batch_size=4)
+    apart = generator.sample(3, seed=11, resolution=32, coarse_resolution=8, batch_size=2)  # 11-12, then 13 alone
+    assert sum(not m.is_empty for m in together) >= 2 and len({len(m.vertices) for m in together}) > 1
+    for a, b in zip(together[1:], apart):
+        for name in ("vertices", "faces", "colors", "normals"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    # Batched, matrix products round differently (the networks' and the decoders' of padded point
+    # batches): why extract_mesh runs the networks and meshes row by row.
+    z_shape, z_texture = generator.latents(range(10, 14))
+    with torch.no_grad():
+        batched, single = generator(z_shape, z_texture)[1], generator(z_shape[1:2], z_texture[1:2])[1]
+    assert not torch.equal(batched[1], single[0])
+
+
 def test_generator_sample_is_seeded_per_sample():
     generator = generator_with_a_surface()
     together = generator.sample(3, seed=10, resolution=32, coarse_resolution=8, batch_size=3)
-    apart = generator.sample(2, seed=11, resolution=32, coarse_resolution=8, batch_size=1)
     assert any(not m.is_empty for m in together)
-    for a, b in zip(together[1:], apart):
-        torch.testing.assert_close(a.colors, b.colors, atol=1e-4, rtol=0)  # batch size changes GEMM rounding only
-        assert a.faces.shape == b.faces.shape
     again = generator.sample(1, seed=10, resolution=32, coarse_resolution=8)[0]
     assert torch.equal(again.vertices, generator.sample(1, seed=10, resolution=32, coarse_resolution=8)[0].vertices)
     for mesh in together:

@@ -143,18 +143,24 @@ class PixelAlignedModel(nn.Module):
         `resolution` cells per axis (see ops.narrow_band), meshed by sparse marching cubes, and
         coloured by the texture decoder at the vertices (grey where texture_volume is None).
         Vertices are in world coordinates (through `calibration`), faces oriented outward;
-        rows whose field has no surface give empty meshes.
+        rows whose field has no surface give empty meshes. Each row is meshed alone: the
+        decoders' matrix products round differently with the points of other rows padded into
+        their batches, so a row's mesh is the same bits whatever the other rows only this way.
         """
         dtype = shape_volume.dtype
-        calib = self.calibration.to(dtype).expand(shape_volume.shape[0], 4, 4)
-        color = None if texture_volume is None else (
-            lambda p: self.query_color(shape_volume, texture_volume, p.to(dtype), calib))
+        calib = self.calibration.to(dtype)[None]
+        timings = timings if timings is not None else ExtractionTimings()
+        meshes = []
         with torch.no_grad():
-            return extract_textured_meshes(
-                lambda p: self.query_occupancy(shape_volume, p.to(dtype), calib), color, shape_volume.shape[0],
-                resolution, level=0.5, inside_is_above=True, bounds=self.world_bounds(),
-                coarse_resolution=coarse_resolution, band=band, device=shape_volume.device, chunk=chunk,
-                timings=timings)
+            for row in range(shape_volume.shape[0]):
+                shape = shape_volume[row : row + 1]
+                texture = None if texture_volume is None else texture_volume[row : row + 1]
+                color = None if texture is None else (lambda p: self.query_color(shape, texture, p.to(dtype), calib))
+                meshes += extract_textured_meshes(
+                    lambda p: self.query_occupancy(shape, p.to(dtype), calib), color, 1, resolution, level=0.5,
+                    inside_is_above=True, bounds=self.world_bounds(), coarse_resolution=coarse_resolution, band=band,
+                    device=shape_volume.device, chunk=chunk, timings=timings)
+        return meshes
 
     def _calib(self, volume: torch.Tensor, calib: torch.Tensor | None) -> torch.Tensor:
         if calib is None:  # points are already in NDC, [-1, 1]^3
@@ -261,11 +267,12 @@ class Generator(PixelAlignedModel):
                      timings: ExtractionTimings | None = None) -> list[TexturedMesh]:
         """Textured meshes of latents z_shape, z_texture [B, z_dim], one per row
         (`meshes_from_volumes` of the generated volumes). Runs in eval mode (no w_avg update);
-        `timings` (an ExtractionTimings) receives the time per stage."""
+        `timings` (an ExtractionTimings) receives the time per stage. A row's mesh is the same
+        bits whatever the other rows (the networks run one row at a time)."""
         if z_shape.dim() != 2 or z_shape.shape[1] != self.config.z_dim or z_texture.shape != z_shape.shape:
             raise ValueError(f"z_shape and z_texture must both be [B, {self.config.z_dim}], got "
                              f"{tuple(z_shape.shape)} and {tuple(z_texture.shape)}")
-        return self._extract(lambda: self(z_shape, z_texture, truncation_psi, noise_mode), resolution,
+        return self._extract(lambda zs, zt: self(zs, zt, truncation_psi, noise_mode), (z_shape, z_texture), resolution,
                              coarse_resolution=coarse_resolution, band=band, chunk=chunk, timings=timings)
 
     @torch.no_grad()
@@ -274,23 +281,29 @@ class Generator(PixelAlignedModel):
                              chunk: int = 1 << 18, timings: ExtractionTimings | None = None) -> list[TexturedMesh]:
         """`extract_mesh` of intermediate latents ws_shape, ws_texture [B, num_ws, w_dim]
         (`synthesize`); truncation, if wanted, is `mapping`'s."""
-        return self._extract(lambda: self.synthesize(ws_shape, ws_texture, noise_mode), resolution,
+        return self._extract(lambda ws, wt: self.synthesize(ws, wt, noise_mode), (ws_shape, ws_texture), resolution,
                              coarse_resolution=coarse_resolution, band=band, chunk=chunk, timings=timings)
 
-    def _extract(self, features, resolution: int, timings: ExtractionTimings | None, **meshing) -> list[TexturedMesh]:
-        """Meshes of the volumes `features()` returns, made in eval mode and timed."""
+    def _extract(self, features, latents: tuple[torch.Tensor, torch.Tensor], resolution: int,
+                 timings: ExtractionTimings | None, **meshing) -> list[TexturedMesh]:
+        """Meshes of the volumes `features(shape_latents, texture_latents)` returns, made in eval
+        mode and timed. The networks see one row at a time: matrix products round differently
+        with the number of rows, so batched volumes would depend on the batch partners."""
         timings = timings if timings is not None else ExtractionTimings()
+        if latents[0].shape[0] == 0:
+            return []
         with evaluation_mode(self):
             start = time.perf_counter()
-            shape, texture = features()
+            rows = [features(*(latent[i : i + 1] for latent in latents)) for i in range(latents[0].shape[0])]
+            shape_volume, texture = (torch.cat(parts) for parts in zip(*((shape.volume, texture) for shape, texture in rows)))
             timings.networks += time.perf_counter() - start
-            return self.meshes_from_volumes(shape.volume, texture, resolution, timings=timings, **meshing)
+            return self.meshes_from_volumes(shape_volume, texture, resolution, timings=timings, **meshing)
 
     def sample(self, num: int, seed: int = 0, resolution: int = 256, *, batch_size: int = 4,
                **options) -> list[TexturedMesh]:
         """`num` textured meshes. Sample i draws (z_shape, z_texture) from its own generator seeded
         with seed + i (`latents`), so a seed gives the same latents whatever `num` and `batch_size`
-        (the same mesh bit for bit with the same batch partners, else up to float rounding).
+        (and the same mesh, bit for bit).
         Other options go to `extract_mesh`."""
         if not isinstance(num, int) or num < 0:
             raise ValueError(f"num must be a non-negative int, got {num!r}")
