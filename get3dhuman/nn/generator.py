@@ -147,20 +147,23 @@ class PixelAlignedModel(nn.Module):
         decoders' matrix products round differently with the points of other rows padded into
         their batches, so a row's mesh is the same bits whatever the other rows only this way.
         """
+        timings = timings if timings is not None else ExtractionTimings()
+        options = dict(coarse_resolution=coarse_resolution, band=band, chunk=chunk, timings=timings)
+        return [self._mesh_of_row(shape_volume[row : row + 1],
+                                  None if texture_volume is None else texture_volume[row : row + 1], resolution, options)
+                for row in range(shape_volume.shape[0])]
+
+    @torch.no_grad()
+    def _mesh_of_row(self, shape_volume: torch.Tensor, texture_volume: torch.Tensor | None, resolution: int,
+                     options: dict) -> TexturedMesh:
+        """`meshes_from_volumes` of volumes [1, F, V, V]."""
         dtype = shape_volume.dtype
         calib = self.calibration.to(dtype)[None]
-        timings = timings if timings is not None else ExtractionTimings()
-        meshes = []
-        with torch.no_grad():
-            for row in range(shape_volume.shape[0]):
-                shape = shape_volume[row : row + 1]
-                texture = None if texture_volume is None else texture_volume[row : row + 1]
-                color = None if texture is None else (lambda p: self.query_color(shape, texture, p.to(dtype), calib))
-                meshes += extract_textured_meshes(
-                    lambda p: self.query_occupancy(shape, p.to(dtype), calib), color, 1, resolution, level=0.5,
-                    inside_is_above=True, bounds=self.world_bounds(), coarse_resolution=coarse_resolution, band=band,
-                    device=shape_volume.device, chunk=chunk, timings=timings)
-        return meshes
+        color = None if texture_volume is None else (
+            lambda p: self.query_color(shape_volume, texture_volume, p.to(dtype), calib))
+        return extract_textured_meshes(lambda p: self.query_occupancy(shape_volume, p.to(dtype), calib), color, 1,
+                                       resolution, level=0.5, inside_is_above=True, bounds=self.world_bounds(),
+                                       device=shape_volume.device, **options)[0]
 
     def _calib(self, volume: torch.Tensor, calib: torch.Tensor | None) -> torch.Tensor:
         if calib is None:  # points are already in NDC, [-1, 1]^3
