@@ -143,9 +143,9 @@ class PixelAlignedModel(nn.Module):
         `resolution` cells per axis (see ops.narrow_band), meshed by sparse marching cubes, and
         coloured by the texture decoder at the vertices (grey where texture_volume is None).
         Vertices are in world coordinates (through `calibration`), faces oriented outward;
-        rows whose field has no surface give empty meshes. Each row is meshed alone: the
-        decoders' matrix products round differently with the points of other rows padded into
-        their batches, so a row's mesh is the same bits whatever the other rows only this way.
+        rows whose field has no surface give empty meshes. Each row is meshed alone, so that its
+        mesh is the same bits whatever the other rows (padded into the decoders' batches, their
+        points would change how the matrix products round).
         """
         timings = timings if timings is not None else ExtractionTimings()
         options = dict(coarse_resolution=coarse_resolution, band=band, chunk=chunk, timings=timings)
