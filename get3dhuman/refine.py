@@ -68,8 +68,10 @@ def mesh_views(generator, meshes: Sequence[TexturedMesh], angles: Sequence[float
 
 def refine_images(refiner, images: torch.Tensor) -> torch.Tensor:
     """The `refiner`'s output [B, H, W, 3] in [0, 1] for images [B, H, W, 3] in [0, 1] (it works
-    in [-1, 1], channels first)."""
-    return (refiner(images.permute(0, 3, 1, 2) * 2 - 1).permute(0, 2, 3, 1) + 1) / 2
+    in [-1, 1], channels first), one image at a time: batched convolutions round differently
+    with the batch size, and a sample's refined colours must not depend on its batch."""
+    return torch.cat([(refiner(image.permute(0, 3, 1, 2) * 2 - 1).permute(0, 2, 3, 1) + 1) / 2
+                      for image in images.split(1)])
 
 
 @torch.no_grad()

@@ -125,19 +125,31 @@ def test_stage_4s_mesh_renders_show_what_the_field_ray_marched_shows():
         assert float((image - field)[mask & hit].abs().mean()) < tolerance, lit
 
 
+def test_a_meshs_refined_colours_are_the_same_bits_whatever_its_batch():
+    generator = generator_with_a_surface(seen_from_the_front=True)
+    meshes = generator.sample(3, seed=10, resolution=MESH_RESOLUTION, coarse_resolution=8, batch_size=3)
+    torch.manual_seed(3)
+    refiner = Refiner(base_channels=4, depth=2).eval()  # random weights: every colour changes
+    together = refine_meshes(generator, refiner, meshes)
+    for mesh, refined in zip(meshes, together):
+        alone = refine_meshes(generator, refiner, [mesh])[0]
+        assert torch.equal(refined.colors, alone.colors) and not torch.equal(refined.colors, mesh.colors)
+
+
 class _Painter(torch.nn.Module):
     """A 'refiner' that paints the stand-in images of latents z (unshaded with `albedo`) whatever
-    it is shown."""
+    it is shown, one image a call (as refine.refine_images calls it), in turn."""
 
     def __init__(self, z, albedo=False):
         super().__init__()
-        self.albedo = albedo
+        self.albedo, self.calls = albedo, 0
         side = Generator("tiny").config.backbone_resolution
         self.target = stand_in_images(z, side, lit=not albedo).permute(0, 3, 1, 2) * 2 - 1
 
     def forward(self, image):
-        assert image.shape == self.target.shape
-        return self.target
+        assert image.shape == (1, *self.target.shape[1:])
+        self.calls += 1
+        return self.target[(self.calls - 1) % len(self.target)][None]
 
 
 def test_front_view_errors_against_a_perfect_and_an_identity_refiner():
