@@ -505,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
                         "of `export --refiner`; alone: the package's refiner, where it ships one (`get3dhuman info`: "
                         "default_refiner_weights)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the first sample (default 0)")
-    sample.add_argument("--batch-size", type=int, default=4, help="latents meshed and written together (default 4; the meshes do not depend on it)")
+    sample.add_argument("--batch-size", type=int, default=4,
+                        help="latents meshed and written together (default 4; the meshes do not depend on it)")
     _add_mesh_arguments(sample, "with --preview: one PNG of all the previews, 4 per row")
     sample.add_argument("--device", default="cpu", help="torch device (under torchrun: each process its GPU LOCAL_RANK)")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
