@@ -1,16 +1,18 @@
 """Meshing: dense marching cubes against scikit-image, the narrow band on a body-like field, the
-band's bookkeeping on a cheap field against a dense lattice, and end-to-end extraction from a
-'small' Generator against the authors' dense way."""
+band's bookkeeping on a cheap field against a dense lattice, end-to-end extraction from a
+'small' Generator against the authors' dense way, and a batch of the default weights' humans
+meshed one latent at a time (what `extract_mesh` does, so that a seed's mesh does not depend on
+its batch) against the batch meshed at once (the package's earlier way)."""
 
 import time
 
 import pytest
 import torch
 import torch.nn.functional as F
-from bench_settings import QUICK, median_seconds
+from bench_settings import DEVICES, QUICK, median_seconds
 
 import get3dhuman
-from get3dhuman.mesh import ExtractionTimings
+from get3dhuman.mesh import ExtractionTimings, extract_textured_meshes
 from get3dhuman.ops import marching_cubes, narrow_band
 from get3dhuman.synthetic import HumanField, human_parameters
 
@@ -159,3 +161,30 @@ def test_generator_mesh_authors_dense_way(benchmark, record):
     faces, _ = benchmark.pedantic(extract, rounds=1, iterations=1)
     benchmark.extra_info.update(resolution=AUTHORS_RESOLUTION, faces=len(faces))
     record(f"small generator {AUTHORS_RESOLUTION}^3", "authors-dense", median_seconds(benchmark), 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("implementation", ["ours", "reference"])
+def test_generator_batch(benchmark, record, device, implementation):
+    generator = get3dhuman.Generator.from_pretrained().to(device).eval()
+    z_shape, z_texture = (z.to(device) for z in generator.latents(range(4)))
+
+    def batched():  # one network call and one narrow band for the batch, its points padded together
+        shape, texture = generator(z_shape, z_texture)
+        calib = generator.calibration.expand(4, 4, 4)
+        return extract_textured_meshes(lambda p: generator.query_occupancy(shape.volume, p, calib),
+                                       lambda p: generator.query_color(shape.volume, texture, p, calib), 4,
+                                       GENERATOR_RESOLUTION, bounds=generator.world_bounds(), device=device)
+
+    def timed():
+        with torch.no_grad():
+            meshes = batched() if implementation == "reference" else generator.extract_mesh(z_shape, z_texture,
+                                                                                            GENERATOR_RESOLUTION)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return meshes
+
+    benchmark.group = f"default generator, 4 latents at {GENERATOR_RESOLUTION}^3, {device}"
+    meshes = benchmark.pedantic(timed, rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update(faces=[len(mesh.faces) for mesh in meshes])
+    record(f"4 humans {GENERATOR_RESOLUTION}^3 {device}", implementation, median_seconds(benchmark), 0)
