@@ -33,9 +33,7 @@ def generated():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("implementation", ["rasterized mesh", "reference"])
 def test_preview(benchmark, record, generated, device, implementation):
-    generator, z_shape, z_texture, mesh = generated
-    generator = generator.to(device)
-    z_shape, z_texture, mesh = z_shape.to(device), z_texture.to(device), mesh.to(device)
+    generator, z_shape, z_texture, mesh = (part.to(device) for part in generated)
     if implementation == "reference":
         run = lambda: render_previews(generator, z_shape, z_texture, PREVIEW_SIDE)  # noqa: E731
     else:
@@ -76,9 +74,7 @@ def test_rasterize(benchmark, generated, device, side):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("implementation", ["rasterized mesh", "reference"])
 def test_refined_colors(benchmark, record, generated, device, implementation):
-    generator, z_shape, z_texture, mesh = generated
-    generator = generator.to(device)
-    z_shape, z_texture, mesh = z_shape.to(device), z_texture.to(device), mesh.to(device)
+    generator, z_shape, z_texture, mesh = (part.to(device) for part in generated)
     # The `small` stage-4 Refiner; its cost does not depend on its (here random) weights.
     refiner = make_refiner(REFINER_PRESETS["small"]).to(device).eval()
     side = VIEW_SIDE or generator.config.backbone_resolution

@@ -72,17 +72,13 @@ def test_empty_mesh_exports(tmp_path):
 def test_a_seeds_mesh_is_the_same_bits_whatever_its_batch(preset):
     generator = generator_with_a_surface(preset=preset)
     together = generator.sample(4, seed=10, resolution=32, coarse_resolution=8, batch_size=4)
+    # Batched matrix products round differently with the batch (on this project's CPU the tiny
+    # case's vertices differed with the networks alone run row by row): extract_mesh meshes row by row.
     apart = generator.sample(3, seed=11, resolution=32, coarse_resolution=8, batch_size=2)  # 11-12, then 13 alone
     assert sum(not m.is_empty for m in together) >= 2 and len({len(m.vertices) for m in together}) > 1
     for a, b in zip(together[1:], apart):
         for name in ("vertices", "faces", "colors", "normals"):
             assert torch.equal(getattr(a, name), getattr(b, name)), name
-    # Batched, matrix products round differently (the networks' and the decoders' of padded point
-    # batches): why extract_mesh runs the networks and meshes row by row.
-    z_shape, z_texture = generator.latents(range(10, 14))
-    with torch.no_grad():
-        batched, single = generator(z_shape, z_texture)[1], generator(z_shape[1:2], z_texture[1:2])[1]
-    assert not torch.equal(batched[1], single[0])
 
 
 def test_generator_sample_is_seeded_per_sample():
