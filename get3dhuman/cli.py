@@ -106,14 +106,13 @@ def _report_silhouettes(cache_dir: str, entries: int = 512) -> None:
     """Prints how well the Reconstructor's front masks cover the cache's images (prior.silhouette_iou);
     under torchrun, rank 0 alone."""
     from get3dhuman.train.distributed import is_main_process
-    from get3dhuman.train.prior import PriorCache, silhouette_iou
+    from get3dhuman.train.prior import PriorCache, figure_masks, silhouette_iou
 
     cache = PriorCache(cache_dir)
     if "mask" not in cache.keys or not is_main_process():
         return
     checked = range(min(entries, len(cache)))
-    batch = cache.batch(checked, ("image", "mask"))
-    iou = silhouette_iou(batch["image"], batch["mask"])
+    iou = silhouette_iou(figure_masks(cache, checked), cache.batch(checked, ("mask",))["mask"])
     print(f"silhouette IoU of the Reconstructor's front masks and the images (first {len(checked)} latents): "
           f"mean {iou.mean():.3f}, lowest tenth below {iou.quantile(0.1):.3f}")
 

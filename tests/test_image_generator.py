@@ -9,11 +9,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from inputs import write_network_pickle
+from inputs import generator_with_a_surface, write_network_pickle
 from PIL import Image
 
 from get3dhuman import cli
-from get3dhuman.nn import ImageGenerator, StyleGAN2Generator
+from get3dhuman.nn import Generator, ImageGenerator, StyleGAN2Generator
 from get3dhuman.nn.generator import resolve_config
 from get3dhuman.nn.image_generator import frame_figures, matte_background
 from get3dhuman.nn.network_pickle import read_network_pickle
@@ -21,7 +21,10 @@ from get3dhuman.synthetic import human_parameters
 from get3dhuman.synthetic.human import INDEX
 from get3dhuman.synthetic.preview import stand_in_images, trace_humans
 from get3dhuman.train import PRIOR_PRESETS, RECONSTRUCTOR_PRESETS, induce_priors, train_reconstructor
-from get3dhuman.train.prior import PriorCache, latents, load_reconstructor, silhouette_iou
+from get3dhuman.synthetic.preview import silhouettes
+from get3dhuman.train.prior import MATTE_KEY, PriorCache, figure_masks, latents, load_reconstructor, silhouette_iou
+from get3dhuman.train.refiner import PRESETS as REFINER_PRESETS
+from get3dhuman.train.refiner import RefinerTrainer
 
 TINY_Z = resolve_config("tiny").z_dim
 
@@ -249,15 +252,28 @@ def test_a_prior_cache_of_a_generators_images(reconstructor, tmp_path):
                                  truncation_psi=0.8)
     induce_priors(config, str(reconstructor / "rec"), str(tmp_path / "prior"), progress=False)
     cache = PriorCache(str(tmp_path / "prior"))
-    assert "albedo" not in cache.keys
+    assert "albedo" not in cache.keys and MATTE_KEY in cache.keys
     entries = cache.batch(range(len(cache)))
     z = latents(config, 0, config.count)
     assert torch.equal(entries["z"], z)
     network = read_network_pickle(pickle_path)["G_ema"]
     side = resolve_config("tiny").backbone_resolution
     generated = expected_images(ImageGenerator.from_pickled(network).network, z, 0.8)
-    expected = frame_figures(generated, side, figure_height=0.9).images
+    framed = frame_figures(generated, side, figure_height=0.9)
+    expected = framed.images
     assert torch.equal(entries["image"], (expected * 255).round().to(torch.uint8))
+    # The matte, framed as the images, tells where the figure is: black figure pixels included.
+    assert torch.equal(entries[MATTE_KEY], (framed.masks * 255).round().to(torch.uint8))
+    assert torch.equal(figure_masks(cache, range(len(cache))), framed.masks > 0.5)
+    # A cache made before the mattes (its prior.json without "mattes") reads without them and
+    # finds figures by colour, and is not completed with shards that hold them.
+    path = tmp_path / "prior" / "prior.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "mattes"}))
+    older = PriorCache(str(tmp_path / "prior"))
+    assert MATTE_KEY not in older.keys and torch.equal(figure_masks(older, [0]), silhouettes(older.batch([0])["image"]))
+    with pytest.raises(ValueError, match=r"other settings \(mattes\)"):
+        induce_priors(dataclasses.replace(config, count=config.count + 1), str(reconstructor / "rec"),
+                      str(tmp_path / "prior"), progress=False)
     model = load_reconstructor(str(reconstructor / "rec"), "tiny")
     with torch.no_grad():
         shape, _ = model(expected[:4].permute(0, 3, 1, 2) * 2 - 1)  # the volumes of the unrounded images
@@ -271,16 +287,37 @@ def test_a_prior_cache_of_a_generators_images(reconstructor, tmp_path):
     assert not (tmp_path / "b" / "prior.json").exists()  # refused before anything was written
 
 
-def test_silhouette_iou_compares_the_masks_with_the_images_foreground():
-    images = torch.zeros(3, 8, 8, 3, dtype=torch.uint8)
-    images[0, :4, :4] = 200  # 2 x 2 mask cells of foreground
-    images[1, :4, :4] = 200
+def test_silhouette_iou_compares_the_masks_with_the_figures():
+    figures = torch.zeros(3, 8, 8, dtype=torch.bool)
+    figures[0, :4, :4] = True  # 2 x 2 mask cells of figure
+    figures[1, :4, :4] = True
+    figures[1, 4, 4] = True  # a quarter of a cell: not counted
     masks = torch.zeros(3, 4, 4)
     masks[0, :2, :2] = 1.0  # the same cells
     masks[1, :2, 1:3] = 1.0  # shifted by one cell: 2 shared of 6
-    assert torch.allclose(silhouette_iou(images, masks), torch.tensor([1.0, 1 / 3, 1.0]))  # both empty: 1
+    assert torch.allclose(silhouette_iou(figures, masks), torch.tensor([1.0, 1 / 3, 1.0]))  # both empty: 1
     with pytest.raises(ValueError, match="the same K"):
-        silhouette_iou(images[:2], masks)
+        silhouette_iou(figures[:2], masks)
+
+
+def test_stage_4_finds_the_figures_of_real_images_by_their_matte(reconstructor, tmp_path):
+    settings = dict(image_generator=str(reconstructor / "human.pkl"), albedo_images=False, images_only=True)
+    induce_priors(dataclasses.replace(PRIOR_PRESETS["tiny"], **settings), None, str(tmp_path / "real"), progress=False)
+    induce_priors(dataclasses.replace(PRIOR_PRESETS["tiny"], images_only=True), None, str(tmp_path / "stand-in"),
+                  progress=False)
+    real, stand_in = PriorCache(str(tmp_path / "real")), PriorCache(str(tmp_path / "stand-in"))
+    indices = range(4)
+    # Black pixels of a figure (hair, clothes) would be background by their colour; so would the
+    # figure's thinly covered edge pixels (antialiased) be figure: the matte tells.
+    images, matte = (real.batch(indices)[key] for key in ("image", MATTE_KEY))
+    assert torch.equal(figure_masks(real, indices), matte > 127) and not torch.equal(matte > 127, silhouettes(images))
+    assert torch.equal(figure_masks(stand_in, indices), silhouettes(stand_in.batch(indices)["image"]))
+    trainer = RefinerTrainer(REFINER_PRESETS["tiny"], real, Generator("tiny"))
+    trainer.generator = generator_with_a_surface(seen_from_the_front=True)  # renders that show a surface
+    _, _, overlap = trainer.images(indices)
+    render_masks = torch.stack([trainer.render(i)[1] for i in indices])
+    assert render_masks.any() and overlap.any()
+    assert torch.equal(overlap, render_masks & (matte > 127))
 
 
 def test_train_prior_takes_an_image_generator_on_the_command_line(reconstructor, tmp_path, capsys):
@@ -293,7 +330,7 @@ def test_train_prior_takes_an_image_generator_on_the_command_line(reconstructor,
     recorded = json.loads((out / "prior.json").read_text())
     assert recorded["image_generator"] == pickle_path and recorded["albedo_images"] is False
     cache = PriorCache(str(out))
-    assert cache.keys == ("z", "image")
+    assert cache.keys == ("z", "image", MATTE_KEY)
     # `images` shows the cache's images, two to a row.
     cli.main(["images", "--preset", "tiny", "--image-generator", pickle_path, "--num", "4", "--columns", "2",
               "--out", str(tmp_path / "grid.png")])
@@ -311,8 +348,9 @@ def test_train_prior_takes_an_image_generator_on_the_command_line(reconstructor,
               str(reconstructor / "rec"), "--config", str(settings), "--out", str(tmp_path / "full"), "--quiet"])
     printed = capsys.readouterr().out
     mean = float(printed.split("(first 4 latents): mean ")[1].split(",")[0])
-    entries = PriorCache(str(tmp_path / "full")).batch(range(4), ("image", "mask"))
-    assert mean == pytest.approx(silhouette_iou(entries["image"], entries["mask"]).mean().item(), abs=1e-3)
+    full = PriorCache(str(tmp_path / "full"))
+    iou = silhouette_iou(figure_masks(full, range(4)), full.batch(range(4), ("mask",))["mask"])
+    assert mean == pytest.approx(iou.mean().item(), abs=1e-3)
     settings.write_text(json.dumps({"prior": {"count": 4, "shard_size": 4, "images_only": True}}))
     with pytest.raises(SystemExit, match="--image-generator applies to the prior stage only"):
         cli.main(["train", "reconstructor", "--preset", "tiny", "--image-generator", pickle_path, "--out",

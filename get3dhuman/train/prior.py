@@ -17,12 +17,14 @@ an interrupted run resumes with the first missing shard and produces the same ca
 
 Shard tensors: z [S, z_dim] float32; image [S, H, W, 3] uint8 (the 2-D generator's image, for
 the refiner); with `albedo_images`, albedo [S, H, W, 3] uint8 (the stand-in's view unshaded, for
-a refiner of albedo; a real image generator paints shaded images only); shape, texture
+a refiner of albedo; a real image generator paints shaded images only); with `image_generator`,
+matte [S, H, W] uint8 (its matte, framed as the image: where the figure is, which a real
+image's colours do not tell, as dark hair or clothes may be black; `figure_masks`); shape, texture
 [S, F, V, V] (`volume_dtype`); depth, mask [S, M, M] and normal [S, M, M, 3] float32 (camera
 space, y up, as `render.Rendering`).
 
 With `images_only` the cache holds z and the images alone (IMAGE_KEYS, with `albedo_images` also
-ALBEDO_KEY: `cache_keys`) and needs no Reconstructor:
+ALBEDO_KEY, with `image_generator` also MATTE_KEY: `cache_keys`) and needs no Reconstructor:
 all that the refiner stage reads, e.g. to train a Refiner for an exported Generator whose
 stage-1 and stage-2 runs are not at hand. The generator stage refuses such a cache.
 """
@@ -54,9 +56,11 @@ from get3dhuman.train.checkpoint import (
 SHARD_KEYS = ("z", "image", "shape", "texture", "depth", "normal", "mask")
 IMAGE_KEYS = ("z", "image")  # the shards of an `images_only` cache
 ALBEDO_KEY = "albedo"  # with `albedo_images`, in both kinds of cache
-# settings older caches were made without
+MATTE_KEY = "matte"  # with `image_generator`, in both kinds of cache
+# settings older caches were made without ("mattes": whether the shards hold MATTE_KEY, which
+# caches of an image generator made before it lack)
 INTRODUCED = {"images_only": False, "albedo_images": False, "image_generator": None, "truncation_psi": 1.0,
-              "matte_tolerance": 0.06, "figure_height": 0.9}
+              "matte_tolerance": 0.06, "figure_height": 0.9, "mattes": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,9 +107,12 @@ def load_reconstructor(path: str, preset: str, device: str = "cpu") -> Reconstru
     return model.to(device).eval()
 
 
-def cache_keys(config: PriorConfig) -> tuple[str, ...]:
-    """The entries of a cache made with `config` (see the module docstring)."""
-    return (IMAGE_KEYS if config.images_only else SHARD_KEYS) + ((ALBEDO_KEY,) if config.albedo_images else ())
+def cache_keys(config: PriorConfig, mattes: bool | None = None) -> tuple[str, ...]:
+    """The entries of a cache made with `config` (see the module docstring); `mattes`: whether
+    it holds MATTE_KEY (default: whether it has an image generator)."""
+    mattes = config.image_generator is not None if mattes is None else mattes
+    return ((IMAGE_KEYS if config.images_only else SHARD_KEYS) + ((ALBEDO_KEY,) if config.albedo_images else ())
+            + ((MATTE_KEY,) if mattes else ()))
 
 
 def _bytes(image: torch.Tensor) -> torch.Tensor:
@@ -142,8 +149,11 @@ def prior_targets(model: Reconstructor | None, z: torch.Tensor, config: PriorCon
         image = shade(rendering, background=0.0)  # [B, S, S, 3] in [0, 1]
     else:
         generated = image_generator(z.to(next(image_generator.parameters()).device), config.truncation_psi)
-        image = frame_figures(generated, side, config.matte_tolerance, config.figure_height).images.cpu()
+        framed = frame_figures(generated, side, config.matte_tolerance, config.figure_height)
+        image = framed.images.cpu()
     entries = {"z": z.float(), "image": _bytes(image)}
+    if image_generator is not None:
+        entries[MATTE_KEY] = _bytes(framed.masks.cpu())
     if config.albedo_images:
         entries[ALBEDO_KEY] = _bytes(shade(rendering, background=0.0, lit=False))
     if model is None:
@@ -200,7 +210,8 @@ def induce_priors(config: PriorConfig, reconstructor: str | None, out_dir: str, 
     os.makedirs(out_dir, exist_ok=True)
     image_generator = load_image_generator(config, device)  # checked before anything is written
     source = None if reconstructor is None else os.path.abspath(reconstructor)
-    record_settings(os.path.join(out_dir, "prior.json"), {**dataclasses.asdict(config), "reconstructor": source},
+    record_settings(os.path.join(out_dir, "prior.json"), {**dataclasses.asdict(config), "reconstructor": source,
+                                                          "mattes": MATTE_KEY in cache_keys(config)},
                     may_change=("count",), write=rank == 0, introduced=INTRODUCED)
     model = None if config.images_only else load_reconstructor(reconstructor, config.preset, device)
     shards = range(-(-config.count // config.shard_size))
@@ -256,7 +267,8 @@ class PriorCache:
                              "`get3dhuman train prior` (it resumes)")
         self.shard_size, self.count, self.directory = size, count, directory
         recorded = {**INTRODUCED, **self.settings}
-        self.keys = cache_keys(PriorConfig(images_only=recorded["images_only"], albedo_images=recorded["albedo_images"]))
+        self.keys = cache_keys(PriorConfig(images_only=recorded["images_only"], albedo_images=recorded["albedo_images"]),
+                               mattes=recorded["mattes"])
         self._handles: dict[int, object] = {}
 
     def __len__(self) -> int:
@@ -295,18 +307,26 @@ class PriorCache:
         return indices, generator
 
 
-def silhouette_iou(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def figure_masks(cache: PriorCache, indices, key: str = "image") -> torch.Tensor:
+    """[B, S, S] bool: where the images `key` (image, or albedo) of cache entries `indices` show
+    the figure: the image generator's matte (MATTE_KEY, > 0.5) where the cache holds it, else
+    the images' non-black pixels (`synthetic.preview.silhouettes`: exact for the stand-in)."""
+    if MATTE_KEY in cache.keys:
+        return cache.batch(indices, (MATTE_KEY,))[MATTE_KEY] > 127
+    return silhouettes(cache.batch(indices, (key,))[key])
+
+
+def silhouette_iou(figures: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """[K]: per cache entry, the intersection over union of the Reconstructor's front-view mask
-    (masks [K, M, M], the cache's `mask`) and the foreground of the image it was made from
-    (images [K, S, S, 3] uint8 on black, `synthetic.preview.silhouettes`, resized to M x M: a
-    pixel counts when more than half of it is foreground); 1 where both are empty. How well
-    the Reconstructor lifts the 2-D generator's images: on real images (`image_generator`), the
-    one check of stage 2 there is, as they have no 3-D ground truth."""
-    if images.dim() != 4 or masks.dim() != 3 or images.shape[0] != masks.shape[0]:
-        raise ValueError(f"images must be [K, S, S, 3] and masks [K, M, M] with the same K, got "
-                         f"{tuple(images.shape)} and {tuple(masks.shape)}")
-    foreground = silhouettes(images).float().unsqueeze(1)
-    foreground = F.interpolate(foreground, size=masks.shape[1:], mode="area")[:, 0] > 0.5
+    (masks [K, M, M], the cache's `mask`) and the figure of the image it was made from (figures
+    [K, S, S] bool, `figure_masks`, resized to M x M: a pixel counts when more than half of it
+    is figure); 1 where both are empty. How well the Reconstructor lifts the 2-D generator's
+    images: on real images (`image_generator`), the one check of stage 2 there is, as they have
+    no 3-D ground truth."""
+    if figures.dim() != 3 or masks.dim() != 3 or figures.shape[0] != masks.shape[0]:
+        raise ValueError(f"figures must be [K, S, S] and masks [K, M, M] with the same K, got "
+                         f"{tuple(figures.shape)} and {tuple(masks.shape)}")
+    foreground = F.interpolate(figures.float().unsqueeze(1), size=masks.shape[1:], mode="area")[:, 0] > 0.5
     inside = masks > 0.5
     union = (foreground | inside).sum((1, 2))
     return torch.where(union > 0, (foreground & inside).sum((1, 2)) / union.clamp_min(1), 1.0)

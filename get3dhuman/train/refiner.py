@@ -26,12 +26,11 @@ import torch
 from get3dhuman import losses
 from get3dhuman.nn import MultiScalePatchDiscriminator, Refiner
 from get3dhuman.refine import front_renders, view_errors
-from get3dhuman.synthetic.preview import silhouettes
 from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import load_checkpoint, resolve_checkpoint
 from get3dhuman.train.generator import load_generator
 from get3dhuman.train.loop import recorded_config, run_training
-from get3dhuman.train.prior import ALBEDO_KEY, PriorCache, check_stage_inputs
+from get3dhuman.train.prior import ALBEDO_KEY, PriorCache, check_stage_inputs, figure_masks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +137,7 @@ class RefinerTrainer:
         indices = [int(i) for i in indices]
         rendered, mask = (torch.stack(parts) for parts in zip(*(self.render(i) for i in indices)))
         target = self.prior.batch(indices, (self.target_key,))[self.target_key].to(self.device)
-        overlap = mask & silhouettes(target)
+        overlap = mask & figure_masks(self.prior, indices, self.target_key).to(self.device)
         return rendered, target.permute(0, 3, 1, 2).float() / 255 * 2 - 1, overlap
 
     def training_target(self, rendered: torch.Tensor, target: torch.Tensor, overlap: torch.Tensor) -> torch.Tensor:
