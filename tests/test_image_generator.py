@@ -19,9 +19,8 @@ from get3dhuman.nn.image_generator import frame_figures, matte_background
 from get3dhuman.nn.network_pickle import read_network_pickle
 from get3dhuman.synthetic import human_parameters
 from get3dhuman.synthetic.human import INDEX
-from get3dhuman.synthetic.preview import stand_in_images, trace_humans
+from get3dhuman.synthetic.preview import silhouettes, stand_in_images, trace_humans
 from get3dhuman.train import PRIOR_PRESETS, RECONSTRUCTOR_PRESETS, induce_priors, train_reconstructor
-from get3dhuman.synthetic.preview import silhouettes
 from get3dhuman.train.prior import MATTE_KEY, PriorCache, figure_masks, latents, load_reconstructor, silhouette_iou
 from get3dhuman.train.refiner import PRESETS as REFINER_PRESETS
 from get3dhuman.train.refiner import RefinerTrainer
@@ -301,7 +300,7 @@ def test_silhouette_iou_compares_the_masks_with_the_figures():
 
 
 def test_stage_4_finds_the_figures_of_real_images_by_their_matte(reconstructor, tmp_path):
-    settings = dict(image_generator=str(reconstructor / "human.pkl"), albedo_images=False, images_only=True)
+    settings = {"image_generator": str(reconstructor / "human.pkl"), "albedo_images": False, "images_only": True}
     induce_priors(dataclasses.replace(PRIOR_PRESETS["tiny"], **settings), None, str(tmp_path / "real"), progress=False)
     induce_priors(dataclasses.replace(PRIOR_PRESETS["tiny"], images_only=True), None, str(tmp_path / "stand-in"),
                   progress=False)

@@ -148,7 +148,7 @@ class PixelAlignedModel(nn.Module):
         points would change how the matrix products round).
         """
         timings = timings if timings is not None else ExtractionTimings()
-        options = dict(coarse_resolution=coarse_resolution, band=band, chunk=chunk, timings=timings)
+        options = {"coarse_resolution": coarse_resolution, "band": band, "chunk": chunk, "timings": timings}
         return [self._mesh_of_row(shape_volume[row : row + 1],
                                   None if texture_volume is None else texture_volume[row : row + 1], resolution, options)
                 for row in range(shape_volume.shape[0])]
