@@ -112,7 +112,8 @@ def _report_silhouettes(cache_dir: str, entries: int = 512) -> None:
     if "mask" not in cache.keys or not is_main_process():
         return
     checked = range(min(entries, len(cache)))
-    iou = silhouette_iou(figure_masks(cache, checked), cache.batch(checked, ("mask",))["mask"])
+    entries = cache.batch(checked, ("image", "mask"))
+    iou = silhouette_iou(figure_masks(cache, checked, entries["image"]), entries["mask"])
     print(f"silhouette IoU of the Reconstructor's front masks and the images (first {len(checked)} latents): "
           f"mean {iou.mean():.3f}, lowest tenth below {iou.quantile(0.1):.3f}")
 
@@ -425,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     synthetic.add_argument("--resolution", type=int, default=256, help="pixels per side of each render (default 256)")
     synthetic.set_defaults(handler=_synthetic)
     images = commands.add_parser("images", help="a PNG grid of the images a prior cache would hold: a 2-D "
-                                 "generator's, matted and squared, or the synthetic stand-in's")
+                                 "generator's, matted and framed, or the synthetic stand-in's")
     images.add_argument("--out", required=True, help="PNG file to write")
     images.add_argument("--image-generator", metavar="FILE", help="network pickle (e.g. StyleGAN-Human's) or file of "
                         "`export --image-generator`, as `train prior --image-generator` (default: the synthetic "

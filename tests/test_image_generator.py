@@ -263,13 +263,14 @@ def test_a_prior_cache_of_a_generators_images(reconstructor, tmp_path):
     assert torch.equal(entries["image"], (expected * 255).round().to(torch.uint8))
     # The matte, framed as the images, tells where the figure is: black figure pixels included.
     assert torch.equal(entries[MATTE_KEY], (framed.masks * 255).round().to(torch.uint8))
-    assert torch.equal(figure_masks(cache, range(len(cache))), framed.masks > 0.5)
+    assert torch.equal(figure_masks(cache, range(len(cache)), entries["image"]), framed.masks > 0.5)
     # A cache made before the mattes (its prior.json without "mattes") reads without them and
     # finds figures by colour, and is not completed with shards that hold them.
     path = tmp_path / "prior" / "prior.json"
     path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "mattes"}))
     older = PriorCache(str(tmp_path / "prior"))
-    assert MATTE_KEY not in older.keys and torch.equal(figure_masks(older, [0]), silhouettes(older.batch([0])["image"]))
+    first = older.batch([0])["image"]
+    assert MATTE_KEY not in older.keys and torch.equal(figure_masks(older, [0], first), silhouettes(first))
     with pytest.raises(ValueError, match=r"other settings \(mattes\)"):
         induce_priors(dataclasses.replace(config, count=config.count + 1), str(reconstructor / "rec"),
                       str(tmp_path / "prior"), progress=False)
@@ -309,8 +310,9 @@ def test_stage_4_finds_the_figures_of_real_images_by_their_matte(reconstructor, 
     # Black pixels of a figure (hair, clothes) would be background by their colour; so would the
     # figure's thinly covered edge pixels (antialiased) be figure: the matte tells.
     images, matte = (real.batch(indices)[key] for key in ("image", MATTE_KEY))
-    assert torch.equal(figure_masks(real, indices), matte > 127) and not torch.equal(matte > 127, silhouettes(images))
-    assert torch.equal(figure_masks(stand_in, indices), silhouettes(stand_in.batch(indices)["image"]))
+    assert torch.equal(figure_masks(real, indices, images), matte > 127) and not torch.equal(matte > 127, silhouettes(images))
+    pictures = stand_in.batch(indices)["image"]
+    assert torch.equal(figure_masks(stand_in, indices, pictures), silhouettes(pictures))
     trainer = RefinerTrainer(REFINER_PRESETS["tiny"], real, Generator("tiny"))
     trainer.generator = generator_with_a_surface(seen_from_the_front=True)  # renders that show a surface
     _, _, overlap = trainer.images(indices)
@@ -348,7 +350,8 @@ def test_train_prior_takes_an_image_generator_on_the_command_line(reconstructor,
     printed = capsys.readouterr().out
     mean = float(printed.split("(first 4 latents): mean ")[1].split(",")[0])
     full = PriorCache(str(tmp_path / "full"))
-    iou = silhouette_iou(figure_masks(full, range(4)), full.batch(range(4), ("mask",))["mask"])
+    entries = full.batch(range(4), ("image", "mask"))
+    iou = silhouette_iou(figure_masks(full, range(4), entries["image"]), entries["mask"])
     assert mean == pytest.approx(iou.mean().item(), abs=1e-3)
     settings.write_text(json.dumps({"prior": {"count": 4, "shard_size": 4, "images_only": True}}))
     with pytest.raises(SystemExit, match="--image-generator applies to the prior stage only"):

@@ -70,8 +70,8 @@ class ImageGenerator(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, network: str = "G_ema") -> ImageGenerator:
-        """The generator of `path`: a file of `save_pretrained`, or a StyleGAN2-ADA network pickle such as
-        StyleGAN-Human's stylegan_human_v2_1024.pkl (its `network` entry, by default the
+        """The generator of `path`: a file of `save_pretrained`, or a StyleGAN2-ADA network
+        pickle such as StyleGAN-Human's stylegan_human_v2_1024.pkl (its `network` entry, by default the
         moving average of the weights, 'G_ema'), in eval mode. Raises ValueError for a file of
         neither kind or a network of another architecture (StyleGAN3, conditional, non-skip)."""
         if is_pretrained_file(path, IMAGE_GENERATOR_FORMAT):

@@ -307,13 +307,14 @@ class PriorCache:
         return indices, generator
 
 
-def figure_masks(cache: PriorCache, indices, key: str = "image") -> torch.Tensor:
-    """[B, S, S] bool: where the images `key` (image, or albedo) of cache entries `indices` show
-    the figure: the image generator's matte (MATTE_KEY, > 0.5) where the cache holds it, else
-    the images' non-black pixels (`synthetic.preview.silhouettes`: exact for the stand-in)."""
+def figure_masks(cache: PriorCache, indices, images: torch.Tensor) -> torch.Tensor:
+    """[B, S, S] bool: where the images [B, S, S, 3] uint8 of cache entries `indices` (their
+    image or albedo, as the caller read them) show the figure: the image generator's matte
+    (MATTE_KEY, > 0.5) where the cache holds it, else the images' non-black pixels
+    (`synthetic.preview.silhouettes`: exact for the stand-in)."""
     if MATTE_KEY in cache.keys:
-        return cache.batch(indices, (MATTE_KEY,))[MATTE_KEY] > 127
-    return silhouettes(cache.batch(indices, (key,))[key])
+        return (cache.batch(indices, (MATTE_KEY,))[MATTE_KEY] > 127).to(images.device)
+    return silhouettes(images)
 
 
 def silhouette_iou(figures: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

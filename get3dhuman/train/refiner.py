@@ -137,7 +137,7 @@ class RefinerTrainer:
         indices = [int(i) for i in indices]
         rendered, mask = (torch.stack(parts) for parts in zip(*(self.render(i) for i in indices)))
         target = self.prior.batch(indices, (self.target_key,))[self.target_key].to(self.device)
-        overlap = mask & figure_masks(self.prior, indices, self.target_key).to(self.device)
+        overlap = mask & figure_masks(self.prior, indices, target)
         return rendered, target.permute(0, 3, 1, 2).float() / 255 * 2 - 1, overlap
 
     def training_target(self, rendered: torch.Tensor, target: torch.Tensor, overlap: torch.Tensor) -> torch.Tensor:
