@@ -12,6 +12,8 @@ DECODERS = {
     "shape": ImplicitDecoder.official_shape,
     "texture": ImplicitDecoder.official_texture,
     "small": lambda: ImplicitDecoder([9, 16, 12, 8, 2], concat_layers=(1, 3), last_op="tanh"),
+    "one layer": lambda: ImplicitDecoder([9, 4]),
+    "two layers": lambda: ImplicitDecoder([9, 6, 3], last_op=None),
 }
 
 
@@ -45,6 +47,23 @@ def test_precomputed_projection_is_reused(device):
         out = query_field(decoder, features, points, calib, projected=projected)
         expected = reference_query_field(decoder, features, points, calib)
     assert (out - expected).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("name", list(DECODERS))
+@pytest.mark.parametrize("variant", ["direct", "projected"])
+def test_inference_in_place_equals_the_autograd_path_and_keeps_the_inputs(device, name, variant):
+    # Without autograd the activations overwrite their pre-activations (layer 0's is a slice
+    # of the sampled features): the values must be the autograd path's bits, inputs untouched.
+    decoder, features, points, calib = _setup(name, device, count=300)
+    projected = project_inputs(decoder, features) if variant == "projected" else None
+    kept = [t.detach().clone() for t in (features, points, calib, *(projected or ()))]
+    with_grad = query_field(decoder, features.requires_grad_(), points, calib, variant=variant, projected=projected,
+                            chunk_size=128)
+    with torch.no_grad():
+        without = query_field(decoder, features, points, calib, variant=variant, projected=projected, chunk_size=128)
+    assert torch.equal(without, with_grad.detach())
+    for before, after in zip(kept, (features, points, calib, *(projected or ()))):
+        assert torch.equal(before, after)
 
 
 def test_sorted_point_order_gives_the_same_values_and_gradients(device):

@@ -16,6 +16,7 @@ from torch import nn
 
 LEAKY_SLOPE = 0.01
 _LAST_OPS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, None: lambda y: y}
+_LAST_OPS_INPLACE = {"sigmoid": torch.sigmoid_, "tanh": torch.tanh_, None: lambda y: y}
 
 
 class ImplicitDecoder(nn.Module):
@@ -83,11 +84,12 @@ class ImplicitDecoder(nn.Module):
         """The [out, channels[layer]] block of layer `layer`'s weight that multiplies the previous activation."""
         return self.filters[layer].weight[:, : self.channels[layer], 0]
 
-    def activation(self, layer: int, y: torch.Tensor) -> torch.Tensor:
-        """Applies the activation that follows layer `layer` (leaky ReLU, or last_op after the last)."""
+    def activation(self, layer: int, y: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """Applies the activation that follows layer `layer` (leaky ReLU, or last_op after the
+        last); `inplace` overwrites y (no autograd), which saves a pass over fresh memory."""
         if layer == len(self.filters) - 1:
-            return _LAST_OPS[self.last_op](y)
-        return F.leaky_relu(y, LEAKY_SLOPE)
+            return _LAST_OPS_INPLACE[self.last_op](y) if inplace else _LAST_OPS[self.last_op](y)
+        return F.leaky_relu_(y, LEAKY_SLOPE) if inplace else F.leaky_relu(y, LEAKY_SLOPE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, in_channels, N] -> [B, out_channels, N]."""

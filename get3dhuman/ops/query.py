@@ -201,6 +201,9 @@ def _run_chunk(decoder, sampled, projected_layout):
     projected_layout: None for 'direct' samples (the decoder input, C + 1 wide); for
     'projected' samples, {layer: column offset} of each input-reading layer's pre-activation.
     """
+    # Without autograd every pre-activation is a buffer of its own (layer 0's a slice of
+    # `sampled` no later layer reads), so the activations run in place.
+    inplace = not torch.is_grad_enabled()
     y = sampled
     for i, layer in enumerate(decoder.filters):
         if projected_layout is not None and i in projected_layout:
@@ -213,7 +216,7 @@ def _run_chunk(decoder, sampled, projected_layout):
             pre = pre.addmm_(sampled, decoder.input_weight(i).T)
         else:
             pre = torch.addmm(layer.bias, y, layer.weight[:, :, 0].T)
-        y = decoder.activation(i, pre)
+        y = decoder.activation(i, pre, inplace)
     return y
 
 
