@@ -562,7 +562,32 @@ def main(argv: list[str] | None = None) -> int:
                         help="storage type of the weights (float16 halves the file; they load as float32)")
     export.set_defaults(handler=_export)
     args = parser.parse_args(argv)
+    if getattr(args, "device", None) is not None:
+        _check_device(args)
     return args.handler(args)
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """Refuses a --device this machine cannot run before anything loads (torch's own error
+    comes mid-run, as a traceback)."""
+    import torch
+
+    name = " ".join(filter(None, (args.command, getattr(args, "stage", None))))
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise SystemExit(f"get3dhuman {name}: --device must be a torch device such as cpu, cuda or cuda:1, "
+                         f"got {args.device!r}") from error
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SystemExit(f"get3dhuman {name}: --device {args.device}: no CUDA device is usable here "
+                             "(torch.cuda.is_available() is False); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise SystemExit(f"get3dhuman {name}: --device {args.device}: this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    elif device.type != "cpu":
+        raise SystemExit(f"get3dhuman {name}: --device must be cpu or cuda[:N], got {args.device!r}")
 
 
 if __name__ == "__main__":

@@ -315,6 +315,14 @@ def test_command_line_writes_a_dataset_and_a_preview_grid(tmp_path):
         main(["sample", "--weights", str(tmp_path / "missing.safetensors"), "--num", "1", "--out", str(out)])
     with pytest.raises(SystemExit, match="give one of --weights, --generator and --checkpoint, not --weights and "):
         main(["sample", "--weights", str(weights), "--generator", str(tmp_path), "--num", "1", "--out", str(out)])
+    with pytest.raises(SystemExit, match="--device must be a torch device such as cpu, cuda or cuda:1, got 'gpu'"):
+        main(["sample", "--num", "1", "--out", str(out), "--device", "gpu"])
+    with pytest.raises(SystemExit, match="--device must be cpu or cuda"):
+        main(["sample", "--num", "1", "--out", str(out), "--device", "meta"])
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    expected = "no CUDA device is usable here" if count == 0 else f"this machine has {count} CUDA device"
+    with pytest.raises(SystemExit, match=expected):
+        main(["sample", "--num", "1", "--out", str(out), "--device", f"cuda:{count}"])
 
 
 @pytest.mark.slow
