@@ -45,6 +45,7 @@ import sys
 from get3dhuman.train.settings import STAGES
 
 PACKAGED = ""  # `--refiner` given alone: the package's refiner
+FILE_OUTPUTS = ("synthetic", "images", "export")  # commands whose --out is a file, not a directory
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -73,7 +74,10 @@ def _info(args: argparse.Namespace) -> int:
 def _synthetic(args: argparse.Namespace) -> int:
     from get3dhuman.synthetic.preview import sample_grid
 
-    sample_grid(args.out, args.num, args.seed, args.resolution)
+    try:
+        sample_grid(args.out, args.num, args.seed, args.resolution)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"get3dhuman synthetic: {error}") from error
     print(f"wrote {args.num} synthetic humans to {args.out}")
     return 0
 
@@ -564,6 +568,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "device", None) is not None:
         _check_device(args)
+    # Output directories are made as needed; so are the folders of output files.
+    output_files = [args.out] if args.command in FILE_OUTPUTS else []
+    for path in [*output_files, getattr(args, "grid", None)]:
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     return args.handler(args)
 
 

@@ -89,7 +89,7 @@ def test_bad_calibration():
 
 
 def test_synthetic_command_writes_a_png(tmp_path):
-    out = tmp_path / "grid.png"
+    out = tmp_path / "new" / "folder" / "grid.png"  # made as needed
     subprocess.run([shutil.which("get3dhuman"), "synthetic", "--out", str(out), "--num", "2", "--resolution", "32"],
                    check=True, cwd=tmp_path, capture_output=True)
     import numpy as np
@@ -99,6 +99,9 @@ def test_synthetic_command_writes_a_png(tmp_path):
     assert image.size == (4 * 32, 32)
     colors = np.unique(np.asarray(image).reshape(-1, 3), axis=0)
     assert len(colors) > 10  # humans were drawn on the white background
+    refused = subprocess.run([shutil.which("get3dhuman"), "synthetic", "--out", str(out), "--num", "0"],
+                             cwd=tmp_path, capture_output=True, text=True)
+    assert refused.returncode != 0 and refused.stderr.strip() == "get3dhuman synthetic: num must be an int >= 1, got 0"
 
 
 def test_ray_march_of_an_occupancy_sphere_matches_the_analytic_answer():

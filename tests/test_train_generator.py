@@ -240,7 +240,7 @@ def test_command_line_runs_the_stages(stages, tmp_path):
     loaded, trained = Generator.from_pretrained(exported), load_generator(str(tmp_path / "generator"), "tiny")
     for (name, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
-    halved = str(tmp_path / "generator-half.safetensors")
+    halved = str(tmp_path / "exports" / "generator-half.safetensors")  # its folder made as needed
     assert main(["export", "--generator", str(tmp_path / "generator"), "--preset", "tiny", "--out", halved,
                  "--dtype", "float16"]) == 0
     for (name, a), b in zip(trained.state_dict().items(), Generator.from_pretrained(halved).state_dict().values()):

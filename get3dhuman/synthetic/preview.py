@@ -80,5 +80,9 @@ def save_grid(images: torch.Tensor, path: str, columns: int = 4) -> None:
 
 def sample_grid(path: str, num: int = 16, seed: int = 0, resolution: int = 256, z_dim: int = 512) -> None:
     """Renders `num` humans from z ~ N(0, I) (seeded) front-on and saves them as a PNG grid."""
+    if not isinstance(num, int) or num < 1:
+        raise ValueError(f"num must be an int >= 1, got {num!r}")
+    if not isinstance(resolution, int) or resolution < 2:
+        raise ValueError(f"resolution must be an int >= 2, got {resolution!r}")
     z = torch.randn(num, z_dim, generator=torch.Generator().manual_seed(seed))
     save_grid(render_humans(human_parameters(z), resolution), path)
