@@ -41,6 +41,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from get3dhuman.nn.generator import check_seed
 from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.refine import mesh_views, refine_meshes, render_textured, view_calibration
 from get3dhuman.render import Rendering
@@ -171,6 +172,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
         raise ValueError(f"num must be an int >= 0, got {num!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_seed(seed)
     if file_type not in FILE_TYPES:
         raise ValueError(f"file_type must be one of {', '.join(FILE_TYPES)}, got {file_type!r}")
     preview_maps = check_preview_options(preview_resolution, preview_views, preview_maps)

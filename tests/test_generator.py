@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from inputs import official_checkpoint_layout
@@ -100,6 +101,19 @@ def test_bad_arguments_are_rejected():
         generator.texture_features(shape, torch.randn(3, 32))
     with pytest.raises(TypeError, match="shape"):
         generator.texture_features(shape.volume, torch.randn(2, 32))
+    z = torch.randn(1, 32)
+    for psi in ("0.7", float("nan"), True):
+        with pytest.raises(ValueError, match="truncation_psi must be a finite number"):
+            generator(z, z, truncation_psi=psi)
+    with pytest.raises(ValueError, match="truncation_cutoff must be None or an int >= 0, got -1"):
+        generator(z, z, truncation_psi=0.5, truncation_cutoff=-1)
+    # torch would seed -1 as 2^64 - 1: one human would have two seeds.
+    for seed in (-1, 2**64, 1.0, "3"):
+        with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\^64\), got " + repr(seed)):
+            generator.latents([0, seed])
+        with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\^64\), got " + repr(seed)):
+            generator.sample(1, seed=seed)
+    assert torch.equal(generator.latents([np.int64(5)])[0], generator.latents([5])[0])
 
 
 def test_gradients_reach_every_generator_parameter():

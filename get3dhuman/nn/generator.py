@@ -18,6 +18,7 @@ converts by negating its last layer (sigmoid(-a) = 1 - sigmoid(a), exact).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import pickle
 import time
@@ -103,9 +104,19 @@ def resolve_config(config: GeneratorConfig | str) -> GeneratorConfig:
     return PRESETS[config]
 
 
+def check_seed(seed) -> None:
+    """Raises ValueError unless `seed` is an int in [0, 2^64), a seed `latents_of_seeds` takes."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+        # torch would seed -1 as 2^64 - 1: one sample would have two names.
+        raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}")
+
+
 def latents_of_seeds(seeds, z_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(z_shape, z_texture), each [len(seeds), z_dim] on the CPU: row i drawn from a generator
     seeded with seeds[i] alone, so a seed always names the same sample."""
+    seeds = list(seeds)
+    for seed in seeds:
+        check_seed(seed)
     pairs = [torch.randn(2, z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
     if not pairs:
         return torch.empty(0, z_dim), torch.empty(0, z_dim)
@@ -312,6 +323,7 @@ class Generator(PixelAlignedModel):
             raise ValueError(f"num must be a non-negative int, got {num!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_seed(seed)
         device = next(self.parameters()).device
         meshes = []
         for begin in range(seed, seed + num, batch_size):
