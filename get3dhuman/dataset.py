@@ -24,6 +24,9 @@ resolution, views and maps, file type, truncation, refiner, meshing options); a 
 otherwise is refused, so one dataset never mixes models or settings (seeds and counts may
 change: a dataset can grow).
 
+`GeneratedHumans(DIR)` reads a directory back (meshes, views, cameras, decoded maps and the
+world points of the depth maps), a torch Dataset for training on the samples.
+
 Resumable: every file is written under a temporary name and renamed, and the manifest line is
 appended after its files, so a listed seed is complete; a later call skips the listed seeds and
 drops a torn last line. Under torchrun, process r makes the samples i with i % processes == r
@@ -97,6 +100,109 @@ def encode_map(rendering: Rendering, index: int, kind: str) -> np.ndarray:
         normal = ((rendering.normal[index].cpu() + 1) / 2 * 255).round().clamp(0, 255)
         return torch.where(mask.unsqueeze(-1), normal, 0).to(torch.uint8).numpy()
     raise ValueError(f"kind must be one of {', '.join(MAPS)}, got {kind!r}")
+
+
+def decode_map(pixels: np.ndarray, kind: str) -> torch.Tensor:
+    """The inverse of `encode_map`, NaN off the mesh: 'mask' bool [H, W]; 'depth' float32
+    [H, W], the NDC depth z (within 1/65535 of the rendering's); 'normal' float32 [H, W, 3],
+    the camera-space normal (within 1/255 per component). Off the mesh is where encode_map
+    wrote zeros (a pixel of the mesh encodes to zero only at the far plane, z = -1)."""
+    if kind not in MAPS:
+        raise ValueError(f"kind must be one of {', '.join(MAPS)}, got {kind!r}")
+    expected = {"mask": (np.uint8, 2), "depth": (np.uint16, 2), "normal": (np.uint8, 3)}[kind]
+    pixels = np.asarray(pixels)
+    if pixels.dtype != expected[0] or pixels.ndim != expected[1] or (kind == "normal" and pixels.shape[-1] != 3):
+        shape = "[H, W, 3]" if kind == "normal" else "[H, W]"
+        raise ValueError(f"pixels of a {kind} map must be {np.dtype(expected[0]).name} {shape}, got "
+                         f"{pixels.dtype} {list(pixels.shape)}")
+    values = torch.from_numpy(pixels.astype(np.float32))
+    if kind == "mask":
+        return values > 0
+    if kind == "depth":
+        return torch.where(values > 0, values / 65535 * 2 - 1, float("nan"))
+    off = (values == 0).all(-1, keepdim=True)
+    return torch.where(off, float("nan"), values / 255 * 2 - 1)
+
+
+def lift_depth(depth: torch.Tensor, calibration: torch.Tensor) -> torch.Tensor:
+    """World points [..., R, R, 3] of depth maps [..., R, R] (NDC z, as `decode_map` gives;
+    NaN pixels give NaN points) seen through cameras calibration [..., 4, 4] (world -> NDC, as
+    in cameras.json), by CAMERA_CONVENTION: pixel (i, j) lies at NDC x = -1 + 2j/(R-1),
+    y = -1 + 2i/(R-1)."""
+    if depth.dim() < 2 or depth.shape[-1] != depth.shape[-2] or depth.shape[-1] < 2:
+        raise ValueError(f"depth must be [..., R, R] with R >= 2, got {list(depth.shape)}")
+    if calibration.shape[-2:] != (4, 4):
+        raise ValueError(f"calibration must be [..., 4, 4], got {list(calibration.shape)}")
+    side = depth.shape[-1]
+    ndc_axis = torch.linspace(-1, 1, side, dtype=torch.float64, device=depth.device)
+    rows, columns = torch.meshgrid(ndc_axis, ndc_axis, indexing="ij")
+    ndc = torch.stack(torch.broadcast_tensors(columns, rows, depth.double()), -1)  # [..., R, R, 3]
+    calibration = calibration.double()[..., None, None, :, :]
+    world = torch.linalg.solve(calibration[..., :3, :3], (ndc - calibration[..., :3, 3]).unsqueeze(-1))
+    return world.squeeze(-1).to(depth.dtype)
+
+
+class GeneratedHumans(torch.utils.data.Dataset):
+    """The samples of a `write_samples` directory read back, one item per listed seed in seed
+    order, for training on them (a torch Dataset; meshes differ in size, so batch items with
+    `batch_size=None` or a collate function of your own).
+
+    Item i is a dict: "seed"; "mesh", the TexturedMesh of the file (`TexturedMesh.load`), or an
+    empty one for an empty field (None when `meshes` is False); and where the directory has
+    previews, per view V (the front first): "angles" [V] degrees, "cameras" [V, 4, 4] (world ->
+    NDC, cameras.json), "images" [V, R, R, 3] in [0, 1], and for each map it holds (`decode_map`)
+    "mask" [V, R, R] bool, "depth" [V, R, R] NDC z and "normal" [V, R, R, 3], NaN off the mesh,
+    with the depth also lifted to world "points" [V, R, R, 3] (`lift_depth`).
+
+    Args:
+        out_dir: the directory of `write_samples` (`get3dhuman sample --out`).
+        meshes: load the mesh files (False: the previews and maps alone, much faster).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, meshes: bool = True):
+        self.out_dir = os.fspath(out_dir)
+        if not os.path.isfile(os.path.join(self.out_dir, MANIFEST)):
+            raise FileNotFoundError(f"out_dir must be a directory of `get3dhuman sample` (with {MANIFEST}), "
+                                    f"got {self.out_dir!r}")
+        self.records = sorted(read_manifest(self.out_dir), key=lambda record: record["seed"])
+        self.meshes = meshes
+        cameras = os.path.join(self.out_dir, CAMERAS)
+        self.cameras = None
+        if os.path.isfile(cameras):
+            with open(cameras) as handle:
+                self.cameras = json.load(handle)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        from PIL import Image
+
+        from get3dhuman.mesh import TexturedMesh
+
+        record = self.records[index]
+        item = {"seed": record["seed"], "mesh": None}
+        if self.meshes:
+            if record["mesh"] is None:
+                empty = torch.zeros(0, 3)
+                item["mesh"] = TexturedMesh(empty, torch.zeros(0, 3, dtype=torch.int64), empty, empty)
+            else:
+                item["mesh"] = TexturedMesh.load(os.path.join(self.out_dir, record["mesh"]))
+        if record.get("preview") is None:
+            return item
+        if self.cameras is None:
+            raise FileNotFoundError(f"{self.out_dir} lists previews but has no {CAMERAS}")
+        files = record["views"]["files"] if "views" in record else [record["preview"]]
+        item["angles"] = torch.tensor(self.cameras["angles"][: len(files)])
+        item["cameras"] = torch.tensor(self.cameras["calibrations"][: len(files)])
+        item["images"] = torch.stack([torch.from_numpy(np.array(Image.open(os.path.join(self.out_dir, file))
+                                                                  .convert("RGB"))) for file in files]).float() / 255
+        for kind, map_files in record.get("maps", {}).items():
+            item[kind] = torch.stack([decode_map(np.array(Image.open(os.path.join(self.out_dir, file))), kind)
+                                      for file in map_files])
+        if "depth" in item:
+            item["points"] = lift_depth(item["depth"], item["cameras"])
+        return item
 
 
 def read_manifest(out_dir: str) -> list[dict]:

@@ -41,6 +41,27 @@ class TexturedMesh:
         """Builds the mesh and its vertex normals from vertices [V, 3], faces [F, 3], colours [V, 3]."""
         return cls(vertices, faces, colors, vertex_normals(vertices, faces))
 
+    @classmethod
+    def load(cls, path: str | os.PathLike, file_type: str | None = None) -> TexturedMesh:
+        """Reads a mesh file through trimesh: what `export` wrote (GLB, PLY, OBJ) or any mesh
+        trimesh reads (a scene's meshes are concatenated). Vertices and faces as stored (no
+        merging or reordering), vertex colours as stored (8-bit: within 1/510 of the colours
+        exported; grey, 0.5, where the file has none), normals recomputed from the geometry as
+        `from_geometry` makes them (so equal to those exported)."""
+        import trimesh
+
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"path must be a mesh file, got {path!r}")
+        loaded = trimesh.load(path, file_type=file_type, force="mesh", process=False)
+        vertices = torch.from_numpy(np.asarray(loaded.vertices, dtype=np.float32).reshape(-1, 3))
+        faces = torch.from_numpy(np.asarray(loaded.faces, dtype=np.int64).reshape(-1, 3))
+        if loaded.visual.kind == "vertex":
+            colors = torch.from_numpy(np.asarray(loaded.visual.vertex_colors[:, :3], dtype=np.float32) / 255)
+        else:
+            colors = torch.full_like(vertices, 0.5)
+        return cls.from_geometry(vertices, faces, colors)
+
     @property
     def is_empty(self) -> bool:
         """True when the mesh has no faces (the field never crossed its level)."""

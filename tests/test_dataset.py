@@ -16,6 +16,8 @@ from get3dhuman.cli import main
 from get3dhuman.dataset import (
     MANIFEST,
     SETTINGS,
+    GeneratedHumans,
+    decode_map,
     mesh_previews,
     read_manifest,
     render_previews,
@@ -180,6 +182,41 @@ def test_maps_encode_the_renderings_of_each_view(tmp_path):
         write_samples(generator, str(tmp_path / "x"), 1, preview_maps=["depth"])
 
 
+def test_a_dataset_reads_back_as_the_meshes_and_renderings_it_was_written_from(tmp_path):
+    generator = generator_with_a_surface()
+    write_samples(generator, str(tmp_path), 3, seed=4, batch_size=2, file_type="ply", preview_resolution=32,
+                  preview_views=2, preview_maps=("mask", "depth", "normal"), progress=False, **MESHING)
+    meshes = generator.sample(3, seed=4, **MESHING)
+    dataset = GeneratedHumans(tmp_path)
+    assert len(dataset) == 3
+    for index, mesh in enumerate(meshes):
+        item = dataset[index]
+        assert item["seed"] == 4 + index
+        assert torch.equal(item["mesh"].vertices, mesh.vertices) and torch.equal(item["mesh"].faces, mesh.faces)
+        torch.testing.assert_close(item["mesh"].colors, mesh.colors, atol=0.5 / 255 + 1e-6, rtol=0)
+        torch.testing.assert_close(item["mesh"].normals, mesh.normals)
+        assert item["angles"].tolist() == [0.0, 180.0]
+        for view, angle in enumerate((0.0, 180.0)):
+            calib = view_calibration(generator, angle)
+            torch.testing.assert_close(item["cameras"][view], calib)
+            rendering = render_meshes([mesh], calib[None], 32)
+            torch.testing.assert_close(item["images"][view], mesh_previews(generator, [mesh], 32, angle=angle)[0],
+                                       atol=0.5 / 255 + 1e-6, rtol=0)
+            on = rendering.mask[0] > 0
+            assert on.any() and torch.equal(item["mask"][view], on)
+            depth, normal, points = (item[kind][view] for kind in ("depth", "normal", "points"))
+            assert depth[~on].isnan().all() and normal[~on].isnan().all() and points[~on].isnan().all()
+            torch.testing.assert_close(depth[on], rendering.depth[0][on], atol=0.5 / 65535 * 2 + 1e-6, rtol=0)
+            torch.testing.assert_close(normal[on], rendering.normal[0][on], atol=1 / 255 + 1e-6, rtol=0)
+            # The depth lifted through the camera lands on the rasterizer's own world points.
+            torch.testing.assert_close(points[on], rendering.points[0][on], atol=1e-4, rtol=0)
+    assert GeneratedHumans(tmp_path, meshes=False)[0]["mesh"] is None
+    with pytest.raises(FileNotFoundError, match="out_dir must be a directory of `get3dhuman sample`"):
+        GeneratedHumans(tmp_path / "missing")
+    with pytest.raises(ValueError, match=r"pixels of a depth map must be uint16 \[H, W\], got uint8"):
+        decode_map(np.zeros((4, 4), np.uint8), "depth")
+
+
 class ConstantRefiner(torch.nn.Module):
     """Stands in for a Refiner (of `albedo` or of shaded views): every pixel becomes `color`
     (images in [-1, 1])."""
@@ -284,6 +321,8 @@ def test_empty_fields_are_listed_without_a_file(tmp_path):
     [record] = write_samples(generator, str(tmp_path), 1, progress=False, **MESHING)
     assert record["mesh"] is None and record["vertices"] == record["faces"] == 0
     assert sorted(os.listdir(tmp_path)) == sorted([MANIFEST, SETTINGS])
+    [item] = GeneratedHumans(tmp_path)  # read back: an empty mesh, and no views without previews
+    assert sorted(item) == ["mesh", "seed"] and item["mesh"].is_empty and item["mesh"].vertices.shape == (0, 3)
 
 
 @pytest.mark.parametrize("options, message", [

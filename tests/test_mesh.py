@@ -60,6 +60,18 @@ def test_export_round_trip(tmp_path, suffix):
         np.testing.assert_array_equal(colors, (mesh.colors.numpy() * 255).round().astype(np.uint8))
     with pytest.raises(ValueError, match="suffix"):
         mesh.export(tmp_path / "no_suffix")
+    # TexturedMesh.load reads it back: the same vertices (OBJ is text) and faces, 8-bit colours,
+    # the normals of the geometry.
+    read = TexturedMesh.load(path)
+    torch.testing.assert_close(read.vertices, mesh.vertices, atol=1e-6 if suffix == "obj" else 0, rtol=0)
+    assert torch.equal(read.faces, mesh.faces)
+    torch.testing.assert_close(read.colors, (mesh.colors * 255).round() / 255, atol=1e-6, rtol=0)
+    torch.testing.assert_close(read.normals, mesh.normals, atol=1e-5, rtol=0)
+    trimesh.creation.box().export(tmp_path / "box.stl")  # no colours: grey, as meshes of no texture
+    box = TexturedMesh.load(tmp_path / "box.stl")
+    assert box.faces.shape == (12, 3) and bool((box.colors == 0.5).all())
+    with pytest.raises(FileNotFoundError, match="path must be a mesh file"):
+        TexturedMesh.load(tmp_path / "missing.ply")
 
 
 def test_empty_mesh_exports(tmp_path):
