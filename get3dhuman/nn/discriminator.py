@@ -62,6 +62,7 @@ class DiscriminatorBlock(nn.Module):
         self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, R, R] (the image itself when the block reads it: in_channels 0) -> [B, O, R / 2, R / 2]."""
         if self.in_channels == 0:
             x = self.fromrgb(x)
         residual = self.skip(x, gain=math.sqrt(0.5))
@@ -79,6 +80,7 @@ class DiscriminatorEpilogue(nn.Module):
         self.out = FullyConnectedLayer(channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, 4, 4] features -> [B, 1] logits (minibatch standard deviation, conv, two linear layers)."""
         x = self.conv(minibatch_stddev(x, self.mbstd_group_size))
         return self.out(self.fc(x.flatten(1)))
 

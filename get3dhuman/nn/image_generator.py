@@ -46,6 +46,7 @@ class ImageGenerator(nn.Module):
 
     @property
     def z_dim(self) -> int:
+        """Width of the latents z [B, z_dim] the network takes."""
         return self.network.z_dim
 
     @property

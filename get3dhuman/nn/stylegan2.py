@@ -257,6 +257,8 @@ class SynthesisNetwork(nn.Module):
         self.num_ws += 1  # the last block's torgb
 
     def forward(self, ws, noise_mode="const"):
+        """ws [B, num_ws, w_dim] -> image [B, img_channels, R, R] ([B, img_channels, R, R/2] in
+        `portrait`): each block takes its convolutions' ws and the next one for its toRGB."""
         x = img = None
         start = 0
         for res in self.block_resolutions:

@@ -145,6 +145,7 @@ class GeneratorTrainer:
 
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimisers a checkpoint holds, by name."""
         return {"generator": self.generator_optimizer, "discriminator": self.discriminator_optimizer}
 
     def batch(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Generator]:

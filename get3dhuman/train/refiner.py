@@ -109,10 +109,12 @@ class RefinerTrainer:
 
     @property
     def modules(self) -> dict[str, torch.nn.Module]:
+        """What a checkpoint holds, by name (the discriminator only when adversarial)."""
         return {"refiner": self.refiner, **({"discriminator": self.discriminator} if self.adversarial else {})}
 
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimisers a checkpoint holds, by name."""
         return {"refiner": self.refiner_optimizer,
                 **({"discriminator": self.discriminator_optimizer} if self.adversarial else {})}
 
