@@ -146,7 +146,7 @@ def foreground_of(image: torch.Tensor, tolerance: float = 2 / 255) -> torch.Tens
 
 
 def invert(generator, image: torch.Tensor, mask: torch.Tensor | None = None, *, steps: int = 200,
-           learning_rate: float = 0.05, seed: int = 0, depth_samples: int = 16, march_samples: int = 48,
+           learning_rate: float = 0.05, seed: int = 0, depth_samples: int = 48, march_samples: int = 48,
            silhouette_weight: float = 1.0, color_weight: float = 1.0, latent_weight: float = 0.01,
            normal_step: float = 0.01, progress: bool = False) -> Inversion:
     """Latents whose front view (the generator's camera) matches `image` [S, S, 3] in [0, 1],
@@ -154,7 +154,7 @@ def invert(generator, image: torch.Tensor, mask: torch.Tensor | None = None, *, 
 
     Loss per step: silhouette_weight * L1 between `mask` [S, S] (default `foreground_of(image)`)
     and the soft silhouette (per pixel, the largest occupancy at `depth_samples` depths along
-    its ray), + color_weight * L1 between the shaded render (`refine.render_textured`,
+    its ray; 16 missed thin limbs between them, which no number of steps made up), + color_weight * L1 between the shaded render (`refine.render_textured`,
     `march_samples` samples per ray, central-difference normals of `normal_step` world units;
     gradients through the hit colours, points and normals) and the
     image where both are foreground, + latent_weight * (|z|^2 / D - 1)^2 for each latent, which
@@ -169,6 +169,8 @@ def invert(generator, image: torch.Tensor, mask: torch.Tensor | None = None, *, 
         raise ValueError(f"mask must be [{side}, {side}] like the image, got {tuple(mask.shape)}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if not isinstance(depth_samples, int) or depth_samples < 2:
+        raise ValueError(f"depth_samples must be an int >= 2, got {depth_samples!r}")
     device = generator.calibration.device
     image, mask = image.to(device), mask.to(device)
     z_shape, z_texture = (z.to(device).requires_grad_() for z in generator.latents([seed]))

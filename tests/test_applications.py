@@ -218,6 +218,8 @@ def test_inversion_recovers_the_radius_and_colour_of_a_ball():
     assert torch.equal(applications.foreground_of(image[0]), rendering.mask[0])
     with pytest.raises(ValueError, match=r"image must be \[S, S, 3\]"):
         applications.invert(ball, image[0, :, :20], steps=1)
+    with pytest.raises(ValueError, match="depth_samples must be an int >= 2, got 1"):
+        applications.invert(ball, image[0], steps=1, depth_samples=1)
 
 
 def test_invert_command_writes_latents_mesh_view_and_losses(tmp_path):
