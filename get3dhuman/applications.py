@@ -154,11 +154,12 @@ def invert(generator, image: torch.Tensor, mask: torch.Tensor | None = None, *, 
 
     Loss per step: silhouette_weight * L1 between `mask` [S, S] (default `foreground_of(image)`)
     and the soft silhouette (per pixel, the largest occupancy at `depth_samples` depths along
-    its ray; 16 missed thin limbs between them, which no number of steps made up), + color_weight * L1 between the shaded render (`refine.render_textured`,
-    `march_samples` samples per ray, central-difference normals of `normal_step` world units;
-    gradients through the hit colours, points and normals) and the
-    image where both are foreground, + latent_weight * (|z|^2 / D - 1)^2 for each latent, which
-    keeps them where the mapping network saw its training draws. Images follow the renders'
+    its ray; 16 missed thin limbs between them, which no number of steps made up),
+    + color_weight * L1 between the shaded render (`refine.render_textured`, `march_samples`
+    samples per ray, central-difference normals of `normal_step` world units; gradients through
+    the hit colours, points and normals) and the image where both are foreground,
+    + latent_weight * (|z|^2 / D - 1)^2 for each latent, which keeps them where the mapping
+    network saw its training draws. Images follow the renders'
     convention (row 0 at NDC y = -1, as the previews are written).
     """
     if image.dim() != 3 or image.shape[-1] != 3 or image.shape[0] != image.shape[1] or image.shape[0] < 2:

@@ -17,6 +17,7 @@ CUDA tensors where Triton is installed, pure torch otherwise.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -143,7 +144,8 @@ class MappingNetwork(nn.Module):
     def forward(self, z, truncation_psi=1.0, truncation_cutoff=None, update_w_avg=False):
         """Maps z (normalised to unit second moment) to ws; truncation pulls the first
         `truncation_cutoff` ws (all by default) towards w_avg by 1 - psi."""
-        if isinstance(truncation_psi, bool) or not isinstance(truncation_psi, (int, float)) or not math.isfinite(truncation_psi):
+        real = isinstance(truncation_psi, numbers.Real) and not isinstance(truncation_psi, bool)
+        if not real or not math.isfinite(truncation_psi):
             raise ValueError(f"truncation_psi must be a finite number (1: none), got {truncation_psi!r}")
         if truncation_cutoff is not None and (not isinstance(truncation_cutoff, int) or truncation_cutoff < 0):
             raise ValueError(f"truncation_cutoff must be None or an int >= 0, got {truncation_cutoff!r}")
