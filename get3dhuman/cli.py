@@ -289,7 +289,9 @@ def _sample(args: argparse.Namespace) -> int:
         if args.grid is not None:
             save_preview_grid(args.out, records, args.grid)
         empty = sum(record["mesh"] is None for record in records)
-        print(f"{len(records)} samples in {args.out} ({empty} empty), listed in {args.out}/manifest.jsonl")
+        seconds = sum(record["seconds"] for record in records) / max(len(records), 1)
+        print(f"{len(records)} samples in {args.out} ({empty} empty, {seconds:.2f} s a human), listed in "
+              f"{args.out}/manifest.jsonl")
     return 0
 
 

@@ -144,11 +144,12 @@ def lift_depth(depth: torch.Tensor, calibration: torch.Tensor) -> torch.Tensor:
 
 class GeneratedHumans(torch.utils.data.Dataset):
     """The samples of a `write_samples` directory read back, one item per listed seed in seed
-    order, for training on them (a torch Dataset; meshes differ in size, so batch items with
-    `batch_size=None` or a collate function of your own).
+    order, for training on them (a torch Dataset; meshes differ in size, so batch items that
+    hold them with `batch_size=None` or a collate function of your own; without meshes torch's
+    default collation stacks the views).
 
-    Item i is a dict: "seed"; "mesh", the TexturedMesh of the file (`TexturedMesh.load`), or an
-    empty one for an empty field (None when `meshes` is False); and where the directory has
+    Item i is a dict: "seed"; with `meshes`, "mesh", the TexturedMesh of the file
+    (`TexturedMesh.load`), or an empty one for an empty field; and where the directory has
     previews, per view V (the front first): "angles" [V] degrees, "cameras" [V, 4, 4] (world ->
     NDC, cameras.json), "images" [V, R, R, 3] in [0, 1], and for each map it holds (`decode_map`)
     "mask" [V, R, R] bool, "depth" [V, R, R] NDC z and "normal" [V, R, R, 3], NaN off the mesh,
@@ -181,7 +182,7 @@ class GeneratedHumans(torch.utils.data.Dataset):
         from get3dhuman.mesh import TexturedMesh
 
         record = self.records[index]
-        item = {"seed": record["seed"], "mesh": None}
+        item = {"seed": record["seed"]}
         if self.meshes:
             if record["mesh"] is None:
                 empty = torch.zeros(0, 3)

@@ -210,7 +210,11 @@ def test_a_dataset_reads_back_as_the_meshes_and_renderings_it_was_written_from(t
             torch.testing.assert_close(normal[on], rendering.normal[0][on], atol=1 / 255 + 1e-6, rtol=0)
             # The depth lifted through the camera lands on the rasterizer's own world points.
             torch.testing.assert_close(points[on], rendering.points[0][on], atol=1e-4, rtol=0)
-    assert GeneratedHumans(tmp_path, meshes=False)[0]["mesh"] is None
+    # Without meshes, torch's default collation batches the views.
+    batch = next(iter(torch.utils.data.DataLoader(GeneratedHumans(tmp_path, meshes=False), batch_size=3)))
+    assert "mesh" not in batch and batch["seed"].tolist() == [4, 5, 6]
+    assert batch["images"].shape == (3, 2, 32, 32, 3) and batch["points"].shape == (3, 2, 32, 32, 3)
+    torch.testing.assert_close(batch["depth"][1], dataset[1]["depth"], equal_nan=True)
     with pytest.raises(FileNotFoundError, match="out_dir must be a directory of `get3dhuman sample`"):
         GeneratedHumans(tmp_path / "missing")
     with pytest.raises(ValueError, match=r"pixels of a depth map must be uint16 \[H, W\], got uint8"):
@@ -338,13 +342,16 @@ def test_bad_arguments_are_named(tmp_path, options, message):
         write_samples(generator_with_a_surface(), str(tmp_path), progress=False, **options)
 
 
-def test_command_line_writes_a_dataset_and_a_preview_grid(tmp_path):
+def test_command_line_writes_a_dataset_and_a_preview_grid(tmp_path, capsys):
     weights = tmp_path / "weights.safetensors"
     generator_with_a_surface().save_pretrained(weights)
     out, grid = tmp_path / "data", tmp_path / "grid.png"
     command = ["sample", "--weights", str(weights), "--num", "5", "--out", str(out), "--resolution", "32",
                "--preview", "16", "--grid", str(grid), "--format", "obj", "--quiet"]
     assert main(command) == 0
+    seconds = sum(record["seconds"] for record in read_manifest(str(out))) / 5
+    printed = capsys.readouterr().out
+    assert f"5 samples in {out} (" in printed and f"{seconds:.2f} s a human" in printed
     assert Image.open(grid).size == (4 * 16, 2 * 16)
     assert [record["seed"] for record in read_manifest(str(out))] == [0, 1, 2, 3, 4]
     assert all(record["mesh"] is None or record["mesh"].endswith(".obj") for record in read_manifest(str(out)))
