@@ -57,10 +57,11 @@ def test_inference_in_place_equals_the_autograd_path_and_keeps_the_inputs(device
     decoder, features, points, calib = _setup(name, device, count=300)
     projected = project_inputs(decoder, features) if variant == "projected" else None
     kept = [t.detach().clone() for t in (features, points, calib, *(projected or ()))]
-    with_grad = query_field(decoder, features.requires_grad_(), points, calib, variant=variant, projected=projected,
-                            chunk_size=128)
+    # The device's compiled backend both times ('auto' may take Triton for inference on a GPU).
+    options = {"variant": variant, "projected": projected, "chunk_size": 128, "backend": device}
+    with_grad = query_field(decoder, features.requires_grad_(), points, calib, **options)
     with torch.no_grad():
-        without = query_field(decoder, features, points, calib, variant=variant, projected=projected, chunk_size=128)
+        without = query_field(decoder, features, points, calib, **options)
     assert torch.equal(without, with_grad.detach())
     for before, after in zip(kept, (features, points, calib, *(projected or ()))):
         assert torch.equal(before, after)
