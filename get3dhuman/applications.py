@@ -145,6 +145,20 @@ def foreground_of(image: torch.Tensor, tolerance: float = 2 / 255) -> torch.Tens
     return ((image - image[0, 0]).abs() > tolerance).any(-1).float()
 
 
+def soft_silhouette(generator, shape_volume: torch.Tensor, samples: torch.Tensor, calib: torch.Tensor) -> torch.Tensor:
+    """Per ray the largest occupancy of its K samples [K, R, 3] (R rays, points in the world) of
+    the field of shape_volume [1, F, V, V] through calib [1, 4, 4]: [R], differentiable in the
+    volume. As for `amax`, the gradient reaches the largest sample of each ray alone, so the K * R
+    samples are queried without autograd and only the R largest again with it (the backward of
+    all K * R queries took half of an inversion step)."""
+    depth_samples, rays = samples.shape[:2]
+    with torch.no_grad():
+        occupancy = generator.query_occupancy(shape_volume, samples.reshape(1, -1, 3), calib)
+        largest = occupancy.view(depth_samples, rays).argmax(0)
+    points = samples[largest, torch.arange(rays, device=samples.device)]  # [R, 3]
+    return generator.query_occupancy(shape_volume, points.unsqueeze(0), calib)[0]
+
+
 def invert(generator, image: torch.Tensor, mask: torch.Tensor | None = None, *, steps: int = 200,
            learning_rate: float = 0.05, seed: int = 0, depth_samples: int = 48, march_samples: int = 48,
            silhouette_weight: float = 1.0, color_weight: float = 1.0, latent_weight: float = 0.01,
@@ -154,7 +168,8 @@ def invert(generator, image: torch.Tensor, mask: torch.Tensor | None = None, *, 
 
     Loss per step: silhouette_weight * L1 between `mask` [S, S] (default `foreground_of(image)`)
     and the soft silhouette (per pixel, the largest occupancy at `depth_samples` depths along
-    its ray; 16 missed thin limbs between them, which no number of steps made up),
+    its ray, `soft_silhouette`; 16 missed thin limbs between them, which no number of steps
+    made up),
     + color_weight * L1 between the shaded render (`refine.render_textured`, `march_samples`
     samples per ray, central-difference normals of `normal_step` world units; gradients through
     the hit colours, points and normals) and the image where both are foreground,
@@ -179,7 +194,7 @@ def invert(generator, image: torch.Tensor, mask: torch.Tensor | None = None, *, 
     calib = generator.calibration.expand(1, 4, 4)
     rays = _camera_rays(calib, side)
     depths = torch.linspace(0, 1, depth_samples, device=device)[:, None, None] * rays.far[:, None]  # [K, 1, 1]
-    samples = (rays.origin + depths * rays.direction).reshape(1, -1, 3)  # [1, K * S * S, 3]
+    samples = rays.origin + depths * rays.direction  # [K, S * S, 3]
     best, losses = None, []
     bar = None
     if progress:
@@ -189,8 +204,7 @@ def invert(generator, image: torch.Tensor, mask: torch.Tensor | None = None, *, 
     with evaluation_mode(generator), frozen_parameters(generator):
         for _ in range(steps):
             shape, texture = generator(z_shape, z_texture)
-            occupancy = generator.query_occupancy(shape.volume, samples, calib)
-            silhouette = occupancy.reshape(depth_samples, side, side).amax(0)
+            silhouette = soft_silhouette(generator, shape.volume, samples, calib).reshape(side, side)
             rendered, rendering = render_textured(generator, shape.volume, texture, calib, side, march_samples,
                                                  normal_step=normal_step)
             both = (rendering.mask[0] * mask).unsqueeze(-1)

@@ -222,6 +222,23 @@ def test_inversion_recovers_the_radius_and_colour_of_a_ball():
         applications.invert(ball, image[0], steps=1, depth_samples=1)
 
 
+def test_soft_silhouette_is_the_largest_occupancy_along_each_ray_with_its_gradient():
+    generator = generator_with_a_surface()
+    with torch.no_grad():
+        volume = generator(*generator.latents([2]))[0].volume
+    volume.requires_grad_()
+    samples = torch.rand(12, 50, 3) * 2 - 1  # 12 samples along each of 50 rays (any points will do)
+    calib = generator.calibration[None]
+    silhouette = applications.soft_silhouette(generator, volume, samples, calib)
+    dense = generator.query_occupancy(volume, samples.reshape(1, -1, 3), calib).view(12, 50).amax(0)
+    weights = torch.rand(50)
+    (ours,) = torch.autograd.grad((silhouette * weights).sum(), volume)
+    (expected,) = torch.autograd.grad((dense * weights).sum(), volume)
+    torch.testing.assert_close(silhouette, dense)
+    torch.testing.assert_close(ours, expected)
+    assert ours.abs().sum() > 0
+
+
 def test_invert_command_writes_latents_mesh_view_and_losses(tmp_path):
     generator = generator_with_a_surface()
     weights = tmp_path / "tiny.safetensors"
