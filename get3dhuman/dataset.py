@@ -44,6 +44,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn.generator import check_seed
 from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.refine import mesh_views, refine_meshes, render_textured, view_calibration
@@ -137,9 +138,10 @@ def lift_depth(depth: torch.Tensor, calibration: torch.Tensor) -> torch.Tensor:
     ndc_axis = torch.linspace(-1, 1, side, dtype=torch.float64, device=depth.device)
     rows, columns = torch.meshgrid(ndc_axis, ndc_axis, indexing="ij")
     ndc = torch.stack(torch.broadcast_tensors(columns, rows, depth.double()), -1)  # [..., R, R, 3]
-    calibration = calibration.double()[..., None, None, :, :]
-    world = torch.linalg.solve(calibration[..., :3, :3], (ndc - calibration[..., :3, 3]).unsqueeze(-1))
-    return world.squeeze(-1).to(depth.dtype)
+    calibration = calibration.double()
+    inverse = torch.linalg.inv(calibration[..., :3, :3])  # once per camera, not per pixel
+    world = torch.einsum("...ij,...rcj->...rci", inverse, ndc - calibration[..., None, None, :3, 3])
+    return world.to(depth.dtype)
 
 
 class GeneratedHumans(torch.utils.data.Dataset):
@@ -178,8 +180,6 @@ class GeneratedHumans(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         from PIL import Image
-
-        from get3dhuman.mesh import TexturedMesh
 
         record = self.records[index]
         item = {"seed": record["seed"]}
