@@ -239,15 +239,30 @@ def test_sparse_batches_do_not_connect():
     assert torch.equal(faces[: len(faces) // 2] + half, faces[len(faces) // 2:])
 
 
-def test_sparse_rejects_open_or_unsorted_sets():
+def test_sparse_rejects_open_or_unsorted_sets(device):
     volume = sphere(20).float()
-    cells, corner_values = crossing_cells(volume)
+    cells, corner_values = (tensor.to(device) for tensor in crossing_cells(volume))
     with pytest.raises(ValueError, match="closed"):
         marching_cubes_sparse(cells[::2].contiguous(), corner_values[::2].contiguous(), (19, 19, 19))
     with pytest.raises(ValueError, match="increasing"):
         marching_cubes_sparse(cells.flip(0), corner_values, (19, 19, 19))
     with pytest.raises(ValueError, match=r"\[M, 8\]"):
         marching_cubes_sparse(cells, corner_values[:, :4], (19, 19, 19))
+
+
+def test_sparse_rejects_corner_values_that_disagree(device):
+    volume = sphere(20).float()
+    cells, corner_values = crossing_cells(volume)
+    above = corner_values > 0
+    # A cell whose corner 0 and the three corners next to it (1, 2, 4) lie outside: moving corner
+    # 0 inside crosses its three edges, which the neighbours owning them see uncrossed.
+    cell = (above[:, [0, 1, 2, 4]].all(1) & ~above.all(1)).nonzero()[0, 0]
+    disagreeing = corner_values.clone()
+    disagreeing[cell, 0] = -1.0
+    cells, corner_values, disagreeing = cells.to(device), corner_values.to(device), disagreeing.to(device)
+    assert len(marching_cubes_sparse(cells, corner_values, (19, 19, 19))[1]) > 0
+    with pytest.raises(ValueError, match="closed"):
+        marching_cubes_sparse(cells, disagreeing, (19, 19, 19))
 
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels")

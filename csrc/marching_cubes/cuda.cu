@@ -37,12 +37,14 @@ at::Tensor exclusive_offsets(const at::Tensor& counts) {
   return offsets;
 }
 
-// The totals at `index` of vertex and face offsets, read with one device-to-host copy: the op's
-// one synchronisation before it can size its outputs.
-std::array<int64_t, 2> read_totals(const at::Tensor& vertex_offsets, const at::Tensor& face_offsets, int64_t index) {
-  const at::Tensor totals = at::stack({vertex_offsets[index], face_offsets[index]}).cpu();
-  const int64_t* host = totals.const_data_ptr<int64_t>();
-  return {host[0], host[1]};
+// Scalars of int64 device tensors (the output sizes, and for sparse cells the verdict on their
+// closure) read with one device-to-host copy: the op's one synchronisation.
+template <size_t N>
+std::array<int64_t, N> read_scalars(const std::array<at::Tensor, N>& scalars) {
+  const at::Tensor host = at::stack(at::TensorList(scalars.data(), N)).cpu();
+  std::array<int64_t, N> values;
+  for (size_t n = 0; n < N; ++n) values[n] = host.const_data_ptr<int64_t>()[n];
+  return values;
 }
 
 // One warp packs 32 consecutive voxels of a row into half a word by ballot.
@@ -79,20 +81,6 @@ __global__ void dense_emit_kernel(DenseBits v, const scalar_t* __restrict__ valu
   }
 }
 
-struct BinaryFinder {
-  const int64_t* keys;
-  int64_t count;
-
-  __device__ int64_t operator()(int64_t target, int) const {
-    int64_t lo = 0, hi = count;
-    while (lo < hi) {
-      const int64_t mid = (lo + hi) / 2;
-      if (keys[mid] < target) lo = mid + 1; else hi = mid;
-    }
-    return lo < count && keys[lo] == target ? lo : -1;
-  }
-};
-
 template <typename scalar_t>
 __global__ void sparse_count_kernel(SparseLattice lattice, const int64_t* __restrict__ keys,
                                     const scalar_t* __restrict__ values, int64_t count, scalar_t level,
@@ -103,19 +91,26 @@ __global__ void sparse_count_kernel(SparseLattice lattice, const int64_t* __rest
 }
 
 template <typename scalar_t>
+__global__ void sparse_closed_kernel(SparseLattice lattice, const int64_t* __restrict__ keys,
+                                     const scalar_t* __restrict__ values, int64_t count, scalar_t level,
+                                     const uint16_t* __restrict__ owned, int64_t* __restrict__ not_closed) {
+  const int64_t cell = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const BinaryFinder finder{keys, count};
+  if (cell < count && !sparse_cell_closed(lattice, keys, values, owned, level, cell, finder)) *not_closed = 1;
+}
+
+template <typename scalar_t>
 __global__ void sparse_emit_kernel(SparseLattice lattice, const int64_t* __restrict__ keys,
                                    const scalar_t* __restrict__ values, int64_t count, scalar_t level,
                                    const uint16_t* __restrict__ owned, const int64_t* __restrict__ vertex_offsets,
                                    const int64_t* __restrict__ face_offsets, bool flip, float* __restrict__ vertices,
-                                   int64_t* __restrict__ faces, int* __restrict__ inconsistent) {
+                                   int64_t* __restrict__ faces) {
   const int64_t cell = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (cell >= count) return;
   if (vertex_offsets[cell + 1] == vertex_offsets[cell] && face_offsets[cell + 1] == face_offsets[cell]) return;
   const BinaryFinder finder{keys, count};
-  if (!sparse_cell_emit(lattice, device_tables, keys, values, owned, vertex_offsets, face_offsets[cell], level, flip,
-                        cell, finder, vertices, faces)) {
-    *inconsistent = 1;
-  }
+  sparse_cell_emit(lattice, device_tables, keys, values, owned, vertex_offsets, face_offsets[cell], level, flip, cell,
+                   finder, vertices, faces);
 }
 
 }  // namespace
@@ -148,7 +143,7 @@ std::tuple<at::Tensor, at::Tensor> dense_cuda(const at::Tensor& volume_in, doubl
     }
     const at::Tensor vertex_offsets = exclusive_offsets(counts[0]);
     const at::Tensor face_offsets = exclusive_offsets(counts[1]);
-    const std::array<int64_t, 2> totals = read_totals(vertex_offsets, face_offsets, rows);
+    const std::array<int64_t, 2> totals = read_scalars<2>({vertex_offsets[rows], face_offsets[rows]});
     vertices = at::empty({totals[0], 3}, volume.options().dtype(at::kFloat));
     faces = at::empty({totals[1], 3}, volume.options().dtype(at::kLong));
     if (totals[0] > 0 || totals[1] > 0) {
@@ -173,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_cuda(const at:
   const SparseLattice lattice = make_lattice(dims[0], dims[1], dims[2]);
   at::Tensor owned = at::empty({count}, cells.options().dtype(at::kShort));
   at::Tensor counts = at::empty({2, count}, cells.options());
-  at::Tensor inconsistent = at::zeros({1}, cells.options().dtype(at::kInt));
+  at::Tensor not_closed = at::zeros({1}, cells.options());
   at::Tensor vertex_offsets, face_offsets, vertices, faces;
   AT_DISPATCH_FLOATING_TYPES(corner_values.scalar_type(), "marching_cubes_sparse_cuda", [&] {
     const auto threshold = static_cast<scalar_t>(level);
@@ -185,21 +180,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_cuda(const at:
       sparse_count_kernel<scalar_t><<<blocks_for(count), kThreads, 0, stream>>>(
           lattice, keys, values, count, threshold, owned_ptr, vertex_counts, vertex_counts + count);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
+      sparse_closed_kernel<scalar_t><<<blocks_for(count), kThreads, 0, stream>>>(
+          lattice, keys, values, count, threshold, owned_ptr, not_closed.mutable_data_ptr<int64_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     vertex_offsets = exclusive_offsets(counts[0]);
     face_offsets = exclusive_offsets(counts[1]);
-    const std::array<int64_t, 2> totals = read_totals(vertex_offsets, face_offsets, count);
+    const std::array<int64_t, 3> totals = read_scalars<3>({vertex_offsets[count], face_offsets[count], not_closed[0]});
+    TORCH_CHECK_VALUE(totals[2] == 0, kNotClosedMessage);
     vertices = at::empty({totals[0], 3}, corner_values.options().dtype(at::kFloat));
     faces = at::empty({totals[1], 3}, cells.options());
     if (count > 0) {
       sparse_emit_kernel<scalar_t><<<blocks_for(count), kThreads, 0, stream>>>(
           lattice, keys, values, count, threshold, owned_ptr, vertex_offsets.const_data_ptr<int64_t>(),
           face_offsets.const_data_ptr<int64_t>(), flip, vertices.mutable_data_ptr<float>(),
-          faces.mutable_data_ptr<int64_t>(), inconsistent.mutable_data_ptr<int>());
+          faces.mutable_data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  TORCH_CHECK_VALUE(inconsistent.item<int>() == 0, kNotClosedMessage);
   return {vertices, faces, vertex_offsets, face_offsets};
 }
 

@@ -399,14 +399,52 @@ C10_HOST_DEVICE inline void sparse_cell_count(const SparseLattice& lattice, cons
   face_counts[cell] = tables.count[config];
 }
 
-// Writes one cell's vertices (from vertex_offsets[cell]) and triangles (from face_offset).
-// `find(key, direction)` returns the index of the cell with that key or -1 (direction: which
-// of the owner offsets, 0..7, for finders that keep a cursor per direction); returns false when an owner
-// is missing or disagrees (the cells are not closed or their corner values are inconsistent).
+// The cell owning crossed edge `edge` of `cell` (the cell itself, or a neighbour found by
+// `find(key, direction)`: the index of the cell with that key or -1; direction, 0..7, says which
+// owner offset, for finders that keep a cursor per direction) and, in `local`, the edge's number
+// there. -1 when that cell is missing or does not own the edge: the cells are not closed, or
+// their corner values disagree.
+template <typename Find>
+C10_HOST_DEVICE inline int64_t edge_owner(const SparseLattice& lattice, int64_t key, const int64_t* coords,
+                                          int64_t cell, int edge, const uint16_t* owned, Find& find, int* local) {
+  int offset[3];
+  owner_offset(edge, coords, offset);
+  if (offset[0] == 0 && offset[1] == 0 && offset[2] == 0) {
+    *local = edge;
+    return cell;
+  }
+  const int64_t owner =
+      find(key + offset[0] * lattice.stride[0] + offset[1] * lattice.stride[1] + offset[2] * lattice.stride[2],
+           -4 * offset[0] - 2 * offset[1] - offset[2]);
+  *local = edge_in_owner(edge, offset);
+  return owner >= 0 && ((unsigned(owned[owner]) >> *local) & 1u) ? owner : -1;
+}
+
+// Whether the owner of each crossed edge of one cell that the cell does not own is present and
+// owns it (after every cell's first pass): sparse_cell_emit's verdict, without emitting. The
+// CUDA kernels run it as a pass of its own, so that the verdict is read with the output sizes
+// (one synchronisation); the CPU kernel takes the verdict from the emission.
+template <typename T, typename Find>
+C10_HOST_DEVICE inline bool sparse_cell_closed(const SparseLattice& lattice, const int64_t* keys, const T* corner_values,
+                                               const uint16_t* owned, T level, int64_t cell, Find& find) {
+  int64_t coords[3];
+  const int64_t key = keys[cell];
+  lattice.decode(key, coords);
+  const unsigned foreign = crossed_edges(sparse_case(corner_values + 8 * cell, level)) & ~unsigned(owned[cell]);
+  for (int e = 0; e < 12; ++e) {
+    int local;
+    if (((foreign >> e) & 1u) && edge_owner(lattice, key, coords, cell, e, owned, find, &local) < 0) return false;
+  }
+  return true;
+}
+
+// Last pass of one cell: writes its vertices (from vertex_offsets[cell]) and triangles (from
+// face_offset); false when the owner of one of their vertices is missing or does not own it
+// (then that vertex is numbered 0; the set is refused).
 template <typename T, typename Find>
 C10_HOST_DEVICE inline bool sparse_cell_emit(const SparseLattice& lattice, const Tables& tables, const int64_t* keys,
                                              const T* corner_values, const uint16_t* owned, const int64_t* vertex_offsets,
-                                             int64_t face_offset, T level, bool flip, int64_t cell, Find&& find,
+                                             int64_t face_offset, T level, bool flip, int64_t cell, Find& find,
                                              float* vertices, int64_t* faces) {
   int64_t coords[3];
   const int64_t key = keys[cell];
@@ -422,25 +460,14 @@ C10_HOST_DEVICE inline bool sparse_cell_emit(const SparseLattice& lattice, const
   }
   const unsigned config = sparse_case(corners, level);
   const int8_t* edges = tables.triangles[config];
-  bool consistent = true;
+  bool closed = true;
   for (int n = 0; n < 3 * tables.count[config]; n += 3) {
     int64_t ids[3];
     for (int m = 0; m < 3; ++m) {
-      const int edge = edges[n + m];
-      int offset[3];
-      owner_offset(edge, coords, offset);
-      int64_t owner = cell;
-      if (offset[0] != 0 || offset[1] != 0 || offset[2] != 0) {
-        owner = find(key + offset[0] * lattice.stride[0] + offset[1] * lattice.stride[1] + offset[2] * lattice.stride[2],
-                     -4 * offset[0] - 2 * offset[1] - offset[2]);
-      }
-      const int local = owner == cell ? edge : edge_in_owner(edge, offset);
-      if (owner < 0 || !((unsigned(owned[owner]) >> local) & 1u)) {
-        consistent = false;
-        ids[m] = 0;
-        continue;
-      }
-      ids[m] = vertex_offsets[owner] + popcount64(unsigned(owned[owner]) & ((1u << local) - 1u));
+      int local;
+      const int64_t owner = edge_owner(lattice, key, coords, cell, edges[n + m], owned, find, &local);
+      closed &= owner >= 0;
+      ids[m] = owner < 0 ? 0 : vertex_offsets[owner] + popcount64(unsigned(owned[owner]) & ((1u << local) - 1u));
     }
     int64_t* out = faces + 3 * face_offset;
     face_offset += 1;
@@ -448,8 +475,23 @@ C10_HOST_DEVICE inline bool sparse_cell_emit(const SparseLattice& lattice, const
     out[1] = flip ? ids[2] : ids[1];
     out[2] = flip ? ids[1] : ids[2];
   }
-  return consistent;
+  return closed;
 }
+
+// A finder (for edge_owner) by binary search over the sorted keys: no state, so one per thread.
+struct BinaryFinder {
+  const int64_t* keys;
+  int64_t count;
+
+  C10_HOST_DEVICE int64_t operator()(int64_t target, int) const {
+    int64_t lo = 0, hi = count;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (keys[mid] < target) lo = mid + 1; else hi = mid;
+    }
+    return lo < count && keys[lo] == target ? lo : -1;
+  }
+};
 
 // Shape and dtype checks shared by the CPU and CUDA entry points (the Python wrapper checks
 // user input with fuller messages; these guard direct calls of the registered ops).
