@@ -20,9 +20,9 @@ same for every sample; CAMERA_CONVENTION says how NDC maps to pixels), so the de
 lift back to world points.
 
 `settings.json` records how the samples were made (the weights' fingerprint, mesh and preview
-resolution, views and maps, file type, truncation, refiner, meshing options); a directory holding samples made
-otherwise is refused, so one dataset never mixes models or settings (seeds and counts may
-change: a dataset can grow).
+resolution, views and maps, file type, truncation, refiner, meshing options) and the layout's
+version, DATASET_FORMAT; a directory holding samples made otherwise is refused, so one dataset
+never mixes models, settings or layouts (seeds and counts may change: a dataset can grow).
 
 `GeneratedHumans(DIR)` reads a directory back (meshes, views, cameras, decoded maps and the
 world points of the depth maps), a torch Dataset for training on the samples.
@@ -51,7 +51,7 @@ from get3dhuman.refine import mesh_views, refine_meshes, render_textured, view_c
 from get3dhuman.render import Rendering
 from get3dhuman.synthetic.preview import save_grid
 from get3dhuman.train import distributed
-from get3dhuman.train.checkpoint import record_settings
+from get3dhuman.train.checkpoint import read_settings, record_settings
 
 FILE_TYPES = ("glb", "ply", "obj")
 MAPS = ("mask", "depth", "normal")  # per-view maps `preview_maps` may add (encode_map)
@@ -60,6 +60,11 @@ CAMERAS = "cameras.json"
 CAMERA_CONVENTION = ("orthographic: ndc = calibration @ [x, y, z, 1] of world points; pixel (row i, column j) of an "
                      "R x R image is centred at ndc x = -1 + 2j/(R-1), y = -1 + 2i/(R-1); ndc z grows towards the camera")
 SETTINGS = "settings.json"
+# The version of the directory's layout, "format" in settings.json: raised whenever a file changes
+# meaning, so that neither write_samples nor GeneratedHumans takes a layout it does not know.
+DATASET_FORMAT = 1
+# Settings added after the first datasets were written, with the value those datasets had.
+INTRODUCED = {"preview_views": 1, "preview_maps": [], "format": 1}
 PREVIEW_BACKGROUND = 1.0  # white behind the previews
 
 
@@ -167,6 +172,12 @@ class GeneratedHumans(torch.utils.data.Dataset):
         if not os.path.isfile(os.path.join(self.out_dir, MANIFEST)):
             raise FileNotFoundError(f"out_dir must be a directory of `get3dhuman sample` (with {MANIFEST}), "
                                     f"got {self.out_dir!r}")
+        settings = os.path.join(self.out_dir, SETTINGS)
+        if os.path.isfile(settings):
+            layout = read_settings(settings, INTRODUCED)["format"]
+            if not isinstance(layout, int) or not 1 <= layout <= DATASET_FORMAT:
+                raise ValueError(f"{self.out_dir} holds a dataset of format {layout!r}; this version of get3dhuman "
+                                 f"reads formats 1 to {DATASET_FORMAT} (a newer version wrote it?)")
         self.records = sorted(read_manifest(self.out_dir), key=lambda record: record["seed"])
         self.meshes = meshes
         cameras = os.path.join(self.out_dir, CAMERAS)
@@ -285,7 +296,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     preview_maps = check_preview_options(preview_resolution, preview_views, preview_maps)
     rank, size = distributed.world()
     os.makedirs(out_dir, exist_ok=True)
-    settings = {"generator": fingerprint(generator), "refiner": None if refiner is None else fingerprint(refiner),
+    settings = {"format": DATASET_FORMAT, "generator": fingerprint(generator), "refiner": None if refiner is None else fingerprint(refiner),
                 "resolution": resolution, "file_type": file_type, "preview_resolution": preview_resolution,
                 "truncation_psi": truncation_psi, "extract_options": extract_options,
                 # Refined colours came from views of the field, shading baked in, in earlier versions:
@@ -296,7 +307,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                 "previews": None if preview_resolution is None else "rasterized mesh",
                 "preview_views": preview_views, "preview_maps": preview_maps}
     record_settings(os.path.join(out_dir, SETTINGS), settings, may_change=(), write=rank == 0,
-                    introduced={"preview_views": 1, "preview_maps": []})
+                    introduced=INTRODUCED)
     if rank == 0:
         _rewrite_manifest(out_dir, read_manifest(out_dir))  # drops a torn last line before anyone appends
         if preview_resolution is not None:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from get3dhuman.cli import main
 from get3dhuman.dataset import (
+    DATASET_FORMAT,
     MANIFEST,
     SETTINGS,
     GeneratedHumans,
@@ -316,6 +317,25 @@ def test_refined_samples_of_versions_that_baked_the_shading_in_are_not_mixed_wit
     write_samples(generator, str(tmp_path / "plain"), 2, seed=10, progress=False, **MESHING)  # unrefined: unchanged
     with pytest.raises(ValueError, match=r"other settings \(refined_colors\)"):
         write_samples(generator, str(tmp_path / "refined"), 2, seed=10, refiner=refiner, progress=False, **MESHING)
+
+
+def test_datasets_of_another_format_are_neither_extended_nor_read(tmp_path):
+    generator = generator_with_a_surface()
+    write_samples(generator, str(tmp_path), 1, seed=3, progress=False, **MESHING)
+    path = tmp_path / SETTINGS
+    settings = json.loads(path.read_text())
+    assert settings["format"] == DATASET_FORMAT
+    # Datasets written before the format was recorded are format 1: still read and extended.
+    path.write_text(json.dumps({k: v for k, v in settings.items() if k != "format"}))
+    assert len(GeneratedHumans(tmp_path)) == 1
+    write_samples(generator, str(tmp_path), 2, seed=3, progress=False, **MESHING)
+    assert len(GeneratedHumans(tmp_path)) == 2
+    path.write_text(json.dumps({**settings, "format": DATASET_FORMAT + 1}))
+    with pytest.raises(ValueError, match=rf"of format {DATASET_FORMAT + 1}; this version of get3dhuman reads formats "
+                                         rf"1 to {DATASET_FORMAT}"):
+        GeneratedHumans(tmp_path)
+    with pytest.raises(ValueError, match=r"other settings \(format\)"):
+        write_samples(generator, str(tmp_path), 3, seed=3, progress=False, **MESHING)
 
 
 def test_empty_fields_are_listed_without_a_file(tmp_path):
