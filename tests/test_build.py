@@ -1,10 +1,12 @@
-"""The installation: build_info, the command line, and the native CMake build with ctest."""
+"""The installation: build_info, the command line, the source distribution, and the native CMake
+build with ctest."""
 
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import pytest
 import torch
@@ -46,6 +48,28 @@ def test_cli_info_prints_build_info(tmp_path):
 def test_cli_rejects_unknown_commands(tmp_path):
     result = subprocess.run([shutil.which("get3dhuman"), "fly"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+# Tracked files the source distribution leaves out: the CI script and git's own settings.
+NOT_DISTRIBUTED = {".ci/run", ".gitignore"}
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, ".git")) or shutil.which("git") is None,
+                    reason="needs the git checkout, to list the tracked files")
+def test_source_distribution_holds_every_tracked_file(tmp_path):
+    """An sdist (built from a copy of the tracked files, as from a clean checkout) holds the
+    whole project: the native build's tests and the Python tests' helpers included."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    source = tmp_path / "source"
+    for name in tracked:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.join(ROOT, name), source / name)
+    subprocess.run([sys.executable, "-c", f"import setuptools.build_meta as m; m.build_sdist({str(tmp_path)!r})"],
+                   cwd=source, capture_output=True, text=True, check=True)
+    [archive] = tmp_path.glob("*.tar.gz")
+    with tarfile.open(archive) as sdist:
+        members = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    assert sorted(set(tracked) - NOT_DISTRIBUTED - members) == []
 
 
 CUDA_TOOLKIT = torch.version.cuda is not None and shutil.which("nvcc") is not None
