@@ -1,5 +1,11 @@
 """Measurement helpers shared by the benchmark suite, the tests and the command line.
 
+`measure_sampling` (`get3dhuman bench`) times what `get3dhuman sample` spends on the model
+(Generator.extract_mesh: networks, field queries, narrow band, marching cubes, vertex colours;
+not the files it writes) for a few seeds, after one untimed warm-up, and reports the throughput
+with the time of each stage: how many humans an hour a machine makes. The benchmark suite
+(`pytest benchmarks --benchmark-only`, BENCHMARKS.md) compares every kernel with its reference.
+
 Peak memory of a CPU query is measured in a fresh process (``python -m get3dhuman.benchmark``)
 as the growth of the peak resident set size (Linux VmHWM, reset just before the query), so
 allocator caches of earlier runs cannot hide or inflate it; on CUDA it is the growth of
@@ -9,14 +15,19 @@ torch's peak allocated memory.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 import torch
 
+from get3dhuman.mesh import ExtractionTimings
 from get3dhuman.nn import ImplicitDecoder
+from get3dhuman.nn.generator import check_seed
 from get3dhuman.ops import query_field, reference_query_field
 
 IMPLEMENTATIONS = ("reference", "direct", "projected")
@@ -86,6 +97,107 @@ def peak_memory(implementation: str, decoder_name: str, count: int, device: str 
         command = [sys.executable, "-m", "get3dhuman.benchmark", implementation, decoder_name, str(count), "--size", str(size)]
         result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=workdir)
     return json.loads(result.stdout)
+
+
+# Fields of ExtractionTimings, with the names `summary` prints.
+STAGES = {"networks": "networks", "queries": "queries", "narrow_band": "narrow band",
+          "marching_cubes": "marching cubes", "colors": "colours"}
+
+
+@dataclasses.dataclass
+class SamplingBenchmark:
+    """What `measure_sampling` measured.
+
+    seconds: wall-clock seconds of each timed run (all `humans` of it); stages: seconds a human
+    per stage (STAGES) in the median run (of an even number: the faster middle one);
+    evaluated_fraction: the mean fraction of the lattice's points whose field was evaluated in
+    that run; faces, vertices: means a human.
+    """
+
+    device: str
+    resolution: int
+    humans: int
+    batch_size: int
+    seconds: list[float]
+    stages: dict[str, float]
+    evaluated_fraction: float
+    faces: float
+    vertices: float
+
+    @property
+    def seconds_per_human(self) -> float:
+        """The median run's seconds divided by its humans."""
+        return statistics.median(self.seconds) / self.humans
+
+    @property
+    def humans_per_second(self) -> float:
+        """1 / seconds_per_human."""
+        return 1.0 / self.seconds_per_human
+
+    def to_dict(self) -> dict:
+        """The fields and the two rates, for JSON."""
+        return {**dataclasses.asdict(self), "seconds_per_human": self.seconds_per_human,
+                "humans_per_second": self.humans_per_second}
+
+    def summary(self) -> str:
+        """Three lines for people: the throughput, the stages, the meshes."""
+        stages = ", ".join(f"{STAGES[name]} {seconds:.3f} s" for name, seconds in self.stages.items())
+        runs = "1 run" if len(self.seconds) == 1 else f"the median of {len(self.seconds)} runs"
+        return (f"{self.humans} human{'s' if self.humans > 1 else ''} at {self.resolution}^3 on {self.device} (batches "
+                f"of {self.batch_size}), {runs}: {self.seconds_per_human:.3f} s a human, "
+                f"{self.humans_per_second:.2f} humans/s, {3600 * self.humans_per_second:,.0f} an hour\n"
+                f"  a human: {stages}\n"
+                f"  {100 * self.evaluated_fraction:.2f} % of the lattice points evaluated; {self.faces:,.0f} faces and "
+                f"{self.vertices:,.0f} vertices a human")
+
+
+def _positive_int(value, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def measure_sampling(generator, num: int = 4, resolution: int = 256, *, batch_size: int = 4, seed: int = 0,
+                     repeat: int = 3, truncation_psi: float = 1.0, **extract_options) -> SamplingBenchmark:
+    """Times `generator.extract_mesh` of the humans of seeds seed .. seed + num - 1 in batches of
+    `batch_size`, `repeat` times, after one untimed run of the first seed (first calls allocate
+    and pick kernels), on the generator's device (synchronised before every clock reading).
+    Other options go to `extract_mesh`."""
+    _positive_int(num, "num")
+    _positive_int(batch_size, "batch_size")
+    _positive_int(repeat, "repeat")
+    _positive_int(resolution, "resolution")
+    check_seed(seed)
+    device = next(generator.parameters()).device
+    seeds = list(range(seed, seed + num))
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def run(batch_seeds: list[int], timings: ExtractionTimings) -> list:
+        meshes = []
+        for begin in range(0, len(batch_seeds), batch_size):
+            z_shape, z_texture = (z.to(device) for z in generator.latents(batch_seeds[begin:begin + batch_size]))
+            meshes += generator.extract_mesh(z_shape, z_texture, resolution, truncation_psi=truncation_psi,
+                                             timings=timings, **extract_options)
+        return meshes
+
+    run(seeds[:1], ExtractionTimings())
+    seconds, timings = [], []
+    for _ in range(repeat):
+        timings.append(ExtractionTimings())
+        synchronize()
+        start = time.perf_counter()
+        meshes = run(seeds, timings[-1])
+        synchronize()
+        seconds.append(time.perf_counter() - start)
+    median_run = sorted(range(repeat), key=seconds.__getitem__)[(repeat - 1) // 2]
+    stages = {name: getattr(timings[median_run], name) / num for name in STAGES}
+    return SamplingBenchmark(
+        device=str(device), resolution=resolution, humans=num, batch_size=batch_size, seconds=seconds, stages=stages,
+        evaluated_fraction=statistics.fmean(timings[median_run].evaluated_fraction),
+        faces=statistics.fmean(mesh.faces.shape[0] for mesh in meshes),
+        vertices=statistics.fmean(mesh.vertices.shape[0] for mesh in meshes))
 
 
 def main(argv: list[str] | None = None) -> int:

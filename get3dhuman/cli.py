@@ -25,6 +25,8 @@ data-parallel under `torchrun --nproc-per-node N -m get3dhuman.cli train ...`.
   generator: the package's weights, `--weights FILE` (of `export`), `--generator RUN` or
   `--checkpoint get3dhuman.pth` (the authors' released weights); so for the other commands
   that take a generator.
+- `get3dhuman bench`: how fast this machine samples humans (seconds a human, by stage;
+  get3dhuman.benchmark), with the generator options of `sample`.
 - `get3dhuman interpolate --from SEED --to SEED --out DIR` and `get3dhuman retexture --shape SEED
   --textures SEED ... --out DIR`: meshes between two humans, one shape with other textures
   (get3dhuman.applications).
@@ -295,6 +297,26 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from get3dhuman import build_info
+    from get3dhuman.benchmark import measure_sampling
+
+    generator = _load_generator(args, args.device)
+    try:
+        result = measure_sampling(generator, args.num, args.resolution, batch_size=args.batch_size, seed=args.seed,
+                                  repeat=args.repeat)
+    except ValueError as error:
+        raise SystemExit(f"get3dhuman bench: {error}") from error
+    backend = build_info()["query_backends"]["chosen"][torch.device(result.device).type]["inference"]
+    if args.json:
+        print(json.dumps({**result.to_dict(), "query_backend": backend}))
+    else:
+        print(f"{result.summary()}\n  query backend: {backend}")
+    return 0
+
+
 def _edit(args: argparse.Namespace) -> int:
     """`interpolate` and `retexture`: meshes (and previews) of latents named by seeds."""
     from get3dhuman import applications
@@ -517,6 +539,17 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--device", default="cpu", help="torch device (under torchrun: each process its GPU LOCAL_RANK)")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
     sample.set_defaults(handler=_sample)
+    bench = commands.add_parser("bench", help="how fast this machine samples humans: seconds a human, by stage")
+    bench.add_argument("--num", type=int, default=4, help="humans a timed run (seeds SEED ..; default 4)")
+    _add_generator_arguments(bench)
+    bench.add_argument("--seed", type=int, default=0, help="seed of the first human (default 0)")
+    bench.add_argument("--batch-size", type=int, default=4, help="latents meshed together, as in sample (default 4)")
+    bench.add_argument("--resolution", type=int, default=256, help="marching-cubes cells per axis (default 256)")
+    bench.add_argument("--repeat", type=int, default=3, help="timed runs, after one untimed; the median is reported "
+                       "(default 3)")
+    bench.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    bench.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    bench.set_defaults(handler=_bench)
     interpolate = commands.add_parser("interpolate", help="meshes along the path between two seeds' latents")
     interpolate.add_argument("--from", type=int, required=True, dest="start", help="seed of the first human")
     interpolate.add_argument("--to", type=int, required=True, dest="end", help="seed of the last human")
