@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What needs a GPU, in one call of the `device` tool (BENCHMARKS.md, "On a lent GPU"): build the
 # extension with the CUDA kernels for the GPU present, run the tests that need it (CUDA, Triton),
-# the sampling throughput (`get3dhuman bench`), then the GPU benchmarks, within BUDGET seconds (default 560: one call may run 600). Logs and
-# benchmarks.json go to $OUT as they are written, so a stage cut short still reports.
+# the sampling throughput (`get3dhuman bench`), then the GPU benchmarks, within BUDGET seconds
+# (default 560: one call may run 600). Logs and benchmarks.json go to $OUT as they are written,
+# so a stage cut short still reports.
 set -uo pipefail
 out=${OUT:-/tmp/gpu-session}
 mkdir -p "$out"

@@ -296,8 +296,9 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     preview_maps = check_preview_options(preview_resolution, preview_views, preview_maps)
     rank, size = distributed.world()
     os.makedirs(out_dir, exist_ok=True)
-    settings = {"format": DATASET_FORMAT, "generator": fingerprint(generator), "refiner": None if refiner is None else fingerprint(refiner),
-                "resolution": resolution, "file_type": file_type, "preview_resolution": preview_resolution,
+    settings = {"format": DATASET_FORMAT, "generator": fingerprint(generator),
+                "refiner": None if refiner is None else fingerprint(refiner), "resolution": resolution,
+                "file_type": file_type, "preview_resolution": preview_resolution,
                 "truncation_psi": truncation_psi, "extract_options": extract_options,
                 # Refined colours came from views of the field, shading baked in, in earlier versions:
                 # a directory of such samples is refused rather than mixed.

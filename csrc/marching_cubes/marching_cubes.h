@@ -425,8 +425,9 @@ C10_HOST_DEVICE inline int64_t edge_owner(const SparseLattice& lattice, int64_t 
 // CUDA kernels run it as a pass of its own, so that the verdict is read with the output sizes
 // (one synchronisation); the CPU kernel takes the verdict from the emission.
 template <typename T, typename Find>
-C10_HOST_DEVICE inline bool sparse_cell_closed(const SparseLattice& lattice, const int64_t* keys, const T* corner_values,
-                                               const uint16_t* owned, T level, int64_t cell, Find& find) {
+C10_HOST_DEVICE inline bool sparse_cell_closed(const SparseLattice& lattice, const int64_t* keys,
+                                               const T* corner_values, const uint16_t* owned, T level, int64_t cell,
+                                               Find& find) {
   int64_t coords[3];
   const int64_t key = keys[cell];
   lattice.decode(key, coords);
