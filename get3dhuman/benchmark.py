@@ -158,37 +158,32 @@ def _positive_int(value, name: str) -> None:
 
 def measure_sampling(generator, num: int = 4, resolution: int = 256, *, batch_size: int = 4, seed: int = 0,
                      repeat: int = 3, truncation_psi: float = 1.0, **extract_options) -> SamplingBenchmark:
-    """Times `generator.extract_mesh` of the humans of seeds seed .. seed + num - 1 in batches of
-    `batch_size`, `repeat` times, after one untimed run of the first seed (first calls allocate
-    and pick kernels), on the generator's device (synchronised before every clock reading).
-    Other options go to `extract_mesh`."""
+    """Times `generator.sample` (extract_mesh) of the humans of seeds seed .. seed + num - 1 in
+    batches of `batch_size`, `repeat` times, after one untimed run of the first seed (first
+    calls allocate and pick kernels), on the generator's device (synchronised before every
+    clock reading). Other options go to `extract_mesh`."""
     _positive_int(num, "num")
     _positive_int(batch_size, "batch_size")
     _positive_int(repeat, "repeat")
     _positive_int(resolution, "resolution")
     check_seed(seed)
     device = next(generator.parameters()).device
-    seeds = list(range(seed, seed + num))
 
     def synchronize() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    def run(batch_seeds: list[int], timings: ExtractionTimings) -> list:
-        meshes = []
-        for begin in range(0, len(batch_seeds), batch_size):
-            z_shape, z_texture = (z.to(device) for z in generator.latents(batch_seeds[begin:begin + batch_size]))
-            meshes += generator.extract_mesh(z_shape, z_texture, resolution, truncation_psi=truncation_psi,
-                                             timings=timings, **extract_options)
-        return meshes
+    def run(count: int, timings: ExtractionTimings) -> list:
+        return generator.sample(count, seed, resolution, batch_size=batch_size, truncation_psi=truncation_psi,
+                                timings=timings, **extract_options)
 
-    run(seeds[:1], ExtractionTimings())
+    run(1, ExtractionTimings())
     seconds, timings = [], []
     for _ in range(repeat):
         timings.append(ExtractionTimings())
         synchronize()
         start = time.perf_counter()
-        meshes = run(seeds, timings[-1])
+        meshes = run(num, timings[-1])
         synchronize()
         seconds.append(time.perf_counter() - start)
     median_run = sorted(range(repeat), key=seconds.__getitem__)[(repeat - 1) // 2]
