@@ -14,8 +14,8 @@
 - `get3dhuman train all --preset small --out DIR`: the four stages in turn, in DIR/STAGE.
 - `--config FILE.json` on any `train` command: settings per stage over the preset's
   (get3dhuman.train.settings).
-Every stage resumes where it stopped when run again with the same DIR, and runs
-data-parallel under `torchrun --nproc-per-node N -m get3dhuman.cli train ...`.
+- Every `train` stage resumes where it stopped when run again with the same DIR, and runs
+  data-parallel under `torchrun --nproc-per-node N -m get3dhuman.cli train ...`.
 - `get3dhuman export --generator RUN --out FILE.safetensors`: the trained generator as one file
   for `Generator.from_pretrained(FILE)`; `--refiner RUN` instead: the refiner, for
   `Refiner.from_pretrained(FILE)`; `--checkpoint get3dhuman.pth`: the authors' released model;
@@ -442,7 +442,9 @@ def _add_mesh_arguments(parser: argparse.ArgumentParser, grid_help: str | None) 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `get3dhuman` console script; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="get3dhuman", description=__doc__)
+    # Raw: the module docstring's list of commands reads as written, one command a bullet.
+    parser = argparse.ArgumentParser(prog="get3dhuman", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="show what was built and what this machine can run")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")

@@ -45,6 +45,17 @@ def test_cli_info_prints_build_info(tmp_path):
     assert f"cpu: inference -> {backends['chosen']['cpu']['inference']}" in plain.stdout
 
 
+def test_cli_help_lists_each_command_on_its_own_line(tmp_path):
+    from get3dhuman import cli
+
+    result = subprocess.run([shutil.which("get3dhuman"), "--help"], capture_output=True, text=True, check=True,
+                            cwd=tmp_path)
+    bullets = [line for line in cli.__doc__.splitlines() if line.startswith("- `get3dhuman ")]
+    assert len(bullets) >= 10
+    for bullet in bullets:  # argparse's default formatter runs them all into one paragraph
+        assert bullet in result.stdout.splitlines(), bullet
+
+
 def test_cli_rejects_unknown_commands(tmp_path):
     result = subprocess.run([shutil.which("get3dhuman"), "fly"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2 and "invalid choice" in result.stderr
