@@ -2,7 +2,8 @@
 
 Sample i of a call with `seed` is the latent pair of seed + i (`Generator.latents`), so a seed
 names one human, and its mesh is the same bits, whatever the batch size, the number of
-processes or how often the run was interrupted (Generator.extract_mesh works row by row).
+processes or how often the run was interrupted (Generator.extract_mesh works row by row), for a
+given number of threads a process (some CPUs' BLAS and oneDNN kernels round by it).
 For each seed s, DIR receives:
 
 - `human-s.glb` (or .ply/.obj): the textured mesh with vertex colours (none for an empty field),

@@ -1,6 +1,7 @@
 """Deterministic random inputs shared by the tests and the benchmarks."""
 
 import ast
+import contextlib
 import dataclasses
 import json
 import os
@@ -107,14 +108,31 @@ def generator_with_a_surface(seen_from_the_front: bool = False, preset: str = "t
 
 
 PROCESSES = 2  # of the torchrun tests
+# Threads of each torchrun process (torchrun's default, made explicit): an oracle that must
+# match them bit for bit runs with as many, as some CPUs' oneDNN and MKL kernels split a
+# reduction between threads (so the rounding depends on the thread count).
+THREADS_PER_PROCESS = 1
 
 
 def torchrun(*arguments: str, cwd) -> None:
-    """`torchrun --standalone --nproc-per-node 2 -m get3dhuman.cli ARGUMENTS`; fails the test on error."""
+    """`torchrun --standalone --nproc-per-node 2 -m get3dhuman.cli ARGUMENTS` with
+    THREADS_PER_PROCESS threads a process; fails the test on error."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={PROCESSES}",
                "-m", "get3dhuman.cli", *arguments, "--quiet"]
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    environment = {**os.environ, "OMP_NUM_THREADS": str(THREADS_PER_PROCESS)}
+    result = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Runs the block with `count` torch threads, then restores the previous number."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def write_network_pickle(path, networks: dict, init_kwargs: dict, protocol: int = 4, plain_modules: tuple = ()) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from inputs import generator_with_a_surface, torchrun
+from inputs import THREADS_PER_PROCESS, generator_with_a_surface, torch_threads, torchrun
 from PIL import Image
 
 from get3dhuman.cli import main
@@ -399,8 +399,11 @@ def test_processes_under_torchrun_share_the_samples(tmp_path):
     torchrun("sample", "--weights", str(weights), "--count", "5", "--seed", "3", "--out", str(tmp_path / "shared"),
              "--resolution", "32", "--batch-size", "2", cwd=tmp_path)
     shared = sorted(read_manifest(str(tmp_path / "shared")), key=lambda record: record["seed"])
-    # Other batches than one process's (seeds 3, 5, 7 and 4, 6 against 3-5, 6-7): the same files.
-    alone = write_samples(generator, str(tmp_path / "alone"), 5, seed=3, batch_size=3, resolution=32, progress=False)
+    # Other batches than one process's (seeds 3, 5, 7 and 4, 6 against 3-5, 6-7), with the
+    # threads of one: the same files.
+    with torch_threads(THREADS_PER_PROCESS):
+        alone = write_samples(generator, str(tmp_path / "alone"), 5, seed=3, batch_size=3, resolution=32,
+                              progress=False)
     assert [(r["seed"], r["mesh"], r["vertices"], r["faces"]) for r in shared] == \
         [(r["seed"], r["mesh"], r["vertices"], r["faces"]) for r in alone]
     for record in (record for record in alone if record["mesh"] is not None):

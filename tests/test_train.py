@@ -6,17 +6,17 @@ import os
 
 import pytest
 import torch
-from inputs import resumed_equals_straight
+from inputs import resumed_equals_straight, torch_threads
 
 from get3dhuman.nn import Reconstructor
 from get3dhuman.synthetic import human_color, human_parameters, human_sdf
 from get3dhuman.train import (
     RECONSTRUCTOR_PRESETS,
+    distributed,
     latest_checkpoint,
     load_checkpoint,
     make_batch,
     train_reconstructor,
-    distributed,
     training_loss,
 )
 from get3dhuman.train.reconstructor import default_workers
@@ -69,17 +69,13 @@ def test_an_interrupted_runs_records_after_its_checkpoint_are_replaced(tmp_path)
 
 def test_batch_workers_change_nothing_but_the_speed(tmp_path):
     config = dataclasses.replace(TINY, steps=3, checkpoint_every=100, eval_every=100)
-    threads = torch.get_num_threads()
-    try:
-        # The model gets torch's threads less one per worker: one thread in both runs, so the
-        # arithmetic is the same and only the batches could differ.
-        torch.set_num_threads(1)
+    # The model gets torch's threads less one per worker: one thread in both runs, so the
+    # arithmetic is the same and only the batches could differ.
+    with torch_threads(1):
         alone = train_reconstructor(config, str(tmp_path / "alone"), progress=False, workers=0)
-        torch.set_num_threads(3)
+    with torch_threads(3):
         helped = train_reconstructor(config, str(tmp_path / "helped"), progress=False, workers=2)
         assert torch.get_num_threads() == 3  # restored
-    finally:
-        torch.set_num_threads(threads)
     for (name, a), b in zip(alone.state_dict().items(), helped.state_dict().values()):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="workers must be >= 0, got -1"):
