@@ -13,6 +13,13 @@ if compgen -G ".whl/*.whl" > /dev/null; then  # packages the machine lacks (trim
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
+# pyproject.toml's license expression (PEP 639) needs setuptools >= 77 to build, and the build
+# uses the machine's (no isolation): an older one would fail only after the device time is spent.
+if ! python3 -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)'; then
+  echo "setuptools $(python3 -c 'import setuptools; print(setuptools.__version__)') is older than 77:" \
+    "carry setuptools' wheel in .whl (BENCHMARKS.md, On a lent GPU)" | tee "$out/info.txt"
+  exit 1
+fi
 # Only the GPU present: each further architecture is another compile of every CUDA file.
 capability=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1)
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-${capability:-9.0}}

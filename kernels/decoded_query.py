@@ -179,7 +179,9 @@ def decoded_query_kernel(
         if layer > 0:
             hidden = _leaky_relu(pre, SLOPE).to(hidden_ptr.dtype.element_ty)  # noqa: F821 (set by the previous layer)
         if layer + 1 < NUM_LAYERS:
-            accumulator = tl.zeros((BLOCK, PADDED[layer + 1]), tl.float32)
+            # tl.constexpr(...): Triton 3.6 (torch 2.11's) takes a tuple element indexed by a
+            # static_range variable for a plain int, and its compiler fails on such a shape.
+            accumulator = tl.zeros((BLOCK, tl.constexpr(PADDED[layer + 1])), tl.float32)
             for start in range(0, WIDTHS[layer], CHUNK):
                 if layer == 0:
                     chunk = tl.zeros((BLOCK, CHUNK), tl.float32)
@@ -198,7 +200,7 @@ def decoded_query_kernel(
             )
         else:  # the last layer, with no layer to feed: computed whole (decoder outputs are narrow)
             if layer == 0:
-                pre = tl.zeros((BLOCK, PADDED[layer]), tl.float32)
+                pre = tl.zeros((BLOCK, tl.constexpr(PADDED[layer])), tl.float32)
             else:
                 weight = _hidden_weight(hidden_ptr + HIDDEN_OFFSETS[layer], 0, PADDED[layer - 1], WIDTHS[layer - 1], 0, PADDED[layer], WIDTHS[layer])
                 pre = _dot(hidden, weight, None, PRECISION, UPCAST_DOT)
