@@ -69,7 +69,7 @@ def test_reconstructor_ranks_split_the_batch_and_average_gradients(tmp_path):
     # With the same threads a rank the arithmetic is the oracle's, bit for bit (halving a sum of
     # two gradients is exact). Adam's step is nearly scale-free, so the weights alone would
     # hardly tell a sum from a mean; its first moment does.
-    for name, a, b in zip([n for n, _ in model.named_parameters()], model.parameters(), trained.parameters()):
+    for (name, a), b in zip(model.named_parameters(), trained.parameters()):
         assert torch.equal(a, b), name
     moments = [o.state_dict()["state"] for o in (optimizer, trained_optimizer)]
     for i in range(len(list(model.parameters()))):
