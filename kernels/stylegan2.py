@@ -78,7 +78,9 @@ def modulate_kernel(
     DEMODULATE: tl.constexpr, COMPUTE: tl.constexpr, ROW_BLOCK: tl.constexpr,
 ):
     """weight [O, I * taps], styles [B, I] -> out [B, O, I * taps]: one program per (o, b) row.
-    out = weight[o] * styles[b] (per input channel), divided by its norm when DEMODULATE."""
+    out = weight[o] * styles[b] (per input channel), divided by its norm when DEMODULATE.
+    The row loops are `while` loops: Triton 3.6's interpreter (TRITON_INTERPRET=1) cannot
+    iterate `range` to a runtime bound, and compiled they are the same loop."""
     row = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
     length = in_channels * taps
@@ -87,20 +89,24 @@ def modulate_kernel(
     scale = 1.0
     if DEMODULATE:
         squares = tl.zeros((ROW_BLOCK,), COMPUTE)
-        for start in range(0, length, ROW_BLOCK):
+        start = 0
+        while start < length:
             columns = start + tl.arange(0, ROW_BLOCK)
             mask = columns < length
             w = tl.load(weight_row + columns, mask=mask, other=0.0).to(COMPUTE)
             w *= tl.load(styles + columns // taps, mask=mask, other=0.0).to(COMPUTE)
             squares += w * w
+            start += ROW_BLOCK
         scale = 1.0 / tl.sqrt(tl.sum(squares) + epsilon)
     out_row = out_ptr + (batch * out_channels + row) * length
-    for start in range(0, length, ROW_BLOCK):
+    start = 0
+    while start < length:
         columns = start + tl.arange(0, ROW_BLOCK)
         mask = columns < length
         w = tl.load(weight_row + columns, mask=mask, other=0.0).to(COMPUTE)
         w *= tl.load(styles + columns // taps, mask=mask, other=0.0).to(COMPUTE)
         tl.store(out_row + columns, (w * scale).to(out_ptr.dtype.element_ty), mask=mask)
+        start += ROW_BLOCK
 
 
 def modulate(weight: torch.Tensor, styles: torch.Tensor, demodulate: bool, epsilon: float) -> torch.Tensor:
