@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import get3dhuman
+from get3dhuman import kernels
 
 # CUDA tests and benchmarks run where a GPU is present and the CUDA kernels were compiled.
 CUDA_READY = torch.cuda.is_available() and "cuda" in get3dhuman.build_info()["compiled_backends"]
@@ -22,6 +23,9 @@ def triton_test_device() -> str:
     """Where a test module's Triton kernels run: 'cuda' with a GPU, else 'cpu' in the Triton
     interpreter (conftest sets TRITON_INTERPRET=1). Skips the calling module when neither can."""
     pytest.importorskip("triton")
+    reason = kernels.triton_unusable_reason()
+    if reason is not None:
+        pytest.skip(reason, allow_module_level=True)
     if torch.cuda.is_available():
         return "cuda"
     if os.environ.get("TRITON_INTERPRET") != "1":

@@ -190,3 +190,25 @@ def test_torch_compile_inductor_forward_and_backward():
     out.square().sum().backward()
     expected.square().sum().backward()
     assert (f.grad - expected_f.grad).abs().max().item() <= 1e-5
+
+
+def test_triton_older_than_the_tested_ones_is_not_chosen(monkeypatch):
+    from get3dhuman import kernels
+    from get3dhuman.ops import backend_unavailable_reason
+
+    oldest = ".".join(map(str, kernels.OLDEST_TRITON))
+    assert kernels._unusable_reason(False, None) == "Triton is not installed"
+    for version, older in [("3.1.0", True), ("3.0.0+git1234", True), (f"{oldest}.0", False), ("3.10.1", False),
+                           ("4.0.0", False), ("unknown", False)]:
+        expected = f"Triton {version} is older than {oldest}, the oldest the kernels are tested with"
+        assert kernels._unusable_reason(True, version) == (expected if older else None), version
+    reason = kernels._unusable_reason(True, "3.1.0")
+    monkeypatch.setattr(kernels, "_UNUSABLE_REASON", reason)
+    assert kernels.triton_unusable_reason() == reason
+    assert kernels.device_unavailable_reason(torch.empty(1, device="meta")) == reason  # checked before the device
+    decoder = ImplicitDecoder([7, 8, 1]).eval()
+    features, points, calib = random_inputs(batch=1, channels=6, height=4, width=5, count=3)
+    with torch.no_grad():
+        assert backend_unavailable_reason("triton", decoder, features, points, calib) == reason
+        with pytest.raises(ValueError, match="backend='triton' cannot run these inputs: Triton 3.1.0 is older"):
+            query_field(decoder, features, points, calib, backend="triton")

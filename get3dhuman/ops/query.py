@@ -28,6 +28,7 @@ order is to be revisited with GPU measurements (BENCHMARKS.md).
 from __future__ import annotations
 
 import os
+import typing
 from typing import NamedTuple
 
 import torch
@@ -325,8 +326,8 @@ def _decoded_query_triton(
     depth_weight: torch.Tensor,
     bias: torch.Tensor,
     hidden: torch.Tensor,
-    widths: list[int],
-    concat_layers: list[int],
+    widths: typing.Sequence[int],  # typing's: torch 2.5's schema inference knows no list[int]
+    concat_layers: typing.Sequence[int],
     last_op: int,
     depth_scale: float,
     projected: bool,
