@@ -8,7 +8,9 @@ that is installed, so the build must see it).
 
 import glob
 import os
+import re
 import shutil
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -60,7 +62,28 @@ def _want_cuda():
     if CUDA_HOME is None:
         print("get3dhuman: no CUDA toolkit found (set CUDA_HOME): building CPU kernels only")
         return False
+    toolkit = _toolkit_version()
+    if toolkit is not None and toolkit.split(".")[0] != torch.version.cuda.split(".")[0]:
+        # torch refuses this pair too, but only after the build starts and without the ways out.
+        raise SystemExit(
+            f"get3dhuman: torch {torch.__version__} was built with CUDA {torch.version.cuda}, the toolkit at "
+            f"{CUDA_HOME} is CUDA {toolkit}, and the CUDA kernels need the same major version: install a torch "
+            f"built for CUDA {toolkit.split('.')[0]} (the README's torch==2.14.1 is CUDA 13), point CUDA_HOME at a "
+            f"CUDA {torch.version.cuda.split('.')[0]} toolkit, or build the CPU kernels only with "
+            "GET3DHUMAN_FORCE_CPU=1"
+        )
     return True
+
+
+def _toolkit_version():
+    """The CUDA_HOME toolkit's version ('13.0') from `nvcc --version`, or None if it cannot tell."""
+    try:
+        report = subprocess.run([os.path.join(CUDA_HOME, "bin", "nvcc"), "--version"], capture_output=True,
+                                text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    match = re.search(r"release (\d+\.\d+)", report)
+    return match[1] if match else None
 
 
 def _extension():

@@ -66,6 +66,24 @@ def test_cli_rejects_unknown_commands(tmp_path):
 
 
 
+
+@pytest.mark.skipif(torch.version.cuda is None, reason="needs a CUDA build of torch")
+def test_build_refuses_a_toolkit_of_another_cuda_major_version_and_says_the_ways_out(tmp_path):
+    other = "11.8" if not torch.version.cuda.startswith("11.") else "12.4"
+    nvcc = tmp_path / "bin" / "nvcc"
+    nvcc.parent.mkdir()
+    nvcc.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {other}, V{other}.89'\n")
+    nvcc.chmod(0o755)
+    environment = {key: value for key, value in os.environ.items() if key != "GET3DHUMAN_FORCE_CPU"}
+    result = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, capture_output=True, text=True,
+                            env={**environment, "CUDA_HOME": str(tmp_path)}, check=False)
+    assert result.returncode != 0
+    assert f"built with CUDA {torch.version.cuda}, the toolkit at {tmp_path} is CUDA {other}" in result.stderr
+    assert "GET3DHUMAN_FORCE_CPU=1" in result.stderr
+    forced = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, capture_output=True, text=True,
+                            env={**environment, "CUDA_HOME": str(tmp_path), "GET3DHUMAN_FORCE_CPU": "1"}, check=False)
+    assert forced.returncode == 0 and "building CPU kernels only" in forced.stdout
+
 def undocumented_names(module) -> list[str]:
     """Public names defined in `module` (its __all__, else those without a leading underscore)
     whose function, class, method or property has no docstring; the module itself if it has none."""
