@@ -63,14 +63,14 @@ def _want_cuda():
         print("get3dhuman: no CUDA toolkit found (set CUDA_HOME): building CPU kernels only")
         return False
     toolkit = _toolkit_version()
-    if toolkit is not None and toolkit.split(".")[0] != torch.version.cuda.split(".")[0]:
+    toolkit_major, torch_major = (toolkit or "").split(".")[0], torch.version.cuda.split(".")[0]
+    if toolkit is not None and toolkit_major != torch_major:
         # torch refuses this pair too, but only after the build starts and without the ways out.
         raise SystemExit(
             f"get3dhuman: torch {torch.__version__} was built with CUDA {torch.version.cuda}, the toolkit at "
             f"{CUDA_HOME} is CUDA {toolkit}, and the CUDA kernels need the same major version: install a torch "
-            f"built for CUDA {toolkit.split('.')[0]} (the README's torch==2.14.1 is CUDA 13), point CUDA_HOME at a "
-            f"CUDA {torch.version.cuda.split('.')[0]} toolkit, or build the CPU kernels only with "
-            "GET3DHUMAN_FORCE_CPU=1"
+            f"built for CUDA {toolkit_major} (the README's torch==2.14.1 is CUDA 13), point CUDA_HOME at a "
+            f"CUDA {torch_major} toolkit, or build the CPU kernels only with GET3DHUMAN_FORCE_CPU=1"
         )
     return True
 

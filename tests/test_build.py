@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import get3dhuman
+from get3dhuman import kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,8 +66,6 @@ def test_cli_rejects_unknown_commands(tmp_path):
     assert result.returncode == 2 and "invalid choice" in result.stderr
 
 
-
-
 @pytest.mark.skipif(torch.version.cuda is None, reason="needs a CUDA build of torch")
 def test_build_refuses_a_toolkit_of_another_cuda_major_version_and_says_the_ways_out(tmp_path):
     other = "11.8" if not torch.version.cuda.startswith("11.") else "12.4"
@@ -83,6 +82,7 @@ def test_build_refuses_a_toolkit_of_another_cuda_major_version_and_says_the_ways
     forced = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, capture_output=True, text=True,
                             env={**environment, "CUDA_HOME": str(tmp_path), "GET3DHUMAN_FORCE_CPU": "1"}, check=False)
     assert forced.returncode == 0 and "building CPU kernels only" in forced.stdout
+
 
 def undocumented_names(module) -> list[str]:
     """Public names defined in `module` (its __all__, else those without a leading underscore)
@@ -111,10 +111,8 @@ def test_every_public_name_has_a_docstring(tmp_path):
     bare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bare)
     assert undocumented_names(bare) == ["bare", "bare.Shape.area", "bare.Shape.side", "bare.grow"]
-    import get3dhuman.kernels
-
     # get3dhuman.kernels comes from kernels/, which an editable install maps apart from get3dhuman/.
-    packages = [(get3dhuman.__path__, "get3dhuman."), (get3dhuman.kernels.__path__, "get3dhuman.kernels.")]
+    packages = [(get3dhuman.__path__, "get3dhuman."), (kernels.__path__, "get3dhuman.kernels.")]
     if importlib.util.find_spec("triton") is None:
         packages.pop()  # its kernel modules import triton
     names = {info.name for path, prefix in packages for info in pkgutil.walk_packages(path, prefix)}
