@@ -50,6 +50,35 @@ PACKAGED = ""  # `--refiner` given alone: the package's refiner
 FILE_OUTPUTS = ("synthetic", "images", "export")  # commands whose --out is a file, not a directory
 
 
+def _number(kind: type, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+            high_open: bool = False):
+    """An argparse `type`: a `kind` (int or float) within [low, high] (`low_open` / `high_open`:
+    the bound excluded; None: unbounded), refused while parsing so that the error names the flag
+    (`argument --views: must be an int in [1, 360], got 0`), not the Python argument it becomes."""
+    name = "an int" if kind is int else "a number"
+    if low is not None and high is not None:
+        bounds = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    else:
+        bounds = f"{'>' if low_open else '>='} {low}" if low is not None else f"{'<' if high_open else '<='} {high}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {name} {bounds}, got {text!r}") from None
+        # Written so that NaN fails every comparison and is refused.
+        if not ((low is None or (value > low if low_open else value >= low))
+                and (high is None or (value < high if high_open else value <= high))):
+            raise argparse.ArgumentTypeError(f"must be {name} {bounds}, got {text}")
+        return value
+
+    return parse
+
+
+_COUNT = _number(int, 1)  # humans, steps, pixels, cells, ...
+_SEED = _number(int, 0)  # the library refuses seeds from 2^64 (`nn.generator.check_seed`)
+
+
 def _info(args: argparse.Namespace) -> int:
     from get3dhuman import build_info
 
@@ -91,8 +120,6 @@ def _images(args: argparse.Namespace) -> int:
     from get3dhuman.synthetic.preview import save_grid
     from get3dhuman.train.prior import check_prior_config, load_image_generator, range_targets
 
-    if args.num < 1:
-        raise SystemExit(f"get3dhuman images: --num must be positive, got {args.num}")
     config = dataclasses.replace(train.PRIOR_PRESETS[args.preset], seed=args.seed, images_only=True,
                                  albedo_images=False, image_generator=args.image_generator,
                                  truncation_psi=args.truncation_psi, matte_tolerance=args.matte_tolerance,
@@ -215,13 +242,16 @@ def _eval(args: argparse.Namespace) -> int:
     if args.refiner is not None and args.generator is None:
         raise SystemExit("get3dhuman eval: --refiner needs --generator (the generator whose renders it refines)")
     rows = {}
-    if args.generator is not None:
-        generator = load_generator(args.generator, args.preset, args.device)
-        rows["trained"] = evaluate_generator(generator, config)
-        if args.refiner is not None:
-            rows["refined"] = evaluate_generator(generator, config, refiner=_load_refiner(args, args.device))
-    if args.reconstructor is not None:
-        rows["prior"] = evaluate_prior(load_reconstructor(args.reconstructor, args.preset, args.device), config)
+    try:
+        if args.generator is not None:
+            generator = load_generator(args.generator, args.preset, args.device)
+            rows["trained"] = evaluate_generator(generator, config)
+            if args.refiner is not None:
+                rows["refined"] = evaluate_generator(generator, config, refiner=_load_refiner(args, args.device))
+        if args.reconstructor is not None:
+            rows["prior"] = evaluate_prior(load_reconstructor(args.reconstructor, args.preset, args.device), config)
+    except (FileNotFoundError, ValueError) as error:  # e.g. a --generator path without a checkpoint
+        raise SystemExit(f"get3dhuman eval: {error}") from error
     if not args.no_baseline:
         torch.manual_seed(config.seed)
         rows["untrained"] = evaluate_generator(Generator(args.preset).to(args.device).eval(), config)
@@ -237,8 +267,8 @@ CHECKPOINT_HELP = ("the authors' released checkpoint (e.g. get3dhuman.pth: a sta
 
 def _load_generator(args: argparse.Namespace, device):
     """The generator of --weights (default: the package's), of the run --generator (--preset) or
-    of the authors' --checkpoint; refuses more than one, and --grid without --preview where the
-    command has them."""
+    of the authors' --checkpoint; refuses more than one, and --grid, --views or --maps without
+    --preview where the command has them."""
     from get3dhuman.nn import Generator
     from get3dhuman.train import load_generator
 
@@ -246,8 +276,11 @@ def _load_generator(args: argparse.Namespace, device):
     if len(given) > 1:
         raise SystemExit(f"get3dhuman {args.command}: give one of --weights, --generator and --checkpoint, "
                          f"not {' and '.join(given)}")
-    if getattr(args, "grid", None) is not None and args.preview is None:
-        raise SystemExit(f"get3dhuman {args.command}: --grid needs --preview RES (the grid is made of the previews)")
+    if getattr(args, "preview", None) is None:
+        if getattr(args, "grid", None) is not None:
+            raise SystemExit(f"get3dhuman {args.command}: --grid needs --preview RES (the grid is made of the previews)")
+        if getattr(args, "views", 1) > 1 or getattr(args, "maps", None):
+            raise SystemExit(f"get3dhuman {args.command}: --views and --maps need --preview RES (they are previews)")
     try:
         if args.generator is not None:
             return load_generator(args.generator, args.preset, device)
@@ -426,12 +459,12 @@ def _add_generator_arguments(parser: argparse.ArgumentParser, preset_help: str =
 def _add_mesh_arguments(parser: argparse.ArgumentParser, grid_help: str | None) -> None:
     """--resolution, --format, and unless grid_help is None --preview, --grid, --views, --maps and
     --truncation."""
-    parser.add_argument("--resolution", type=int, default=256, help="marching-cubes cells per axis (default 256)")
+    parser.add_argument("--resolution", type=_COUNT, default=256, help="marching-cubes cells per axis (default 256)")
     parser.add_argument("--format", choices=["glb", "ply", "obj"], default="glb", help="mesh files (default glb)")
     if grid_help is not None:
-        parser.add_argument("--preview", type=int, metavar="RES", help="also write RES x RES front views (PNG)")
+        parser.add_argument("--preview", type=_number(int, 2), metavar="RES", help="also write RES x RES front views (PNG)")
         parser.add_argument("--grid", help=grid_help)
-        parser.add_argument("--views", type=int, default=1, metavar="V",
+        parser.add_argument("--views", type=_number(int, 1, 360), default=1, metavar="V",
                             help="with --preview: V previews per mesh, 360/V degrees apart about the vertical axis, "
                             "the front first (default 1)")
         parser.add_argument("--maps", nargs="+", choices=["mask", "depth", "normal"], default=[],
@@ -451,9 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     info.set_defaults(handler=_info)
     synthetic = commands.add_parser("synthetic", help="render a PNG grid of humans from the synthetic world")
     synthetic.add_argument("--out", required=True, help="PNG file to write")
-    synthetic.add_argument("--num", type=int, default=16, help="number of humans (default 16)")
-    synthetic.add_argument("--seed", type=int, default=0, help="seed of the latents (default 0)")
-    synthetic.add_argument("--resolution", type=int, default=256, help="pixels per side of each render (default 256)")
+    synthetic.add_argument("--num", type=_COUNT, default=16, help="number of humans (default 16)")
+    synthetic.add_argument("--seed", type=_SEED, default=0, help="seed of the latents (default 0)")
+    synthetic.add_argument("--resolution", type=_number(int, 2), default=256, help="pixels per side of each render (default 256)")
     synthetic.set_defaults(handler=_synthetic)
     images = commands.add_parser("images", help="a PNG grid of the images a prior cache would hold: a 2-D "
                                  "generator's, matted and framed, or the synthetic stand-in's")
@@ -463,14 +496,14 @@ def main(argv: list[str] | None = None) -> int:
                         "stand-in)")
     images.add_argument("--preset", choices=["tiny", "small", "official"], default="small",
                         help="fixes z_dim and the image side (StyleGAN-Human: official)")
-    images.add_argument("--num", type=int, default=16, help="number of images: the cache's first (default 16)")
-    images.add_argument("--seed", type=int, default=0, help="the prior cache's seed (default 0)")
-    images.add_argument("--truncation-psi", type=float, default=1.0, help="of the generator's styles (default 1)")
-    images.add_argument("--matte-tolerance", type=float, default=0.06,
+    images.add_argument("--num", type=_COUNT, default=16, help="number of images: the cache's first (default 16)")
+    images.add_argument("--seed", type=_SEED, default=0, help="the prior cache's seed (default 0)")
+    images.add_argument("--truncation-psi", type=_number(float, 0, 1, low_open=True), default=1.0, help="of the generator's styles (default 1)")
+    images.add_argument("--matte-tolerance", type=_number(float, 0, 1, high_open=True), default=0.06,
                         help="of the generator's background colour (default 0.06)")
-    images.add_argument("--figure-height", type=float, default=0.9, help="the figures framed this tall, a fraction "
+    images.add_argument("--figure-height", type=_number(float, 0, 1), default=0.9, help="the figures framed this tall, a fraction "
                         "of the side, as scans are (default 0.9; 0: the generator's framing, padded square)")
-    images.add_argument("--columns", type=int, default=4, help="images per row of the grid (default 4)")
+    images.add_argument("--columns", type=_COUNT, default=4, help="images per row of the grid (default 4)")
     images.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     images.set_defaults(handler=_images)
     train = commands.add_parser("train", help="train a stage (resumes from the newest checkpoint in --out)")
@@ -486,10 +519,10 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--config", help="JSON file of settings per stage over the preset's, e.g. "
                        '{"reconstructor": {"steps": 8000}, "generator": {"adversarial_weight": 0.1}} '
                        "(get3dhuman.train.settings; the fields of each stage's config class)")
-    train.add_argument("--steps", type=int, help="total steps (default: the preset's or --config's)")
-    train.add_argument("--seed", type=int, help="seed (default: the preset's)")
+    train.add_argument("--steps", type=_COUNT, help="total steps (default: the preset's or --config's)")
+    train.add_argument("--seed", type=_SEED, help="seed (default: the preset's)")
     train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (under torchrun: each process its GPU LOCAL_RANK)")
-    train.add_argument("--workers", type=int, help="reconstructor: processes making the coming synthetic batches "
+    train.add_argument("--workers", type=_number(int, 0), help="reconstructor: processes making the coming synthetic batches "
                        "while the model trains (default: none below 4 threads, else one per 4 threads, at most 2; "
                        "the batches are the same; on a GPU the batches are made there instead)")
     train.add_argument("--scans", metavar="DIR", help="reconstructor: train on the textured scans in DIR (OBJ, PLY, GLB, "
@@ -515,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = EvaluationConfig()
     for name, meaning in (("samples", "generated shapes"), ("references", "held-out humans"),
                           ("points", "surface points per shape"), ("resolution", "mesh resolution"), ("seed", "seed")):
-        evaluate.add_argument(f"--{name}", type=int, default=getattr(defaults, name),
+        evaluate.add_argument(f"--{name}", type=_SEED if name == "seed" else _COUNT, default=getattr(defaults, name),
                               help=f"{meaning} (default {getattr(defaults, name)})")
     evaluate.add_argument("--reconstructor", help="stage-1 run directory or checkpoint: adds the 'prior' row (its "
                           "meshes of the stand-in images of the same latents)")
@@ -525,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     evaluate.set_defaults(handler=_eval)
     sample = commands.add_parser("sample", help="write textured meshes of generated humans (a dataset; resumable)")
-    sample.add_argument("--num", "--count", type=int, required=True, dest="num",
+    sample.add_argument("--num", "--count", type=_number(int, 0), required=True, dest="num",
                         help="number of samples (seeds SEED .. SEED + NUM - 1); under torchrun write --count, "
                         "since torchrun reads --num as an abbreviation of its own --numa-binding")
     sample.add_argument("--out", required=True, help="directory of the meshes, previews and manifest.jsonl")
@@ -534,36 +567,36 @@ def main(argv: list[str] | None = None) -> int:
                         help="refined vertex colours and previews by a stage-4 run directory or checkpoint, or a file "
                         "of `export --refiner`; alone: the package's refiner, where it ships one (`get3dhuman info`: "
                         "default_refiner_weights)")
-    sample.add_argument("--seed", type=int, default=0, help="seed of the first sample (default 0)")
-    sample.add_argument("--batch-size", type=int, default=4,
+    sample.add_argument("--seed", type=_SEED, default=0, help="seed of the first sample (default 0)")
+    sample.add_argument("--batch-size", type=_COUNT, default=4,
                         help="latents meshed and written together (default 4; the meshes do not depend on it)")
     _add_mesh_arguments(sample, "with --preview: one PNG of all the previews, 4 per row")
     sample.add_argument("--device", default="cpu", help="torch device (under torchrun: each process its GPU LOCAL_RANK)")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
     sample.set_defaults(handler=_sample)
     bench = commands.add_parser("bench", help="how fast this machine samples humans: seconds a human, by stage")
-    bench.add_argument("--num", type=int, default=4, help="humans a timed run (seeds SEED ..; default 4)")
+    bench.add_argument("--num", type=_COUNT, default=4, help="humans a timed run (seeds SEED ..; default 4)")
     _add_generator_arguments(bench)
-    bench.add_argument("--seed", type=int, default=0, help="seed of the first human (default 0)")
-    bench.add_argument("--batch-size", type=int, default=4, help="latents meshed together, as in sample (default 4)")
-    bench.add_argument("--resolution", type=int, default=256, help="marching-cubes cells per axis (default 256)")
-    bench.add_argument("--repeat", type=int, default=3, help="timed runs, after one untimed; the median is reported "
+    bench.add_argument("--seed", type=_SEED, default=0, help="seed of the first human (default 0)")
+    bench.add_argument("--batch-size", type=_COUNT, default=4, help="latents meshed together, as in sample (default 4)")
+    bench.add_argument("--resolution", type=_COUNT, default=256, help="marching-cubes cells per axis (default 256)")
+    bench.add_argument("--repeat", type=_COUNT, default=3, help="timed runs, after one untimed; the median is reported "
                        "(default 3)")
     bench.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     bench.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     bench.set_defaults(handler=_bench)
     interpolate = commands.add_parser("interpolate", help="meshes along the path between two seeds' latents")
-    interpolate.add_argument("--from", type=int, required=True, dest="start", help="seed of the first human")
-    interpolate.add_argument("--to", type=int, required=True, dest="end", help="seed of the last human")
-    interpolate.add_argument("--steps", type=int, default=8, help="humans on the path, both ends included (default 8)")
+    interpolate.add_argument("--from", type=_SEED, required=True, dest="start", help="seed of the first human")
+    interpolate.add_argument("--to", type=_SEED, required=True, dest="end", help="seed of the last human")
+    interpolate.add_argument("--steps", type=_number(int, 2), default=8, help="humans on the path, both ends included (default 8)")
     interpolate.add_argument("--moving", choices=["both", "shape", "texture"], default="both",
                              help="which latent walks; the other stays at --from's (default both)")
     interpolate.add_argument("--space", choices=["z", "w"], default="z",
                              help="walk the latents z on their great circle, or the mapping networks' outputs w "
                                   "on a straight line (default z)")
     retexture = commands.add_parser("retexture", help="one seed's shape with the textures of other seeds")
-    retexture.add_argument("--shape", type=int, required=True, help="seed whose shape is kept")
-    retexture.add_argument("--textures", type=int, nargs="+", required=True, help="seeds whose textures are applied")
+    retexture.add_argument("--shape", type=_SEED, required=True, help="seed whose shape is kept")
+    retexture.add_argument("--textures", type=_SEED, nargs="+", required=True, help="seeds whose textures are applied")
     for command in (interpolate, retexture):
         command.add_argument("--out", required=True, help="directory of the meshes and previews")
         _add_generator_arguments(command)
@@ -576,14 +609,14 @@ def main(argv: list[str] | None = None) -> int:
     invert.add_argument("--frame", action="store_true", help="a picture of any shape on a uniform background: matte "
                         "the background (the border's colour where it reaches the border) and frame the figure as the "
                         "prior stage frames generated ones (centred, 0.9 of the side tall); the mask is the matte")
-    invert.add_argument("--matte-tolerance", type=float, default=0.06,
+    invert.add_argument("--matte-tolerance", type=_number(float, 0, 1, high_open=True), default=0.06,
                         help="with --frame: of the background colour (default 0.06)")
     invert.add_argument("--out", required=True, help="directory of latents.safetensors, losses.json, the mesh and view")
     _add_generator_arguments(invert)
-    invert.add_argument("--steps", type=int, default=200, help="optimiser steps (default 200)")
-    invert.add_argument("--learning-rate", type=float, default=0.05, help="Adam step size on the latents (default 0.05)")
-    invert.add_argument("--seed", type=int, default=0, help="seed of the starting latents (default 0)")
-    invert.add_argument("--side", type=int, help="pixels per side the image is resized to (default: the backbone's)")
+    invert.add_argument("--steps", type=_COUNT, default=200, help="optimiser steps (default 200)")
+    invert.add_argument("--learning-rate", type=_number(float, 0, low_open=True), default=0.05, help="Adam step size on the latents (default 0.05)")
+    invert.add_argument("--seed", type=_SEED, default=0, help="seed of the starting latents (default 0)")
+    invert.add_argument("--side", type=_number(int, 2), help="pixels per side the image is resized to (default: the backbone's)")
     _add_mesh_arguments(invert, None)
     invert.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     invert.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from get3dhuman.mesh import TexturedMesh
-from get3dhuman.nn.generator import latents_of_seeds
+from get3dhuman.nn.generator import check_seed, latents_of_seeds
 from get3dhuman.refine import front_views, refine_meshes, view_errors
 from get3dhuman.synthetic import human_color, human_parameters
 from get3dhuman.synthetic.preview import stand_in_images
@@ -51,6 +51,13 @@ class EvaluationConfig:
     resolution: int = 128  # mesh extraction resolution
     z_dim: int = 64  # latent size used to draw the reference humans
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "references", "points", "resolution", "z_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_seed(self.seed)
 
 
 Cloud = tuple[torch.Tensor, torch.Tensor]  # (points [N, 3], colours [N, 3] in [0, 1])

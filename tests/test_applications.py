@@ -143,7 +143,7 @@ def test_command_lines_write_meshes_previews_and_a_grid(tmp_path):
     assert sorted(p.name for p in (tmp_path / "turned").iterdir()) == [
         "cameras.json", "texture-7-180-depth.png", "texture-7-180.png", "texture-7-depth.png", "texture-7.ply",
         "texture-7.png"]
-    with pytest.raises(SystemExit, match="preview_views > 1 needs preview_resolution"):
+    with pytest.raises(SystemExit, match="--views and --maps need --preview RES"):
         main(["interpolate", "--from", "0", "--to", "1", "--out", str(tmp_path / "x"), "--weights", str(weights),
               "--views", "4"])
 

@@ -218,6 +218,15 @@ def test_eval_command_reports_trained_and_baseline_rows(tmp_path, capsys):
     assert set(rows) == {"trained", "refined"} and {"front_refined_l1", "front_rendered_overlap_l1"} <= set(rows["refined"])
     with pytest.raises(SystemExit, match="--refiner needs --generator"):
         main(args + ["--refiner", str(tmp_path / "refiner.safetensors")])
+    with pytest.raises(SystemExit, match="get3dhuman eval: generator must be a run directory with a checkpoint"):
+        main(args + ["--generator", str(tmp_path / "missing")])
+
+
+@pytest.mark.parametrize(("field", "value"), [("samples", 0), ("references", -1), ("points", 2.5), ("resolution", True),
+                                              ("z_dim", 0), ("seed", -1)])
+def test_evaluation_config_refuses_bad_settings_by_name(field, value):
+    with pytest.raises(ValueError, match=f"^{field} must be an int"):
+        EvaluationConfig(**{field: value})
 
 
 def test_the_refined_row_colours_the_same_meshes_by_the_refiners_views():

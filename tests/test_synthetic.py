@@ -2,8 +2,10 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from get3dhuman.synthetic import (
     PARAMETERS,
@@ -18,7 +20,7 @@ from get3dhuman.synthetic import (
     sampling,
 )
 from get3dhuman.synthetic.human import INDEX
-from get3dhuman.synthetic.preview import shade, silhouettes, trace_humans
+from get3dhuman.synthetic.preview import save_grid, shade, silhouettes, trace_humans
 from get3dhuman.ops.sdf import capped_cone, ellipsoid, tapered_capsule
 
 
@@ -253,3 +255,16 @@ def test_silhouettes_of_stand_in_images_are_where_the_humans_are_hit():
     shaded, albedo = shade(rendering, 0.0), shade(rendering, 0.0, lit=False)
     ratio = shaded[hit] / albedo[hit]
     assert bool((ratio >= 0.35 - 1e-6).all()) and bool((ratio <= 1 + 1e-6).all()) and not bool(shaded[~hit].any())
+
+
+def test_grid_places_image_i_at_row_i_div_columns_and_refuses_no_columns(tmp_path):
+    images = torch.rand(5, 3, 2, 3)
+    save_grid(images, str(tmp_path / "grid.png"), columns=2)
+    grid = torch.from_numpy(np.array(Image.open(tmp_path / "grid.png"))).float() / 255
+    assert grid.shape == (3 * 3, 2 * 2, 3)
+    for i, image in enumerate(images):
+        row, column = divmod(i, 2)
+        assert torch.allclose(grid[3 * row : 3 * row + 3, 2 * column : 2 * column + 2], image, atol=0.5 / 255 + 1e-6)
+    assert (grid[6:, 2:] == 1).all()  # the unused cell stays white
+    with pytest.raises(ValueError, match="columns must be an int >= 1, got 0"):
+        save_grid(images, str(tmp_path / "none.png"), columns=0)

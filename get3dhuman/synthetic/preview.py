@@ -69,6 +69,8 @@ def save_grid(images: torch.Tensor, path: str, columns: int = 4) -> None:
     """Writes images [B, H, W, 3] in [0, 1] as one PNG grid (Pillow)."""
     from PIL import Image
 
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be an int >= 1, got {columns!r}")
     batch, height, width, _ = images.shape
     rows = -(-batch // columns)
     grid = torch.ones(rows * height, columns * width, 3)
