@@ -76,7 +76,9 @@ def _number(kind: type, low: float | None = None, high: float | None = None, *, 
 
 
 _COUNT = _number(int, 1)  # humans, steps, pixels, cells, ...
+_TWO_OR_MORE = _number(int, 2)  # image sides, path steps (both ends)
 _SEED = _number(int, 0)  # the library refuses seeds from 2^64 (`nn.generator.check_seed`)
+_MATTE_TOLERANCE = _number(float, 0, 1, high_open=True)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -278,7 +280,8 @@ def _load_generator(args: argparse.Namespace, device):
                          f"not {' and '.join(given)}")
     if getattr(args, "preview", None) is None:
         if getattr(args, "grid", None) is not None:
-            raise SystemExit(f"get3dhuman {args.command}: --grid needs --preview RES (the grid is made of the previews)")
+            raise SystemExit(f"get3dhuman {args.command}: --grid needs --preview RES "
+                             "(the grid is made of the previews)")
         if getattr(args, "views", 1) > 1 or getattr(args, "maps", None):
             raise SystemExit(f"get3dhuman {args.command}: --views and --maps need --preview RES (they are previews)")
     try:
@@ -462,7 +465,8 @@ def _add_mesh_arguments(parser: argparse.ArgumentParser, grid_help: str | None) 
     parser.add_argument("--resolution", type=_COUNT, default=256, help="marching-cubes cells per axis (default 256)")
     parser.add_argument("--format", choices=["glb", "ply", "obj"], default="glb", help="mesh files (default glb)")
     if grid_help is not None:
-        parser.add_argument("--preview", type=_number(int, 2), metavar="RES", help="also write RES x RES front views (PNG)")
+        parser.add_argument("--preview", type=_TWO_OR_MORE, metavar="RES",
+                            help="also write RES x RES front views (PNG)")
         parser.add_argument("--grid", help=grid_help)
         parser.add_argument("--views", type=_number(int, 1, 360), default=1, metavar="V",
                             help="with --preview: V previews per mesh, 360/V degrees apart about the vertical axis, "
@@ -486,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     synthetic.add_argument("--out", required=True, help="PNG file to write")
     synthetic.add_argument("--num", type=_COUNT, default=16, help="number of humans (default 16)")
     synthetic.add_argument("--seed", type=_SEED, default=0, help="seed of the latents (default 0)")
-    synthetic.add_argument("--resolution", type=_number(int, 2), default=256, help="pixels per side of each render (default 256)")
+    synthetic.add_argument("--resolution", type=_TWO_OR_MORE, default=256,
+                           help="pixels per side of each render (default 256)")
     synthetic.set_defaults(handler=_synthetic)
     images = commands.add_parser("images", help="a PNG grid of the images a prior cache would hold: a 2-D "
                                  "generator's, matted and framed, or the synthetic stand-in's")
@@ -498,11 +503,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="fixes z_dim and the image side (StyleGAN-Human: official)")
     images.add_argument("--num", type=_COUNT, default=16, help="number of images: the cache's first (default 16)")
     images.add_argument("--seed", type=_SEED, default=0, help="the prior cache's seed (default 0)")
-    images.add_argument("--truncation-psi", type=_number(float, 0, 1, low_open=True), default=1.0, help="of the generator's styles (default 1)")
-    images.add_argument("--matte-tolerance", type=_number(float, 0, 1, high_open=True), default=0.06,
+    images.add_argument("--truncation-psi", type=_number(float, 0, 1, low_open=True), default=1.0,
+                        help="of the generator's styles (default 1)")
+    images.add_argument("--matte-tolerance", type=_MATTE_TOLERANCE, default=0.06,
                         help="of the generator's background colour (default 0.06)")
-    images.add_argument("--figure-height", type=_number(float, 0, 1), default=0.9, help="the figures framed this tall, a fraction "
-                        "of the side, as scans are (default 0.9; 0: the generator's framing, padded square)")
+    images.add_argument("--figure-height", type=_number(float, 0, 1), default=0.9,
+                        help="the figures framed this tall, a fraction of the side, as scans are (default 0.9; "
+                        "0: the generator's framing, padded square)")
     images.add_argument("--columns", type=_COUNT, default=4, help="images per row of the grid (default 4)")
     images.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     images.set_defaults(handler=_images)
@@ -522,9 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--steps", type=_COUNT, help="total steps (default: the preset's or --config's)")
     train.add_argument("--seed", type=_SEED, help="seed (default: the preset's)")
     train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (under torchrun: each process its GPU LOCAL_RANK)")
-    train.add_argument("--workers", type=_number(int, 0), help="reconstructor: processes making the coming synthetic batches "
-                       "while the model trains (default: none below 4 threads, else one per 4 threads, at most 2; "
-                       "the batches are the same; on a GPU the batches are made there instead)")
+    train.add_argument("--workers", type=_number(int, 0), help="reconstructor: processes making the coming "
+                       "synthetic batches while the model trains (default: none below 4 threads, else one per 4 "
+                       "threads, at most 2; the batches are the same; on a GPU the batches are made there instead)")
     train.add_argument("--scans", metavar="DIR", help="reconstructor: train on the textured scans in DIR (OBJ, PLY, GLB, "
                        "...; y up, facing +z; each scaled to 1.8 m tall) instead of the synthetic world, the last "
                        "tenth by file name held out for the metrics (get3dhuman.scans; the setting 'scans')")
@@ -588,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     interpolate = commands.add_parser("interpolate", help="meshes along the path between two seeds' latents")
     interpolate.add_argument("--from", type=_SEED, required=True, dest="start", help="seed of the first human")
     interpolate.add_argument("--to", type=_SEED, required=True, dest="end", help="seed of the last human")
-    interpolate.add_argument("--steps", type=_number(int, 2), default=8, help="humans on the path, both ends included (default 8)")
+    interpolate.add_argument("--steps", type=_TWO_OR_MORE, default=8,
+                             help="humans on the path, both ends included (default 8)")
     interpolate.add_argument("--moving", choices=["both", "shape", "texture"], default="both",
                              help="which latent walks; the other stays at --from's (default both)")
     interpolate.add_argument("--space", choices=["z", "w"], default="z",
@@ -609,14 +617,16 @@ def main(argv: list[str] | None = None) -> int:
     invert.add_argument("--frame", action="store_true", help="a picture of any shape on a uniform background: matte "
                         "the background (the border's colour where it reaches the border) and frame the figure as the "
                         "prior stage frames generated ones (centred, 0.9 of the side tall); the mask is the matte")
-    invert.add_argument("--matte-tolerance", type=_number(float, 0, 1, high_open=True), default=0.06,
+    invert.add_argument("--matte-tolerance", type=_MATTE_TOLERANCE, default=0.06,
                         help="with --frame: of the background colour (default 0.06)")
     invert.add_argument("--out", required=True, help="directory of latents.safetensors, losses.json, the mesh and view")
     _add_generator_arguments(invert)
     invert.add_argument("--steps", type=_COUNT, default=200, help="optimiser steps (default 200)")
-    invert.add_argument("--learning-rate", type=_number(float, 0, low_open=True), default=0.05, help="Adam step size on the latents (default 0.05)")
+    invert.add_argument("--learning-rate", type=_number(float, 0, low_open=True), default=0.05,
+                        help="Adam step size on the latents (default 0.05)")
     invert.add_argument("--seed", type=_SEED, default=0, help="seed of the starting latents (default 0)")
-    invert.add_argument("--side", type=_number(int, 2), help="pixels per side the image is resized to (default: the backbone's)")
+    invert.add_argument("--side", type=_TWO_OR_MORE,
+                        help="pixels per side the image is resized to (default: the backbone's)")
     _add_mesh_arguments(invert, None)
     invert.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     invert.add_argument("--quiet", action="store_true", help="no progress bar")

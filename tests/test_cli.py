@@ -11,7 +11,8 @@ from get3dhuman.cli import _number, main
 @pytest.mark.parametrize(("kind", "bounds", "accepted", "refused", "message"), [
     (int, {"low": 1}, ["1", "7"], ["0", "-3", "1.5", "x"], "must be an int >= 1"),
     (int, {"low": 1, "high": 360}, ["1", "360"], ["0", "361"], "must be an int in [1, 360]"),
-    (float, {"low": 0, "high": 1, "high_open": True}, ["0", "0.999"], ["1", "-0.01", "nan"], "must be a number in [0, 1)"),
+    (float, {"low": 0, "high": 1, "high_open": True}, ["0", "0.999"], ["1", "-0.01", "nan"],
+     "must be a number in [0, 1)"),
     (float, {"low": 0, "high": 1, "low_open": True}, ["1", "1e-9"], ["0", "inf"], "must be a number in (0, 1]"),
     (float, {"low": 0, "low_open": True}, ["1e-12", "5"], ["0", "-1", "nan"], "must be a number > 0"),
 ])
