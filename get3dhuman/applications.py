@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
+from get3dhuman._checks import check_int
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn.modes import evaluation_mode, frozen_parameters
 from get3dhuman.refine import render_textured
@@ -49,8 +50,7 @@ def interpolation_latents(start: tuple[torch.Tensor, torch.Tensor], end: tuple[t
     latent walks ('shape', 'texture' or 'both'); the other stays at start's. `space` 'z': latents
     [D] on the great circle (`slerp`); 'w': intermediate latents ([num_ws, w_dim] of
     `Generator.mapping`) on the straight line, as StyleGAN walks its W space."""
-    if not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"steps must be an int >= 2, got {steps!r}")
+    steps = check_int(steps, "steps", 2)
     if moving not in MOVING:
         raise ValueError(f"moving must be one of {', '.join(MOVING)}, got {moving!r}")
     if space not in SPACES:
@@ -71,17 +71,16 @@ def extract_meshes(generator, shape_latents: torch.Tensor, texture_latents: torc
                    batch_size: int = 4, **extract_options) -> list[TexturedMesh]:
     """Textured meshes of the latent pairs shape_latents, texture_latents ([N, D], or [N, num_ws,
     w_dim] in `space` 'w'), made `batch_size` at a time by `generator.extract_mesh` (or
-    `extract_mesh_from_ws`) with `extract_options`, on the generator's device."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    `extract_mesh_from_ws`) with `extract_options`, in the dtype and on the device of its weights."""
+    batch_size = check_int(batch_size, "batch_size", 1)
     if space not in SPACES:
         raise ValueError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
     extract = generator.extract_mesh if space == "z" else generator.extract_mesh_from_ws
-    device = next(generator.parameters()).device
+    weights = next(generator.parameters())
     meshes = []
     for begin in range(0, shape_latents.shape[0], batch_size):
         part = slice(begin, begin + batch_size)
-        meshes += extract(shape_latents[part].to(device), texture_latents[part].to(device), **extract_options)
+        meshes += extract(shape_latents[part].to(weights), texture_latents[part].to(weights), **extract_options)
     return meshes
 
 
@@ -183,13 +182,11 @@ def invert(generator, image: torch.Tensor, mask: torch.Tensor | None = None, *, 
     mask = foreground_of(image) if mask is None else mask.float()
     if mask.shape != image.shape[:2]:
         raise ValueError(f"mask must be [{side}, {side}] like the image, got {tuple(mask.shape)}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if not isinstance(depth_samples, int) or depth_samples < 2:
-        raise ValueError(f"depth_samples must be an int >= 2, got {depth_samples!r}")
+    steps = check_int(steps, "steps", 1)
+    depth_samples = check_int(depth_samples, "depth_samples", 2)
     device = generator.calibration.device
     image, mask = image.to(device), mask.to(device)
-    z_shape, z_texture = (z.to(device).requires_grad_() for z in generator.latents([seed]))
+    z_shape, z_texture = (z.requires_grad_() for z in generator.latents([seed]))
     optimizer = torch.optim.Adam([z_shape, z_texture], lr=learning_rate)
     calib = generator.calibration.expand(1, 4, 4)
     rays = _camera_rays(calib, side)

@@ -25,9 +25,9 @@ import time
 
 import torch
 
+from get3dhuman._checks import check_int, check_seed
 from get3dhuman.mesh import ExtractionTimings
 from get3dhuman.nn import ImplicitDecoder
-from get3dhuman.nn.generator import check_seed
 from get3dhuman.ops import query_field, reference_query_field
 
 IMPLEMENTATIONS = ("reference", "direct", "projected")
@@ -151,22 +151,15 @@ class SamplingBenchmark:
                 f"{self.vertices:,.0f} vertices a human")
 
 
-def _positive_int(value, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
-
 def measure_sampling(generator, num: int = 4, resolution: int = 256, *, batch_size: int = 4, seed: int = 0,
                      repeat: int = 3, truncation_psi: float = 1.0, **extract_options) -> SamplingBenchmark:
     """Times `generator.sample` (extract_mesh) of the humans of seeds seed .. seed + num - 1 in
     batches of `batch_size`, `repeat` times, after one untimed run of the first seed (first
     calls allocate and pick kernels), on the generator's device (synchronised before every
     clock reading). Other options go to `extract_mesh`."""
-    _positive_int(num, "num")
-    _positive_int(batch_size, "batch_size")
-    _positive_int(repeat, "repeat")
-    _positive_int(resolution, "resolution")
-    check_seed(seed)
+    num, batch_size, repeat, resolution = (check_int(value, name, 1) for value, name in (
+        (num, "num"), (batch_size, "batch_size"), (repeat, "repeat"), (resolution, "resolution")))
+    seed = check_seed(seed)
     device = next(generator.parameters()).device
 
     def synchronize() -> None:

@@ -77,7 +77,7 @@ def _number(kind: type, low: float | None = None, high: float | None = None, *, 
 
 _COUNT = _number(int, 1)  # humans, steps, pixels, cells, ...
 _TWO_OR_MORE = _number(int, 2)  # image sides, path steps (both ends)
-_SEED = _number(int, 0)  # the library refuses seeds from 2^64 (`nn.generator.check_seed`)
+_SEED = _number(int, 0)  # the library refuses seeds from 2^64 (`_checks.check_seed`)
 _MATTE_TOLERANCE = _number(float, 0, 1, high_open=True)
 
 

@@ -45,8 +45,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from get3dhuman._checks import check_int, check_seed
 from get3dhuman.mesh import TexturedMesh
-from get3dhuman.nn.generator import check_seed
 from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.refine import mesh_views, refine_meshes, render_textured, view_calibration
 from get3dhuman.render import Rendering
@@ -287,11 +287,9 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     trained Refiner whose refined front and back views of the meshes replace their vertex
     colours (refine.refine_meshes; the previews show the meshes with those colours).
     """
-    if not isinstance(num, int) or num < 0:
-        raise ValueError(f"num must be an int >= 0, got {num!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    check_seed(seed)
+    num = check_int(num, "num", 0)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    seed = check_seed(seed)
     if file_type not in FILE_TYPES:
         raise ValueError(f"file_type must be one of {', '.join(FILE_TYPES)}, got {file_type!r}")
     preview_maps = check_preview_options(preview_resolution, preview_views, preview_maps)
@@ -317,7 +315,6 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     distributed.barrier()
     done = {record["seed"]: record for record in read_manifest(out_dir)}
     seeds = [seed + i for i in range(num) if i % size == rank and seed + i not in done]
-    device = next(generator.parameters()).device
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
@@ -326,7 +323,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     for begin in range(0, len(seeds), batch_size):
         batch = seeds[begin:begin + batch_size]
         start = time.perf_counter()
-        z_shape, z_texture = (z.to(device) for z in generator.latents(batch))
+        z_shape, z_texture = generator.latents(batch)
         meshes = generator.extract_mesh(z_shape, z_texture, resolution, truncation_psi=truncation_psi, **extract_options)
         if refiner is not None:
             meshes = refine_meshes(generator, refiner, meshes)
@@ -363,10 +360,8 @@ def check_preview_options(preview_resolution: int | None, preview_views: int = 1
                           preview_maps: Sequence[str] = ()) -> list[str]:
     """Validates the preview options of `write_samples` / `write_previews` (naming the argument
     and what it must be); returns preview_maps as a list."""
-    if preview_resolution is not None and (not isinstance(preview_resolution, int) or preview_resolution < 2):
-        raise ValueError(f"preview_resolution must be an int >= 2 or None, got {preview_resolution!r}")
-    if isinstance(preview_views, bool) or not isinstance(preview_views, int) or not 1 <= preview_views <= 360:
-        raise ValueError(f"preview_views must be an int in [1, 360], got {preview_views!r}")
+    check_int(preview_resolution, "preview_resolution", 2, none_ok=True)
+    check_int(preview_views, "preview_views", 1, 360)
     if preview_views > 1 and preview_resolution is None:
         raise ValueError("preview_views > 1 needs preview_resolution (the views are previews)")
     preview_maps = list(preview_maps)

@@ -31,8 +31,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from get3dhuman._checks import check_int, check_seed
 from get3dhuman.mesh import TexturedMesh
-from get3dhuman.nn.generator import check_seed, latents_of_seeds
+from get3dhuman.nn.generator import latents_of_seeds
 from get3dhuman.refine import front_views, refine_meshes, view_errors
 from get3dhuman.synthetic import human_color, human_parameters
 from get3dhuman.synthetic.preview import stand_in_images
@@ -54,9 +55,7 @@ class EvaluationConfig:
 
     def __post_init__(self) -> None:
         for name in ("samples", "references", "points", "resolution", "z_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            check_int(getattr(self, name), name, 1)
         check_seed(self.seed)
 
 

@@ -18,6 +18,9 @@ import torch
 from get3dhuman.ops.narrow_band import narrow_band
 
 Field = Callable[[torch.Tensor], torch.Tensor]
+# The mesh formats `TexturedMesh.export` writes (through trimesh). OFF and STL carry no colours; STL
+# stores every triangle with its own three corners (a mesh read back from it is not welded).
+EXPORT_FILE_TYPES = ("ply", "obj", "glb", "off", "stl")
 
 
 @dataclasses.dataclass
@@ -53,7 +56,11 @@ class TexturedMesh:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"path must be a mesh file, got {path!r}")
-        loaded = trimesh.load(path, file_type=file_type, force="mesh", process=False)
+        try:
+            loaded = trimesh.load(path, file_type=file_type, force="mesh", process=False)
+        except (ValueError, IndexError, KeyError, TypeError, AttributeError, EOFError, NotImplementedError) as error:
+            # what trimesh's readers raise on a malformed or unknown file
+            raise ValueError(f"{path} is not a mesh file trimesh reads ({type(error).__name__}: {error})") from error
         vertices = torch.from_numpy(np.asarray(loaded.vertices, dtype=np.float32).reshape(-1, 3))
         faces = torch.from_numpy(np.asarray(loaded.faces, dtype=np.int64).reshape(-1, 3))
         if loaded.visual.kind == "vertex":
@@ -82,13 +89,16 @@ class TexturedMesh:
                                vertex_normals=normals, process=False)
 
     def export(self, path: str | os.PathLike, file_type: str | None = None) -> None:
-        """Writes the mesh through trimesh (PLY, OBJ, GLB, ... from the suffix or `file_type`).
+        """Writes the mesh through trimesh as one of EXPORT_FILE_TYPES (from the suffix or
+        `file_type`; PLY, OBJ and GLB keep the vertex colours), making its folder if missing.
         The file appears complete or not at all: it is written under a temporary name, then renamed."""
         path = os.fspath(path)
-        file_type = file_type or os.path.splitext(path)[1].lstrip(".").lower()
-        if not file_type:
-            raise ValueError(f"path must end in a mesh suffix (.ply, .obj, .glb, ...) or file_type be given, got {path!r}")
+        file_type = (file_type or os.path.splitext(path)[1].lstrip(".")).lower()
+        if file_type not in EXPORT_FILE_TYPES:
+            raise ValueError(f"path must end in a mesh suffix ({', '.join('.' + t for t in EXPORT_FILE_TYPES)}) or "
+                             f"file_type be one of them, got {path!r} (file_type {file_type!r})")
         directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=directory, prefix=".partial-", suffix=f".{file_type}")
         os.close(handle)
         try:

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import torch
 
+from get3dhuman._checks import check_int
 from get3dhuman.ops.rasterize import rasterize
 
 Field = Callable[[torch.Tensor], torch.Tensor]
@@ -90,8 +91,7 @@ def _camera_rotation(linear: torch.Tensor) -> torch.Tensor:
 def _camera_rays(calib: torch.Tensor, resolution: int) -> _Rays:
     if not isinstance(calib, torch.Tensor) or calib.dim() != 3 or calib.shape[1:] != (4, 4):
         raise ValueError(f"calib must be [B, 4, 4], got {tuple(calib.shape) if isinstance(calib, torch.Tensor) else calib!r}")
-    if resolution < 2:
-        raise ValueError(f"resolution must be >= 2, got {resolution}")
+    resolution = check_int(resolution, "resolution", 2)
     batch, device = calib.shape[0], calib.device
     linear, offset = calib[:, :3, :3], calib[:, :3, 3]
     inverse = torch.linalg.inv(linear)
@@ -112,6 +112,7 @@ def sphere_trace(field: Field, calib: torch.Tensor, resolution: int = 256, color
     Rays start on the NDC plane z = +1 and march towards z = -1, stepping by the field value;
     a ray hits where |field| < epsilon. color_fn(points [B, N, 3]) -> [B, N, 3] colours hits.
     """
+    steps = check_int(steps, "steps", 0)
     rays = _camera_rays(calib, resolution)
     batch, count, device = calib.shape[0], resolution * resolution, calib.device
     t = torch.zeros(batch, count, device=device)
@@ -152,8 +153,9 @@ def ray_march(field: Field, calib: torch.Tensor, resolution: int = 256, color_fn
     gradients: normal losses then need only first-order derivatives of the field (fused
     queries have no second-order backward).
     """
-    if samples < 2 or bisections < 0 or slab < 1:
-        raise ValueError(f"samples must be >= 2, bisections >= 0 and slab >= 1, got {samples}, {bisections}, {slab}")
+    samples = check_int(samples, "samples", 2)
+    bisections = check_int(bisections, "bisections", 0)
+    slab = check_int(slab, "slab", 1)
     if normal_step is not None and not normal_step > 0:
         raise ValueError(f"normal_step must be a positive world length or None, got {normal_step!r}")
     rays = _camera_rays(calib, resolution)
@@ -240,8 +242,7 @@ def render_meshes(meshes: Sequence, calib: torch.Tensor, resolution: int = 256) 
     if not isinstance(calib, torch.Tensor) or calib.dim() != 3 or calib.shape[1:] != (4, 4) or calib.shape[0] != len(meshes):
         raise ValueError(f"calib must be [B, 4, 4] with B = len(meshes) = {len(meshes)}, got "
                          f"{tuple(calib.shape) if isinstance(calib, torch.Tensor) else calib!r}")
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
-        raise ValueError(f"resolution must be an int >= 2, got {resolution!r}")
+    resolution = check_int(resolution, "resolution", 2)
     calib = calib.float()
     linear, offset = calib[:, :3, :3], calib[:, :3, 3]
     rotation = _camera_rotation(linear)

@@ -101,11 +101,21 @@ def test_bad_arguments_are_rejected():
         generator.texture_features(shape, torch.randn(3, 32))
     with pytest.raises(TypeError, match="shape"):
         generator.texture_features(shape.volume, torch.randn(2, 32))
+    # Latents of another dtype, or not tensors, are named (torch would fail inside a layer).
+    float64 = "^z_shape must be torch.float32 on cpu like the network's weights, got torch.float64 on cpu$"
+    with pytest.raises(ValueError, match=float64):
+        generator.extract_mesh(torch.randn(1, 32, dtype=torch.float64), torch.randn(1, 32), 16)
+    with pytest.raises(ValueError, match=r"^z_texture must be \[B, 32\], got list$"):
+        generator.extract_mesh(torch.randn(1, 32), [0.0] * 32, 16)
+    ws_shape, ws_texture = generator.mapping(torch.randn(1, 32), torch.randn(1, 32))
+    float16 = "^ws_texture must be torch.float32 on cpu like the network's weights, got torch.float16 on cpu$"
+    with pytest.raises(ValueError, match=float16):
+        generator.synthesize(ws_shape, ws_texture.half())
     z = torch.randn(1, 32)
     for psi in ("0.7", float("nan"), True):
         with pytest.raises(ValueError, match="truncation_psi must be a finite number"):
             generator(z, z, truncation_psi=psi)
-    with pytest.raises(ValueError, match="truncation_cutoff must be None or an int >= 0, got -1"):
+    with pytest.raises(ValueError, match="truncation_cutoff must be an int >= 0 or None, got -1"):
         generator(z, z, truncation_psi=0.5, truncation_cutoff=-1)
     # torch would seed -1 as 2^64 - 1: one human would have two seeds.
     for seed in (-1, 2**64, 1.0, "3"):
@@ -114,6 +124,12 @@ def test_bad_arguments_are_rejected():
         with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\^64\), got " + repr(seed)):
             generator.sample(1, seed=seed)
     assert torch.equal(generator.latents([np.int64(5)])[0], generator.latents([5])[0])
+    # A generator in another dtype draws the same latents, in its dtype, and samples with them.
+    double = Generator("tiny").double()
+    z_double = double.latents([5])
+    assert all(z.dtype == torch.float64 for z in z_double)
+    assert all(torch.equal(a, b.double()) for a, b in zip(z_double, generator.latents([5])))
+    assert len(double.sample(1, seed=5, resolution=16, coarse_resolution=8)) == 1
 
 
 def test_gradients_reach_every_generator_parameter():
@@ -213,8 +229,9 @@ def test_save_pretrained_round_trip(tmp_path):
     torch.manual_seed(3)
     generator = Generator("tiny").eval()
     generator.calibration.copy_(OFFICIAL_CALIBRATION)  # the camera travels with the weights
-    path = tmp_path / "generator.safetensors"
+    path = tmp_path / "new" / "folder" / "generator.safetensors"  # made by save_pretrained
     generator.save_pretrained(path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["generator.safetensors"]
     loaded = Generator.from_pretrained(path)
     assert loaded.config == generator.config and not loaded.training
     assert torch.equal(loaded.calibration, OFFICIAL_CALIBRATION)
@@ -246,9 +263,16 @@ def test_save_pretrained_rounds_the_weights_to_a_storage_dtype(tmp_path, dtype):
 def test_from_pretrained_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Generator.from_pretrained(tmp_path / "missing.safetensors")
+    with pytest.raises(FileNotFoundError, match="is a directory, not a weights file"):
+        Generator.from_pretrained(tmp_path)
     (tmp_path / "text.safetensors").write_text("not tensors")
     with pytest.raises(ValueError, match="is not a safetensors file"):
         Generator.from_pretrained(tmp_path / "text.safetensors")
+    with pytest.raises(ValueError, match="is not a safetensors file"):
+        Generator.from_official_checkpoint(tmp_path / "text.safetensors")
+    for path, problem in ((tmp_path / "missing.pt", "does not exist"), (tmp_path, "is a directory, not a checkpoint")):
+        with pytest.raises(FileNotFoundError, match=problem):
+            Generator.from_official_checkpoint(path)
     save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="is not a weights file of format .get3dhuman-generator"):
         Generator.from_pretrained(tmp_path / "other.safetensors")

@@ -192,6 +192,13 @@ def test_bad_arguments():
         marching_cubes(volume, float("nan"))
     with pytest.raises(ValueError, match="spacing"):
         marching_cubes(volume, spacing=(1.0, 2.0))
+    for spacing in (0.0, (1.0, -1.0, 1.0), float("inf")):  # folded, mirrored (normals inwards), unbounded
+        with pytest.raises(ValueError, match=r"^spacing must be a positive finite number or three positive finite"):
+            marching_cubes(volume, spacing=spacing)
+    ball = sphere(12)
+    numpy_scalars = marching_cubes(ball, np.float32(0.0), spacing=np.float32(0.5), origin=np.float64(1.0))
+    python_floats = marching_cubes(ball, 0.0, spacing=0.5, origin=1.0)
+    assert len(python_floats[1]) > 0 and all(torch.equal(a, b) for a, b in zip(numpy_scalars, python_floats))
     with pytest.raises(ValueError, match="pad_value"):
         marching_cubes(volume, pad_value=float("nan"))
 

@@ -72,6 +72,28 @@ def test_export_round_trip(tmp_path, suffix):
     assert box.faces.shape == (12, 3) and bool((box.colors == 0.5).all())
     with pytest.raises(FileNotFoundError, match="path must be a mesh file"):
         TexturedMesh.load(tmp_path / "missing.ply")
+    (tmp_path / "broken.ply").write_bytes(b"ply\nnot a header")
+    with pytest.raises(ValueError, match=r"broken.ply is not a mesh file trimesh reads \(IndexError"):
+        TexturedMesh.load(tmp_path / "broken.ply")
+
+
+def test_export_formats_and_folders(tmp_path):
+    params = humans(1, seed=6)
+    mesh = extract_textured_meshes(lambda p: human_sdf(params, p), lambda p: human_color(params, p), 1, 16,
+                                   level=0.0, inside_is_above=False, coarse_resolution=8)[0]
+    for name in ("a/b/human.off", "a/b/human.STL", "a/human.data"):
+        file_type = None if name.endswith(("off", "STL")) else "ply"
+        mesh.export(tmp_path / name, file_type)
+        read = TexturedMesh.load(tmp_path / name, file_type)
+        # OFF keeps the welded vertices; STL stores each triangle's corners apart
+        corners = 3 * len(mesh.faces) if name.endswith("STL") else len(mesh.vertices)
+        assert read.faces.shape == mesh.faces.shape and len(read.vertices) == corners
+        torch.testing.assert_close(read.vertices[read.faces].sum(1).sort(0).values,
+                                   mesh.vertices[mesh.faces].sum(1).sort(0).values, atol=1e-5, rtol=0)
+    for name, file_type in (("human.xyz", None), ("human.gltf", None), ("human.ply", "npz")):
+        with pytest.raises(ValueError, match=r"or file_type be one of them, got .*\(file_type '(xyz|gltf|npz)'\)"):
+            mesh.export(tmp_path / name, file_type)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "human.STL", "human.data", "human.off"]
 
 
 def test_empty_mesh_exports(tmp_path):
@@ -108,7 +130,7 @@ def test_generator_sample_is_seeded_per_sample():
 def test_generator_extract_mesh_checks_latents_and_keeps_mode():
     generator = generator_with_a_surface()
     generator.train()
-    with pytest.raises(ValueError, match="z_shape and z_texture"):
+    with pytest.raises(ValueError, match=r"z_shape must be \[B, \d+\], got \(2, 3\)"):
         generator.extract_mesh(torch.randn(2, 3), torch.randn(2, 3))
     z = torch.randn(1, generator.config.z_dim)
     timings = ExtractionTimings()

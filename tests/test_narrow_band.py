@@ -197,10 +197,18 @@ def test_bad_arguments():
         narrow_band(field, 100, coarse_resolution=32)
     with pytest.raises(ValueError, match="bounds"):
         narrow_band(field, 64, bounds=((0, 0, 0), (0, 1, 1)))
-    with pytest.raises(ValueError, match=r"field must return values \[B, N\]"):
+    expected = r"^field must return a tensor of values \[B, N\] = \[1, 35937\], got "
+    with pytest.raises(ValueError, match=expected + r"\(1, 35937, 3\)$"):
         narrow_band(lambda p: p, 64)
+    with pytest.raises(ValueError, match=expected + "a ndarray$"):
+        narrow_band(lambda p: field(p).numpy(), 64)
     with pytest.raises(ValueError, match="band"):
         narrow_band(field, 64, band=-1.0)
+    for chunk in (0, 100.5):
+        with pytest.raises(ValueError, match=f"^chunk must be an int >= 1, got {chunk}$"):
+            narrow_band(field, 64, chunk=chunk)
+    with pytest.raises(TypeError, match="^dtype must be torch.float32 or torch.float64, got torch.int64$"):
+        narrow_band(field, 64, dtype=torch.int64)
 
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels")

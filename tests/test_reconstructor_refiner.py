@@ -51,6 +51,8 @@ def test_refiner_official_widths_and_output():
         assert not torch.allclose(small.train()(image), out)  # training mode normalises by batch statistics
     with pytest.raises(ValueError, match="divisible by 4"):
         small(torch.randn(1, 3, 18, 16))
+    with pytest.raises(ValueError, match=r"^image must be \[B, 3, H, W\] with H and W divisible by 4, got \(1, 4, 16"):
+        small(torch.randn(1, 4, 16, 16))
 
 
 def test_instance_normalised_refiner_is_the_same_in_training_and_inference():

@@ -18,23 +18,23 @@ converts by negating its last layer (sigmoid(-a) = 1 - sigmoid(a), exact).
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
 import pickle
 import time
 from typing import NamedTuple
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from get3dhuman._checks import check_file, check_int, check_seed
 from get3dhuman.mesh import ExtractionTimings, TexturedMesh, extract_textured_meshes
 from get3dhuman.nn.discriminator import ResNetDiscriminator
 from get3dhuman.nn.hourglass import HGFilter
 from get3dhuman.nn.implicit import ImplicitDecoder
 from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.nn.pretrained import WEIGHTS_DIR, load_pretrained_state, read_pretrained, write_pretrained
-from get3dhuman.nn.stylegan2 import NOISE_MODES, StyleGAN2Generator
+from get3dhuman.nn.stylegan2 import NOISE_MODES, StyleGAN2Generator, check_like_weights
 from get3dhuman.ops import OFFICIAL_DEPTH_SCALE, query_field
 from get3dhuman.render import orbit_calibration
 
@@ -104,20 +104,11 @@ def resolve_config(config: GeneratorConfig | str) -> GeneratorConfig:
     return PRESETS[config]
 
 
-def check_seed(seed) -> None:
-    """Raises ValueError unless `seed` is an int in [0, 2^64), a seed `latents_of_seeds` takes."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
-        # torch would seed -1 as 2^64 - 1: one sample would have two names.
-        raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}")
-
-
 def latents_of_seeds(seeds, z_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(z_shape, z_texture), each [len(seeds), z_dim] on the CPU: row i drawn from a generator
     seeded with seeds[i] alone, so a seed always names the same sample."""
-    seeds = list(seeds)
-    for seed in seeds:
-        check_seed(seed)
-    pairs = [torch.randn(2, z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    seeds = [check_seed(seed) for seed in seeds]
+    pairs = [torch.randn(2, z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds]
     if not pairs:
         return torch.empty(0, z_dim), torch.empty(0, z_dim)
     z = torch.stack(pairs)
@@ -245,16 +236,20 @@ class Generator(PixelAlignedModel):
         shape = self.shape_features(z_shape, truncation_psi, noise_mode, truncation_cutoff)
         return shape, self.texture_features(shape, z_texture, truncation_psi, noise_mode, truncation_cutoff)
 
+    def _check_latents(self, z_shape: torch.Tensor, z_texture: torch.Tensor) -> None:
+        self.backbone_shape.check_latent(z_shape, "z_shape")
+        self.backbone_texture.check_latent(z_texture, "z_texture")
+        if z_texture.shape[0] != z_shape.shape[0]:
+            raise ValueError(f"z_texture must be [B, {self.config.z_dim}] with B = {z_shape.shape[0]}, "
+                             f"got {tuple(z_texture.shape)}")
+
     def mapping(self, z_shape: torch.Tensor, z_texture: torch.Tensor, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The intermediate latents (ws_shape, ws_texture), each [B, num_ws, w_dim], of z_shape,
         z_texture [B, z_dim]: each branch's mapping network, truncated as in `forward`.
         `synthesize` of them is `forward` of the zs; walks and edits in this W space are
         StyleGAN's smoother ones."""
-        for name, z, backbone in (("z_shape", z_shape, self.backbone_shape), ("z_texture", z_texture, self.backbone_texture)):
-            backbone.check_latent(z, name)
-        if z_texture.shape[0] != z_shape.shape[0]:
-            raise ValueError(f"z_texture must be [B, {self.config.z_dim}] with B = {z_shape.shape[0]}, got {tuple(z_texture.shape)}")
+        self._check_latents(z_shape, z_texture)
         return tuple(backbone.mapping(z, truncation_psi, truncation_cutoff, update_w_avg=self.training)
                      for z, backbone in ((z_shape, self.backbone_shape), (z_texture, self.backbone_texture)))
 
@@ -267,6 +262,7 @@ class Generator(PixelAlignedModel):
             if not isinstance(ws, torch.Tensor) or ws.dim() != 3 or tuple(ws.shape[1:]) != expected:
                 raise ValueError(f"{name} must be [B, {expected[0]}, {expected[1]}], got "
                                  f"{tuple(ws.shape) if isinstance(ws, torch.Tensor) else type(ws).__name__}")
+            check_like_weights(ws, name, self)
         if ws_texture.shape[0] != ws_shape.shape[0]:
             raise ValueError(f"ws_texture must have the batch of ws_shape ({ws_shape.shape[0]}), got {ws_texture.shape[0]}")
         if noise_mode not in NOISE_MODES:
@@ -283,9 +279,7 @@ class Generator(PixelAlignedModel):
         (`meshes_from_volumes` of the generated volumes). Runs in eval mode (no w_avg update);
         `timings` (an ExtractionTimings) receives the time per stage. A row's mesh is the same
         bits whatever the other rows (the networks run one row at a time)."""
-        if z_shape.dim() != 2 or z_shape.shape[1] != self.config.z_dim or z_texture.shape != z_shape.shape:
-            raise ValueError(f"z_shape and z_texture must both be [B, {self.config.z_dim}], got "
-                             f"{tuple(z_shape.shape)} and {tuple(z_texture.shape)}")
+        self._check_latents(z_shape, z_texture)
         return self._extract(lambda zs, zt: self(zs, zt, truncation_psi, noise_mode), (z_shape, z_texture), resolution,
                              coarse_resolution=coarse_resolution, band=band, chunk=chunk, timings=timings)
 
@@ -319,21 +313,21 @@ class Generator(PixelAlignedModel):
         with seed + i (`latents`), so a seed gives the same latents whatever `num` and `batch_size`
         (and the same mesh, bit for bit).
         Other options go to `extract_mesh`."""
-        if not isinstance(num, int) or num < 0:
-            raise ValueError(f"num must be a non-negative int, got {num!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        check_seed(seed)
-        device = next(self.parameters()).device
+        num = check_int(num, "num", 0)
+        batch_size = check_int(batch_size, "batch_size", 1)
+        seed = check_seed(seed)
         meshes = []
         for begin in range(seed, seed + num, batch_size):
             z_shape, z_texture = self.latents(range(begin, min(begin + batch_size, seed + num)))
-            meshes += self.extract_mesh(z_shape.to(device), z_texture.to(device), resolution, **options)
+            meshes += self.extract_mesh(z_shape, z_texture, resolution, **options)
         return meshes
 
     def latents(self, seeds) -> tuple[torch.Tensor, torch.Tensor]:
-        """`latents_of_seeds(seeds, config.z_dim)`: the latents of `sample`."""
-        return latents_of_seeds(seeds, self.config.z_dim)
+        """`latents_of_seeds(seeds, config.z_dim)`, the latents of `sample`, each [len(seeds),
+        z_dim] in the dtype and on the device of the generator's weights (drawn on the CPU in
+        float32 whatever those are, so a seed names the same sample everywhere)."""
+        weights = next(self.parameters())
+        return tuple(z.to(weights) for z in latents_of_seeds(seeds, self.config.z_dim))
 
     def discriminators(self) -> dict[str, ResNetDiscriminator]:
         """Fresh feature-volume discriminators matching this generator ('shape': F channels,
@@ -419,10 +413,13 @@ DEFAULT_WEIGHTS = os.path.join(WEIGHTS_DIR, "generator-small.safetensors")
 
 def _read_state_dict(path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file, without unpickling arbitrary objects."""
-    path = os.fspath(path)
+    path = check_file(path, "a checkpoint")
     if path.endswith(".safetensors"):
-        with safe_open(path, framework="pt") as handle:
-            state = {key: handle.get_tensor(key) for key in handle.keys()}
+        try:
+            with safe_open(path, framework="pt") as handle:
+                state = {key: handle.get_tensor(key) for key in handle.keys()}
+        except SafetensorError as error:
+            raise ValueError(f"{path} is not a safetensors file: {error}") from error
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -20,6 +20,8 @@ import pickle
 import numpy as np
 import torch
 
+from get3dhuman._checks import check_file
+
 try:
     from numpy._core import multiarray as _multiarray
 except ImportError:  # numpy 1
@@ -152,9 +154,7 @@ def read_network_pickle(path: str | os.PathLike) -> dict:
     'training_set_kwargs') with every network as a `PickledModule`. Nothing in the file is
     executed. Raises FileNotFoundError for a missing file and ValueError for a file that is not
     such a pickle or refers to anything outside the allow-list (named in the message)."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"path {path!r} does not exist")
+    path = check_file(path, "a network pickle")
     with open(path, "rb") as handle:
         try:
             data = _DataOnlyUnpickler(handle).load()

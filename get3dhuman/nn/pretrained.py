@@ -12,6 +12,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from get3dhuman._checks import check_file
+
 STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # The package's default weights: the 'small' preset trained by TRAINING.md's commands.
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
@@ -21,14 +23,16 @@ def write_pretrained(module: nn.Module, path: str | os.PathLike, file_format: st
                      dtype: torch.dtype = torch.float32, extra: dict[str, torch.Tensor] | None = None) -> None:
     """Writes `module`'s state dict, with its floating-point tensors rounded to `dtype` (one of
     STORAGE_DTYPES; float16 halves the file, the tensors load back as the module's dtype), the
-    `extra` tensors as they are, and `sizes` (JSON) under the tag `file_format` to `path`,
-    through a temporary file renamed at the end (an interrupted write leaves no partial file)."""
+    `extra` tensors as they are, and `sizes` (JSON) under the tag `file_format` to `path` (its
+    folder made if missing), through a temporary file renamed at the end (an interrupted write
+    leaves no partial file)."""
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(map(str, STORAGE_DTYPES))}, got {dtype!r}")
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous().cpu()
                for k, v in module.state_dict().items()}
     tensors.update({k: v.detach().contiguous().cpu() for k, v in (extra or {}).items()})
     path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     save_file(tensors, path + ".tmp", metadata={"format": file_format, "config": json.dumps(sizes)})
     os.replace(path + ".tmp", path)
 
@@ -50,9 +54,7 @@ def read_pretrained(path: str | os.PathLike | None, file_format: str,
     if path is None and not os.path.exists(default):
         raise FileNotFoundError(f"this installation ships no default weights ({default}); train the model "
                                 "(TRAINING.md), `get3dhuman export` it and pass its path")
-    path = os.fspath(default if path is None else path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"path {path!r} does not exist")
+    path = check_file(default if path is None else path, "a weights file")
     try:
         with safe_open(path, framework="pt") as handle:
             metadata = handle.metadata() or {}

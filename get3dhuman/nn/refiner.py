@@ -75,9 +75,10 @@ class Refiner(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image [B, in_channels, H, W] (in [-1, 1]) -> refined image [B, out_channels, H, W] in [-1, 1]."""
-        multiple = 2**self.depth
-        if image.dim() != 4 or image.shape[2] % multiple or image.shape[3] % multiple:
-            raise ValueError(f"image must be [B, C, H, W] with H and W divisible by {multiple}, got {tuple(image.shape)}")
+        multiple, channels = 2**self.depth, self.sizes["in_channels"]
+        if image.dim() != 4 or image.shape[1] != channels or image.shape[2] % multiple or image.shape[3] % multiple:
+            raise ValueError(f"image must be [B, {channels}, H, W] with H and W divisible by {multiple}, got "
+                             f"{tuple(image.shape)}")
         skips = []
         x = image
         for i, encoder in enumerate(self.encoders):

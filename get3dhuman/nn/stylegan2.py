@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from get3dhuman._checks import check_int
 from get3dhuman.ops.stylegan2 import bias_act, modulate_weights
 
 NOISE_MODES = ("const", "random", "none")
@@ -111,6 +112,15 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, kernel=None
     return x if noise is None else x + noise
 
 
+def check_like_weights(tensor: torch.Tensor, name: str, module: nn.Module) -> None:
+    """Raises ValueError, naming `name`, unless `tensor` has the dtype and device of `module`'s
+    weights (torch would fail inside a layer, naming neither)."""
+    weight = next(module.parameters())
+    if tensor.dtype != weight.dtype or tensor.device != weight.device:
+        raise ValueError(f"{name} must be {weight.dtype} on {weight.device} like the network's weights, got "
+                         f"{tensor.dtype} on {tensor.device}")
+
+
 class FullyConnectedLayer(nn.Module):
     """Equalised-learning-rate linear layer (weight [out, in], bias [out])."""
 
@@ -147,8 +157,7 @@ class MappingNetwork(nn.Module):
         real = isinstance(truncation_psi, numbers.Real) and not isinstance(truncation_psi, bool)
         if not real or not math.isfinite(truncation_psi):
             raise ValueError(f"truncation_psi must be a finite number (1: none), got {truncation_psi!r}")
-        if truncation_cutoff is not None and (not isinstance(truncation_cutoff, int) or truncation_cutoff < 0):
-            raise ValueError(f"truncation_cutoff must be None or an int >= 0, got {truncation_cutoff!r}")
+        truncation_cutoff = check_int(truncation_cutoff, "truncation_cutoff", 0, none_ok=True)
         x = z * (z.square().mean(1, keepdim=True) + 1e-8).rsqrt()
         for i in range(self.num_layers):
             x = getattr(self, f"fc{i}")(x)
@@ -289,10 +298,11 @@ class StyleGAN2Generator(nn.Module):
         self.mapping = MappingNetwork(z_dim, w_dim, self.synthesis.num_ws, mapping_layers)
 
     def check_latent(self, z: torch.Tensor, name: str = "z") -> None:
-        """Raises ValueError unless `z` is a finite [B, z_dim] tensor."""
+        """Raises ValueError unless `z` is a finite [B, z_dim] tensor of the weights' dtype and device."""
         if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.z_dim:
             shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"{name} must be [B, {self.z_dim}], got {shape}")
+        check_like_weights(z, name, self.mapping)
         if not torch.isfinite(z).all():
             raise ValueError(f"{name} must be finite (it holds NaN or inf)")
 

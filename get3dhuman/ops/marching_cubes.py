@@ -18,6 +18,7 @@ Not differentiable.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,15 +28,20 @@ import torch.nn.functional as F
 _DTYPES = (torch.float32, torch.float64)
 
 
-def _triple(name: str, value) -> tuple[float, float, float]:
-    values = (value,) * 3 if isinstance(value, (int, float)) else tuple(value)
-    if len(values) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-        raise ValueError(f"{name} must be a finite number or three finite numbers, got {value!r}")
+def _is_finite_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _triple(name: str, value, positive: bool = False) -> tuple[float, float, float]:
+    values = (value,) * 3 if isinstance(value, numbers.Real) else tuple(value)
+    if len(values) != 3 or not all(_is_finite_number(v) and (v > 0 or not positive) for v in values):
+        kind = "positive finite" if positive else "finite"
+        raise ValueError(f"{name} must be a {kind} number or three {kind} numbers, got {value!r}")
     return tuple(float(v) for v in values)
 
 
 def _check_level(level) -> float:
-    if not isinstance(level, (int, float)) or not math.isfinite(level):
+    if not _is_finite_number(level):
         raise ValueError(f"level must be a finite float, got {level!r}")
     return float(level)
 
@@ -48,7 +54,7 @@ def marching_cubes(volume, level: float = 0.0, *, spacing: float | Sequence[floa
     Args:
         volume: [D, H, W] float32/float64 tensor (CPU or CUDA) or numpy array.
         level: the iso-value.
-        spacing, origin: vertex = origin + spacing * index, per axis.
+        spacing, origin: vertex = origin + spacing * index, per axis (spacing > 0).
         flip: orient normals towards decreasing values instead.
         pad_value: when given, the volume is surrounded by one voxel of this value, so shapes
             that touch the border close (use +inf for an SDF, -inf for an occupancy: the cap then
@@ -67,7 +73,8 @@ def marching_cubes(volume, level: float = 0.0, *, spacing: float | Sequence[floa
     if volume.dtype not in _DTYPES:
         raise TypeError(f"volume must be float32 or float64, got {volume.dtype}")
     level = _check_level(level)
-    spacing, origin = _triple("spacing", spacing), _triple("origin", origin)
+    # A spacing <= 0 would fold or mirror the mesh (mirrored normals point inwards).
+    spacing, origin = _triple("spacing", spacing, positive=True), _triple("origin", origin)
     if pad_value is not None:
         if not isinstance(pad_value, (int, float)) or math.isnan(pad_value):
             raise ValueError(f"pad_value must be a number or None, got {pad_value!r}")

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from get3dhuman._checks import check_int
 from get3dhuman.ops.marching_cubes import marching_cubes_sparse
 
 Field = Callable[[torch.Tensor], torch.Tensor]  # points [B, N, 3] -> values [B, N]
@@ -151,15 +152,17 @@ def narrow_band(field: Field, resolution: int = 256, *, batch_size: int = 1,
     Returns:
         a SparseVolume; `fraction_evaluated` says how much of the dense lattice was evaluated.
     """
-    if coarse_resolution is None and isinstance(resolution, int) and resolution >= 1:
+    resolution = check_int(resolution, "resolution", 1)
+    if coarse_resolution is None:
         coarse_resolution = coarse_resolution_for(resolution)
-    if not isinstance(resolution, int) or not isinstance(coarse_resolution, int) or coarse_resolution < 1:
-        raise ValueError(f"resolution and coarse_resolution must be positive ints, got {resolution!r}, {coarse_resolution!r}")
+    coarse_resolution = check_int(coarse_resolution, "coarse_resolution", 1)
     steps = math.log2(resolution / coarse_resolution) if resolution >= coarse_resolution else -1
     if steps < 0 or steps != int(steps):
         raise ValueError(f"resolution must be coarse_resolution ({coarse_resolution}) times a power of two, got {resolution}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = check_int(batch_size, "batch_size", 1)
+    chunk = check_int(chunk, "chunk", 1)
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     if not isinstance(band, (int, float)) or not band >= 0:
         raise ValueError(f"band must be a non-negative float, got {band!r}")
     if not isinstance(level, (int, float)) or not math.isfinite(level):
@@ -301,8 +304,8 @@ class _Evaluator:
                 out = self.field(padded[:, begin:begin + self.chunk])
                 expected = (self.batch_size, min(self.chunk, longest - begin))
                 if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
-                    raise ValueError(f"field must return values [B, N] = {list(expected)}, got "
-                                     f"{tuple(getattr(out, 'shape', ())) or type(out).__name__}")
+                    got = tuple(out.shape) if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+                    raise ValueError(f"field must return a tensor of values [B, N] = {list(expected)}, got {got}")
                 values.append(out)
         if not values:
             return torch.empty(0, dtype=self.lower.dtype, device=keys.device)

@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import torch
 
+from get3dhuman._checks import check_int
 from get3dhuman._ext import compiled_backends
 from get3dhuman.kernels import device_unavailable_reason as triton_device_reason
 from get3dhuman.nn.implicit import ImplicitDecoder
@@ -261,8 +262,7 @@ def query_field(
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if chunk_size is None:
         chunk_size = DEFAULT_CHUNK.get(features.device.type, DEFAULT_CHUNK["cuda"])
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    chunk_size = check_int(chunk_size, "chunk_size", 1)
     batch, num_points = points.shape[:2]
     if variant == "auto":
         variant = "projected" if projected is not None else choose_variant(features, num_points)

@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import torch
 
+from get3dhuman._checks import check_int
+
 _MAX_FACES = 2**32 - 1
 
 
@@ -24,12 +26,6 @@ class Rasterized(NamedTuple):
 
     face_index: torch.Tensor
     barycentric: torch.Tensor
-
-
-def _check_size(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-        raise ValueError(f"{name} must be an int >= 2, got {value!r}")
-    return value
 
 
 def check_mesh_inputs(vertices: torch.Tensor, faces: torch.Tensor) -> None:
@@ -56,8 +52,8 @@ def rasterize(vertices: torch.Tensor, faces: torch.Tensor, height: int, width: i
     """Draws the triangles `faces` [F, 3] (int64) of `vertices` [V, 3] (float32, NDC) into a
     height x width image (width defaults to height) with a z-buffer; CPU or CUDA tensors.
     Faces with a non-finite corner or no area are skipped."""
-    height = _check_size("height", height)
-    width = height if width is None else _check_size("width", width)
+    height = check_int(height, "height", 2)
+    width = height if width is None else check_int(width, "width", 2)
     check_mesh_inputs(vertices, faces)
     return Rasterized(*torch.ops.get3dhuman.rasterize(vertices, faces, height, width))
 
@@ -72,8 +68,8 @@ def reference_rasterize(vertices: torch.Tensor, faces: torch.Tensor, height: int
     """The rasterization of `rasterize` by whole-array torch operations in float64 (every pixel
     against every face, `faces_per_chunk` faces at a time): the test oracle. Pixels on a shared
     edge or at equal depths may resolve differently from the kernels' rounded arithmetic."""
-    height = _check_size("height", height)
-    width = height if width is None else _check_size("width", width)
+    height = check_int(height, "height", 2)
+    width = height if width is None else check_int(width, "width", 2)
     check_mesh_inputs(vertices, faces)
     rows, columns = torch.meshgrid(torch.arange(height, dtype=torch.float64, device=vertices.device),
                                    torch.arange(width, dtype=torch.float64, device=vertices.device), indexing="ij")

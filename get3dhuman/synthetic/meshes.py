@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from get3dhuman._checks import check_int
 from get3dhuman.ops.marching_cubes import marching_cubes
 from get3dhuman.synthetic.human import HumanField, human_color
 
@@ -30,8 +31,7 @@ def ground_truth_mesh(params: torch.Tensor, resolution: int = 128):
     outward-facing triangles and vertex colours from the colour field. Watertight."""
     import trimesh
 
-    if resolution < 8:
-        raise ValueError(f"resolution must be >= 8, got {resolution}")
+    resolution = check_int(resolution, "resolution", 8)
     # Outward faces for a field negative inside; +inf padding closes shapes at the border.
     vertices, faces = marching_cubes(sdf_grid(params, resolution), 0.0, spacing=2.0 / (resolution - 1), origin=-1.0,
                                      pad_value=float("inf"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from get3dhuman._checks import check_int, check_seed
 from get3dhuman.render import Rendering, orbit_calibration, sphere_trace
 from get3dhuman.synthetic.human import HumanField
 from get3dhuman.synthetic.latent import human_parameters
@@ -69,8 +70,7 @@ def save_grid(images: torch.Tensor, path: str, columns: int = 4) -> None:
     """Writes images [B, H, W, 3] in [0, 1] as one PNG grid (Pillow)."""
     from PIL import Image
 
-    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
-        raise ValueError(f"columns must be an int >= 1, got {columns!r}")
+    columns = check_int(columns, "columns", 1)
     batch, height, width, _ = images.shape
     rows = -(-batch // columns)
     grid = torch.ones(rows * height, columns * width, 3)
@@ -82,9 +82,8 @@ def save_grid(images: torch.Tensor, path: str, columns: int = 4) -> None:
 
 def sample_grid(path: str, num: int = 16, seed: int = 0, resolution: int = 256, z_dim: int = 512) -> None:
     """Renders `num` humans from z ~ N(0, I) (seeded) front-on and saves them as a PNG grid."""
-    if not isinstance(num, int) or num < 1:
-        raise ValueError(f"num must be an int >= 1, got {num!r}")
-    if not isinstance(resolution, int) or resolution < 2:
-        raise ValueError(f"resolution must be an int >= 2, got {resolution!r}")
-    z = torch.randn(num, z_dim, generator=torch.Generator().manual_seed(seed))
+    num = check_int(num, "num", 1)
+    resolution = check_int(resolution, "resolution", 2)
+    z_dim = check_int(z_dim, "z_dim", 1)
+    z = torch.randn(num, z_dim, generator=torch.Generator().manual_seed(check_seed(seed)))
     save_grid(render_humans(human_parameters(z), resolution), path)

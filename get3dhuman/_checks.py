@@ -1,0 +1,39 @@
+"""Checks of the public functions' arguments, in one wording: an error names the argument, what
+it takes and what it got (`steps must be an int >= 2, got 1`)."""
+
+from __future__ import annotations
+
+import numbers
+import os
+
+
+def check_int(value, name: str, low: int, high: int | None = None, *, none_ok: bool = False) -> int | None:
+    """`value` as a Python int when it is a whole number in [low, high] (no upper bound when `high`
+    is None); None when `none_ok` and `value` is None. Any integral type passes (numpy and Python
+    ints), bools do not (True is no count). Otherwise raises ValueError naming `name` and the range."""
+    if value is None and none_ok:
+        return None
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if whole and value >= low and (high is None or value <= high):
+        return int(value)
+    expected = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
+    raise ValueError(f"{name} must be {expected}{' or None' if none_ok else ''}, got {value!r}")
+
+
+def check_seed(seed) -> int:
+    """`seed` as a Python int when it is a seed `latents_of_seeds` takes: a whole number in
+    [0, 2^64). Raises ValueError otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+        # torch would seed -1 as 2^64 - 1: one sample would have two names.
+        raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}")
+    return int(seed)
+
+
+def check_file(path: str | os.PathLike, what: str) -> str:
+    """`path` as a str when it names a file; otherwise FileNotFoundError saying whether it is
+    missing or a directory (`what`: the file expected there, e.g. 'a weights file')."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        problem = f"is a directory, not {what}" if os.path.isdir(path) else "does not exist"
+        raise FileNotFoundError(f"path {path!r} {problem}")
+    return path

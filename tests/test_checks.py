@@ -1,0 +1,102 @@
+"""The shared whole-number checks (`get3dhuman._checks`) and the public functions that use them:
+any integral type is taken and gives what the same Python int gives; anything else is refused
+naming the argument and its range."""
+
+import numpy as np
+import pytest
+import torch
+
+from get3dhuman._checks import check_int, check_seed
+from get3dhuman.nn.generator import latents_of_seeds
+from get3dhuman.ops import narrow_band, rasterize
+from get3dhuman.render import orbit_calibration, ray_march, sphere_trace
+from get3dhuman.synthetic import human_parameters
+from get3dhuman.synthetic.meshes import ground_truth_mesh
+from get3dhuman.synthetic.preview import sample_grid
+
+
+@pytest.mark.parametrize(("value", "low", "high"), [
+    (1, 1, None), (7, 1, None), (0, 0, 0), (360, 1, 360), (np.int64(4), 1, None), (np.uint8(255), 2, 255),
+    (np.int32(-3), -5, -1), (2**70, 0, None),
+])
+def test_check_int_takes_whole_numbers_in_range_as_python_ints(value, low, high):
+    checked = check_int(value, "count", low, high)
+    assert type(checked) is int and checked == value
+
+
+@pytest.mark.parametrize(("value", "low", "high", "message"), [
+    (0, 1, None, "count must be an int >= 1, got 0"),
+    (361, 1, 360, r"count must be an int in \[1, 360\], got 361"),
+    (0, 1, 360, r"count must be an int in \[1, 360\], got 0"),
+    (True, 1, None, "count must be an int >= 1, got True"),
+    (False, 0, None, "count must be an int >= 0, got False"),
+    (2.0, 1, None, "count must be an int >= 1, got 2.0"),
+    (2.5, 1, None, "count must be an int >= 1, got 2.5"),
+    ("3", 1, None, "count must be an int >= 1, got '3'"),
+    (None, 1, None, "count must be an int >= 1, got None"),
+    (torch.tensor(3), 1, None, r"count must be an int >= 1, got tensor\(3\)"),
+    (np.int64(1), 2, None, r"count must be an int >= 2, got np.int64\(1\)"),
+])
+def test_check_int_refuses_the_rest_naming_argument_and_range(value, low, high, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        check_int(value, "count", low, high)
+
+
+def test_check_int_none_ok():
+    assert check_int(None, "cutoff", 0, none_ok=True) is None
+    assert check_int(np.int16(3), "cutoff", 0, none_ok=True) == 3
+    with pytest.raises(ValueError, match=r"^cutoff must be an int >= 0 or None, got -1$"):
+        check_int(-1, "cutoff", 0, none_ok=True)
+
+
+def test_check_seed_range_and_type():
+    assert check_seed(0) == 0 and check_seed(2**64 - 1) == 2**64 - 1
+    assert type(check_seed(np.uint64(2**64 - 1))) is int
+    for refused in (-1, 2**64, True, 1.0):
+        with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\^64\)"):
+            check_seed(refused)
+
+
+def test_numpy_whole_numbers_give_what_python_ints_give():
+    shape, texture = latents_of_seeds([np.uint64(5), np.int32(2)], 8)
+    expected_shape, expected_texture = latents_of_seeds([5, 2], 8)
+    assert torch.equal(shape, expected_shape) and torch.equal(texture, expected_texture)
+
+    vertices = torch.tensor([[-0.8, -0.8, 0.0], [0.8, -0.6, 0.2], [0.0, 0.9, -0.1]])
+    faces = torch.tensor([[0, 1, 2]])
+    drawn, expected = rasterize(vertices, faces, np.int64(12), np.int16(10)), rasterize(vertices, faces, 12, 10)
+    assert torch.equal(drawn.face_index, expected.face_index) and int((drawn.face_index >= 0).sum()) > 0
+
+    def sphere(points):
+        return points.norm(dim=-1) - 0.5
+
+    calib = orbit_calibration(torch.zeros(1))
+    traced, expected = sphere_trace(sphere, calib, np.int64(8), steps=np.int8(20)), sphere_trace(sphere, calib, 8, steps=20)
+    assert torch.equal(traced.depth, expected.depth) and bool(traced.mask.any())
+    volume = narrow_band(sphere, np.int64(16), coarse_resolution=np.int32(4))
+    assert volume.fraction_evaluated == narrow_band(sphere, 16, coarse_resolution=4).fraction_evaluated
+
+
+def test_public_functions_refuse_bad_whole_numbers_by_name(tmp_path):
+    def sphere(points):
+        return points.norm(dim=-1) - 0.5
+
+    calib = orbit_calibration(torch.zeros(1))
+    refusals = [
+        (lambda: sphere_trace(sphere, calib, 2.5), "resolution must be an int >= 2, got 2.5"),
+        (lambda: sphere_trace(sphere, calib, 8, steps=True), "steps must be an int >= 0, got True"),
+        (lambda: ray_march(sphere, calib, 8, samples=1), "samples must be an int >= 2, got 1"),
+        (lambda: ray_march(sphere, calib, 8, bisections=-1), "bisections must be an int >= 0, got -1"),
+        (lambda: ray_march(sphere, calib, 8, slab=0.5), "slab must be an int >= 1, got 0.5"),
+        (lambda: narrow_band(sphere, 16.0), "resolution must be an int >= 1, got 16.0"),
+        (lambda: narrow_band(sphere, 16, coarse_resolution=0), "coarse_resolution must be an int >= 1, got 0"),
+        (lambda: narrow_band(sphere, 16, batch_size=0), "batch_size must be an int >= 1, got 0"),
+        (lambda: ground_truth_mesh(human_parameters(torch.zeros(1, 8))[0], 4), "resolution must be an int >= 8, got 4"),
+        (lambda: sample_grid(str(tmp_path / "grid.png"), 1, seed=-1, resolution=8),
+         r"seed must be an int in \[0, 2\^64\), got -1"),
+        (lambda: sample_grid(str(tmp_path / "grid.png"), 1, resolution=8, z_dim=0), "z_dim must be an int >= 1, got 0"),
+    ]
+    for call, message in refusals:
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            call()
+    assert not (tmp_path / "grid.png").exists()
