@@ -3,6 +3,7 @@ it takes and what it got (`steps must be an int >= 2, got 1`)."""
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 
@@ -18,6 +19,11 @@ def check_int(value, name: str, low: int, high: int | None = None, *, none_ok: b
         return int(value)
     expected = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
     raise ValueError(f"{name} must be {expected}{' or None' if none_ok else ''}, got {value!r}")
+
+
+def is_finite_number(value) -> bool:
+    """Whether `value` is a finite real number: a Python or numpy int or float, not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_seed(seed) -> int:

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from get3dhuman._checks import check_int, check_seed
+from get3dhuman import Refiner
+from get3dhuman._checks import check_file, check_int, check_seed, is_finite_number
+from get3dhuman.nn import GeneratorConfig
 from get3dhuman.nn.generator import latents_of_seeds
 from get3dhuman.ops import narrow_band, rasterize
 from get3dhuman.render import orbit_calibration, ray_march, sphere_trace
@@ -57,6 +59,17 @@ def test_check_seed_range_and_type():
             check_seed(refused)
 
 
+def test_is_finite_number_and_check_file(tmp_path):
+    assert all(is_finite_number(v) for v in (0, -2.5, np.float32(1.5), np.int8(3)))
+    assert not any(is_finite_number(v) for v in (True, float("nan"), float("-inf"), "1", None, torch.tensor(1.0)))
+    (tmp_path / "weights.bin").write_bytes(b"")
+    assert check_file(tmp_path / "weights.bin", "a weights file") == str(tmp_path / "weights.bin")
+    with pytest.raises(FileNotFoundError, match=f"^path {str(tmp_path / 'no.bin')!r} does not exist$"):
+        check_file(tmp_path / "no.bin", "a weights file")
+    with pytest.raises(FileNotFoundError, match="is a directory, not a weights file$"):
+        check_file(tmp_path, "a weights file")
+
+
 def test_numpy_whole_numbers_give_what_python_ints_give():
     shape, texture = latents_of_seeds([np.uint64(5), np.int32(2)], 8)
     expected_shape, expected_texture = latents_of_seeds([5, 2], 8)
@@ -95,6 +108,14 @@ def test_public_functions_refuse_bad_whole_numbers_by_name(tmp_path):
         (lambda: sample_grid(str(tmp_path / "grid.png"), 1, seed=-1, resolution=8),
          r"seed must be an int in \[0, 2\^64\), got -1"),
         (lambda: sample_grid(str(tmp_path / "grid.png"), 1, resolution=8, z_dim=0), "z_dim must be an int >= 1, got 0"),
+        # sizes: refused when built, not as a KeyError or ZeroDivisionError deep in a network
+        (lambda: GeneratorConfig(z_dim=0), "z_dim must be an int >= 1, got 0"),
+        (lambda: GeneratorConfig(hourglass_depth=0), "hourglass_depth must be an int >= 1, got 0"),
+        (lambda: GeneratorConfig(conv_clamp=0), "conv_clamp must be an int >= 1 or None, got 0"),
+        (lambda: GeneratorConfig(backbone_resolution=48), "backbone_resolution must be a power of two >= 4, got 48"),
+        (lambda: GeneratorConfig(depth_scale=float("nan")), "depth_scale must be a finite number, got nan"),
+        (lambda: Refiner(depth=-1), "depth must be an int >= 0, got -1"),
+        (lambda: Refiner(base_channels=0), "base_channels must be an int >= 1, got 0"),
     ]
     for call, message in refusals:
         with pytest.raises(ValueError, match=f"^{message}$"):

@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from get3dhuman._checks import check_file, check_int, check_seed
+from get3dhuman._checks import check_file, check_int, check_seed, is_finite_number
 from get3dhuman.mesh import ExtractionTimings, TexturedMesh, extract_textured_meshes
 from get3dhuman.nn.discriminator import ResNetDiscriminator
 from get3dhuman.nn.hourglass import HGFilter
@@ -65,6 +65,19 @@ class GeneratorConfig:
     texture_hidden: tuple[int, ...] = (1024, 512, 256, 128)
     texture_concat: tuple[int, ...] = (2, 3)
     depth_scale: float = OFFICIAL_DEPTH_SCALE
+
+    def __post_init__(self) -> None:
+        # Checked here rather than deep inside the networks (a KeyError or ZeroDivisionError
+        # there), also for the sizes a weights file carries.
+        for name in ("z_dim", "w_dim", "mapping_layers", "backbone_channels", "channel_base", "channel_max",
+                     "hourglass_depth", "feature_channels"):
+            check_int(getattr(self, name), name, 1)
+        check_int(self.conv_clamp, "conv_clamp", 1, none_ok=True)
+        resolution = check_int(self.backbone_resolution, "backbone_resolution", 4)
+        if resolution & (resolution - 1):
+            raise ValueError(f"backbone_resolution must be a power of two >= 4, got {resolution}")
+        if not is_finite_number(self.depth_scale):  # any sign: the depth feature's, as the op takes it
+            raise ValueError(f"depth_scale must be a finite number, got {self.depth_scale!r}")
 
     @property
     def volume_resolution(self) -> int:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from get3dhuman._checks import check_int
 from get3dhuman.nn.pretrained import WEIGHTS_DIR, load_pretrained_state, read_pretrained, write_pretrained
 
 PRETRAINED_FORMAT = "get3dhuman-refiner/1"
@@ -56,6 +57,9 @@ class Refiner(nn.Module):
     def __init__(self, in_channels: int = 3, out_channels: int = 3, base_channels: int = 64, depth: int = 4,
                  residual: bool = False, norm: str = "batch", albedo: bool = False):
         super().__init__()
+        in_channels, out_channels, base_channels = (check_int(value, name, 1) for value, name in (
+            (in_channels, "in_channels"), (out_channels, "out_channels"), (base_channels, "base_channels")))
+        depth = check_int(depth, "depth", 0)
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {sorted(NORMS)}, got {norm!r}")
         if residual and in_channels != out_channels:

@@ -25,23 +25,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from get3dhuman._checks import is_finite_number
+
 _DTYPES = (torch.float32, torch.float64)
-
-
-def _is_finite_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _triple(name: str, value, positive: bool = False) -> tuple[float, float, float]:
     values = (value,) * 3 if isinstance(value, numbers.Real) else tuple(value)
-    if len(values) != 3 or not all(_is_finite_number(v) and (v > 0 or not positive) for v in values):
+    if len(values) != 3 or not all(is_finite_number(v) and (v > 0 or not positive) for v in values):
         kind = "positive finite" if positive else "finite"
         raise ValueError(f"{name} must be a {kind} number or three {kind} numbers, got {value!r}")
     return tuple(float(v) for v in values)
 
 
 def _check_level(level) -> float:
-    if not _is_finite_number(level):
+    if not is_finite_number(level):
         raise ValueError(f"level must be a finite float, got {level!r}")
     return float(level)
 
@@ -76,7 +74,7 @@ def marching_cubes(volume, level: float = 0.0, *, spacing: float | Sequence[floa
     # A spacing <= 0 would fold or mirror the mesh (mirrored normals point inwards).
     spacing, origin = _triple("spacing", spacing, positive=True), _triple("origin", origin)
     if pad_value is not None:
-        if not isinstance(pad_value, (int, float)) or math.isnan(pad_value):
+        if not isinstance(pad_value, numbers.Real) or isinstance(pad_value, bool) or math.isnan(pad_value):
             raise ValueError(f"pad_value must be a number or None, got {pad_value!r}")
         volume = F.pad(volume.unsqueeze(0), (1, 1, 1, 1, 1, 1), value=float(pad_value))[0]
     vertices, faces = torch.ops.get3dhuman.marching_cubes_dense(volume, level, bool(flip))
