@@ -26,10 +26,10 @@ def pytest_terminal_summary(terminalreporter):
     write("")
     write("get3dhuman: same-run comparison (speed-up and memory relative to the baseline: "
           + " / ".join(_BASELINES) + ")")
-    write(f"{'case':<28} {'implementation':<12} {'median s':>10} {'speed-up':>9} {'peak MiB':>10} {'mem ratio':>10}")
+    write(f"{'case':<28} {'implementation':<14} {'median s':>10} {'speed-up':>9} {'peak MiB':>10} {'mem ratio':>10}")
     for case, rows in sorted(_RESULTS.items()):
         reference = next((rows[name] for name in _BASELINES if name in rows), None)
         for implementation, (seconds, peak) in sorted(rows.items()):
             speedup = f"{reference[0] / seconds:.2f}x" if reference else "-"
             ratio = f"{peak / reference[1]:.3f}" if reference and reference[1] > 0 else "-"
-            write(f"{case:<28} {implementation:<12} {seconds:>10.4f} {speedup:>9} {peak / 2**20:>10.1f} {ratio:>10}")
+            write(f"{case:<28} {implementation:<14} {seconds:>10.4f} {speedup:>9} {peak / 2**20:>10.1f} {ratio:>10}")

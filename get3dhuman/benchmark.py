@@ -30,7 +30,8 @@ from get3dhuman.mesh import ExtractionTimings
 from get3dhuman.nn import ImplicitDecoder
 from get3dhuman.ops import query_field, reference_query_field
 
-IMPLEMENTATIONS = ("reference", "direct", "projected")
+# query_field variants, and the projected one with bfloat16 matrix products (`compute_dtype`).
+IMPLEMENTATIONS = ("reference", "direct", "projected", "projected-bf16")
 DECODERS = {"shape": ImplicitDecoder.official_shape, "texture": ImplicitDecoder.official_texture}
 
 
@@ -49,12 +50,14 @@ def query_case(decoder_name: str, count: int, device: str = "cpu", size: int = 1
 
 
 def run_query(implementation: str, decoder, features, points, calib) -> torch.Tensor:
-    """Evaluates the query with one implementation: 'reference' or a query_field variant."""
+    """Evaluates the query with one of IMPLEMENTATIONS: 'reference' or a query_field variant."""
     if implementation == "reference":
         return reference_query_field(decoder, features, points, calib)
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-    return query_field(decoder, features, points, calib, variant=implementation)
+    variant, _, narrow = implementation.partition("-")
+    return query_field(decoder, features, points, calib, variant=variant,
+                       compute_dtype=torch.bfloat16 if narrow else None)
 
 
 def _resident_kib(field: str) -> int:
@@ -111,7 +114,7 @@ class SamplingBenchmark:
     seconds: wall-clock seconds of each timed run (all `humans` of it); stages: seconds a human
     per stage (STAGES) in the median run (of an even number: the faster middle one);
     evaluated_fraction: the mean fraction of the lattice's points whose field was evaluated in
-    that run; faces, vertices: means a human.
+    that run; faces, vertices: means a human; compute_dtype: of the decoders' matrix products.
     """
 
     device: str
@@ -123,6 +126,7 @@ class SamplingBenchmark:
     evaluated_fraction: float
     faces: float
     vertices: float
+    compute_dtype: str
 
     @property
     def seconds_per_human(self) -> float:
@@ -144,7 +148,8 @@ class SamplingBenchmark:
         stages = ", ".join(f"{STAGES[name]} {seconds:.3f} s" for name, seconds in self.stages.items())
         runs = "1 run" if len(self.seconds) == 1 else f"the median of {len(self.seconds)} runs"
         return (f"{self.humans} human{'s' if self.humans > 1 else ''} at {self.resolution}^3 on {self.device} (batches "
-                f"of {self.batch_size}), {runs}: {self.seconds_per_human:.3f} s a human, "
+                f"of {self.batch_size}, {self.compute_dtype} decoder products), {runs}: "
+                f"{self.seconds_per_human:.3f} s a human, "
                 f"{self.humans_per_second:.2f} humans/s, {3600 * self.humans_per_second:,.0f} an hour\n"
                 f"  a human: {stages}\n"
                 f"  {100 * self.evaluated_fraction:.2f} % of the lattice points evaluated; {self.faces:,.0f} faces and "
@@ -152,11 +157,12 @@ class SamplingBenchmark:
 
 
 def measure_sampling(generator, num: int = 4, resolution: int = 256, *, batch_size: int = 4, seed: int = 0,
-                     repeat: int = 3, truncation_psi: float = 1.0, **extract_options) -> SamplingBenchmark:
+                     repeat: int = 3, truncation_psi: float = 1.0, compute_dtype: torch.dtype | None = None,
+                     **extract_options) -> SamplingBenchmark:
     """Times `generator.sample` (extract_mesh) of the humans of seeds seed .. seed + num - 1 in
     batches of `batch_size`, `repeat` times, after one untimed run of the first seed (first
     calls allocate and pick kernels), on the generator's device (synchronised before every
-    clock reading). Other options go to `extract_mesh`."""
+    clock reading). `compute_dtype` and other options go to `extract_mesh`."""
     num, batch_size, repeat, resolution = (check_int(value, name, 1) for value, name in (
         (num, "num"), (batch_size, "batch_size"), (repeat, "repeat"), (resolution, "resolution")))
     seed = check_seed(seed)
@@ -168,7 +174,7 @@ def measure_sampling(generator, num: int = 4, resolution: int = 256, *, batch_si
 
     def run(count: int, timings: ExtractionTimings) -> list:
         return generator.sample(count, seed, resolution, batch_size=batch_size, truncation_psi=truncation_psi,
-                                timings=timings, **extract_options)
+                                timings=timings, compute_dtype=compute_dtype, **extract_options)
 
     run(1, ExtractionTimings())
     seconds, timings = [], []
@@ -185,7 +191,8 @@ def measure_sampling(generator, num: int = 4, resolution: int = 256, *, batch_si
         device=str(device), resolution=resolution, humans=num, batch_size=batch_size, seconds=seconds, stages=stages,
         evaluated_fraction=statistics.fmean(timings[median_run].evaluated_fraction),
         faces=statistics.fmean(mesh.faces.shape[0] for mesh in meshes),
-        vertices=statistics.fmean(mesh.vertices.shape[0] for mesh in meshes))
+        vertices=statistics.fmean(mesh.vertices.shape[0] for mesh in meshes),
+        compute_dtype=str(compute_dtype or next(generator.parameters()).dtype).removeprefix("torch."))
 
 
 def main(argv: list[str] | None = None) -> int:

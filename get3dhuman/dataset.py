@@ -298,7 +298,8 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     settings = {"format": DATASET_FORMAT, "generator": fingerprint(generator),
                 "refiner": None if refiner is None else fingerprint(refiner), "resolution": resolution,
                 "file_type": file_type, "preview_resolution": preview_resolution,
-                "truncation_psi": truncation_psi, "extract_options": extract_options,
+                "truncation_psi": truncation_psi,
+                "extract_options": {k: str(v) if isinstance(v, torch.dtype) else v for k, v in extract_options.items()},
                 # Refined colours came from views of the field, shading baked in, in earlier versions:
                 # a directory of such samples is refused rather than mixed.
                 "refined_colors": None if refiner is None else "mesh views, shading removed",

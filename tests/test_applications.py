@@ -104,14 +104,15 @@ def test_a_walk_in_w_is_the_straight_line_between_the_mapped_latents():
         applications.interpolation_latents((start[0][0], start[1][0]), (end[0][0], end[1][0]), 3, space="x")
 
 
-def test_retexture_equals_extracting_each_pair():
+@pytest.mark.parametrize("compute_dtype", [None, torch.bfloat16])
+def test_retexture_equals_extracting_each_pair(compute_dtype):
     generator = generator_with_a_surface()
     z_shape = generator.latents([3])[0]
     z_textures = generator.latents([4, 5, 6])[1]
-    meshes = applications.retexture(generator, z_shape[0], z_textures, **MESHING)
+    meshes = applications.retexture(generator, z_shape[0], z_textures, compute_dtype=compute_dtype, **MESHING)
     assert len(meshes) == 3 and not meshes[0].is_empty
     for t, mesh in enumerate(meshes):
-        expected = generator.extract_mesh(z_shape, z_textures[t:t + 1], **MESHING)[0]
+        expected = generator.extract_mesh(z_shape, z_textures[t:t + 1], compute_dtype=compute_dtype, **MESHING)[0]
         for name in ("vertices", "faces", "colors", "normals"):
             assert torch.equal(getattr(mesh, name), getattr(expected, name)), name
     with pytest.raises(ValueError, match=r"z_textures must be \[T, "):

@@ -272,6 +272,16 @@ def test_an_interrupted_dataset_resumes_without_redoing_samples(tmp_path):
     with pytest.raises(ValueError, match=r"other settings \(file_type, resolution\)"):
         write_samples(generator, str(tmp_path), 4, seed=5, progress=False, file_type="obj", resolution=16,
                       coarse_resolution=8)
+    # The decoders' products in another dtype give other bits: not mixed either. float32, the
+    # default, records no option, as versions before the option did.
+    assert json.loads((tmp_path / SETTINGS).read_text())["extract_options"] == {"coarse_resolution": 8}
+    with pytest.raises(ValueError, match=r"other settings \(extract_options\)"):
+        write_samples(generator, str(tmp_path), 4, seed=5, progress=False, compute_dtype=torch.bfloat16, **MESHING)
+    narrow = write_samples(generator, str(tmp_path / "bf16"), 1, seed=5, progress=False, compute_dtype=torch.bfloat16,
+                           **MESHING)
+    settings = json.loads((tmp_path / "bf16" / SETTINGS).read_text())
+    assert settings["extract_options"]["compute_dtype"] == "torch.bfloat16"
+    assert narrow[0]["faces"] > 0
     with torch.no_grad():
         generator.mlp_texture.filters[-1].bias += 0.1
     with pytest.raises(ValueError, match=r"other settings \(generator\)"):  # one dataset, one model
@@ -375,6 +385,11 @@ def test_command_line_writes_a_dataset_and_a_preview_grid(tmp_path, capsys):
     assert Image.open(grid).size == (4 * 16, 2 * 16)
     assert [record["seed"] for record in read_manifest(str(out))] == [0, 1, 2, 3, 4]
     assert all(record["mesh"] is None or record["mesh"].endswith(".obj") for record in read_manifest(str(out)))
+    with pytest.raises(SystemExit, match=r"other settings \(extract_options\)"):  # resumed with other products
+        main(command + ["--compute-dtype", "bfloat16"])
+    assert main(command[:6] + [str(tmp_path / "bf16"), "--resolution", "32", "--compute-dtype", "bfloat16"]) == 0
+    settings = json.loads((tmp_path / "bf16" / SETTINGS).read_text())
+    assert settings["extract_options"] == {"compute_dtype": "torch.bfloat16"}
     with pytest.raises(SystemExit, match="--grid needs --preview"):
         main(["sample", "--weights", str(weights), "--num", "1", "--out", str(out), "--grid", str(grid)])
     with pytest.raises(SystemExit, match="does not exist"):

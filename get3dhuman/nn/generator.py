@@ -151,12 +151,16 @@ class PixelAlignedModel(nn.Module):
 
     def meshes_from_volumes(self, shape_volume: torch.Tensor, texture_volume: torch.Tensor | None,
                             resolution: int = 256, *, coarse_resolution: int | None = None, band: float = 0.0,
-                            chunk: int = 1 << 18, timings: ExtractionTimings | None = None) -> list[TexturedMesh]:
+                            chunk: int = 1 << 18, timings: ExtractionTimings | None = None,
+                            compute_dtype: torch.dtype | None = None) -> list[TexturedMesh]:
         """Textured meshes of feature volumes [B, F, V, V], one per row (no gradients).
 
         The occupancy field (level 0.5) is sampled coarse to fine over `world_bounds()` up to
         `resolution` cells per axis (see ops.narrow_band), meshed by sparse marching cubes, and
         coloured by the texture decoder at the vertices (grey where texture_volume is None).
+        compute_dtype: of the decoders' matrix products (`ops.query_field`; None: the volumes').
+        A seed's mesh in torch.bfloat16 is not the same bits as in float32 (a few faces in 10^4
+        differ at 256^3), but the same in every run.
         Vertices are in world coordinates (through `calibration`), faces oriented outward;
         rows whose field has no surface give empty meshes. Each row is meshed alone, so that its
         mesh is the same bits whatever the other rows (padded into the decoders' batches, their
@@ -165,18 +169,20 @@ class PixelAlignedModel(nn.Module):
         timings = timings if timings is not None else ExtractionTimings()
         options = {"coarse_resolution": coarse_resolution, "band": band, "chunk": chunk, "timings": timings}
         return [self._mesh_of_row(shape_volume[row : row + 1],
-                                  None if texture_volume is None else texture_volume[row : row + 1], resolution, options)
+                                  None if texture_volume is None else texture_volume[row : row + 1], resolution,
+                                  options, compute_dtype)
                 for row in range(shape_volume.shape[0])]
 
     @torch.no_grad()
     def _mesh_of_row(self, shape_volume: torch.Tensor, texture_volume: torch.Tensor | None, resolution: int,
-                     options: dict) -> TexturedMesh:
+                     options: dict, compute_dtype: torch.dtype | None) -> TexturedMesh:
         """`meshes_from_volumes` of volumes [1, F, V, V]."""
         dtype = shape_volume.dtype
         calib = self.calibration.to(dtype)[None]
         color = None if texture_volume is None else (
-            lambda p: self.query_color(shape_volume, texture_volume, p.to(dtype), calib))
-        return extract_textured_meshes(lambda p: self.query_occupancy(shape_volume, p.to(dtype), calib), color, 1,
+            lambda p: self.query_color(shape_volume, texture_volume, p.to(dtype), calib, compute_dtype=compute_dtype))
+        return extract_textured_meshes(lambda p: self.query_occupancy(shape_volume, p.to(dtype), calib,
+                                                                      compute_dtype=compute_dtype), color, 1,
                                        resolution, level=0.5, inside_is_above=True, bounds=self.world_bounds(),
                                        device=shape_volume.device, **options)[0]
 
@@ -286,24 +292,27 @@ class Generator(PixelAlignedModel):
     @torch.no_grad()
     def extract_mesh(self, z_shape: torch.Tensor, z_texture: torch.Tensor, resolution: int = 256, *,
                      truncation_psi: float = 1.0, noise_mode: str = "const", coarse_resolution: int | None = None,
-                     band: float = 0.0, chunk: int = 1 << 18,
-                     timings: ExtractionTimings | None = None) -> list[TexturedMesh]:
+                     band: float = 0.0, chunk: int = 1 << 18, timings: ExtractionTimings | None = None,
+                     compute_dtype: torch.dtype | None = None) -> list[TexturedMesh]:
         """Textured meshes of latents z_shape, z_texture [B, z_dim], one per row
-        (`meshes_from_volumes` of the generated volumes). Runs in eval mode (no w_avg update);
-        `timings` (an ExtractionTimings) receives the time per stage. A row's mesh is the same
-        bits whatever the other rows (the networks run one row at a time)."""
+        (`meshes_from_volumes` of the generated volumes, with `compute_dtype`). Runs in eval mode
+        (no w_avg update); `timings` (an ExtractionTimings) receives the time per stage. A row's
+        mesh is the same bits whatever the other rows (the networks run one row at a time)."""
         self._check_latents(z_shape, z_texture)
         return self._extract(lambda zs, zt: self(zs, zt, truncation_psi, noise_mode), (z_shape, z_texture), resolution,
-                             coarse_resolution=coarse_resolution, band=band, chunk=chunk, timings=timings)
+                             coarse_resolution=coarse_resolution, band=band, chunk=chunk, timings=timings,
+                             compute_dtype=compute_dtype)
 
     @torch.no_grad()
     def extract_mesh_from_ws(self, ws_shape: torch.Tensor, ws_texture: torch.Tensor, resolution: int = 256, *,
                              noise_mode: str = "const", coarse_resolution: int | None = None, band: float = 0.0,
-                             chunk: int = 1 << 18, timings: ExtractionTimings | None = None) -> list[TexturedMesh]:
+                             chunk: int = 1 << 18, timings: ExtractionTimings | None = None,
+                             compute_dtype: torch.dtype | None = None) -> list[TexturedMesh]:
         """`extract_mesh` of intermediate latents ws_shape, ws_texture [B, num_ws, w_dim]
         (`synthesize`); truncation, if wanted, is `mapping`'s."""
         return self._extract(lambda ws, wt: self.synthesize(ws, wt, noise_mode), (ws_shape, ws_texture), resolution,
-                             coarse_resolution=coarse_resolution, band=band, chunk=chunk, timings=timings)
+                             coarse_resolution=coarse_resolution, band=band, chunk=chunk, timings=timings,
+                             compute_dtype=compute_dtype)
 
     def _extract(self, features, latents: tuple[torch.Tensor, torch.Tensor], resolution: int,
                  timings: ExtractionTimings | None, **meshing) -> list[TexturedMesh]:

@@ -47,6 +47,8 @@ VARIANTS = ("auto", "direct", "projected")
 BACKENDS = ("cuda", "triton", "cpu", "reference")
 BACKEND_ENV = "GET3DHUMAN_QUERY_BACKEND"
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Dtypes the decoder's matrix products of the 'cpu' and 'cuda' backends can run in (`compute_dtype`).
+COMPUTE_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 # Points per chunk: activations of a chunk stay in cache-sized buffers on the CPU; GPUs need
 # larger chunks to fill the device.
 DEFAULT_CHUNK = {"cpu": 4096, "cuda": 262144}
@@ -197,27 +199,50 @@ def backend_report() -> dict:
     return {"order": list(BACKENDS), "override": os.environ.get(BACKEND_ENV) or "auto", "chosen": chosen}
 
 
-def _run_chunk(decoder, sampled, projected_layout):
-    """Runs the decoder on one chunk of point-major samples [M, width] -> [M, out_channels].
+class _LayerWeights(NamedTuple):
+    """One decoder layer's GEMM operands in the compute dtype, transposed for `x @ W`: the bias,
+    the whole weight, the part reading the previous layer (layers > 0) and the part reading the
+    sampled features (re-concatenation layers)."""
+
+    bias: torch.Tensor
+    full: torch.Tensor
+    hidden: torch.Tensor | None
+    input: torch.Tensor | None
+
+
+def _gemm_weights(decoder: ImplicitDecoder, dtype: torch.dtype) -> list[_LayerWeights]:
+    """The operands of every layer in `dtype`, cast once per query (views when it is the weights' own)."""
+    return [_LayerWeights(layer.bias.to(dtype), layer.weight[:, :, 0].T.to(dtype),
+                          decoder.hidden_weight(i).T.to(dtype) if i > 0 else None,
+                          decoder.input_weight(i).T.to(dtype) if i in decoder.concat_layers else None)
+            for i, layer in enumerate(decoder.filters)]
+
+
+def _run_chunk(decoder, sampled, projected_layout, weights: list[_LayerWeights]):
+    """Runs the decoder on one chunk of point-major samples [M, width] -> [M, out_channels], the
+    matrix products in the dtype of `weights` (`_gemm_weights`), the output in that of `sampled`.
 
     projected_layout: None for 'direct' samples (the decoder input, C + 1 wide); for
     'projected' samples, {layer: column offset} of each input-reading layer's pre-activation.
     """
     # Without autograd every pre-activation is a buffer of its own (layer 0's a slice of
-    # `sampled` no later layer reads), so the activations run in place.
+    # `samples` no later layer reads), so the activations run in place.
     inplace = not torch.is_grad_enabled()
-    y = sampled
-    for i, layer in enumerate(decoder.filters):
+    samples = sampled.to(weights[0].full.dtype)
+    y = samples
+    last = len(decoder.filters) - 1
+    for i, (layer, w) in enumerate(zip(decoder.filters, weights)):
         if projected_layout is not None and i in projected_layout:
             start = projected_layout[i]
-            pre = sampled[:, start : start + layer.out_channels]
+            pre = samples[:, start : start + layer.out_channels]
             if i > 0:
-                pre = torch.addmm(pre, y, decoder.hidden_weight(i).T)
+                pre = torch.addmm(pre, y, w.hidden)
         elif i in decoder.concat_layers:  # direct: split the concatenation into two GEMMs
-            pre = torch.addmm(layer.bias, y, decoder.hidden_weight(i).T)
-            pre = pre.addmm_(sampled, decoder.input_weight(i).T)
+            pre = torch.addmm(w.bias, y, w.hidden).addmm_(samples, w.input)
         else:
-            pre = torch.addmm(layer.bias, y, layer.weight[:, :, 0].T)
+            pre = torch.addmm(w.bias, y, w.full)
+        if i == last:  # the output activation (a sigmoid) in the output dtype
+            pre = pre.to(sampled.dtype)
         y = decoder.activation(i, pre, inplace)
     return y
 
@@ -234,6 +259,7 @@ def query_field(
     projected: ProjectedInputs | None = None,
     sort_points: bool | None = None,
     backend: str | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Decoder output (occupancy, colour, ...) at points, fused and chunked.
 
@@ -250,6 +276,11 @@ def query_field(
         backend: 'auto', a name from BACKENDS, or None for the GET3DHUMAN_QUERY_BACKEND
             environment variable (default 'auto'); see select_backend. chunk_size and
             sort_points apply to 'cpu' and 'cuda'; 'reference' ignores variant.
+        compute_dtype: dtype of the decoder's matrix products on the 'cpu' and 'cuda' backends
+            (one of COMPUTE_DTYPES; None: the features' dtype), with the sampling and the output
+            in the features' dtype. torch.bfloat16 trades about 1e-2 of error in the outputs
+            for speed where the hardware has bf16 matrix units (CPUs with AVX512-BF16 or AMX,
+            GPUs); BENCHMARKS.md has figures. Other backends take only the features' dtype.
 
     Returns:
         [B, out_channels, N], equal (up to rounding) to
@@ -270,6 +301,13 @@ def query_field(
     if projected is not None and variant != "projected":
         raise ValueError(f"projected inputs are only used by variant='projected', got variant={variant!r}")
     backend, _ = select_backend(decoder, features, points, calib, backend)
+    compute_dtype = features.dtype if compute_dtype is None else compute_dtype
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be None or one of {', '.join(map(str, COMPUTE_DTYPES))}, "
+                         f"got {compute_dtype!r}")
+    if compute_dtype != features.dtype and backend not in ("cpu", "cuda"):
+        raise ValueError(f"compute_dtype {compute_dtype} other than the features' ({features.dtype}) needs the 'cpu' "
+                         f"or 'cuda' backend, got backend {backend!r}")
     if backend == "reference":
         return reference_query_field(decoder, features, points, calib, depth_scale)
 
@@ -300,10 +338,11 @@ def query_field(
     # autograd, chunks are concatenated instead, whose backward is a cheap split.
     out = None if torch.is_grad_enabled() else features.new_empty(batch, num_points, decoder.out_channels)
     chunks = []
+    weights = _gemm_weights(decoder, compute_dtype)
     for start in range(0, num_points, chunk_size):
         chunk = points[:, start : start + chunk_size]
         sampled = torch.ops.get3dhuman.pixel_aligned_sample(source, chunk, calib, float(depth_scale), bias, depth_weight)
-        result = _run_chunk(decoder, sampled.flatten(0, 1), layout).view(batch, chunk.shape[1], -1)
+        result = _run_chunk(decoder, sampled.flatten(0, 1), layout, weights).view(batch, chunk.shape[1], -1)
         if out is None:
             chunks.append(result)
         elif order is None:
