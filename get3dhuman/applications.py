@@ -235,7 +235,8 @@ def write_results(generator, out_dir: str, names: list[str], meshes: list[Textur
     Returns the paths written."""
     from get3dhuman.dataset import CAMERAS, check_preview_options, save_preview_grid, write_cameras, write_previews
 
-    preview_maps = check_preview_options(preview_resolution, preview_views, preview_maps)
+    preview_resolution, preview_views, preview_maps = check_preview_options(preview_resolution, preview_views,
+                                                                            preview_maps)
     if grid is not None and preview_resolution is None:
         raise ValueError("grid needs preview_resolution (the grid is made of the previews)")
     os.makedirs(out_dir, exist_ok=True)

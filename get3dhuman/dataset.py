@@ -289,10 +289,12 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     """
     num = check_int(num, "num", 0)
     batch_size = check_int(batch_size, "batch_size", 1)
+    resolution = check_int(resolution, "resolution", 1)
     seed = check_seed(seed)
     if file_type not in FILE_TYPES:
         raise ValueError(f"file_type must be one of {', '.join(FILE_TYPES)}, got {file_type!r}")
-    preview_maps = check_preview_options(preview_resolution, preview_views, preview_maps)
+    preview_resolution, preview_views, preview_maps = check_preview_options(preview_resolution, preview_views,
+                                                                            preview_maps)
     rank, size = distributed.world()
     os.makedirs(out_dir, exist_ok=True)
     settings = {"format": DATASET_FORMAT, "generator": fingerprint(generator),
@@ -358,11 +360,11 @@ def preview_angles(views: int) -> list[float]:
 
 
 def check_preview_options(preview_resolution: int | None, preview_views: int = 1,
-                          preview_maps: Sequence[str] = ()) -> list[str]:
+                          preview_maps: Sequence[str] = ()) -> tuple[int | None, int, list[str]]:
     """Validates the preview options of `write_samples` / `write_previews` (naming the argument
-    and what it must be); returns preview_maps as a list."""
-    check_int(preview_resolution, "preview_resolution", 2, none_ok=True)
-    check_int(preview_views, "preview_views", 1, 360)
+    and what it must be); returns them as (int or None, int, list), as settings.json records them."""
+    preview_resolution = check_int(preview_resolution, "preview_resolution", 2, none_ok=True)
+    preview_views = check_int(preview_views, "preview_views", 1, 360)
     if preview_views > 1 and preview_resolution is None:
         raise ValueError("preview_views > 1 needs preview_resolution (the views are previews)")
     preview_maps = list(preview_maps)
@@ -370,7 +372,7 @@ def check_preview_options(preview_resolution: int | None, preview_views: int = 1
         raise ValueError(f"preview_maps must be distinct names of {', '.join(MAPS)}, got {preview_maps!r}")
     if preview_maps and preview_resolution is None:
         raise ValueError("preview_maps needs preview_resolution (the maps are the previews' pixels)")
-    return preview_maps
+    return preview_resolution, preview_views, preview_maps
 
 
 def write_cameras(out_dir: str, generator, views: int, resolution: int) -> None:
@@ -396,7 +398,7 @@ def write_previews(generator, out_dir: str, names: Sequence[str], meshes: Sequen
     Returns per mesh its manifest entries: {"preview": file} and, with more than one view,
     "views": {"angles", "files"} (the front first), with maps "maps": {MAP: [files per view]}.
     """
-    maps = check_preview_options(resolution, views, maps)
+    resolution, views, maps = check_preview_options(resolution, views, maps)
     angles = preview_angles(views)
     rendered = mesh_views(generator, meshes, angles, resolution, background=PREVIEW_BACKGROUND)
     images = [image for image, _, _ in rendered]  # per angle [B, R, R, 3]

@@ -5,9 +5,11 @@ naming the argument and its range."""
 import numpy as np
 import pytest
 import torch
+from inputs import generator_with_a_surface
 
 from get3dhuman import Refiner
 from get3dhuman._checks import check_file, check_int, check_seed, is_finite_number
+from get3dhuman.dataset import SETTINGS, write_samples
 from get3dhuman.nn import GeneratorConfig
 from get3dhuman.nn.generator import latents_of_seeds
 from get3dhuman.ops import narrow_band, rasterize
@@ -88,6 +90,18 @@ def test_numpy_whole_numbers_give_what_python_ints_give():
     assert torch.equal(traced.depth, expected.depth) and bool(traced.mask.any())
     volume = narrow_band(sphere, np.int64(16), coarse_resolution=np.int32(4))
     assert volume.fraction_evaluated == narrow_band(sphere, 16, coarse_resolution=4).fraction_evaluated
+
+
+def test_a_dataset_of_numpy_whole_numbers_is_the_dataset_of_python_ints(tmp_path):
+    generator = generator_with_a_surface()
+    given = {"batch_size": np.int32(2), "resolution": np.int64(32), "preview_resolution": np.int64(16),
+             "preview_views": np.int8(2), "progress": False, "coarse_resolution": 8}
+    numpy = write_samples(generator, str(tmp_path / "numpy"), np.int64(2), np.uint8(3), **given)
+    python = write_samples(generator, str(tmp_path / "python"), 2, 3, **{k: v if k == "progress" else int(v)
+                                                                          for k, v in given.items()})
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in numpy] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in python]
+    assert (tmp_path / "numpy" / SETTINGS).read_text() == (tmp_path / "python" / SETTINGS).read_text()
 
 
 def test_public_functions_refuse_bad_whole_numbers_by_name(tmp_path):

@@ -200,27 +200,36 @@ def backend_report() -> dict:
 
 
 class _LayerWeights(NamedTuple):
-    """One decoder layer's GEMM operands in the compute dtype, transposed for `x @ W`: the bias,
-    the whole weight, the part reading the previous layer (layers > 0) and the part reading the
-    sampled features (re-concatenation layers)."""
+    """The GEMM operands one decoder layer needs, in the compute dtype and transposed for `x @ W`
+    (None where the layer needs no such operand): the bias and whole weight of a plain layer, the
+    part reading the previous layer, and the part reading the sampled features of a 'direct'
+    re-concatenation layer."""
 
-    bias: torch.Tensor
-    full: torch.Tensor
+    bias: torch.Tensor | None
+    full: torch.Tensor | None
     hidden: torch.Tensor | None
     input: torch.Tensor | None
 
 
-def _gemm_weights(decoder: ImplicitDecoder, dtype: torch.dtype) -> list[_LayerWeights]:
-    """The operands of every layer in `dtype`, cast once per query (views when it is the weights' own)."""
-    return [_LayerWeights(layer.bias.to(dtype), layer.weight[:, :, 0].T.to(dtype),
-                          decoder.hidden_weight(i).T.to(dtype) if i > 0 else None,
-                          decoder.input_weight(i).T.to(dtype) if i in decoder.concat_layers else None)
-            for i, layer in enumerate(decoder.filters)]
+def _gemm_weights(decoder: ImplicitDecoder, dtype: torch.dtype, projected_layout: dict | None) -> list[_LayerWeights]:
+    """The operands of every layer in `dtype`, cast once per query (views when it is the weights'
+    own); projected_layout as for `_run_chunk`."""
+    weights = []
+    for i, layer in enumerate(decoder.filters):
+        projected = projected_layout is not None and i in projected_layout
+        split = not projected and i in decoder.concat_layers
+        plain = not projected and not split
+        weights.append(_LayerWeights(
+            layer.bias.to(dtype) if not projected else None,
+            layer.weight[:, :, 0].T.to(dtype) if plain else None,
+            decoder.hidden_weight(i).T.to(dtype) if i > 0 and not plain else None,
+            decoder.input_weight(i).T.to(dtype) if split else None))
+    return weights
 
 
-def _run_chunk(decoder, sampled, projected_layout, weights: list[_LayerWeights]):
+def _run_chunk(decoder, sampled, projected_layout, weights: list[_LayerWeights], compute_dtype: torch.dtype):
     """Runs the decoder on one chunk of point-major samples [M, width] -> [M, out_channels], the
-    matrix products in the dtype of `weights` (`_gemm_weights`), the output in that of `sampled`.
+    matrix products in `compute_dtype` (operands `_gemm_weights`), the output in the dtype of `sampled`.
 
     projected_layout: None for 'direct' samples (the decoder input, C + 1 wide); for
     'projected' samples, {layer: column offset} of each input-reading layer's pre-activation.
@@ -228,7 +237,7 @@ def _run_chunk(decoder, sampled, projected_layout, weights: list[_LayerWeights])
     # Without autograd every pre-activation is a buffer of its own (layer 0's a slice of
     # `samples` no later layer reads), so the activations run in place.
     inplace = not torch.is_grad_enabled()
-    samples = sampled.to(weights[0].full.dtype)
+    samples = sampled.to(compute_dtype)
     y = samples
     last = len(decoder.filters) - 1
     for i, (layer, w) in enumerate(zip(decoder.filters, weights)):
@@ -241,7 +250,7 @@ def _run_chunk(decoder, sampled, projected_layout, weights: list[_LayerWeights])
             pre = torch.addmm(w.bias, y, w.hidden).addmm_(samples, w.input)
         else:
             pre = torch.addmm(w.bias, y, w.full)
-        if i == last:  # the output activation (a sigmoid) in the output dtype
+        if i == last:  # the output activation in the output dtype
             pre = pre.to(sampled.dtype)
         y = decoder.activation(i, pre, inplace)
     return y
@@ -338,11 +347,12 @@ def query_field(
     # autograd, chunks are concatenated instead, whose backward is a cheap split.
     out = None if torch.is_grad_enabled() else features.new_empty(batch, num_points, decoder.out_channels)
     chunks = []
-    weights = _gemm_weights(decoder, compute_dtype)
+    weights = _gemm_weights(decoder, compute_dtype, layout)
     for start in range(0, num_points, chunk_size):
         chunk = points[:, start : start + chunk_size]
         sampled = torch.ops.get3dhuman.pixel_aligned_sample(source, chunk, calib, float(depth_scale), bias, depth_weight)
-        result = _run_chunk(decoder, sampled.flatten(0, 1), layout, weights).view(batch, chunk.shape[1], -1)
+        result = _run_chunk(decoder, sampled.flatten(0, 1), layout, weights, compute_dtype)
+        result = result.view(batch, chunk.shape[1], -1)
         if out is None:
             chunks.append(result)
         elif order is None:
