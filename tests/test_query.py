@@ -6,7 +6,15 @@ from inputs import random_inputs
 
 from get3dhuman.benchmark import peak_memory
 from get3dhuman.nn import ImplicitDecoder
-from get3dhuman.ops import choose_variant, pixel_order, project_inputs, query_field, reference_query_field
+from get3dhuman.ops import (
+    backend_unavailable_reason,
+    choose_variant,
+    pixel_order,
+    project_inputs,
+    query_field,
+    reference_query_field,
+    select_backend,
+)
 
 DECODERS = {
     "shape": ImplicitDecoder.official_shape,
@@ -182,8 +190,15 @@ def test_bad_arguments():
         query_field(decoder, features, points, calib, chunk_size=0)
     with pytest.raises(ValueError, match=r"^compute_dtype must be None or one of torch.float64, .* got torch.int8$"):
         query_field(decoder, features, points, calib, compute_dtype=torch.int8)
-    with pytest.raises(ValueError, match="^compute_dtype torch.bfloat16 other than the features' .* 'reference'$"):
+    with pytest.raises(ValueError, match=r"^backend='reference' cannot run these inputs: it computes in the features' "
+                       r"dtype \(torch.float32\), not compute_dtype torch.bfloat16$"):
         query_field(decoder, features, points, calib, compute_dtype=torch.bfloat16, backend="reference")
+    # 'auto' skips the backends that take only the features' dtype
+    assert "not compute_dtype torch.bfloat16" in backend_unavailable_reason(
+        "triton", decoder, features, points, calib, compute_dtype=torch.bfloat16)
+    assert select_backend(decoder, features, points, calib, "auto", torch.bfloat16)[0] == "cpu"
+    assert backend_unavailable_reason("reference", decoder, features, points, calib,
+                                      compute_dtype=torch.float32) is None  # the features' own
     with pytest.raises(ValueError, match="points"):
         query_field(decoder, features, points[:1], calib)
     projected = project_inputs(decoder, features)
@@ -235,7 +250,6 @@ def test_torch_compile_inductor_forward_and_backward():
 
 def test_triton_older_than_the_tested_ones_is_not_chosen(monkeypatch):
     from get3dhuman import kernels
-    from get3dhuman.ops import backend_unavailable_reason
 
     oldest = ".".join(map(str, kernels.OLDEST_TRITON))
     assert kernels._unusable_reason(False, None) == "Triton is not installed"

@@ -125,13 +125,17 @@ def backend_unavailable_reason(
     points: torch.Tensor,
     calib: torch.Tensor,
     explicit: bool = True,
+    compute_dtype: torch.dtype | None = None,
 ) -> str | None:
-    """Why `backend` cannot evaluate query_field on these inputs, or None when it can.
+    """Why `backend` cannot evaluate query_field on these inputs (with `compute_dtype`, as
+    query_field takes it), or None when it can.
 
     explicit: the backend was asked for by name; 'auto' (explicit=False) also skips the
     Triton interpreter, which exists for tests, not for speed.
     """
     device = features.device.type
+    if backend in ("reference", "triton") and compute_dtype not in (None, features.dtype):
+        return f"it computes in the features' dtype ({features.dtype}), not compute_dtype {compute_dtype}"
     if backend == "reference":
         return None
     if backend in ("cuda", "cpu"):
@@ -158,29 +162,30 @@ def select_backend(
     points: torch.Tensor,
     calib: torch.Tensor,
     backend: str | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> tuple[str, dict[str, str]]:
     """The backend query_field uses, and why each backend tried before it was skipped.
 
     backend: a name from BACKENDS, 'auto', or None (the environment variable
     GET3DHUMAN_QUERY_BACKEND, else 'auto'). A backend asked for by name that cannot run these
-    inputs raises ValueError with the reason.
+    inputs (with `compute_dtype`) raises ValueError with the reason.
     """
     requested = backend if backend is not None else (os.environ.get(BACKEND_ENV) or "auto")
     source = "backend" if backend is not None else BACKEND_ENV
     if requested != "auto":
         if requested not in BACKENDS:
             raise ValueError(f"{source} must be 'auto' or one of {BACKENDS}, got {requested!r}")
-        reason = backend_unavailable_reason(requested, decoder, features, points, calib)
+        reason = backend_unavailable_reason(requested, decoder, features, points, calib, compute_dtype=compute_dtype)
         if reason is not None:
             raise ValueError(f"{source}={requested!r} cannot run these inputs: {reason}")
         return requested, {}
     skipped = {}
     for name in BACKENDS:
-        reason = backend_unavailable_reason(name, decoder, features, points, calib, explicit=False)
+        reason = backend_unavailable_reason(name, decoder, features, points, calib, False, compute_dtype)
         if reason is None:
             return name, skipped
         skipped[name] = reason
-    raise AssertionError("the reference backend always applies")
+    raise ValueError(f"compute_dtype {compute_dtype} needs the 'cpu' or 'cuda' backend: {skipped}")
 
 
 def backend_report() -> dict:
@@ -309,14 +314,11 @@ def query_field(
 
     if projected is not None and variant != "projected":
         raise ValueError(f"projected inputs are only used by variant='projected', got variant={variant!r}")
-    backend, _ = select_backend(decoder, features, points, calib, backend)
-    compute_dtype = features.dtype if compute_dtype is None else compute_dtype
-    if compute_dtype not in COMPUTE_DTYPES:
+    if compute_dtype is not None and compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype must be None or one of {', '.join(map(str, COMPUTE_DTYPES))}, "
                          f"got {compute_dtype!r}")
-    if compute_dtype != features.dtype and backend not in ("cpu", "cuda"):
-        raise ValueError(f"compute_dtype {compute_dtype} other than the features' ({features.dtype}) needs the 'cpu' "
-                         f"or 'cuda' backend, got backend {backend!r}")
+    backend, _ = select_backend(decoder, features, points, calib, backend, compute_dtype)
+    compute_dtype = features.dtype if compute_dtype is None else compute_dtype
     if backend == "reference":
         return reference_query_field(decoder, features, points, calib, depth_scale)
 
