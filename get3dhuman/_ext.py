@@ -50,7 +50,10 @@ def build_info() -> dict:
     get3dhuman.ops.query_field, the GET3DHUMAN_QUERY_BACKEND override, and the backend it picks
     for inference and for training on each device type here; see ops.query.backend_report),
     ``default_weights`` and ``default_refiner_weights`` (the files `Generator.from_pretrained()`
-    and `Refiner.from_pretrained()` load, or None where this installation ships none).
+    and `Refiner.from_pretrained()` load, or None where this installation ships none), and
+    ``cpu_bf16`` (the CPU's bfloat16 matrix instructions torch's kernels use, of 'avx512_bf16'
+    and 'amx': where there are some, `compute_dtype=torch.bfloat16` / `--compute-dtype
+    bfloat16` speeds up the decoders; None where this torch cannot tell).
     """
     from get3dhuman import __version__
     from get3dhuman.kernels import triton_version
@@ -71,7 +74,16 @@ def build_info() -> dict:
         "query_backends": backend_report(),
         "default_weights": _shipped(generator.DEFAULT_WEIGHTS),
         "default_refiner_weights": _shipped(refiner.DEFAULT_WEIGHTS),
+        "cpu_bf16": _cpu_bf16(),
     }
+
+
+def _cpu_bf16() -> list[str] | None:
+    probes = {"avx512_bf16": getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+              "amx": getattr(torch.cpu, "_is_amx_tile_supported", None)}  # private: absent from some versions
+    if any(probe is None for probe in probes.values()):
+        return None
+    return [name for name, probe in probes.items() if probe()]
 
 
 def _shipped(path: str) -> str | None:

@@ -31,6 +31,11 @@ def test_build_info_reports_the_installation():
     assert len(info["devices"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
     for key, module in (("default_weights", get3dhuman.nn.generator), ("default_refiner_weights", get3dhuman.nn.refiner)):
         assert info[key] == (module.DEFAULT_WEIGHTS if os.path.exists(module.DEFAULT_WEIGHTS) else None)
+    if os.path.exists("/proc/cpuinfo") and info["cpu_bf16"] is not None:  # the kernel's own flags: the oracle
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next(line for line in cpuinfo if line.startswith("flags")).split()
+        assert ("avx512_bf16" in info["cpu_bf16"]) == ("avx512_bf16" in flags)
+        assert "amx" not in info["cpu_bf16"] or "amx_tile" in flags  # torch also asks whether the OS enabled it
 
 
 @pytest.mark.skipif(os.environ.get("GET3DHUMAN_REQUIRE_CUDA_BUILD") != "1", reason="CI sets GET3DHUMAN_REQUIRE_CUDA_BUILD=1")
