@@ -79,6 +79,7 @@ def build_info() -> dict:
 
 
 def _cpu_bf16() -> list[str] | None:
+    """build_info()'s `cpu_bf16`."""
     probes = {"avx512_bf16": getattr(torch.cpu, "_is_avx512_bf16_supported", None),
               "amx": getattr(torch.cpu, "_is_amx_tile_supported", None)}  # private: absent from some versions
     if any(probe is None for probe in probes.values()):
