@@ -121,8 +121,8 @@ def retexture(generator, z_shape: torch.Tensor, z_textures: torch.Tensor, resolu
     meshes = []
     with evaluation_mode(generator):
         shape = generator.shape_features(z_shape, truncation_psi)
-        calib = generator.calibration.to(shape.volume.dtype)[None]
-        vertices = mesh.vertices.to(shape.volume)[None]
+        calib = generator.calibration[None]
+        vertices = mesh.vertices.to(shape.volume.device)[None]
         for z_texture in z_textures.split(1):  # one at a time, as extract_mesh does: the same bits
             texture = generator.texture_features(shape, z_texture, truncation_psi)
             colors = torch.cat([generator.query_color(shape.volume, texture, part, calib, compute_dtype=compute_dtype)

@@ -78,7 +78,7 @@ def render_previews(generator, z_shape: torch.Tensor, z_texture: torch.Tensor, r
     what `mesh_previews` draws from the meshes, at seconds rather than milliseconds a view."""
     with evaluation_mode(generator):
         shape, texture = generator(z_shape, z_texture, truncation_psi)
-        calib = generator.calibration.to(shape.volume.dtype).expand(z_shape.shape[0], 4, 4)
+        calib = generator.calibration.expand(z_shape.shape[0], 4, 4)
         return render_textured(generator, shape.volume, texture, calib, resolution, background=background)[0]
 
 

@@ -115,17 +115,31 @@ def test_a_seeds_mesh_is_the_same_bits_whatever_its_batch(preset):
             assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
-def test_bfloat16_products_give_nearly_the_float32_meshes_and_the_same_ones_every_run():
+def _bfloat16_sample(generator, way: str) -> list:
+    """The default weights' meshes of seeds 0-1 at 64^3 with bfloat16 decoder products only
+    ('products'), the whole model cast to bfloat16 ('weights'), or under autocast."""
+    if way == "products":
+        return generator.sample(2, seed=0, resolution=64, compute_dtype=torch.bfloat16)
+    if way == "weights":
+        return generator.sample(2, seed=0, resolution=64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return generator.sample(2, seed=0, resolution=64)
+
+
+@pytest.mark.parametrize("way", ["products", "weights", "autocast"])
+def test_bfloat16_gives_nearly_the_float32_meshes_and_the_same_ones_every_run(way):
     # The default weights: a trained field crosses its level cleanly, where a random one's noise
     # lets bf16 rounding add or drop whole specks.
     generator = get3dhuman.Generator.from_pretrained()
     wide = generator.sample(2, seed=0, resolution=64)
-    narrow = generator.sample(2, seed=0, resolution=64, compute_dtype=torch.bfloat16)
-    again = generator.sample(2, seed=0, resolution=64, compute_dtype=torch.bfloat16)
+    if way == "weights":
+        generator = generator.to(torch.bfloat16)
+    narrow, again = _bfloat16_sample(generator, way), _bfloat16_sample(generator, way)
     lower, upper = generator.world_bounds()
     voxel = max(b - a for a, b in zip(lower, upper)) / 64
     for a, b, c in zip(wide, narrow, again):
-        assert not a.is_empty
+        assert not a.is_empty and b.vertices.dtype == b.colors.dtype == torch.float32
+        assert not torch.equal(a.vertices, b.vertices)  # bf16 rounding took effect
         for name in ("vertices", "faces", "colors", "normals"):
             assert torch.equal(getattr(b, name), getattr(c, name)), name
         assert abs(len(b.faces) - len(a.faces)) <= 0.01 * len(a.faces)
@@ -134,6 +148,33 @@ def test_bfloat16_products_give_nearly_the_float32_meshes_and_the_same_ones_ever
         # the same surface both ways, up to about a voxel where rounding tips a corner's sign
         assert max(nearest.values.max(), distances.min(0).values.max()) <= 1.5 * voxel
         assert (b.colors - a.colors[nearest.indices]).abs().mean() <= 0.005
+
+
+def test_a_bfloat16_model_meshes_in_float32_geometry():
+    # Its camera stays float32, and its volumes are sampled as float32 at float32 points, the
+    # decoders' products in bfloat16: the meshes of a float32 model holding the same (rounded)
+    # weights from the same volumes cast up, with bfloat16 products, bit for bit.
+    wide = get3dhuman.Generator.from_pretrained()
+    narrow = get3dhuman.Generator.from_pretrained().to(torch.bfloat16)
+    assert narrow.calibration.dtype == torch.float32 and torch.equal(narrow.calibration, wide.calibration)
+    assert get3dhuman.Generator("tiny").double().calibration.dtype == torch.float32
+    rounded = wide.to(torch.bfloat16).float()  # float32 weights holding bfloat16 values
+    z_shape, z_texture = narrow.latents([3, 4])
+    assert z_shape.dtype == torch.bfloat16
+    meshes = narrow.extract_mesh(z_shape, z_texture, 48)
+    with torch.no_grad():
+        volumes = [narrow(z_shape[i : i + 1], z_texture[i : i + 1]) for i in range(2)]
+        points = torch.rand(1, 100, 3) * 2 - 1
+        occupancy = narrow.query_occupancy(volumes[0][0].volume, points)
+        assert occupancy.dtype == torch.float32
+        assert torch.equal(occupancy, rounded.query_occupancy(volumes[0][0].volume.float(), points,
+                                                              compute_dtype=torch.bfloat16))
+    for mesh, (shape, texture) in zip(meshes, volumes):
+        expected = rounded.meshes_from_volumes(shape.volume.float(), texture.float(), 48,
+                                               compute_dtype=torch.bfloat16)[0]
+        assert not mesh.is_empty
+        for name in ("vertices", "faces", "colors", "normals"):
+            assert torch.equal(getattr(mesh, name), getattr(expected, name)), name
 
 
 def test_generator_sample_is_seeded_per_sample():

@@ -98,6 +98,40 @@ def test_compute_dtype_of_the_matrix_products(device, name, variant):
     assert torch.equal(default, query_field(decoder, features, points, calib, compute_dtype=torch.float32, **options))
 
 
+@pytest.mark.parametrize("variant", ["direct", "projected"])
+def test_a_decoder_in_another_dtype_than_the_features(device, variant):
+    # The decoder's parameters are cast to compute_dtype: a float32 decoder queried with
+    # float64 inputs computes in float64 (the float64 reference of the same weights), and a
+    # bfloat16 decoder with float32 inputs gives the bits of a float32 decoder holding its values.
+    decoder, features, points, calib = _setup("shape", device)
+    options = {"variant": variant, "chunk_size": 256, "backend": device}
+    with torch.no_grad():
+        wide_inputs = (features.double(), points.double(), calib.double())
+        expected = reference_query_field(decoder.double(), *wide_inputs)  # float32 values, exact in float64
+        decoder.float()
+        wide = query_field(decoder, *wide_inputs, **options)
+        assert wide.dtype == torch.float64 and (wide - expected).abs().max().item() <= 1e-10
+        rounded = decoder.bfloat16().float()  # float32 parameters holding bfloat16 values
+        narrow_decoder = ImplicitDecoder.official_shape().to(device).bfloat16()
+        narrow_decoder.load_state_dict(rounded.state_dict())
+        narrow = query_field(narrow_decoder, features, points, calib, compute_dtype=torch.bfloat16, **options)
+        same = query_field(rounded, features, points, calib, compute_dtype=torch.bfloat16, **options)
+    assert narrow.dtype == torch.float32 and torch.equal(narrow, same)
+    assert "not torch.bfloat16" in backend_unavailable_reason("triton", narrow_decoder, features, points, calib)
+    assert select_backend(narrow_decoder, features, points, calib, "auto")[0] == device
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_autocast_does_not_change_a_query(backend):
+    # Its precision is compute_dtype's alone: under autocast the same bits as without.
+    decoder, features, points, calib = _setup("small", "cpu")
+    with torch.no_grad():
+        expected = query_field(decoder, features, points, calib, backend=backend, variant="projected")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = query_field(decoder, features, points, calib, backend=backend, variant="projected")
+    assert out.dtype == torch.float32 and torch.equal(out, expected)
+
+
 def test_compute_dtype_keeps_gradients(device):
     decoder, features, points, calib = _setup("small", device, count=300)
     grads = []
@@ -182,8 +216,11 @@ def test_bad_arguments():
         query_field(torch.nn.Linear(2, 2), features, points, calib)
     with pytest.raises(ValueError, match="features"):
         query_field(decoder, features[:, :3], points, calib)
-    with pytest.raises(ValueError, match="decoder parameters"):
-        query_field(decoder, features.double(), points.double(), calib.double())
+    with pytest.raises(ValueError, match=r"^decoder parameters must be on the device of features \(cpu\), got meta"):
+        query_field(ImplicitDecoder([9, 4]).to("meta"), features, points, calib)
+    with pytest.raises(ValueError, match=r"^backend='reference' cannot run these inputs: it takes a decoder in the "
+                       r"features' dtype \(torch.float64\), not torch.float32$"):
+        query_field(decoder, features.double(), points.double(), calib.double(), backend="reference")
     with pytest.raises(ValueError, match="variant"):
         query_field(decoder, features, points, calib, variant="fast")
     with pytest.raises(ValueError, match="chunk_size"):

@@ -69,6 +69,25 @@ def test_bias_act_half_precision():
     assert out.dtype == torch.float16 and (out.float() - expected).abs().max() <= 2e-3
 
 
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_mixed_dtypes_only_under_autocast(backend):
+    # Under autocast a float32 bias follows x's dtype (as a convolution's bias does) and
+    # bfloat16 styles the float32 weight's; outside autocast both are refused by name.
+    x, bias = _tensors(2, 8, 5, 5).bfloat16(), _tensors(8, seed=1)
+    weight, styles = _tensors(4, 8, 3, 3), _tensors(2, 8, seed=2).bfloat16()
+    with pytest.raises(ValueError, match=r"^bias must match x \(torch.bfloat16, .*\), got \(torch.float32"):
+        bias_act(x, bias, backend=backend)
+    with pytest.raises(ValueError, match=r"^styles must match weight \(torch.float32, .*\), got \(torch.bfloat16"):
+        modulate_weights(weight, styles, backend=backend)
+    with torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16):
+        activated = bias_act(x, bias, "lrelu", 2**0.5, 1.0, backend=backend)
+        modulated = modulate_weights(weight, styles, backend=backend)
+    expected = reference_bias_act(x.float(), bias.bfloat16().float(), "lrelu", 2**0.5, 1.0)
+    assert activated.dtype == torch.bfloat16 and (activated.float() - expected).abs().max() <= 1e-2
+    assert modulated.dtype == torch.float32
+    assert (modulated - reference_modulate_weights(weight, styles.float())).abs().max() <= 1e-6
+
+
 @pytest.mark.parametrize("demodulate", [True, False])
 @pytest.mark.parametrize("kernel", [3, 1])
 def test_modulation_forward_and_backward_match_reference(demodulate, kernel):

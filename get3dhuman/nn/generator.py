@@ -38,6 +38,9 @@ from get3dhuman.nn.stylegan2 import NOISE_MODES, StyleGAN2Generator, check_like_
 from get3dhuman.ops import OFFICIAL_DEPTH_SCALE, query_field
 from get3dhuman.render import orbit_calibration
 
+# Volumes of these dtypes are queried in float32 geometry (PixelAlignedModel.query_occupancy).
+REDUCED_DTYPES = (torch.bfloat16, torch.float16)
+
 # The authors' world -> NDC calibration (x*s, -y*s + 0.88134766, z*s; body centred at y = 95
 # in a [-128, -28, -128] .. [128, 228, 128] box).
 OFFICIAL_SCALE = 0.00927734
@@ -141,6 +144,14 @@ class PixelAlignedModel(nn.Module):
         self.mlp_texture = ImplicitDecoder([2 * c.feature_channels + 1, *c.texture_hidden, 3], c.texture_concat)
         self.register_buffer("calibration", orbit_calibration(torch.zeros(1))[0], persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        # The camera stays float32 whatever dtype the networks are cast to (rounded to
+        # bfloat16 it would move the world by up to a voxel); only its device follows.
+        calibration = self.calibration
+        super()._apply(fn, recurse)
+        self.calibration = calibration.to(self.calibration.device)
+        return self
+
     def world_bounds(self) -> tuple[list[float], list[float]]:
         """(lower, upper) world corners of the box the camera sees: the axis-aligned bounds of
         the NDC cube [-1, 1]^3 mapped back through `calibration`."""
@@ -177,32 +188,42 @@ class PixelAlignedModel(nn.Module):
     def _mesh_of_row(self, shape_volume: torch.Tensor, texture_volume: torch.Tensor | None, resolution: int,
                      options: dict, compute_dtype: torch.dtype | None) -> TexturedMesh:
         """`meshes_from_volumes` of volumes [1, F, V, V]."""
-        dtype = shape_volume.dtype
-        calib = self.calibration.to(dtype)[None]
+        calib = self.calibration[None]
         color = None if texture_volume is None else (
-            lambda p: self.query_color(shape_volume, texture_volume, p.to(dtype), calib, compute_dtype=compute_dtype))
-        return extract_textured_meshes(lambda p: self.query_occupancy(shape_volume, p.to(dtype), calib,
+            lambda p: self.query_color(shape_volume, texture_volume, p, calib, compute_dtype=compute_dtype))
+        return extract_textured_meshes(lambda p: self.query_occupancy(shape_volume, p, calib,
                                                                       compute_dtype=compute_dtype), color, 1,
                                        resolution, level=0.5, inside_is_above=True, bounds=self.world_bounds(),
                                        device=shape_volume.device, **options)[0]
 
-    def _calib(self, volume: torch.Tensor, calib: torch.Tensor | None) -> torch.Tensor:
+    def _query(self, decoder: ImplicitDecoder, volume: torch.Tensor, points: torch.Tensor, calib: torch.Tensor | None,
+               options: dict) -> torch.Tensor:
+        """query_field of `decoder` at points through calib (identity when None), reduced volumes
+        in float32 (see `query_occupancy`)."""
+        if volume.dtype in REDUCED_DTYPES:
+            if options.get("compute_dtype") is None:
+                options = {**options, "compute_dtype": volume.dtype}
+            volume = volume.float()
         if calib is None:  # points are already in NDC, [-1, 1]^3
-            return torch.eye(4, dtype=volume.dtype, device=volume.device).expand(volume.shape[0], 4, 4)
-        return calib
+            calib = torch.eye(4, device=volume.device).expand(volume.shape[0], 4, 4)
+        return query_field(decoder, volume, points.to(volume.dtype), calib.to(volume.dtype), self.config.depth_scale,
+                           **options)
 
     def query_occupancy(self, shape_volume: torch.Tensor, points: torch.Tensor, calib: torch.Tensor | None = None,
                         **query_options) -> torch.Tensor:
-        """Probability of being inside [B, N] at points [B, N, 3] (NDC unless calib [B, 4, 4] is given)."""
-        calib = self._calib(shape_volume, calib)
-        return query_field(self.mlp_shape, shape_volume, points, calib, self.config.depth_scale, **query_options)[:, 0]
+        """Probability of being inside [B, N] at points [B, N, 3] (NDC unless calib [B, 4, 4] is
+        given), in the volume's dtype; query_options go to ops.query_field. Points and calib are
+        cast to the volume's dtype, except that a bfloat16 or float16 volume (of a model cast
+        with .to()) is sampled in float32, points and calib too, since those dtypes cannot tell
+        a 512^3 lattice's points apart: the decoder's products then run in the volume's dtype
+        unless query_options give a compute_dtype, and the result is float32."""
+        return self._query(self.mlp_shape, shape_volume, points, calib, query_options)[:, 0]
 
     def query_color(self, shape_volume: torch.Tensor, texture_volume: torch.Tensor, points: torch.Tensor,
                     calib: torch.Tensor | None = None, **query_options) -> torch.Tensor:
-        """Colour in [0, 1], [B, N, 3], at points [B, N, 3]."""
-        calib = self._calib(shape_volume, calib)
+        """Colour in [0, 1], [B, N, 3], at points [B, N, 3] (as `query_occupancy`)."""
         volumes = torch.cat([shape_volume, texture_volume], 1)
-        return query_field(self.mlp_texture, volumes, points, calib, self.config.depth_scale, **query_options).transpose(1, 2)
+        return self._query(self.mlp_texture, volumes, points, calib, query_options).transpose(1, 2)
 
 
 class Generator(PixelAlignedModel):

@@ -67,14 +67,15 @@ class ProjectedInputs(NamedTuple):
 
 
 def project_inputs(decoder: ImplicitDecoder, features: torch.Tensor) -> ProjectedInputs:
-    """Applies `decoder`'s input-reading layers to `features` [B, C, H, W] (C = in_channels - 1).
+    """Applies `decoder`'s input-reading layers to `features` [B, C, H, W] (C = in_channels - 1),
+    in the features' dtype (the decoder's parameters are cast to it).
 
     Reuse the result across `query_field(..., projected=...)` calls on the same feature map.
     """
     _check_decoder(decoder, features)
     layers = decoder.input_layers()
-    weights = torch.cat([decoder.input_weight(i) for i in layers])  # [K, C + 1]
-    bias = torch.cat([decoder.filters[i].bias for i in layers])
+    weights = torch.cat([decoder.input_weight(i) for i in layers]).to(features.dtype)  # [K, C + 1]
+    bias = torch.cat([decoder.filters[i].bias for i in layers]).to(features.dtype)
     batch, channels, height, width = features.shape
     pixels = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
     projected = (pixels @ weights[:, :channels].T).view(batch, height, width, -1).permute(0, 3, 1, 2)
@@ -90,10 +91,10 @@ def _check_decoder(decoder, features) -> None:
             f"got shape {tuple(features.shape)}"
         )
     weight = decoder.filters[0].weight
-    if isinstance(features, torch.Tensor) and (weight.dtype != features.dtype or weight.device != features.device):
+    if isinstance(features, torch.Tensor) and weight.device != features.device:
         raise ValueError(
-            f"decoder parameters ({weight.dtype}, {weight.device}) must match features "
-            f"({features.dtype}, {features.device}): move the decoder with .to()"
+            f"decoder parameters must be on the device of features ({features.device}), got {weight.device}: "
+            "move the decoder with .to()"
         )
 
 
@@ -134,8 +135,12 @@ def backend_unavailable_reason(
     Triton interpreter, which exists for tests, not for speed.
     """
     device = features.device.type
-    if backend in ("reference", "triton") and compute_dtype not in (None, features.dtype):
-        return f"it computes in the features' dtype ({features.dtype}), not compute_dtype {compute_dtype}"
+    if backend in ("reference", "triton"):
+        if compute_dtype not in (None, features.dtype):
+            return f"it computes in the features' dtype ({features.dtype}), not compute_dtype {compute_dtype}"
+        weight_dtype = decoder.filters[0].weight.dtype
+        if weight_dtype != features.dtype:
+            return f"it takes a decoder in the features' dtype ({features.dtype}), not {weight_dtype}"
     if backend == "reference":
         return None
     if backend in ("cuda", "cpu"):
@@ -291,10 +296,13 @@ def query_field(
             environment variable (default 'auto'); see select_backend. chunk_size and
             sort_points apply to 'cpu' and 'cuda'; 'reference' ignores variant.
         compute_dtype: dtype of the decoder's matrix products on the 'cpu' and 'cuda' backends
-            (one of COMPUTE_DTYPES; None: the features' dtype), with the sampling and the output
-            in the features' dtype. torch.bfloat16 trades about 1e-2 of error in the outputs
-            for speed where the hardware has bf16 matrix units (CPUs with AVX512-BF16 or AMX,
-            GPUs); BENCHMARKS.md has figures. Other backends take only the features' dtype.
+            (one of COMPUTE_DTYPES; None: the features' dtype; autocast is ignored), with the
+            sampling and the output in the features' dtype. The decoder's parameters are cast
+            to it, so the decoder may have another dtype than the features (a bfloat16 decoder
+            with float32 features and points). torch.bfloat16 trades about 1e-2 of error in the outputs for speed where
+            the hardware has bf16 matrix units (CPUs with AVX512-BF16 or AMX, GPUs);
+            BENCHMARKS.md has figures. Other backends take only the features' dtype, for the
+            products and the decoder.
 
     Returns:
         [B, out_channels, N], equal (up to rounding) to
@@ -308,7 +316,7 @@ def query_field(
     if chunk_size is None:
         chunk_size = DEFAULT_CHUNK.get(features.device.type, DEFAULT_CHUNK["cuda"])
     chunk_size = check_int(chunk_size, "chunk_size", 1)
-    batch, num_points = points.shape[:2]
+    num_points = points.shape[1]
     if variant == "auto":
         variant = "projected" if projected is not None else choose_variant(features, num_points)
 
@@ -319,9 +327,19 @@ def query_field(
                          f"got {compute_dtype!r}")
     backend, _ = select_backend(decoder, features, points, calib, backend, compute_dtype)
     compute_dtype = features.dtype if compute_dtype is None else compute_dtype
-    if backend == "reference":
-        return reference_query_field(decoder, features, points, calib, depth_scale)
+    # compute_dtype alone sets the products' precision: autocast would also narrow the
+    # projection, whose map must stay in the dtype of the points it is sampled at.
+    with torch.autocast(features.device.type, enabled=False):
+        if backend == "reference":
+            return reference_query_field(decoder, features, points, calib, depth_scale)
+        return _fused_query(decoder, features, points, calib, depth_scale, variant, chunk_size, projected,
+                            sort_points, backend, compute_dtype)
 
+
+def _fused_query(decoder, features, points, calib, depth_scale, variant, chunk_size, projected, sort_points,
+                 backend, compute_dtype) -> torch.Tensor:
+    """query_field's 'cpu', 'cuda' and 'triton' backends, on checked inputs: [B, out_channels, N]."""
+    batch, num_points = points.shape[:2]
     layout = None
     if variant == "projected":
         widths = [decoder.filters[i].out_channels for i in decoder.input_layers()]

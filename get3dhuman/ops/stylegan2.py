@@ -117,12 +117,15 @@ def bias_act(
     backend: str = "auto",
 ) -> torch.Tensor:
     """StyleGAN2's bias_act: x [B, C, ...] + bias [C] over dim 1, then 'linear' or 'lrelu'
-    (slope 0.2), times `gain`, clamped to [-clamp, clamp] when clamp is given. Same shape as x.
+    (slope 0.2), times `gain`, clamped to [-clamp, clamp] when clamp is given. Same shape and
+    dtype as x; bias must have x's dtype, or under torch.autocast any (it is cast to x's).
     backend: 'auto', 'triton' or 'reference' (module docstring)."""
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise ValueError(f"x must be a [B, C, ...] tensor, got {getattr(x, 'shape', type(x).__name__)}")
     if not isinstance(bias, torch.Tensor) or bias.shape != (x.shape[1],):
         raise ValueError(f"bias must be [C] = [{x.shape[1]}], got {getattr(bias, 'shape', type(bias).__name__)}")
+    if torch.is_autocast_enabled(x.device.type):  # as a convolution's bias under autocast
+        bias = bias.to(x.dtype)
     if bias.dtype != x.dtype or bias.device != x.device:
         raise ValueError(f"bias must match x ({x.dtype}, {x.device}), got ({bias.dtype}, {bias.device})")
     if activation not in _ACTIVATIONS:
@@ -182,13 +185,16 @@ def reference_modulate_weights(weight: torch.Tensor, styles: torch.Tensor, demod
 def modulate_weights(weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True, backend: str = "auto") -> torch.Tensor:
     """StyleGAN2 weight modulation: weight [O, I, kh, kw], styles [B, I] -> [B, O, I, kh, kw],
     each sample's weight scaled by its styles over input channels and, when `demodulate`,
-    divided by its norm per output channel (plus 1e-8 under the root).
+    divided by its norm per output channel (plus 1e-8 under the root), in weight's dtype.
+    styles must have weight's dtype, or under torch.autocast any (they are cast to weight's).
     backend: 'auto', 'triton' or 'reference' (module docstring)."""
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
         raise ValueError(f"weight must be [O, I, kh, kw], got {getattr(weight, 'shape', type(weight).__name__)}")
     if not isinstance(styles, torch.Tensor) or styles.dim() != 2 or styles.shape[1] != weight.shape[1]:
         shape = getattr(styles, "shape", type(styles).__name__)
         raise ValueError(f"styles must be [B, I] with I = {weight.shape[1]}, got {shape}")
+    if torch.is_autocast_enabled(weight.device.type):  # the modulation and its norm stay in the weight's dtype
+        styles = styles.to(weight.dtype)
     if styles.dtype != weight.dtype or styles.device != weight.device:
         raise ValueError(f"styles must match weight ({weight.dtype}, {weight.device}), got ({styles.dtype}, {styles.device})")
     if _choose(backend, weight) == "reference":
