@@ -38,8 +38,10 @@ python3 -m get3dhuman.cli info | tee -a "$out/info.txt"
 timeout $(($(left) / 2)) python3 -m pytest -q -p no:cacheprovider tests -m "not slow" -k "cuda or triton or gpu" \
   2>&1 | tee "$out/tests.log"
 tests=${PIPESTATUS[0]}
-# Humans a second on this GPU (the CPU's are in BENCHMARKS.md): a minute at most.
+# Humans a second on this GPU (the CPU's are in BENCHMARKS.md), float32 and the model in
+# bfloat16: a minute at most each.
 timeout 60 python3 -m get3dhuman.cli bench --device cuda 2>&1 | tee "$out/bench.log"
+timeout 60 python3 -m get3dhuman.cli bench --device cuda --dtype bfloat16 2>&1 | tee -a "$out/bench.log"
 timeout "$(left)" python3 -m pytest -q -p no:cacheprovider benchmarks --benchmark-only -k "cuda or triton" \
   --benchmark-json "$out/benchmarks.json" 2>&1 | tee "$out/benchmarks.log"
 benchmarks=${PIPESTATUS[0]}

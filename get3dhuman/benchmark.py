@@ -114,7 +114,8 @@ class SamplingBenchmark:
     seconds: wall-clock seconds of each timed run (all `humans` of it); stages: seconds a human
     per stage (STAGES) in the median run (of an even number: the faster middle one);
     evaluated_fraction: the mean fraction of the lattice's points whose field was evaluated in
-    that run; faces, vertices: means a human; compute_dtype: of the decoders' matrix products.
+    that run; faces, vertices: means a human; dtype: of the generator's weights and networks;
+    compute_dtype: of the decoders' matrix products.
     """
 
     device: str
@@ -127,6 +128,7 @@ class SamplingBenchmark:
     faces: float
     vertices: float
     compute_dtype: str
+    dtype: str = "float32"
 
     @property
     def seconds_per_human(self) -> float:
@@ -148,7 +150,7 @@ class SamplingBenchmark:
         stages = ", ".join(f"{STAGES[name]} {seconds:.3f} s" for name, seconds in self.stages.items())
         runs = "1 run" if len(self.seconds) == 1 else f"the median of {len(self.seconds)} runs"
         return (f"{self.humans} human{'s' if self.humans > 1 else ''} at {self.resolution}^3 on {self.device} (batches "
-                f"of {self.batch_size}, {self.compute_dtype} decoder products), {runs}: "
+                f"of {self.batch_size}, {self.dtype} networks, {self.compute_dtype} decoder products), {runs}: "
                 f"{self.seconds_per_human:.3f} s a human, "
                 f"{self.humans_per_second:.2f} humans/s, {3600 * self.humans_per_second:,.0f} an hour\n"
                 f"  a human: {stages}\n"
@@ -166,7 +168,8 @@ def measure_sampling(generator, num: int = 4, resolution: int = 256, *, batch_si
     num, batch_size, repeat, resolution = (check_int(value, name, 1) for value, name in (
         (num, "num"), (batch_size, "batch_size"), (repeat, "repeat"), (resolution, "resolution")))
     seed = check_seed(seed)
-    device = next(generator.parameters()).device
+    weights = next(generator.parameters())
+    device, weights_dtype = weights.device, weights.dtype
 
     def synchronize() -> None:
         if device.type == "cuda":
@@ -192,7 +195,8 @@ def measure_sampling(generator, num: int = 4, resolution: int = 256, *, batch_si
         evaluated_fraction=statistics.fmean(timings[median_run].evaluated_fraction),
         faces=statistics.fmean(mesh.faces.shape[0] for mesh in meshes),
         vertices=statistics.fmean(mesh.vertices.shape[0] for mesh in meshes),
-        compute_dtype=str(compute_dtype or next(generator.parameters()).dtype).removeprefix("torch."))
+        compute_dtype=str(compute_dtype or weights_dtype).removeprefix("torch."),
+        dtype=str(weights_dtype).removeprefix("torch."))
 
 
 def main(argv: list[str] | None = None) -> int:

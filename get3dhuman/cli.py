@@ -286,12 +286,14 @@ def _load_generator(args: argparse.Namespace, device):
             raise SystemExit(f"get3dhuman {args.command}: --views and --maps need --preview RES (they are previews)")
     try:
         if args.generator is not None:
-            return load_generator(args.generator, args.preset, device)
-        if args.checkpoint is not None:
-            return Generator.from_official_checkpoint(args.checkpoint).to(device)
-        return Generator.from_pretrained(args.weights, device)
+            generator = load_generator(args.generator, args.preset, device)
+        elif args.checkpoint is not None:
+            generator = Generator.from_official_checkpoint(args.checkpoint).to(device)
+        else:
+            generator = Generator.from_pretrained(args.weights, device)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"get3dhuman {args.command}: {error}") from error
+    return generator.to(_dtype(getattr(args, "dtype", "float32")))
 
 
 def _load_refiner(args: argparse.Namespace, device):
@@ -459,25 +461,39 @@ def _add_generator_arguments(parser: argparse.ArgumentParser, preset_help: str =
     parser.add_argument("--preset", choices=["tiny", "small", "official"], default="small", help=preset_help)
 
 
-def _add_compute_dtype_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32",
+def _dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def _add_compute_dtype_argument(parser: argparse.ArgumentParser, with_model_dtype: bool = True) -> None:
+    """--compute-dtype, and where the command only samples (with_model_dtype) --dtype."""
+    parser.add_argument("--compute-dtype", choices=["float32", "bfloat16"],
                         help="of the decoders' matrix products: bfloat16 is faster on CPUs with AVX512-BF16 or AMX "
-                        "and on GPUs, and its meshes differ from float32's in a few faces in 10^4 (default float32)")
+                        "and on GPUs, and its meshes differ from float32's in a few faces in 10^4 (default: "
+                        "--dtype's)")
+    if with_model_dtype:
+        parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                            help="of the generator's weights and networks: bfloat16 runs them and the decoders' "
+                            "products in bfloat16 (the meshes' geometry in float32), faster where --compute-dtype "
+                            "bfloat16 is and most for official-size networks; surfaces within about a voxel of "
+                            "float32's (default float32)")
 
 
 def _compute_options(args: argparse.Namespace) -> dict:
-    """extract_mesh's compute_dtype from --compute-dtype; none for float32, the default, so that
-    a dataset directory of an earlier version keeps its settings."""
-    import torch
+    """extract_mesh's compute_dtype from --compute-dtype; none where it is the model's (--dtype,
+    float32 without it), so that a dataset directory of an earlier version keeps its settings."""
+    if args.compute_dtype in (None, getattr(args, "dtype", "float32")):
+        return {}
+    return {"compute_dtype": _dtype(args.compute_dtype)}
 
-    return {} if args.compute_dtype == "float32" else {"compute_dtype": getattr(torch, args.compute_dtype)}
 
-
-def _add_mesh_arguments(parser: argparse.ArgumentParser, grid_help: str | None) -> None:
-    """--resolution, --compute-dtype, --format, and unless grid_help is None --preview, --grid,
-    --views, --maps and --truncation."""
+def _add_mesh_arguments(parser: argparse.ArgumentParser, grid_help: str | None, with_model_dtype: bool = True) -> None:
+    """--resolution, --compute-dtype (and --dtype: `_add_compute_dtype_argument`), --format, and
+    unless grid_help is None --preview, --grid, --views, --maps and --truncation."""
     parser.add_argument("--resolution", type=_COUNT, default=256, help="marching-cubes cells per axis (default 256)")
-    _add_compute_dtype_argument(parser)
+    _add_compute_dtype_argument(parser, with_model_dtype)
     parser.add_argument("--format", choices=["glb", "ply", "obj"], default="glb", help="mesh files (default glb)")
     if grid_help is not None:
         parser.add_argument("--preview", type=_TWO_OR_MORE, metavar="RES",
@@ -643,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     invert.add_argument("--seed", type=_SEED, default=0, help="seed of the starting latents (default 0)")
     invert.add_argument("--side", type=_TWO_OR_MORE,
                         help="pixels per side the image is resized to (default: the backbone's)")
-    _add_mesh_arguments(invert, None)
+    _add_mesh_arguments(invert, None, with_model_dtype=False)  # its latents are optimised in float32
     invert.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     invert.add_argument("--quiet", action="store_true", help="no progress bar")
     invert.set_defaults(handler=_invert)

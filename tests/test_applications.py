@@ -104,9 +104,10 @@ def test_a_walk_in_w_is_the_straight_line_between_the_mapped_latents():
         applications.interpolation_latents((start[0][0], start[1][0]), (end[0][0], end[1][0]), 3, space="x")
 
 
-@pytest.mark.parametrize("compute_dtype", [None, torch.bfloat16])
-def test_retexture_equals_extracting_each_pair(compute_dtype):
-    generator = generator_with_a_surface()
+@pytest.mark.parametrize(("dtype", "compute_dtype"), [(torch.float32, None), (torch.float32, torch.bfloat16),
+                                                     (torch.bfloat16, None)])
+def test_retexture_equals_extracting_each_pair(dtype, compute_dtype):
+    generator = generator_with_a_surface().to(dtype)
     z_shape = generator.latents([3])[0]
     z_textures = generator.latents([4, 5, 6])[1]
     meshes = applications.retexture(generator, z_shape[0], z_textures, compute_dtype=compute_dtype, **MESHING)

@@ -53,12 +53,15 @@ def test_command_line_reports_the_default_weights_throughput(capsys):
     figures = json.loads(capsys.readouterr().out)
     assert figures["humans"] == 2 and figures["resolution"] == 32 and len(figures["seconds"]) == 1
     assert figures["faces"] > 0 and figures["humans_per_second"] > 0 and figures["query_backend"]
-    assert figures["compute_dtype"] == "float32"
+    assert figures["compute_dtype"] == figures["dtype"] == "float32"
     assert main(["bench", "--num", "1", "--resolution", "32", "--repeat", "1", "--compute-dtype", "bfloat16"]) == 0
     assert "humans/s" in capsys.readouterr().out
     narrow = measure_sampling(generator_with_a_surface(), 1, 32, repeat=1, coarse_resolution=8,
                               compute_dtype=torch.bfloat16)
-    assert narrow.compute_dtype == "bfloat16" and "bfloat16 decoder products" in narrow.summary()
+    assert narrow.compute_dtype == "bfloat16" and "float32 networks, bfloat16 decoder products" in narrow.summary()
+    assert main(["bench", "--num", "1", "--resolution", "32", "--repeat", "1", "--dtype", "bfloat16", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["compute_dtype"] == figures["dtype"] == "bfloat16"
     with pytest.raises(SystemExit):
         main(["bench", "--num", "1", "--resolution", "32", "--repeat", "0"])
     assert "get3dhuman bench: error: argument --repeat: must be an int >= 1, got 0" in capsys.readouterr().err

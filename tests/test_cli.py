@@ -50,3 +50,12 @@ def test_commands_refuse_out_of_range_flags_by_name(argv, flag, tmp_path, capsys
     error = capsys.readouterr().err
     assert f"argument {flag}: must be " in error, error
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_dtype_is_a_flag_of_the_commands_that_only_sample(tmp_path, capsys):
+    assert main(["retexture", "--shape", "1", "--textures", "2", "3", "--out", str(tmp_path), "--resolution", "24",
+                 "--dtype", "bfloat16"]) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["texture-2.glb", "texture-3.glb"]
+    with pytest.raises(SystemExit):  # invert optimises its latents in float32
+        main(["invert", "--image", "IMAGE", "--out", str(tmp_path), "--dtype", "bfloat16"])
+    assert "unrecognized arguments: --dtype bfloat16" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from get3dhuman.dataset import (
     SETTINGS,
     GeneratedHumans,
     decode_map,
+    fingerprint,
     mesh_previews,
     read_manifest,
     render_previews,
@@ -390,6 +391,17 @@ def test_command_line_writes_a_dataset_and_a_preview_grid(tmp_path, capsys):
     assert main(command[:6] + [str(tmp_path / "bf16"), "--resolution", "32", "--compute-dtype", "bfloat16"]) == 0
     settings = json.loads((tmp_path / "bf16" / SETTINGS).read_text())
     assert settings["extract_options"] == {"compute_dtype": "torch.bfloat16"}
+    with pytest.raises(SystemExit, match=r"other settings \(generator\)"):  # resumed with a bfloat16 model
+        main(command + ["--dtype", "bfloat16"])
+    model = tmp_path / "bf16-model"
+    assert main(command[:6] + [str(model), "--resolution", "32", "--dtype", "bfloat16"]) == 0
+    settings = json.loads((model / SETTINGS).read_text())
+    assert settings["extract_options"] == {}  # the products in the model's dtype
+    assert settings["generator"] == fingerprint(generator_with_a_surface().to(torch.bfloat16))
+    assert main(command[:6] + [str(model), "--resolution", "32", "--dtype", "bfloat16", "--compute-dtype",
+                               "bfloat16"]) == 0  # the same settings: resumed, nothing left to do
+    with pytest.raises(SystemExit, match=r"other settings \(extract_options\)"):
+        main(command[:6] + [str(model), "--resolution", "32", "--dtype", "bfloat16", "--compute-dtype", "float32"])
     with pytest.raises(SystemExit, match="--grid needs --preview"):
         main(["sample", "--weights", str(weights), "--num", "1", "--out", str(out), "--grid", str(grid)])
     with pytest.raises(SystemExit, match="does not exist"):

@@ -260,6 +260,18 @@ def test_save_pretrained_rounds_the_weights_to_a_storage_dtype(tmp_path, dtype):
         generator.save_pretrained(half, torch.int8)
 
 
+def test_from_pretrained_in_another_dtype(tmp_path):
+    generator = Generator("tiny").eval()
+    generator.save_pretrained(tmp_path / "tiny.safetensors")
+    narrow = Generator.from_pretrained(tmp_path / "tiny.safetensors", dtype=torch.bfloat16)
+    assert not narrow.training and narrow.calibration.dtype == torch.float32
+    for (name, a), b in zip(generator.state_dict().items(), narrow.state_dict().values()):
+        assert b.dtype == torch.bfloat16 and torch.equal(b, a.bfloat16()), name
+    with pytest.raises(ValueError, match=r"^dtype must be one of torch.float32, torch.float64, torch.bfloat16, "
+                       r"torch.float16, got torch.int8$"):
+        Generator.from_pretrained(tmp_path / "tiny.safetensors", dtype=torch.int8)
+
+
 def test_from_pretrained_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Generator.from_pretrained(tmp_path / "missing.safetensors")

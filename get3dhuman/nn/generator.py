@@ -40,6 +40,8 @@ from get3dhuman.render import orbit_calibration
 
 # Volumes of these dtypes are queried in float32 geometry (PixelAlignedModel.query_occupancy).
 REDUCED_DTYPES = (torch.bfloat16, torch.float16)
+# Dtypes a Generator's weights and networks can run in (`Generator.from_pretrained`).
+MODEL_DTYPES = (torch.float32, torch.float64, *REDUCED_DTYPES)
 
 # The authors' world -> NDC calibration (x*s, -y*s + 0.88134766, z*s; body centred at y = 95
 # in a [-128, -28, -128] .. [128, 228, 128] box).
@@ -145,11 +147,12 @@ class PixelAlignedModel(nn.Module):
         self.register_buffer("calibration", orbit_calibration(torch.zeros(1))[0], persistent=False)
 
     def _apply(self, fn, recurse=True):
-        # The camera stays float32 whatever dtype the networks are cast to (rounded to
-        # bfloat16 it would move the world by up to a voxel); only its device follows.
+        # The camera keeps its float32 values whatever dtype the networks are cast to (rounded
+        # to bfloat16 it would move the world by up to a voxel); moves without a cast apply.
         calibration = self.calibration
         super()._apply(fn, recurse)
-        self.calibration = calibration.to(self.calibration.device)
+        if self.calibration.dtype != calibration.dtype:
+            self.calibration = calibration.to(self.calibration.device)
         return self
 
     def world_bounds(self) -> tuple[list[float], list[float]]:
@@ -392,17 +395,23 @@ class Generator(PixelAlignedModel):
                          {"calibration": self.calibration})
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Generator:
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> Generator:
         """A Generator in eval mode from a file of `save_pretrained` (`get3dhuman export`
         writes one from a training run). Without `path`: the package's default weights
-        (DEFAULT_WEIGHTS), with no network access. Raises FileNotFoundError when the file (or,
-        for the default, the packaged weights) is missing, ValueError when it is not such a file."""
+        (DEFAULT_WEIGHTS), with no network access. `dtype` (one of MODEL_DTYPES) is that of the
+        weights and the networks: torch.bfloat16 runs them and the decoders' products in
+        bfloat16, the meshes' geometry in float32 (`query_occupancy`); BENCHMARKS.md has its
+        speed and error. Raises FileNotFoundError when the file (or, for the default, the
+        packaged weights) is missing, ValueError when it is not such a file."""
+        if dtype not in MODEL_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(map(str, MODEL_DTYPES))}, got {dtype!r}")
         tensors, sizes, path = read_pretrained(path, PRETRAINED_FORMAT, DEFAULT_WEIGHTS)
         generator = cls(GeneratorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()}))
         calibration = tensors.pop("calibration")
         load_pretrained_state(generator, tensors, path)
         generator.calibration.copy_(calibration)
-        return generator.to(device).eval()
+        return generator.to(device=device, dtype=dtype).eval()
 
     @classmethod
     def from_official_checkpoint(cls, path: str | os.PathLike, return_discriminators: bool = False):
