@@ -299,10 +299,10 @@ def query_field(
             (one of COMPUTE_DTYPES; None: the features' dtype; autocast is ignored), with the
             sampling and the output in the features' dtype. The decoder's parameters are cast
             to it, so the decoder may have another dtype than the features (a bfloat16 decoder
-            with float32 features and points). torch.bfloat16 trades about 1e-2 of error in the outputs for speed where
-            the hardware has bf16 matrix units (CPUs with AVX512-BF16 or AMX, GPUs);
-            BENCHMARKS.md has figures. Other backends take only the features' dtype, for the
-            products and the decoder.
+            with float32 features and points). torch.bfloat16 trades about 1e-2 of error in
+            the outputs for speed where the hardware has bf16 matrix units (CPUs with
+            AVX512-BF16 or AMX, GPUs); BENCHMARKS.md has figures. Other backends take only the
+            features' dtype, for the products and the decoder.
 
     Returns:
         [B, out_channels, N], equal (up to rounding) to
