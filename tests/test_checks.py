@@ -12,7 +12,7 @@ from get3dhuman._checks import check_file, check_int, check_seed, is_finite_numb
 from get3dhuman.dataset import SETTINGS, write_samples
 from get3dhuman.nn import GeneratorConfig
 from get3dhuman.nn.generator import latents_of_seeds
-from get3dhuman.ops import narrow_band, rasterize
+from get3dhuman.ops import narrow_band, rasterize, reference_sample_pixel_aligned, sample_pixel_aligned
 from get3dhuman.render import orbit_calibration, ray_march, sphere_trace
 from get3dhuman.synthetic import human_parameters
 from get3dhuman.synthetic.meshes import ground_truth_mesh
@@ -90,6 +90,29 @@ def test_numpy_whole_numbers_give_what_python_ints_give():
     assert torch.equal(traced.depth, expected.depth) and bool(traced.mask.any())
     volume = narrow_band(sphere, np.int64(16), coarse_resolution=np.int32(4))
     assert volume.fraction_evaluated == narrow_band(sphere, 16, coarse_resolution=4).fraction_evaluated
+
+
+def test_numpy_reals_give_what_python_floats_give():
+    # depth_scale, band and level take any real number (numpy's float32 too), never a bool or NaN.
+    torch.manual_seed(0)
+    features, points, calib = torch.randn(1, 3, 5, 6), torch.rand(1, 40, 3) * 2 - 1, torch.eye(4)[None]
+    for sample in (sample_pixel_aligned, reference_sample_pixel_aligned):
+        assert torch.equal(sample(features, points, calib, np.float32(1.25)), sample(features, points, calib, 1.25))
+    with pytest.raises(ValueError, match=r"^depth_scale must be a finite float, got True$"):
+        sample_pixel_aligned(features, points, calib, True)
+
+    def sphere(p):
+        return p.norm(dim=-1) - 0.5
+
+    narrow = narrow_band(sphere, 32, coarse_resolution=8, band=np.float32(0.5), level=np.float32(0.125))
+    expected = narrow_band(sphere, 32, coarse_resolution=8, band=0.5, level=0.125)
+    assert narrow.fraction_evaluated == expected.fraction_evaluated and narrow.level == 0.125
+    assert narrow_band(sphere, 16, coarse_resolution=8, band=float("inf")).fraction_evaluated == 1.0
+    for options, message in (({"band": -1.0}, "band must be a non-negative float, got -1.0"),
+                             ({"band": True}, "band must be a non-negative float, got True"),
+                             ({"level": np.float32("nan")}, r"level must be a finite float, got np.float32\(nan\)")):
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            narrow_band(sphere, 16, coarse_resolution=8, **options)
 
 
 def test_a_dataset_of_numpy_whole_numbers_is_the_dataset_of_python_ints(tmp_path):

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
 
-from get3dhuman._checks import check_int
+from get3dhuman._checks import check_int, is_finite_number
 from get3dhuman.ops.marching_cubes import marching_cubes_sparse
 
 Field = Callable[[torch.Tensor], torch.Tensor]  # points [B, N, 3] -> values [B, N]
@@ -163,9 +164,9 @@ def narrow_band(field: Field, resolution: int = 256, *, batch_size: int = 1,
     chunk = check_int(chunk, "chunk", 1)
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    if not isinstance(band, (int, float)) or not band >= 0:
+    if not (isinstance(band, numbers.Real) and not isinstance(band, bool) and band >= 0):  # inf: every cell
         raise ValueError(f"band must be a non-negative float, got {band!r}")
-    if not isinstance(level, (int, float)) or not math.isfinite(level):
+    if not is_finite_number(level):
         raise ValueError(f"level must be a finite float, got {level!r}")
     lower = torch.as_tensor(bounds[0], dtype=dtype, device=device)
     upper = torch.as_tensor(bounds[1], dtype=dtype, device=device)

@@ -12,10 +12,10 @@ channel-major [B, C + 1, N] view that Conv1d decoders expect.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+
+from get3dhuman._checks import is_finite_number
 
 # The authors' depth feature: z_ndc * (512 // 2) / 200.
 OFFICIAL_DEPTH_SCALE = (512 // 2) / 200
@@ -54,7 +54,7 @@ def check_sample_inputs(features, points, calib, depth_scale, bias=None, depth_w
             raise TypeError(f"{name} must have the dtype of features ({features.dtype}), got {value.dtype}")
         if value.device != features.device:
             raise ValueError(f"{name} must be on the device of features ({features.device}), got {value.device}")
-    if not isinstance(depth_scale, (int, float)) or not math.isfinite(depth_scale):
+    if not is_finite_number(depth_scale):
         raise ValueError(f"depth_scale must be a finite float, got {depth_scale!r}")
 
 
@@ -142,4 +142,4 @@ def reference_sample_pixel_aligned(
     ndc = torch.baddbmm(calib[:, :3, 3:], calib[:, :3, :3], points.transpose(1, 2))  # [B, 3, N]
     grid = ndc[:, :2].transpose(1, 2).unsqueeze(2)  # [B, N, 1, 2]
     sampled = F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return torch.cat([sampled[..., 0], ndc[:, 2:] * depth_scale], 1)
+    return torch.cat([sampled[..., 0], ndc[:, 2:] * float(depth_scale)], 1)
