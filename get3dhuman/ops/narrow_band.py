@@ -30,6 +30,7 @@ from get3dhuman.ops.marching_cubes import marching_cubes_sparse
 Field = Callable[[torch.Tensor], torch.Tensor]  # points [B, N, 3] -> values [B, N]
 
 _OFFSETS = torch.tensor([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)])
+_PAST_LAST_POINT = torch.iinfo(torch.int64).max  # a key greater than any lattice point's
 
 
 @dataclasses.dataclass
@@ -180,8 +181,9 @@ def narrow_band(field: Field, resolution: int = 256, *, batch_size: int = 1,
     cells = torch.arange(batch_size * n ** 3, device=device)
     corner_values = values[_corner_points(cells, n)]
     levels = [(n, cells, corner_values)]
+    longest_side = float((upper - lower).max())
     while n < resolution:
-        edge = float((upper - lower).max()) / n
+        edge = longest_side / n
         cells, point_slots, new_points = torch.ops.get3dhuman.narrow_band_refine(
             cells, corner_values, [n, n, n], float(level), float(band) * edge)
         n *= 2
@@ -241,8 +243,14 @@ def _close(evaluator, cells, corner_values, n, level):
             break
         point_keys = _corner_points(frontier, n)
         frontier_values, known = _point_values([band, (added, added_values)], point_keys, n)
-        new_points, inverse = torch.unique(point_keys[~known], return_inverse=True)
-        frontier_values[~known] = evaluator(new_points, n + 1)[inverse]
+        # Known points take a key past every lattice point (appended once, so it is the last
+        # unique key): one unique numbers the new points without masked indexing, which on a GPU
+        # would wait for the device twice more.
+        keys = torch.cat([point_keys.reshape(-1).masked_fill(known.reshape(-1), _PAST_LAST_POINT),
+                          point_keys.new_full((1,), _PAST_LAST_POINT)])
+        new_points, inverse = torch.unique(keys, return_inverse=True)
+        new_values = torch.cat([evaluator(new_points[:-1], n + 1), frontier_values.new_zeros(1)])
+        frontier_values = torch.where(known, frontier_values, new_values[inverse[:-1]].reshape(known.shape))
         added, order = torch.sort(torch.cat([added, frontier]))
         added_values = torch.cat([added_values, frontier_values])[order]
     if added.numel() == 0:
@@ -261,19 +269,23 @@ def _contains(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 def _point_values(evaluated, point_keys: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Values and found-masks (shaped like point_keys over the (n + 1)^3 lattice) of points that are
-    corners of a cell in any of the evaluated (sorted cells, corner values [M, 8]) sets."""
+    corners of a cell in any of the evaluated (sorted cells, corner values [M, 8]) sets. Dense
+    selects, no masked indexing: on a GPU nothing here waits for the device."""
     coords = _decode(point_keys.reshape(-1), n + 1)
     values = torch.zeros(coords.shape[0], dtype=evaluated[0][1].dtype, device=point_keys.device)
     found = torch.zeros(coords.shape[0], dtype=torch.bool, device=point_keys.device)
-    for corner, offset in enumerate(_OFFSETS.tolist()):
-        cell = coords[:, 1:] - torch.tensor(offset, device=coords.device)
+    offsets = _OFFSETS.to(coords.device)
+    for corner in range(8):
+        cell = coords[:, 1:] - offsets[corner]
         inside = ((cell >= 0) & (cell < n)).all(1)
         keys = ((coords[:, 0] * n + cell[:, 0]) * n + cell[:, 1]) * n + cell[:, 2]
         for cells, corner_values in evaluated:
-            hit = inside & ~found & _contains(cells, keys)
-            if hit.any():
-                values[hit] = corner_values[torch.searchsorted(cells, keys[hit]), corner]
-                found |= hit
+            if cells.numel() == 0:
+                continue
+            slot = torch.searchsorted(cells, keys).clamp_(max=cells.numel() - 1)
+            hit = inside & ~found & (cells[slot] == keys)
+            values = torch.where(hit, corner_values[slot, corner], values)
+            found |= hit
     return values.reshape(point_keys.shape), found.reshape(point_keys.shape)
 
 

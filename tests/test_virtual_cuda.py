@@ -1,0 +1,221 @@
+"""The package's CUDA code paths in Python, run on a simulated CUDA device (virtual_cuda: tensors
+that say 'cuda:0' and compute with the CPU kernels). The oracle is the same call on the CPU:
+with the same kernels underneath, every difference is the CUDA path's own doing (a tensor left
+on the wrong device, a branch taken on `is_cuda`). The CUDA kernels themselves need a GPU
+(test_pixel_aligned, test_narrow_band, ... run them there); where one is present, these tests
+give way to them."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from virtual_cuda import VirtualCudaTensor, to_cpu, virtual_cuda
+
+from get3dhuman import Generator, applications, render
+from get3dhuman.benchmark import measure_sampling
+from get3dhuman.cli import main
+from get3dhuman.mesh import TexturedMesh
+from get3dhuman.nn import Reconstructor
+from get3dhuman.ops import query as query_module
+from get3dhuman.ops import stylegan2 as stylegan2_module
+from get3dhuman.train import distributed
+from get3dhuman.train.reconstructor import ReconstructorTrainingConfig, StepBatches
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="a real GPU runs the CUDA tests instead")
+
+
+@pytest.fixture(autouse=True)
+def no_triton_on_the_virtual_device(monkeypatch):
+    """Triton would see the CPU tensors inside and run in its interpreter, minutes for a human;
+    its kernels have their own tests (test_triton_*)."""
+    for module in (query_module, stylegan2_module):
+        monkeypatch.setattr(module, "triton_device_reason", lambda tensor, explicit=True: "not simulated")
+
+
+def _same_meshes(meshes, expected):
+    assert len(meshes) == len(expected)
+    for mesh, reference in zip(meshes, expected):
+        for name in ("vertices", "faces", "colors", "normals"):
+            assert torch.equal(getattr(mesh, name), getattr(reference, name)), name
+
+
+# --- the simulator: what CUDA refuses, it refuses --------------------------------------------
+
+
+def test_the_simulated_device_refuses_what_cuda_refuses():
+    with virtual_cuda():
+        on_device = torch.randn(4, 3, device="cuda")
+        assert isinstance(on_device, VirtualCudaTensor) and on_device.is_cuda and on_device.device.type == "cuda"
+        with pytest.raises(RuntimeError, match="same device"):
+            on_device + torch.ones(4, 3)
+        assert (on_device + torch.tensor(2.0)).is_cuda  # a CPU scalar tensor is allowed, as in CUDA
+        assert on_device[torch.tensor([0, 2])].shape == (2, 3)  # CPU indices too
+        with pytest.raises(RuntimeError, match="generator"):
+            torch.randn(3, device="cuda", generator=torch.Generator().manual_seed(0))
+        with pytest.raises(TypeError, match="numpy"):
+            on_device.numpy()
+        on_host = on_device.cpu()
+        assert type(on_host) is torch.Tensor and on_host.device.type == "cpu"
+        assert torch.equal(on_host.cuda().cpu(), on_host) and on_device.tolist() == on_host.tolist()
+
+
+def test_modules_train_on_the_simulated_device():
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(16, 1))
+    on_cpu = [parameter.detach().clone() for parameter in network.parameters()]
+    images = torch.randn(2, 3, 4, 4)
+    with virtual_cuda() as traffic:
+        network.cuda()
+        assert all(isinstance(parameter, VirtualCudaTensor) for parameter in network.parameters())
+        optimizer = torch.optim.Adam(network.parameters())
+        network(images.cuda()).square().mean().backward()
+        # Convolution's backward makes its weight gradient with new_empty_strided: on the device too.
+        assert all(isinstance(parameter.grad, VirtualCudaTensor) for parameter in network.parameters())
+        optimizer.step()
+        trained = [parameter.cpu() for parameter in network.parameters()]
+    assert traffic.host_reads == len(trained)
+    reference = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(16, 1))
+    with torch.no_grad():
+        for parameter, value in zip(reference.parameters(), on_cpu):
+            parameter.copy_(value)
+    optimizer = torch.optim.Adam(reference.parameters())
+    reference(images).square().mean().backward()
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(trained, reference.parameters()))
+
+
+# --- the package on the simulated device -----------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sampling_on_cuda_gives_the_cpus_meshes(dtype):
+    expected = Generator.from_pretrained(dtype=dtype).sample(2, seed=5, resolution=64, batch_size=2)
+    with virtual_cuda():
+        generator = Generator.from_pretrained(device="cuda", dtype=dtype)
+        meshes = generator.sample(2, seed=5, resolution=64, batch_size=2)
+        assert all(mesh.vertices.is_cuda and mesh.colors.is_cuda for mesh in meshes)
+        meshes = [mesh.to("cpu") for mesh in meshes]
+    _same_meshes(meshes, expected)
+
+
+def test_bfloat16_products_on_cuda_give_the_cpus_meshes():
+    generator = Generator.from_pretrained()
+    z = generator.latents([7])
+    expected = generator.extract_mesh(*z, 64, compute_dtype=torch.bfloat16)
+    with virtual_cuda():
+        generator.cuda()
+        meshes = [mesh.to("cpu") for mesh in generator.extract_mesh(*(t.cuda() for t in z), 64,
+                                                                     compute_dtype=torch.bfloat16)]
+    _same_meshes(meshes, expected)
+
+
+def test_sampling_on_cuda_waits_for_the_device_a_few_times_per_level():
+    """A GPU run stalls at each read of a device value (`.item()`, `.cpu()`, a mask's size). The
+    narrow band needs a few per refinement level and closure step (sizes of the next tensors);
+    reads per cell corner (as there were, 16 per closure step) are caught here. Nothing sizeable
+    is computed on the CPU meanwhile (the latents are drawn there, 2 x 512 numbers a human)."""
+    generator = Generator.from_pretrained()
+    with virtual_cuda():
+        generator.cuda()
+        with virtual_cuda() as traffic:
+            generator.sample(1, seed=2, resolution=256)
+    assert traffic.synchronisations <= 60, traffic.sites.most_common()
+    assert max(traffic.host_elements.values()) <= 2048, traffic.host_elements.most_common(5)
+
+
+def test_the_command_line_writes_the_same_dataset_on_cuda(tmp_path):
+    argv = ["sample", "--num", "2", "--resolution", "48", "--preview", "32", "--views", "2", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "cpu")]) == 0
+    with virtual_cuda():
+        assert main([*argv, "--out", str(tmp_path / "cuda"), "--device", "cuda"]) == 0
+    for index in range(2):
+        _same_meshes([TexturedMesh.load(tmp_path / "cuda" / f"human-{index}.glb")],
+                     [TexturedMesh.load(tmp_path / "cpu" / f"human-{index}.glb")])
+        for name in (f"human-{index}.png",):
+            assert (tmp_path / "cuda" / name).read_bytes() == (tmp_path / "cpu" / name).read_bytes()
+    records = [[json.loads(line) for line in (tmp_path / run / "manifest.jsonl").read_text().splitlines()]
+               for run in ("cpu", "cuda")]
+    assert [(r["seed"], r["vertices"], r["faces"]) for r in records[0]] == \
+        [(r["seed"], r["vertices"], r["faces"]) for r in records[1]]
+
+
+def test_the_benchmark_runs_on_cuda():
+    with virtual_cuda():
+        result = measure_sampling(Generator.from_pretrained(device="cuda"), num=1, resolution=32, repeat=1)
+    assert result.device.startswith("cuda") and result.faces > 0 and result.seconds_per_human > 0
+
+
+def test_applications_on_cuda_match_the_cpu():
+    generator = Generator.from_pretrained()
+    z_shape, z_texture = generator.latents([3, 4])
+    expected = applications.retexture(generator, z_shape[:1], z_texture, resolution=48)
+    with virtual_cuda():
+        generator.cuda()
+        meshes = [mesh.to("cpu") for mesh in applications.retexture(generator, z_shape[:1].cuda(), z_texture.cuda(),
+                                                                      resolution=48)]
+    _same_meshes(meshes, expected)
+
+
+def test_reconstructor_batches_made_on_cuda_are_the_cpus():
+    """Stage 1 makes its batches on the GPU when it trains there (no workers): the same humans,
+    cameras, draws and samples, bit for bit with the same kernels."""
+    config = ReconstructorTrainingConfig(preset="tiny", batch_size=2, occupancy_points=512, color_points=256)
+    expected = StepBatches(config, 32, distributed.world(), "cpu")[3]
+    with virtual_cuda():
+        batch = StepBatches(config, 32, distributed.world(), "cuda")[3]
+        assert all(value.is_cuda for value in batch.values())
+        batch = to_cpu(batch)
+    assert batch.keys() == expected.keys()
+    assert all(torch.equal(batch[key], expected[key]) for key in expected)
+
+
+def test_reconstruction_and_mesh_renders_on_cuda_match_the_cpu():
+    torch.manual_seed(0)
+    model = Reconstructor("tiny").eval()
+    image = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():  # untrained, its occupancy is near its median everywhere: make that the level
+        points = torch.rand(1, 4096, 3) * 2 - 1
+        occupancy = model.query_occupancy(model(image)[0], points, model.calibration[None])
+        model.mlp_shape.filters[-1].bias -= torch.logit(occupancy.median())
+    expected = model.extract_mesh(image, resolution=32)
+    assert expected[0].faces.shape[0] > 100
+    calib = render.orbit_calibration(torch.tensor([0.0, 90.0]))
+    expected_views = render.render_meshes(expected * 2, calib, 24)
+    with virtual_cuda():
+        model.cuda()
+        meshes = model.extract_mesh(image.cuda(), resolution=32)
+        views = to_cpu(render.render_meshes(meshes * 2, calib.cuda(), 24))
+        meshes = [mesh.to("cpu") for mesh in meshes]
+    _same_meshes(meshes, expected)
+    assert all(torch.equal(a, b) for a, b in zip(views, expected_views))
+
+
+def test_every_training_stage_runs_on_cuda_as_on_the_cpu(tmp_path):
+    """Two steps of each stage of the tiny preset on each device: the same losses, and
+    checkpoints that load on the CPU with the same weights."""
+
+    def stages(out, device):
+        common = ["--preset", "tiny", "--device", device, "--quiet"]
+        runs = {name: str(out / name) for name in ("reconstructor", "prior", "generator", "refiner")}
+        assert main(["train", "reconstructor", "--steps", "2", "--workers", "0", "--out", runs["reconstructor"],
+                     *common]) == 0
+        assert main(["train", "prior", "--reconstructor", runs["reconstructor"], "--out", runs["prior"], *common]) == 0
+        assert main(["train", "generator", "--steps", "2", "--prior", runs["prior"], "--reconstructor",
+                     runs["reconstructor"], "--out", runs["generator"], *common]) == 0
+        assert main(["train", "refiner", "--steps", "2", "--prior", runs["prior"], "--generator", runs["generator"],
+                     "--out", runs["refiner"], *common]) == 0
+
+    stages(tmp_path / "cpu", "cpu")
+    with virtual_cuda():
+        stages(tmp_path / "cuda", "cuda")
+    for stage in ("reconstructor", "generator", "refiner"):
+        metrics = [[json.loads(line) for line in (tmp_path / device / stage / "metrics.jsonl").read_text().splitlines()]
+                   for device in ("cpu", "cuda")]
+        losses = [[{k: v for k, v in record.items() if not k.startswith("seconds")} for record in run]
+                  for run in metrics]
+        assert losses[0] == losses[1], stage
+    for path in ("reconstructor/checkpoint-00000002", "prior/prior-00000", "generator/checkpoint-00000002",
+                 "refiner/checkpoint-00000002"):
+        saved = [load_file(tmp_path / device / f"{path}.safetensors") for device in ("cpu", "cuda")]
+        assert saved[0].keys() == saved[1].keys() and all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])
