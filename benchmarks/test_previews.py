@@ -4,6 +4,8 @@
 refined vertex colours (`refine.refine_meshes`, what `sample --refiner` does) from rasterized
 views of the mesh against views ray-marched from the field (the package's earlier way)."""
 
+import copy
+
 import pytest
 import torch
 from bench_settings import DEVICES, QUICK, median_seconds
@@ -30,10 +32,17 @@ def generated():
     return generator, z_shape, z_texture, mesh
 
 
+def on_device(generated, device):
+    """The parts of `generated` on `device`, the generator a copy: Module.to moves in place, and
+    the fixture is shared by the tests of every device."""
+    generator, *tensors = generated
+    return (copy.deepcopy(generator).to(device), *(part.to(device) for part in tensors))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("implementation", ["rasterized mesh", "reference"])
 def test_preview(benchmark, record, generated, device, implementation):
-    generator, z_shape, z_texture, mesh = (part.to(device) for part in generated)
+    generator, z_shape, z_texture, mesh = on_device(generated, device)
     if implementation == "reference":
         run = lambda: render_previews(generator, z_shape, z_texture, PREVIEW_SIDE)  # noqa: E731
     else:
@@ -74,7 +83,7 @@ def test_rasterize(benchmark, generated, device, side):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("implementation", ["rasterized mesh", "reference"])
 def test_refined_colors(benchmark, record, generated, device, implementation):
-    generator, z_shape, z_texture, mesh = (part.to(device) for part in generated)
+    generator, z_shape, z_texture, mesh = on_device(generated, device)
     # The `small` stage-4 Refiner; its cost does not depend on its (here random) weights.
     refiner = make_refiner(REFINER_PRESETS["small"]).to(device).eval()
     side = VIEW_SIDE or generator.config.backbone_resolution

@@ -5,6 +5,7 @@ on the wrong device, a branch taken on `is_cuda`). The CUDA kernels themselves n
 (test_pixel_aligned, test_narrow_band, ... run them there); where one is present, these tests
 give way to them."""
 
+import contextlib
 import json
 
 import pytest
@@ -15,6 +16,7 @@ from virtual_cuda import VirtualCudaTensor, to_cpu, virtual_cuda
 from get3dhuman import Generator, applications, render
 from get3dhuman.benchmark import measure_sampling
 from get3dhuman.cli import main
+from get3dhuman.evaluate import EvaluationConfig, evaluate_generator
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn import Reconstructor
 from get3dhuman.ops import query as query_module
@@ -147,14 +149,31 @@ def test_the_benchmark_runs_on_cuda():
 
 
 def test_applications_on_cuda_match_the_cpu():
+    """Retexturing, and inversion: Adam through the networks, the decoders' backward (the 'cuda'
+    query backend's) and the ray-marched render."""
     generator = Generator.from_pretrained()
     z_shape, z_texture = generator.latents([3, 4])
     expected = applications.retexture(generator, z_shape[:1], z_texture, resolution=48)
+    image = render.render_meshes(expected[:1], generator.calibration[None], 24).color
+    inversion_options = {"steps": 2, "depth_samples": 16, "march_samples": 16, "seed": 5}
+    expected_inversion = applications.invert(generator, image[0], **inversion_options)
     with virtual_cuda():
         generator.cuda()
         meshes = [mesh.to("cpu") for mesh in applications.retexture(generator, z_shape[:1].cuda(), z_texture.cuda(),
                                                                       resolution=48)]
+        inversion = applications.invert(generator, image[0].cuda(), **inversion_options)
+        inverted = to_cpu((inversion.z_shape, inversion.z_texture))
     _same_meshes(meshes, expected)
+    assert inversion.losses == expected_inversion.losses
+    assert torch.equal(inverted[0], expected_inversion.z_shape)
+    assert torch.equal(inverted[1], expected_inversion.z_texture)
+
+
+def test_evaluation_on_cuda_gives_the_cpus_metrics():
+    config = EvaluationConfig(samples=3, references=3, points=256, resolution=32)
+    expected = evaluate_generator(Generator.from_pretrained(), config)
+    with virtual_cuda():
+        assert evaluate_generator(Generator.from_pretrained(device="cuda"), config) == expected
 
 
 def test_reconstructor_batches_made_on_cuda_are_the_cpus():
@@ -219,3 +238,14 @@ def test_every_training_stage_runs_on_cuda_as_on_the_cpu(tmp_path):
                  "refiner/checkpoint-00000002"):
         saved = [load_file(tmp_path / device / f"{path}.safetensors") for device in ("cpu", "cuda")]
         assert saved[0].keys() == saved[1].keys() and all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])
+    # The trained refiner's colours (front and back views back-projected onto the meshes).
+    argv = ["sample", "--preset", "tiny", "--num", "2", "--resolution", "32", "--quiet"]
+    for device in ("cpu", "cuda"):
+        run = tmp_path / device
+        with virtual_cuda() if device == "cuda" else contextlib.nullcontext():
+            assert main([*argv, "--generator", str(run / "generator"), "--refiner", str(run / "refiner"),
+                         "--device", device, "--out", str(run / "samples")]) == 0
+    files = [sorted(path.name for path in (tmp_path / device / "samples").glob("*.glb")) for device in ("cpu", "cuda")]
+    assert files[0] == files[1] and files[0]  # an empty mesh writes no file
+    for name in files[0]:
+        _same_meshes(*([TexturedMesh.load(tmp_path / device / "samples" / name)] for device in ("cpu", "cuda")))

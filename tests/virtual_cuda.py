@@ -36,6 +36,7 @@ _CROSS_DEVICE_OPS = {
     torch.ops.aten._to_copy.default,
     torch.ops.aten.index.Tensor,
     torch.ops.aten.index_put_.default,
+    torch.ops.aten.index_put.default,
     torch.ops.aten._index_put_impl_.default,
 }
 

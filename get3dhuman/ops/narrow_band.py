@@ -263,8 +263,14 @@ def _contains(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Whether each of keys is in sorted_keys [bool, keys' shape]."""
     if sorted_keys.numel() == 0:
         return torch.zeros_like(keys, dtype=torch.bool)
-    slot = torch.searchsorted(sorted_keys, keys).clamp(max=sorted_keys.numel() - 1)
-    return sorted_keys[slot] == keys
+    return _find(sorted_keys, keys)[1]
+
+
+def _find(sorted_keys: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slot, present): where each of keys is in the non-empty sorted_keys (or would go, clamped
+    to the last slot), and whether it is there; both shaped like keys."""
+    slot = torch.searchsorted(sorted_keys, keys).clamp_(max=sorted_keys.numel() - 1)
+    return slot, sorted_keys[slot] == keys
 
 
 def _point_values(evaluated, point_keys: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,8 +288,8 @@ def _point_values(evaluated, point_keys: torch.Tensor, n: int) -> tuple[torch.Te
         for cells, corner_values in evaluated:
             if cells.numel() == 0:
                 continue
-            slot = torch.searchsorted(cells, keys).clamp_(max=cells.numel() - 1)
-            hit = inside & ~found & (cells[slot] == keys)
+            slot, present = _find(cells, keys)
+            hit = inside & ~found & present
             values = torch.where(hit, corner_values[slot, corner], values)
             found |= hit
     return values.reshape(point_keys.shape), found.reshape(point_keys.shape)
