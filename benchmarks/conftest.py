@@ -1,5 +1,12 @@
-"""The same-run summary of every benchmark's speed-up and memory relative to the reference."""
+"""The same-run summary of every benchmark's speed-up and memory relative to the reference.
 
+GET3DHUMAN_VIRTUAL_CUDA=1 runs the session on the tests' simulated CUDA device
+(tests/virtual_cuda.py), so that the CUDA rows' code runs without a GPU: with
+GET3DHUMAN_BENCH_QUICK=1 and --benchmark-disable, a dry run of what a GPU session benchmarks
+(its figures mean nothing: the CPU kernels compute them)."""
+
+import contextlib
+import os
 from collections import defaultdict
 
 import pytest
@@ -33,3 +40,17 @@ def pytest_terminal_summary(terminalreporter):
             speedup = f"{reference[0] / seconds:.2f}x" if reference else "-"
             ratio = f"{peak / reference[1]:.3f}" if reference and reference[1] > 0 else "-"
             write(f"{case:<28} {implementation:<14} {seconds:>10.4f} {speedup:>9} {peak / 2**20:>10.1f} {ratio:>10}")
+
+
+_SIMULATION = contextlib.ExitStack()
+
+
+def pytest_configure(config):
+    if os.environ.get("GET3DHUMAN_VIRTUAL_CUDA") == "1":
+        from virtual_cuda import virtual_cuda
+
+        _SIMULATION.enter_context(virtual_cuda())
+
+
+def pytest_unconfigure(config):
+    _SIMULATION.close()

@@ -3,7 +3,8 @@ that say 'cuda:0' and compute with the CPU kernels). The oracle is the same call
 with the same kernels underneath, every difference is the CUDA path's own doing (a tensor left
 on the wrong device, a branch taken on `is_cuda`). The CUDA kernels themselves need a GPU
 (test_pixel_aligned, test_narrow_band, ... run them there); where one is present, these tests
-give way to them."""
+give way to them. The package's Triton kernels are not chosen here (their tests run them in
+the Triton interpreter)."""
 
 import contextlib
 import json
@@ -19,20 +20,10 @@ from get3dhuman.cli import main
 from get3dhuman.evaluate import EvaluationConfig, evaluate_generator
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn import Reconstructor
-from get3dhuman.ops import query as query_module
-from get3dhuman.ops import stylegan2 as stylegan2_module
 from get3dhuman.train import distributed
 from get3dhuman.train.reconstructor import ReconstructorTrainingConfig, StepBatches
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="a real GPU runs the CUDA tests instead")
-
-
-@pytest.fixture(autouse=True)
-def no_triton_on_the_virtual_device(monkeypatch):
-    """Triton would see the CPU tensors inside and run in its interpreter, minutes for a human;
-    its kernels have their own tests (test_triton_*)."""
-    for module in (query_module, stylegan2_module):
-        monkeypatch.setattr(module, "triton_device_reason", lambda tensor, explicit=True: "not simulated")
 
 
 def _same_meshes(meshes, expected):
@@ -210,6 +201,7 @@ def test_reconstruction_and_mesh_renders_on_cuda_match_the_cpu():
     assert all(torch.equal(a, b) for a, b in zip(views, expected_views))
 
 
+@pytest.mark.slow
 def test_every_training_stage_runs_on_cuda_as_on_the_cpu(tmp_path):
     """Two steps of each stage of the tiny preset on each device: the same losses, and
     checkpoints that load on the CPU with the same weights."""

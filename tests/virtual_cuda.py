@@ -216,6 +216,10 @@ _CUDA_MODULE_STUBS = {
 }
 
 
+def _no_triton(tensor, explicit=True) -> str:
+    return "Triton kernels are not simulated (virtual_cuda(triton=False))"
+
+
 def _from_data(make):
     """torch.tensor / torch.as_tensor for the virtual device: made on the CPU, then moved (their
     C++ path would set the real CUDA device first)."""
@@ -268,10 +272,18 @@ _TENSOR_METHODS = {
 
 
 @contextlib.contextmanager
-def virtual_cuda():
+def virtual_cuda(triton: bool = False):
     """Simulates one CUDA device while active (see the module docstring); yields the run's
-    DeviceTraffic."""
+    DeviceTraffic.
+
+    triton: let get3dhuman choose its Triton kernels for virtual tensors. They then run on the
+    CPU tensors inside, in the Triton interpreter (TRITON_INTERPRET=1), minutes for a human.
+    Without it the package is told that Triton cannot run (as on a GPU without Triton)."""
+    from get3dhuman.ops import query, stylegan2
+
     patches = [(torch.cuda, name, stub) for name, stub in _CUDA_MODULE_STUBS.items()]
+    if not triton:
+        patches += [(module, "triton_device_reason", _no_triton) for module in (query, stylegan2)]
     patches += [(torch, name, _from_data(getattr(torch, name))) for name in ("tensor", "as_tensor")]
     patches += [(torch.Tensor, name, method) for name, method in _TENSOR_METHODS.items()]
     # Optimizers ask the real runtime whether a CUDA graph is being captured.
