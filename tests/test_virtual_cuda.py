@@ -7,6 +7,7 @@ give way to them. The package's Triton kernels are not chosen here (their tests 
 the Triton interpreter)."""
 
 import contextlib
+import copy
 import json
 
 import pytest
@@ -43,7 +44,9 @@ def test_the_simulated_device_refuses_what_cuda_refuses():
         with pytest.raises(RuntimeError, match="same device"):
             on_device + torch.ones(4, 3)
         assert (on_device + torch.tensor(2.0)).is_cuda  # a CPU scalar tensor is allowed, as in CUDA
-        assert on_device[torch.tensor([0, 2])].shape == (2, 3)  # CPU indices too
+        assert on_device[torch.tensor([0, 2])].is_cuda  # CPU indices too, not device indices of a CPU tensor
+        with pytest.raises(RuntimeError, match="indices"):
+            torch.ones(4)[torch.tensor([0, 2], device="cuda")]
         with pytest.raises(RuntimeError, match="generator"):
             torch.randn(3, device="cuda", generator=torch.Generator().manual_seed(0))
         with pytest.raises(TypeError, match="numpy"):
@@ -56,7 +59,7 @@ def test_the_simulated_device_refuses_what_cuda_refuses():
 def test_modules_train_on_the_simulated_device():
     torch.manual_seed(0)
     network = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(16, 1))
-    on_cpu = [parameter.detach().clone() for parameter in network.parameters()]
+    reference = copy.deepcopy(network)
     images = torch.randn(2, 3, 4, 4)
     with virtual_cuda() as traffic:
         network.cuda()
@@ -68,10 +71,6 @@ def test_modules_train_on_the_simulated_device():
         optimizer.step()
         trained = [parameter.cpu() for parameter in network.parameters()]
     assert traffic.host_reads == len(trained)
-    reference = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(16, 1))
-    with torch.no_grad():
-        for parameter, value in zip(reference.parameters(), on_cpu):
-            parameter.copy_(value)
     optimizer = torch.optim.Adam(reference.parameters())
     reference(images).square().mean().backward()
     optimizer.step()
@@ -109,10 +108,9 @@ def test_sampling_on_cuda_waits_for_the_device_a_few_times_per_level():
     reads per cell corner (as there were, 16 per closure step) are caught here. Nothing sizeable
     is computed on the CPU meanwhile (the latents are drawn there, 2 x 512 numbers a human)."""
     generator = Generator.from_pretrained()
-    with virtual_cuda():
-        generator.cuda()
-        with virtual_cuda() as traffic:
-            generator.sample(1, seed=2, resolution=256)
+    with virtual_cuda() as traffic:
+        generator.cuda()  # host-to-device copies, which wait for nothing
+        generator.sample(1, seed=2, resolution=256)
     assert traffic.synchronisations <= 60, traffic.sites.most_common()
     assert max(traffic.host_elements.values()) <= 2048, traffic.host_elements.most_common(5)
 
@@ -125,8 +123,8 @@ def test_the_command_line_writes_the_same_dataset_on_cuda(tmp_path):
     for index in range(2):
         _same_meshes([TexturedMesh.load(tmp_path / "cuda" / f"human-{index}.glb")],
                      [TexturedMesh.load(tmp_path / "cpu" / f"human-{index}.glb")])
-        for name in (f"human-{index}.png",):
-            assert (tmp_path / "cuda" / name).read_bytes() == (tmp_path / "cpu" / name).read_bytes()
+        preview = f"human-{index}.png"
+        assert (tmp_path / "cuda" / preview).read_bytes() == (tmp_path / "cpu" / preview).read_bytes()
     records = [[json.loads(line) for line in (tmp_path / run / "manifest.jsonl").read_text().splitlines()]
                for run in ("cpu", "cuda")]
     assert [(r["seed"], r["vertices"], r["faces"]) for r in records[0]] == \
@@ -203,8 +201,8 @@ def test_reconstruction_and_mesh_renders_on_cuda_match_the_cpu():
 
 @pytest.mark.slow
 def test_every_training_stage_runs_on_cuda_as_on_the_cpu(tmp_path):
-    """Two steps of each stage of the tiny preset on each device: the same losses, and
-    checkpoints that load on the CPU with the same weights."""
+    """Two steps of each stage of the tiny preset on each device: the same losses, checkpoints
+    and prior shards; then the same meshes coloured by the trained refiner."""
 
     def stages(out, device):
         common = ["--preset", "tiny", "--device", device, "--quiet"]

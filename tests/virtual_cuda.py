@@ -160,11 +160,16 @@ class _VirtualCudaMode(TorchDispatchMode):
                 on_cpu = True
             return value
 
+        first_cuda = bool(args) and isinstance(args[0], VirtualCudaTensor)
         args, kwargs = tree_map(unwrap, (args, kwargs))
         target_cuda = on_cuda
         if func is torch.ops.aten._to_copy.default:
             target_cuda = _is_cuda(kwargs["device"]) if kwargs.get("device") is not None else on_cuda
-        elif on_cuda and on_cpu and func not in _CROSS_DEVICE_OPS:
+        elif func in _CROSS_DEVICE_OPS:  # the result is where the indexed or copied-into tensor is
+            if on_cuda and not first_cuda and func is not torch.ops.aten.copy_.default:
+                raise RuntimeError("indices should be either on cpu or on the same device as the indexed tensor (cpu)")
+            target_cuda = first_cuda
+        elif on_cuda and on_cpu:
             raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, "
                                f"cuda:0 and cpu! ({func})")
         if "device" in kwargs:
