@@ -47,8 +47,11 @@ _SIMULATION = contextlib.ExitStack()
 
 def pytest_configure(config):
     if os.environ.get("GET3DHUMAN_VIRTUAL_CUDA") == "1":
+        import torch
         from virtual_cuda import virtual_cuda
 
+        if torch.cuda.is_available():
+            pytest.exit("GET3DHUMAN_VIRTUAL_CUDA=1 simulates a GPU where there is none; this machine has one", 2)
         _SIMULATION.enter_context(virtual_cuda())
 
 
