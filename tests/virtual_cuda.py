@@ -29,16 +29,15 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 VIRTUAL_DEVICE = torch.device("cuda", 0)
 
-# Ops that CUDA runs with operands on different devices: copies and the transfer itself, and
-# advanced indexing, which moves CPU index tensors to the indexed tensor's device.
-_CROSS_DEVICE_OPS = {
-    torch.ops.aten.copy_.default,
-    torch.ops.aten._to_copy.default,
+# Advanced indexing (reads and writes): CUDA moves CPU index tensors to the indexed tensor's device.
+_INDEX_OPS = {
     torch.ops.aten.index.Tensor,
     torch.ops.aten.index_put_.default,
     torch.ops.aten.index_put.default,
     torch.ops.aten._index_put_impl_.default,
 }
+# Ops that CUDA runs with operands on different devices: indexing, copies and the transfer itself.
+_CROSS_DEVICE_OPS = {torch.ops.aten.copy_.default, torch.ops.aten._to_copy.default, *_INDEX_OPS}
 
 # Ops whose output size CUDA learns from the values, by a synchronisation.
 _SIZED_BY_VALUES_OPS = {
@@ -127,7 +126,7 @@ class DeviceTraffic:
 def _indexes_by_mask(func, args) -> bool:
     """Whether func is advanced indexing (read or write) with a boolean mask, which CUDA turns
     into indices by a `nonzero`."""
-    if func not in (torch.ops.aten.index.Tensor, torch.ops.aten.index_put_.default, torch.ops.aten.index_put.default):
+    if func not in _INDEX_OPS:
         return False
     return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1])
 
