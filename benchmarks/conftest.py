@@ -3,7 +3,8 @@
 GET3DHUMAN_VIRTUAL_CUDA=1 runs the session on the tests' simulated CUDA device
 (tests/virtual_cuda.py), so that the CUDA rows' code runs without a GPU: with
 GET3DHUMAN_BENCH_QUICK=1 and --benchmark-disable, a dry run of what a GPU session benchmarks
-(its figures mean nothing: the CPU kernels compute them)."""
+(its figures mean nothing: the CPU kernels compute them). With TRITON_INTERPRET=1 as well, the
+package may choose its Triton kernels for the simulated device, and the interpreter runs them."""
 
 import contextlib
 import os
@@ -47,12 +48,13 @@ _SIMULATION = contextlib.ExitStack()
 
 def pytest_configure(config):
     if os.environ.get("GET3DHUMAN_VIRTUAL_CUDA") == "1":
+        # Not bench_settings' flags: importing it here would list the devices before the simulated one exists.
         import torch
         from virtual_cuda import virtual_cuda
 
         if torch.cuda.is_available():
             pytest.exit("GET3DHUMAN_VIRTUAL_CUDA=1 simulates a GPU where there is none; this machine has one", 2)
-        _SIMULATION.enter_context(virtual_cuda())
+        _SIMULATION.enter_context(virtual_cuda(triton=os.environ.get("TRITON_INTERPRET") == "1"))
 
 
 def pytest_unconfigure(config):

@@ -7,7 +7,9 @@
 - StyleGAN2 helpers at the synthesis network's 512-channel sizes: fused bias_act and weight
   modulation against their torch references.
 
-Needs a CUDA device (the Triton interpreter measures nothing): skipped without one.
+Needs a CUDA device (the Triton interpreter measures nothing): skipped without one. CI
+dry-runs these rows on the tests' simulated device with TRITON_INTERPRET=1, at sizes the
+interpreter runs in seconds (bench_settings.INTERPRETED).
 """
 
 import copy
@@ -15,7 +17,7 @@ import statistics
 
 import pytest
 import torch
-from bench_settings import FEATURE_SIZE, QUICK
+from bench_settings import FEATURE_SIZE, INTERPRETED, QUICK
 
 from get3dhuman.benchmark import query_case
 from get3dhuman.ops import (
@@ -31,7 +33,9 @@ if not torch.cuda.is_available():
     pytest.skip("the Triton benchmarks need a CUDA device", allow_module_level=True)
 pytest.importorskip("triton")
 
-COUNT = 1 << 12 if QUICK else 1 << 22
+COUNT = 1 << 8 if INTERPRETED else 1 << 12 if QUICK else 1 << 22
+BIAS_ACT_SIDE = 16 if INTERPRETED else 64 if QUICK else 256  # of [8, 512, side, side] activations
+MODULATION_SIZE = (4, 64) if INTERPRETED else (32, 512)  # (styles, channels) of [channels, channels, 3, 3] weights
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 QUERIES = {
     "reference": (torch.float32, None, None),
@@ -92,10 +96,10 @@ def test_shape_query(benchmark, record, shape_case, name):
 
 @pytest.mark.parametrize("implementation", ["reference", "triton"])
 def test_bias_act(benchmark, record, implementation):
-    x = torch.randn(8, 512, 64 if QUICK else 256, 64 if QUICK else 256, device="cuda", dtype=torch.float16)
+    x = torch.randn(8, 512, BIAS_ACT_SIDE, BIAS_ACT_SIDE, device="cuda", dtype=torch.float16)
     bias = torch.randn(512, device="cuda", dtype=torch.float16)
     function = reference_bias_act if implementation == "reference" else lambda *a: bias_act(*a, backend="triton")
-    case = "bias_act 8x512x256^2 fp16 cuda"
+    case = f"bias_act 8x512x{BIAS_ACT_SIDE}^2 fp16 cuda"
     benchmark.group = case
     _, seconds, peak = _timed(benchmark, function, x, bias, "lrelu", 2**0.5, 256.0)
     record(case, implementation, seconds, peak)
@@ -103,10 +107,11 @@ def test_bias_act(benchmark, record, implementation):
 
 @pytest.mark.parametrize("implementation", ["reference", "triton"])
 def test_modulation(benchmark, record, implementation):
-    weight = torch.randn(512, 512, 3, 3, device="cuda")
-    styles = torch.randn(32, 512, device="cuda")
+    batch, channels = MODULATION_SIZE
+    weight = torch.randn(channels, channels, 3, 3, device="cuda")
+    styles = torch.randn(batch, channels, device="cuda")
     function = reference_modulate_weights if implementation == "reference" else lambda *a: modulate_weights(*a, backend="triton")
-    case = "modulate 32x512x512x3x3 cuda"
+    case = f"modulate {batch}x{channels}x{channels}x3x3 cuda"
     benchmark.group = case
     _, seconds, peak = _timed(benchmark, function, weight, styles)
     record(case, implementation, seconds, peak)
