@@ -26,6 +26,14 @@ def is_finite_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def check_truncation_psi(value) -> float:
+    """`value` as a float when it is a truncation psi: a finite real number (1: no truncation;
+    0: every sample the mean; others extrapolate). Raises ValueError otherwise."""
+    if not is_finite_number(value):
+        raise ValueError(f"truncation_psi must be a finite number (1: none), got {value!r}")
+    return float(value)
+
+
 def check_seed(seed) -> int:
     """`seed` as a Python int when it is a seed `latents_of_seeds` takes: a whole number in
     [0, 2^64). Raises ValueError otherwise."""

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -52,24 +53,27 @@ FILE_OUTPUTS = ("synthetic", "images", "export")  # commands whose --out is a fi
 
 def _number(kind: type, low: float | None = None, high: float | None = None, *, low_open: bool = False,
             high_open: bool = False):
-    """An argparse `type`: a `kind` (int or float) within [low, high] (`low_open` / `high_open`:
-    the bound excluded; None: unbounded), refused while parsing so that the error names the flag
-    (`argument --views: must be an int in [1, 360], got 0`), not the Python argument it becomes."""
-    name = "an int" if kind is int else "a number"
+    """An argparse `type`: a finite `kind` (int or float) within [low, high] (`low_open` /
+    `high_open`: the bound excluded; None: unbounded), refused while parsing so that the error
+    names the flag (`argument --views: must be an int in [1, 360], got 0`), not the Python
+    argument it becomes."""
     if low is not None and high is not None:
-        bounds = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        bounds = f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    elif low is not None:
+        bounds = f" {'>' if low_open else '>='} {low}"
     else:
-        bounds = f"{'>' if low_open else '>='} {low}" if low is not None else f"{'<' if high_open else '<='} {high}"
+        bounds = "" if high is None else f" {'<' if high_open else '<='} {high}"
+    expected = ("an int" if kind is int else "a number" if bounds else "a finite number") + bounds
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {name} {bounds}, got {text!r}") from None
-        # Written so that NaN fails every comparison and is refused.
-        if not ((low is None or (value > low if low_open else value >= low))
-                and (high is None or (value < high if high_open else value <= high))):
-            raise argparse.ArgumentTypeError(f"must be {name} {bounds}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
+        within = ((low is None or (value > low if low_open else value >= low))
+                  and (high is None or (value < high if high_open else value <= high)))
+        if not (within and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text}")
         return value
 
     return parse
@@ -505,7 +509,8 @@ def _add_mesh_arguments(parser: argparse.ArgumentParser, grid_help: str | None, 
         parser.add_argument("--maps", nargs="+", choices=["mask", "depth", "normal"], default=[],
                             help="with --preview: also these maps of every view (mask; depth as 16-bit PNG, "
                             "(z + 1) / 2 of the NDC depth; camera-space normals as RGB)")
-        parser.add_argument("--truncation", type=float, default=1.0, help="truncation psi (default 1: none)")
+        parser.add_argument("--truncation", type=_number(float), default=1.0,
+                            help="truncation psi (default 1: none; 0: the mean human)")
 
 
 def main(argv: list[str] | None = None) -> int:

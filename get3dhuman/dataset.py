@@ -45,7 +45,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from get3dhuman._checks import check_int, check_seed
+from get3dhuman._checks import check_int, check_seed, check_truncation_psi
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.refine import mesh_views, refine_meshes, render_textured, view_calibration
@@ -291,6 +291,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     batch_size = check_int(batch_size, "batch_size", 1)
     resolution = check_int(resolution, "resolution", 1)
     seed = check_seed(seed)
+    truncation_psi = check_truncation_psi(truncation_psi)  # before it is recorded in the settings
     if file_type not in FILE_TYPES:
         raise ValueError(f"file_type must be one of {', '.join(FILE_TYPES)}, got {file_type!r}")
     preview_resolution, preview_views, preview_maps = check_preview_options(preview_resolution, preview_views,

@@ -14,7 +14,8 @@ from get3dhuman.cli import _number, main
     (float, {"low": 0, "high": 1, "high_open": True}, ["0", "0.999"], ["1", "-0.01", "nan"],
      "must be a number in [0, 1)"),
     (float, {"low": 0, "high": 1, "low_open": True}, ["1", "1e-9"], ["0", "inf"], "must be a number in (0, 1]"),
-    (float, {"low": 0, "low_open": True}, ["1e-12", "5"], ["0", "-1", "nan"], "must be a number > 0"),
+    (float, {"low": 0, "low_open": True}, ["1e-12", "5"], ["0", "-1", "nan", "inf"], "must be a number > 0"),
+    (float, {}, ["0.7", "-1", "2"], ["nan", "inf", "-inf", "x"], "must be a finite number"),
 ])
 def test_numbers_are_parsed_within_their_bounds(kind, bounds, accepted, refused, message):
     parse = _number(kind, **bounds)
@@ -32,6 +33,9 @@ def test_numbers_are_parsed_within_their_bounds(kind, bounds, accepted, refused,
     (["sample", "--num", "1", "--views", "0", "--preview", "32", "--out", "OUT"], "--views"),
     (["sample", "--num", "1", "--preview", "1", "--out", "OUT"], "--preview"),
     (["sample", "--num", "1", "--seed", "-1", "--out", "OUT"], "--seed"),
+    # A NaN psi used to be recorded in the directory's settings before the generator refused it.
+    (["sample", "--num", "1", "--truncation", "nan", "--out", "OUT"], "--truncation"),
+    (["retexture", "--shape", "0", "--textures", "1", "--truncation", "inf", "--out", "OUT"], "--truncation"),
     (["bench", "--repeat", "0"], "--repeat"),
     (["interpolate", "--from", "0", "--to", "1", "--steps", "1", "--out", "OUT"], "--steps"),
     (["retexture", "--shape", "0", "--textures", "1", "-2", "--out", "OUT"], "--textures"),

@@ -367,10 +367,14 @@ def test_empty_fields_are_listed_without_a_file(tmp_path):
     (dict(num=2, preview_resolution=1), "preview_resolution must be an int >= 2 or None, got 1"),
     (dict(num=2, preview_resolution=8, preview_views=0), r"preview_views must be an int in \[1, 360\], got 0"),
     (dict(num=2, preview_views=2), "preview_views > 1 needs preview_resolution"),
+    (dict(num=2, truncation_psi=float("nan")), "truncation_psi must be a finite number"),
+    # Meshing options are checked by the meshing, after the settings are recorded: json refuses NaN.
+    (dict(num=2, band=float("nan")), r"settings must be finite to be recorded, got extract_options=\{'band': nan\}"),
 ])
 def test_bad_arguments_are_named(tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
         write_samples(generator_with_a_surface(), str(tmp_path), progress=False, **options)
+    assert not os.listdir(tmp_path)  # no settings recorded that a corrected run would conflict with
 
 
 def test_command_line_writes_a_dataset_and_a_preview_grid(tmp_path, capsys):

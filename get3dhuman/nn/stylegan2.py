@@ -17,13 +17,12 @@ CUDA tensors where Triton is installed, pure torch otherwise.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from get3dhuman._checks import check_int
+from get3dhuman._checks import check_int, check_truncation_psi
 from get3dhuman.ops.stylegan2 import bias_act, modulate_weights
 
 NOISE_MODES = ("const", "random", "none")
@@ -154,9 +153,7 @@ class MappingNetwork(nn.Module):
     def forward(self, z, truncation_psi=1.0, truncation_cutoff=None, update_w_avg=False):
         """Maps z (normalised to unit second moment) to ws; truncation pulls the first
         `truncation_cutoff` ws (all by default) towards w_avg by 1 - psi."""
-        real = isinstance(truncation_psi, numbers.Real) and not isinstance(truncation_psi, bool)
-        if not real or not math.isfinite(truncation_psi):
-            raise ValueError(f"truncation_psi must be a finite number (1: none), got {truncation_psi!r}")
+        check_truncation_psi(truncation_psi)
         truncation_cutoff = check_int(truncation_cutoff, "truncation_cutoff", 0, none_ok=True)
         x = z * (z.square().mean(1, keepdim=True) + 1e-8).rsqrt()
         for i in range(self.num_layers):

@@ -36,13 +36,26 @@ def read_settings(path: str, introduced: dict | None = None) -> dict:
         return {**(introduced or {}), **json.load(handle)}
 
 
+def _json_compliant(value) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return False
+    return True
+
+
 def record_settings(path: str, settings: dict, may_change: tuple[str, ...] = ("steps",), write: bool = True,
                     introduced: dict | None = None) -> None:
     """Writes `settings` as json to `path` (unless not `write`: the other processes of a
     data-parallel run only check), after checking that a file already there (an earlier run in
     the same directory) differs at most in `may_change`; raises ValueError naming the settings
     that changed. `introduced`: settings added in later versions, with the value that runs
-    recorded before them had (a file lacking one matches that value)."""
+    recorded before them had (a file lacking one matches that value). A NaN or infinite setting
+    is refused (ValueError naming it) before anything is written: json cannot hold it, and NaN
+    would match no later run."""
+    unrecordable = [key for key, value in settings.items() if not _json_compliant(value)]
+    if unrecordable:
+        raise ValueError(f"settings must be finite to be recorded, got {', '.join(f'{key}={settings[key]!r}' for key in unrecordable)}")
     if os.path.exists(path):
         saved = read_settings(path, introduced)
         changed = sorted(k for k in {*settings, *saved} if k not in may_change and saved.get(k) != settings.get(k))
