@@ -4,14 +4,17 @@ with the same kernels underneath, every difference is the CUDA path's own doing 
 on the wrong device, a branch taken on `is_cuda`). The CUDA kernels themselves need a GPU
 (test_pixel_aligned, test_narrow_band, ... run them there); where one is present, these tests
 give way to them. The package's Triton kernels are not chosen here (their tests run them in
-the Triton interpreter)."""
+the Triton interpreter), except where a test says so: on a GPU with Triton the StyleGAN2 layers
+take the Triton helpers by default, and those tests run that path, interpreted."""
 
+import collections
 import contextlib
 import copy
 import json
 
 import pytest
 import torch
+from inputs import generator_with_a_surface
 from safetensors.torch import load_file
 from virtual_cuda import VirtualCudaTensor, to_cpu, virtual_cuda
 
@@ -114,6 +117,73 @@ def test_sampling_on_cuda_waits_for_the_device_a_few_times_per_level():
     assert traffic.synchronisations <= 60, traffic.sites.most_common()
     assert max(traffic.host_elements.values()) <= 2048, traffic.host_elements.most_common(5)
 
+
+@pytest.fixture
+def triton_launches(monkeypatch):
+    """Counts the launches of the Triton StyleGAN2 helpers by name."""
+    from get3dhuman.kernels import stylegan2 as kernels
+
+    launches = collections.Counter()
+
+    def counted(name, kernel):
+        def launch(*args, **kwargs):
+            launches[name] += 1
+            return kernel(*args, **kwargs)
+
+        return launch
+
+    for name in ("bias_act", "modulate"):
+        monkeypatch.setattr(kernels, name, counted(name, getattr(kernels, name)))
+    return launches
+
+
+def test_the_triton_helpers_chosen_on_cuda_give_the_cpus_volumes_and_meshes(triton_launches):
+    """What a GPU with Triton runs by default: every StyleGAN2 layer through the Triton helpers
+    (here interpreted), the queries through the 'cuda' backend. Triton rounds otherwise than
+    torch: the volumes agree to 1e-5, and the meshes in their vertex and face counts."""
+    generator = generator_with_a_surface().eval()
+    z = generator.latents([3])
+    with torch.no_grad():
+        shape, texture = generator(*z)
+    expected = generator.extract_mesh(*z, 32)[0]
+    with virtual_cuda(triton=True):
+        generator.cuda()
+        with torch.no_grad():
+            shape_cuda, texture_cuda = generator(*(t.cuda() for t in z))
+        assert triton_launches["bias_act"] > 0 and triton_launches["modulate"] > 0
+        mesh = generator.extract_mesh(*(t.cuda() for t in z), 32)[0].to("cpu")
+        shape_cuda, texture_cuda = to_cpu((shape_cuda.volume, texture_cuda))
+    torch.testing.assert_close(shape_cuda, shape.volume, rtol=0, atol=1e-5)
+    torch.testing.assert_close(texture_cuda, texture, rtol=0, atol=1e-5)
+    assert mesh.faces.shape == expected.faces.shape and mesh.faces.shape[0] > 0
+    torch.testing.assert_close(mesh.vertices, expected.vertices, rtol=0, atol=1e-4)
+    torch.testing.assert_close(mesh.colors, expected.colors, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_generator_training_through_the_triton_helpers_on_cuda_gives_the_cpus_losses(tmp_path, triton_launches):
+    """Stage 3 as a GPU with Triton runs it: the StyleGAN2 layers' forward, backward and R1 (a
+    gradient of a gradient through bias_act) in the Triton helpers; the CPU's losses up to
+    rounding."""
+    common = ["--preset", "tiny", "--quiet"]
+    runs = {name: str(tmp_path / name) for name in ("reconstructor", "prior", "cpu", "cuda")}
+    assert main(["train", "reconstructor", "--steps", "2", "--workers", "0", "--out", runs["reconstructor"],
+                 *common]) == 0
+    assert main(["train", "prior", "--reconstructor", runs["reconstructor"], "--out", runs["prior"], *common]) == 0
+    for device in ("cpu", "cuda"):
+        with virtual_cuda(triton=True) if device == "cuda" else contextlib.nullcontext():
+            # One step: it has R1 (lazy, every 16 steps from the first) and the interpreter is slow.
+            assert main(["train", "generator", "--steps", "1", "--prior", runs["prior"], "--reconstructor",
+                         runs["reconstructor"], "--out", runs[device], "--device", device, *common]) == 0
+    assert triton_launches["bias_act"] > 0 and triton_launches["modulate"] > 0
+    metrics = [[json.loads(line) for line in (tmp_path / device / "metrics.jsonl").read_text().splitlines()]
+               for device in ("cpu", "cuda")]
+    assert "r1" in metrics[1][0]
+    for cpu, cuda in zip(*metrics, strict=True):
+        assert cpu.keys() == cuda.keys()
+        for key in cpu:
+            if not key.startswith("seconds"):
+                assert cuda[key] == pytest.approx(cpu[key], rel=1e-4, abs=1e-6), key
 
 def test_the_command_line_writes_the_same_dataset_on_cuda(tmp_path):
     argv = ["sample", "--num", "2", "--resolution", "48", "--preview", "32", "--views", "2", "--quiet"]
