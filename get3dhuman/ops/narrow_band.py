@@ -111,7 +111,7 @@ class SparseVolume:
         vertices, faces, vertex_offsets, face_offsets = marching_cubes_sparse(
             self.cells, self.corner_values, (n, n, n), self.level, flip=flip)
         bounds = torch.searchsorted(self.cells, torch.arange(self.batch_size + 1, device=self.cells.device) * n ** 3)
-        vertex_bounds, face_bounds = vertex_offsets[bounds].tolist(), face_offsets[bounds].tolist()
+        vertex_bounds, face_bounds = torch.stack([vertex_offsets[bounds], face_offsets[bounds]]).tolist()
         scale = ((self.upper - self.lower) / n).to(vertices)
         lower = self.lower.to(vertices)
         meshes = []
@@ -169,10 +169,12 @@ def narrow_band(field: Field, resolution: int = 256, *, batch_size: int = 1,
         raise ValueError(f"band must be a non-negative float, got {band!r}")
     if not is_finite_number(level):
         raise ValueError(f"level must be a finite float, got {level!r}")
-    lower = torch.as_tensor(bounds[0], dtype=dtype, device=device)
-    upper = torch.as_tensor(bounds[1], dtype=dtype, device=device)
+    # Checked on the host, where bounds usually are (lists), so that a GPU need not be waited for.
+    lower, upper = (torch.as_tensor(bounds[i], dtype=dtype).cpu() for i in (0, 1))
     if lower.shape != (3,) or upper.shape != (3,) or not bool((upper > lower).all()):
         raise ValueError(f"bounds must be (lower [3], upper [3]) with upper > lower, got {bounds!r}")
+    longest_side = float((upper - lower).max())
+    lower, upper = lower.to(device), upper.to(device)
     evaluator = _Evaluator(field, batch_size, lower, upper, chunk)
 
     n = coarse_resolution
@@ -181,7 +183,6 @@ def narrow_band(field: Field, resolution: int = 256, *, batch_size: int = 1,
     cells = torch.arange(batch_size * n ** 3, device=device)
     corner_values = values[_corner_points(cells, n)]
     levels = [(n, cells, corner_values)]
-    longest_side = float((upper - lower).max())
     while n < resolution:
         edge = longest_side / n
         cells, point_slots, new_points = torch.ops.get3dhuman.narrow_band_refine(
@@ -305,7 +306,10 @@ class _Evaluator:
 
     def __call__(self, keys: torch.Tensor, p: int) -> torch.Tensor:
         coords = _decode(keys, p)  # keys are batch-major
-        per_row = torch.bincount(coords[:, 0], minlength=self.batch_size).cpu()
+        if self.batch_size == 1:  # the one row's count is the size: no wait for the device
+            per_row = torch.tensor([coords.shape[0]])
+        else:
+            per_row = torch.bincount(coords[:, 0], minlength=self.batch_size).cpu()
         self.counts += per_row
         ends = torch.cumsum(per_row, 0).tolist()
         rows = [(b, ends[b] - int(per_row[b]), ends[b]) for b in range(self.batch_size)]
