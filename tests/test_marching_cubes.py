@@ -253,6 +253,8 @@ def test_sparse_rejects_open_or_unsorted_sets(device):
         marching_cubes_sparse(cells[::2].contiguous(), corner_values[::2].contiguous(), (19, 19, 19))
     with pytest.raises(ValueError, match="increasing"):
         marching_cubes_sparse(cells.flip(0), corner_values, (19, 19, 19))
+    with pytest.raises(ValueError, match="non-negative"):
+        marching_cubes_sparse(torch.cat([cells.new_tensor([-1]), cells[1:]]), corner_values, (19, 19, 19))
     with pytest.raises(ValueError, match=r"\[M, 8\]"):
         marching_cubes_sparse(cells, corner_values[:, :4], (19, 19, 19))
 

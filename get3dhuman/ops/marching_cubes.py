@@ -121,7 +121,7 @@ def marching_cubes_sparse(cells: torch.Tensor, corner_values: torch.Tensor, dims
     dims = [int(d) for d in dims]
     if len(dims) != 3 or min(dims) < 1:
         raise ValueError(f"dims must be three positive cell counts, got {dims}")
-    if cells.numel() and not bool(((cells[1:] > cells[:-1]).all() & (cells[0] >= 0))):  # one read of the device
+    if cells.numel() and not bool((cells[1:] > cells[:-1]).all() & (cells[0] >= 0)):  # one read of the device
         raise ValueError("cells must be non-negative and strictly increasing")
     return torch.ops.get3dhuman.marching_cubes_sparse(cells, corner_values, dims, _check_level(level), bool(flip))
 

@@ -30,7 +30,7 @@ from get3dhuman.ops.marching_cubes import marching_cubes_sparse
 Field = Callable[[torch.Tensor], torch.Tensor]  # points [B, N, 3] -> values [B, N]
 
 _OFFSETS = torch.tensor([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)])
-_PAST_LAST_POINT = torch.iinfo(torch.int64).max  # a key greater than any lattice point's
+_PAST_LAST_KEY = torch.iinfo(torch.int64).max  # greater than any lattice point's or cell's key
 
 
 @dataclasses.dataclass
@@ -233,31 +233,40 @@ def _close(evaluator, cells, corner_values, n, level):
     above = corner_values > level
     crossing = above.any(1) & ~above.all(1)
     band = (cells, corner_values)  # every finest cell the refinement evaluated, sorted
-    cells, corner_values = cells[crossing], corner_values[crossing]
+    kept = crossing.nonzero().squeeze(1)  # one wait for a GPU, where two masks would each wait
+    cells, corner_values = cells[kept], corner_values[kept]
     added, added_values = cells[:0], corner_values[:0]
     frontier, frontier_values = cells, corner_values  # cells whose face neighbours are unchecked
     while True:
-        candidates = torch.unique(torch.ops.get3dhuman.narrow_band_open_faces(
-            frontier, frontier_values, cells, [n, n, n], float(level)))
-        frontier = candidates[~_contains(added, candidates)]
+        candidates = torch.ops.get3dhuman.narrow_band_open_faces(frontier, frontier_values, cells, [n, n, n],
+                                                                 float(level))
+        frontier = _unique_except(candidates, _contains(added, candidates))
         if frontier.numel() == 0:
             break
         point_keys = _corner_points(frontier, n)
         frontier_values, known = _point_values([band, (added, added_values)], point_keys, n)
-        # Known points take a key past every lattice point (appended once, so it is the last
-        # unique key): one unique numbers the new points without masked indexing, which on a GPU
-        # would wait for the device twice more.
-        keys = torch.cat([point_keys.reshape(-1).masked_fill(known.reshape(-1), _PAST_LAST_POINT),
-                          point_keys.new_full((1,), _PAST_LAST_POINT)])
-        new_points, inverse = torch.unique(keys, return_inverse=True)
-        new_values = torch.cat([evaluator(new_points[:-1], n + 1), frontier_values.new_zeros(1)])
-        frontier_values = torch.where(known, frontier_values, new_values[inverse[:-1]].reshape(known.shape))
+        new_points, inverse = _unique_except(point_keys.reshape(-1), known.reshape(-1), return_inverse=True)
+        # Known points' inverse is the slot past the new ones: a zero there, replaced by their value.
+        new_values = torch.cat([evaluator(new_points, n + 1), frontier_values.new_zeros(1)])
+        frontier_values = torch.where(known, frontier_values, new_values[inverse].reshape(known.shape))
         added, order = torch.sort(torch.cat([added, frontier]))
         added_values = torch.cat([added_values, frontier_values])[order]
     if added.numel() == 0:
         return cells, corner_values
     cells, order = torch.sort(torch.cat([cells, added]))
     return cells, torch.cat([corner_values, added_values])[order]
+
+
+def _unique_except(keys: torch.Tensor, dropped: torch.Tensor, return_inverse: bool = False):
+    """torch.unique (sorted) of keys [K] without those where `dropped` [K]; with return_inverse,
+    also each key's slot in it (the dropped ones': the slot past the last). One op sized by the
+    values, where masking and then unique would be two, each a wait for a GPU: the dropped keys
+    take a key past every other, appended once more so that it is always the last unique key."""
+    marked = torch.cat([keys.masked_fill(dropped, _PAST_LAST_KEY), keys.new_full((1,), _PAST_LAST_KEY)])
+    if not return_inverse:
+        return torch.unique(marked)[:-1]
+    unique, inverse = torch.unique(marked, return_inverse=True)
+    return unique[:-1], inverse[:-1]
 
 
 def _contains(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
