@@ -36,8 +36,8 @@ export PYTHONSAFEPATH=1
 python3 -m get3dhuman.cli info | tee -a "$out/info.txt"
 # The CPU tests run on every CI run; here the ones with a CUDA or Triton case, given at most half
 # of the time left, so that the benchmarks get the rest.
-timeout -s INT -k 20 $(($(left) / 2)) python3 -m pytest -q -p no:cacheprovider tests -m "not slow" -k "cuda or triton or gpu" \
-  2>&1 | tee "$out/tests.log"
+timeout -s INT -k 20 $(($(left) / 2)) python3 -m pytest -q -p no:cacheprovider tests -m "not slow" \
+  -k "cuda or triton or gpu" 2>&1 | tee "$out/tests.log"
 tests=${PIPESTATUS[0]}
 # Humans a second on this GPU (the CPU's are in BENCHMARKS.md), float32 and the model in
 # bfloat16: a minute at most each.
@@ -47,8 +47,8 @@ timeout 60 python3 -m get3dhuman.cli bench --device cuda --dtype bfloat16 2>&1 |
 # then the query's CUDA rows), so that a session cut short still has them; then the rest.
 first=(benchmarks/test_triton.py benchmarks/test_query.py)
 rest=$(ls benchmarks/test_*.py | grep -v -x -F -e "${first[0]}" -e "${first[1]}")
-timeout -s INT -k 20 "$(left)" python3 -m pytest -q -p no:cacheprovider "${first[@]}" $rest --benchmark-only -k "cuda or triton" \
-  --benchmark-json "$out/benchmarks.json" 2>&1 | tee "$out/benchmarks.log"
+timeout -s INT -k 20 "$(left)" python3 -m pytest -q -p no:cacheprovider "${first[@]}" $rest --benchmark-only \
+  -k "cuda or triton" --benchmark-json "$out/benchmarks.json" 2>&1 | tee "$out/benchmarks.log"
 benchmarks=${PIPESTATUS[0]}
 echo "tests rc=$tests benchmarks rc=$benchmarks after ${SECONDS} s" | tee -a "$out/info.txt"
 exit $((tests != 0 || benchmarks != 0))

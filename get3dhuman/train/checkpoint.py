@@ -53,9 +53,9 @@ def record_settings(path: str, settings: dict, may_change: tuple[str, ...] = ("s
     recorded before them had (a file lacking one matches that value). A NaN or infinite setting
     is refused (ValueError naming it) before anything is written: json cannot hold it, and NaN
     would match no later run."""
-    unrecordable = [key for key, value in settings.items() if not _json_compliant(value)]
+    unrecordable = [f"{key}={value!r}" for key, value in settings.items() if not _json_compliant(value)]
     if unrecordable:
-        raise ValueError(f"settings must be finite to be recorded, got {', '.join(f'{key}={settings[key]!r}' for key in unrecordable)}")
+        raise ValueError(f"settings must be finite to be recorded, got {', '.join(unrecordable)}")
     if os.path.exists(path):
         saved = read_settings(path, introduced)
         changed = sorted(k for k in {*settings, *saved} if k not in may_change and saved.get(k) != settings.get(k))
