@@ -185,6 +185,7 @@ def test_generator_training_through_the_triton_helpers_on_cuda_gives_the_cpus_lo
             if not key.startswith("seconds"):
                 assert cuda[key] == pytest.approx(cpu[key], rel=1e-4, abs=1e-6), key
 
+
 def test_the_command_line_writes_the_same_dataset_on_cuda(tmp_path):
     argv = ["sample", "--num", "2", "--resolution", "48", "--preview", "32", "--views", "2", "--quiet"]
     assert main([*argv, "--out", str(tmp_path / "cpu")]) == 0
