@@ -716,5 +716,7 @@ def _check_device(args: argparse.Namespace) -> None:
         raise SystemExit(f"get3dhuman {name}: --device must be cpu or cuda[:N], got {args.device!r}")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m get3dhuman.cli`, as torchrun starts each rank
+    from get3dhuman.train import distributed
+
+    distributed.exit_process(main())

@@ -37,6 +37,9 @@ def test_single_process_helpers():
     values = list(draws.values())
     assert all(not torch.equal(a, b) for i, a in enumerate(values) for b in values[i + 1:])  # independent streams
     assert torch.equal(draws[0, 1, 0], torch.rand(4, generator=distributed.rank_generator(0, 1)))  # rank 0 by default
+    with pytest.raises(SystemExit) as exit_info:  # outside a process group, the interpreter ends as usual
+        distributed.exit_process(3)
+    assert exit_info.value.code == 3
 
 
 def test_reconstructor_ranks_split_the_batch_and_average_gradients(tmp_path):
