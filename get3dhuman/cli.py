@@ -43,7 +43,6 @@ import argparse
 import json
 import math
 import os
-import sys
 
 from get3dhuman.train.settings import STAGES
 
