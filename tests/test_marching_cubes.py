@@ -8,6 +8,7 @@ from inputs import CUDA_READY
 from scipy.spatial import cKDTree
 
 from get3dhuman.ops import marching_cubes, marching_cubes_sparse, reference_marching_cubes
+from get3dhuman.ops.marching_cubes import iso_threshold
 
 skimage_measure = pytest.importorskip("skimage.measure")
 
@@ -123,6 +124,45 @@ def test_matches_skimage_on_smooth_random_fields(seed):
     assert len(faces) == len(sk_faces)
     assert_same_vertices(vertices, sk_vertices - 1, tolerance=1e-4)
     assert_closed_oriented(vertices, faces)
+
+
+def tied_sphere(level):
+    """A float32 sphere field around `level` with every voxel within 0.02 of it set to
+    float32(level), which for 0.1 lies just above the level (float32(0.1) > 0.1)."""
+    volume = (sphere(40) + level).float()
+    tie = np.float32(level)
+    volume[(volume - tie).abs() < 0.02] = float(tie)
+    return volume
+
+
+@pytest.mark.parametrize("level", [0.1, 0.7, 1 / 3])
+def test_ties_with_a_level_float32_cannot_hold_match_skimage(level):
+    """skimage compares float32 voxels with the level as a double: a voxel equal to the level's
+    float32 rounding is above when that rounding is (0.1, 1/3), below when it is not (0.7)."""
+    volume = tied_sphere(level)
+    ties = volume == np.float32(level)
+    assert int(ties.sum()) > 1000
+    assert ambiguous_faces(volume.double(), level) == 0
+    vertices, faces = marching_cubes(volume, level)
+    sk_vertices, sk_faces, _, _ = skimage_measure.marching_cubes(volume.numpy(), level, method="lorensen")
+    assert len(vertices) == len(sk_vertices) and len(faces) == len(sk_faces)
+    # A voxel at the level puts the vertices of all its crossed edges within 1e-8 of it: no
+    # bijection by nearest neighbours, but each mesh's vertices lie on the other's.
+    assert max(cKDTree(sk_vertices).query(vertices.numpy())[0].max(),
+               cKDTree(vertices.numpy()).query(sk_vertices)[0].max()) <= 1e-5
+    reference = reference_marching_cubes(volume, level)
+    assert torch.equal(faces, reference[1])
+    torch.testing.assert_close(vertices, reference[0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_iso_threshold_is_the_largest_value_of_the_dtype_not_above_the_level(dtype):
+    levels = np.concatenate([np.random.default_rng(0).normal(size=200) * 10.0 ** np.arange(-4, 4).repeat(25),
+                             [0.0, 0.5, -0.1, 0.1, 1 / 3, 1e300, -1e300]])
+    for level in levels.tolist():
+        threshold = torch.tensor(iso_threshold(level, dtype), dtype=dtype)
+        above = torch.nextafter(threshold, torch.tensor(np.inf, dtype=dtype))
+        assert float(threshold) <= level < float(above)
 
 
 def test_shape_touching_the_border_closes_with_padding():
@@ -277,11 +317,11 @@ def test_sparse_rejects_corner_values_that_disagree(device):
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_matches_cpu_exactly(dtype):
-    volume = smooth_random(70, 9).to(dtype)
-    cpu = marching_cubes(volume, 0.01)
-    cuda = marching_cubes(volume.cuda(), 0.01)
-    assert torch.equal(cpu[1], cuda[1].cpu())
-    torch.testing.assert_close(cpu[0], cuda[0].cpu(), rtol=0, atol=1e-5)
+    for volume, level in [(smooth_random(70, 9).to(dtype), 0.01), (tied_sphere(0.1).to(dtype), 0.1)]:
+        cpu = marching_cubes(volume, level)
+        cuda = marching_cubes(volume.cuda(), level)
+        assert torch.equal(cpu[1], cuda[1].cpu())
+        torch.testing.assert_close(cpu[0], cuda[0].cpu(), rtol=0, atol=1e-5)
 
 
 def test_opcheck_dense_and_sparse():

@@ -72,6 +72,26 @@ def test_closure_follows_the_surface_past_coarse_misses():
     assert_closed_oriented(vertices, faces)
 
 
+@pytest.mark.parametrize("band", [0.0, float("inf")])
+def test_ties_with_a_level_float32_cannot_hold_mesh_as_dense(band, device):
+    """Lattice values equal to float32(0.1), which is above 0.1: the refinement, the closure and
+    sparse marching cubes must all count them as dense marching cubes does (as skimage does)."""
+    level = 0.1
+
+    def field(p):
+        values = p.norm(dim=-1) - 0.6 + level
+        return torch.where((values - level).abs() < 0.03, torch.full_like(values, level), values)
+
+    volume = narrow_band(field, 64, coarse_resolution=16, band=band, level=level, device=device)
+    vertices, faces = (tensor.cpu() for tensor in volume.marching_cubes()[0])
+    x = torch.linspace(-1, 1, 65)
+    grid = torch.stack(torch.meshgrid(x, x, x, indexing="ij"), -1)
+    dense_vertices, dense_faces = marching_cubes(field(grid), level, spacing=2 / 64, origin=-1.0)
+    assert len(vertices) == len(dense_vertices) and len(faces) == len(dense_faces)
+    assert hausdorff(vertices, dense_vertices) < 1e-5
+    assert_closed_oriented(vertices, faces)
+
+
 def test_query_is_exact_on_the_band_and_close_elsewhere():
     params = humans(1, seed=2)
     field = lambda p: human_sdf(params, p)  # noqa: E731
@@ -95,7 +115,7 @@ def reference_refine(cells, corner_values, dims, level, threshold):
     """Pure-torch narrow_band_refine: the kept cells' children in parent order: keys [K], corner
     point keys [K, 8] over the (2 * dims + 1) point lattice, whether each corner is a parent corner
     [K, 8], and the kept mask [M]."""
-    above = corner_values > level
+    above = corner_values.double() > level  # as real numbers, not against the level rounded to float32
     keep = (above.any(1) & ~above.all(1)) | ((corner_values - level).abs() <= threshold).any(1)
     d0, d1, d2 = dims
     offsets = torch.tensor([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)])

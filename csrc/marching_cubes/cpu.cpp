@@ -123,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor> dense_cpu(const at::Tensor& volume_in, double
   const Tables& tables = host_tables();
   at::Tensor vertices, faces;
   AT_DISPATCH_FLOATING_TYPES(volume.scalar_type(), "marching_cubes_dense_cpu", [&] {
-    const auto threshold = static_cast<scalar_t>(level);
+    const auto threshold = iso_threshold<scalar_t>(level);
     const scalar_t* values = volume.const_data_ptr<scalar_t>();
     auto* words = reinterpret_cast<uint64_t*>(bits.mutable_data_ptr<int64_t>());
     pack_above(values, rows, width, words_per_row, threshold, words);
@@ -167,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_cpu(const at::
   at::Tensor vertex_offsets, face_offsets, vertices, faces;
   std::atomic<bool> consistent{true};
   AT_DISPATCH_FLOATING_TYPES(corner_values.scalar_type(), "marching_cubes_sparse_cpu", [&] {
-    const scalar_t threshold = static_cast<scalar_t>(level);
+    const scalar_t threshold = iso_threshold<scalar_t>(level);
     const int64_t* keys = cells.const_data_ptr<int64_t>();
     const scalar_t* values = corner_values.const_data_ptr<scalar_t>();
     auto* owned_ptr = reinterpret_cast<uint16_t*>(owned.mutable_data_ptr<int16_t>());

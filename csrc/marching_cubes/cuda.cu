@@ -127,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor> dense_cuda(const at::Tensor& volume_in, doubl
   at::Tensor counts = at::empty({2, rows}, volume.options().dtype(at::kLong));
   at::Tensor vertices, faces;
   AT_DISPATCH_FLOATING_TYPES(volume.scalar_type(), "marching_cubes_dense_cuda", [&] {
-    const auto threshold = static_cast<scalar_t>(level);
+    const auto threshold = iso_threshold<scalar_t>(level);
     const scalar_t* values = volume.const_data_ptr<scalar_t>();
     auto* words = reinterpret_cast<uint64_t*>(bits.mutable_data_ptr<int64_t>());
     if (rows > 0) {
@@ -171,7 +171,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_cuda(const at:
   at::Tensor not_closed = at::zeros({1}, cells.options());
   at::Tensor vertex_offsets, face_offsets, vertices, faces;
   AT_DISPATCH_FLOATING_TYPES(corner_values.scalar_type(), "marching_cubes_sparse_cuda", [&] {
-    const auto threshold = static_cast<scalar_t>(level);
+    const auto threshold = iso_threshold<scalar_t>(level);
     const int64_t* keys = cells.const_data_ptr<int64_t>();
     const scalar_t* values = corner_values.const_data_ptr<scalar_t>();
     auto* owned_ptr = reinterpret_cast<uint16_t*>(owned.mutable_data_ptr<int16_t>());

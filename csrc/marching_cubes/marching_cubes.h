@@ -14,6 +14,7 @@
 // cube, which orients every triangle's normal towards increasing values.
 #pragma once
 
+#include "../iso_level.h"
 #include "../sparse_cells.h"
 
 #include <ATen/core/Tensor.h>

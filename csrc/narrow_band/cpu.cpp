@@ -36,7 +36,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_cpu(const at::Tensor& cell
   int64_t* kept_ptr = kept.mutable_data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(corner_values.scalar_type(), "narrow_band_refine_cpu", [&] {
     const scalar_t* values = corner_values.const_data_ptr<scalar_t>();
-    const auto lvl = static_cast<scalar_t>(level), thr = static_cast<scalar_t>(threshold);
+    const auto lvl = iso_threshold<scalar_t>(level), thr = static_cast<scalar_t>(threshold);
     at::parallel_for(0, count, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t cell = begin; cell < end; ++cell) kept_ptr[cell] = keep_cell(values + 8 * cell, lvl, thr);
     });
@@ -100,7 +100,7 @@ at::Tensor open_faces_cpu(const at::Tensor& frontier_in, const at::Tensor& front
   int64_t* counts_ptr = open_counts.mutable_data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "narrow_band_open_faces_cpu", [&] {
     const scalar_t* values_ptr = values.const_data_ptr<scalar_t>();
-    const auto lvl = static_cast<scalar_t>(level);
+    const auto lvl = iso_threshold<scalar_t>(level);
     at::parallel_for(0, count, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         open_ptr[i] = open_faces(lattice, keys[i], values_ptr + 8 * i, lvl, closed_ptr, closed_count);

@@ -93,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> refine_cuda(const at::Tensor& cel
   if (count > 0) {
     AT_DISPATCH_FLOATING_TYPES(corner_values.scalar_type(), "narrow_band_refine_cuda", [&] {
       classify_kernel<scalar_t><<<blocks_for(count), kThreads, 0, stream>>>(
-          corner_values.const_data_ptr<scalar_t>(), count, static_cast<scalar_t>(level),
+          corner_values.const_data_ptr<scalar_t>(), count, iso_threshold<scalar_t>(level),
           static_cast<scalar_t>(threshold), kept.mutable_data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -148,7 +148,7 @@ at::Tensor open_faces_cuda(const at::Tensor& frontier_in, const at::Tensor& fron
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "narrow_band_open_faces_cuda", [&] {
     open_faces_kernel<scalar_t><<<blocks_for(count), kThreads, 0, stream>>>(
         lattice, frontier.const_data_ptr<int64_t>(), count, values.const_data_ptr<scalar_t>(),
-        static_cast<scalar_t>(level), closed.const_data_ptr<int64_t>(), closed.size(0),
+        iso_threshold<scalar_t>(level), closed.const_data_ptr<int64_t>(), closed.size(0),
         open.mutable_data_ptr<int32_t>(), open_counts.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -11,6 +11,7 @@
 // in parent order (so batch-major), and the children are written straight into key order.
 #pragma once
 
+#include "../iso_level.h"
 #include "../sparse_cells.h"
 
 #include <ATen/core/Tensor.h>

@@ -2,7 +2,8 @@
 
 Conventions (shared with scikit-image, so results compare directly): a volume is [D, H, W];
 vertex coordinates are array indices (axis 0, 1, 2), then scaled by `spacing` and shifted by
-`origin`. A corner counts as above the surface when its value > level. Faces are oriented so
+`origin`. A corner counts as above the surface when its value > level, compared as real numbers
+(`iso_threshold`: not against the level rounded to the volume's dtype). Faces are oriented so
 that their normals (right-hand rule) point towards increasing values: outward for a signed
 distance that is negative inside; `flip=True` reverses them (outward for an occupancy that is
 high inside).
@@ -42,6 +43,17 @@ def _check_level(level) -> float:
     if not is_finite_number(level):
         raise ValueError(f"level must be a finite float, got {level!r}")
     return float(level)
+
+
+def iso_threshold(level: float, dtype: torch.dtype) -> float:
+    """The largest value of `dtype` not above `level`: a value of that dtype exceeds it exactly
+    when it exceeds `level` (as scikit-image compares a float32 volume with a float level; torch's
+    `tensor > level` would round the level to the nearest float32 first). The kernels' twin is
+    csrc/iso_level.h."""
+    rounded = torch.tensor(level, dtype=dtype)
+    if float(rounded) > level:
+        rounded = torch.nextafter(rounded, torch.tensor(-math.inf, dtype=dtype))
+    return float(rounded)
 
 
 def marching_cubes(volume, level: float = 0.0, *, spacing: float | Sequence[float] = 1.0,
@@ -216,7 +228,7 @@ def reference_marching_cubes(volume: torch.Tensor, level: float = 0.0, flip: boo
     in index coordinates, faces [F, 3] int64)."""
     volume = volume.detach().cpu()
     depth, height, width = volume.shape
-    above = volume > level
+    above = volume > iso_threshold(level, volume.dtype)
     # Crossed edges: key = voxel index * 3 + axis, sorted, is the kernels' vertex order.
     keys, starts, ends, axes = [], [], [], []
     index = torch.arange(volume.numel()).reshape(volume.shape)

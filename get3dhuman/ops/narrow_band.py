@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from get3dhuman._checks import check_int, is_finite_number
-from get3dhuman.ops.marching_cubes import marching_cubes_sparse
+from get3dhuman.ops.marching_cubes import iso_threshold, marching_cubes_sparse
 
 Field = Callable[[torch.Tensor], torch.Tensor]  # points [B, N, 3] -> values [B, N]
 
@@ -230,7 +230,7 @@ def _close(evaluator, cells, corner_values, n, level):
     is missing. A new cell's corner takes its value from any cell evaluated so far that has the
     same lattice point (one value per point keeps the mesh watertight); the others are evaluated.
     Added cells are kept apart (small, cheap to re-sort) and merged once at the end."""
-    above = corner_values > level
+    above = corner_values > iso_threshold(level, corner_values.dtype)
     crossing = above.any(1) & ~above.all(1)
     band = (cells, corner_values)  # every finest cell the refinement evaluated, sorted
     kept = crossing.nonzero().squeeze(1)  # one wait for a GPU, where two masks would each wait
