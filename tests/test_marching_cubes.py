@@ -155,6 +155,27 @@ def test_ties_with_a_level_float32_cannot_hold_match_skimage(level):
     torch.testing.assert_close(vertices, reference[0], rtol=0, atol=1e-5)
 
 
+def test_vertices_are_placed_with_the_level_itself_not_its_float32_rounding():
+    """One corner at float32(0.1), just above 0.1, the others one float32 step lower, below it:
+    the level lies a fifth of the way along each edge (float32(0.1) - 0.1 is a fifth of the
+    step), which the level rounded to float32 (either way) would put at an end."""
+    above = np.float32(0.1)
+    below = np.nextafter(above, np.float32(0))
+    fraction = (0.1 - float(above)) / (float(below) - float(above))
+    assert 0.15 < fraction < 0.25
+    volume = torch.full((2, 2, 2), float(below))
+    volume[0, 0, 0] = float(above)
+    vertices, faces = marching_cubes(volume, 0.1)
+    expected = torch.eye(3) * fraction
+    torch.testing.assert_close(vertices, expected, rtol=0, atol=1e-6)
+    sk_vertices, sk_faces, _, _ = skimage_measure.marching_cubes(volume.numpy(), 0.1, method="lorensen")
+    assert len(faces) == len(sk_faces) == 1
+    assert_same_vertices(vertices, sk_vertices, tolerance=1e-6)
+    cells = torch.zeros(1, dtype=torch.int64)
+    sparse_vertices = marching_cubes_sparse(cells, volume.reshape(1, 8), (1, 1, 1), 0.1)[0]
+    torch.testing.assert_close(sparse_vertices, expected, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_iso_threshold_is_the_largest_value_of_the_dtype_not_above_the_level(dtype):
     levels = np.concatenate([np.random.default_rng(0).normal(size=200) * 10.0 ** np.arange(-4, 4).repeat(25),

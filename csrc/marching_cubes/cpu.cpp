@@ -146,7 +146,7 @@ std::tuple<at::Tensor, at::Tensor> dense_cpu(const at::Tensor& volume_in, double
     at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t i = row / height, j = row % height;
-        if (vertex_counts[row] > 0) dense_row_vertices(v, values, threshold, vo, i, j, vertex_ptr);
+        if (vertex_counts[row] > 0) dense_row_vertices(v, values, level, vo, i, j, vertex_ptr);
         if (face_counts[row] > 0) dense_row_triangles(v, tables, vo, fo[row], flip, i, j, face_ptr);
       }
     });
@@ -191,8 +191,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_cpu(const at::
       bool ok = true;
       for (int64_t cell = begin; cell < end; ++cell) {
         if (vertex_counts[cell] == 0 && face_counts[cell] == 0) continue;
-        ok &= sparse_cell_emit(lattice, tables, keys, values, owned_ptr, vo, fo[cell], threshold, flip, cell, finder,
-                               vertex_ptr, face_ptr);
+        ok &= sparse_cell_emit(lattice, tables, keys, values, owned_ptr, vo, fo[cell], threshold, level, flip, cell,
+                               finder, vertex_ptr, face_ptr);
       }
       if (!ok) consistent = false;
     });

@@ -50,13 +50,13 @@ std::array<int64_t, N> read_scalars(const std::array<at::Tensor, N>& scalars) {
 // One warp packs 32 consecutive voxels of a row into half a word by ballot.
 template <typename scalar_t>
 __global__ void pack_kernel(const scalar_t* __restrict__ values, int64_t rows, int64_t width, int64_t words_per_row,
-                            scalar_t level, uint32_t* __restrict__ halves) {
+                            scalar_t threshold, uint32_t* __restrict__ halves) {
   const int64_t halves_per_row = 2 * words_per_row;
   const int64_t lane_index = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t half = lane_index / 32;
   if (half >= rows * halves_per_row) return;  // whole warps leave together
   const int64_t row = half / halves_per_row, k = (half % halves_per_row) * 32 + threadIdx.x % 32;
-  const bool above = k < width && values[row * width + k] > level;
+  const bool above = k < width && values[row * width + k] > threshold;
   const uint32_t ballot = __ballot_sync(0xffffffffu, above);
   if (threadIdx.x % 32 == 0) halves[half] = ballot;
 }
@@ -69,7 +69,7 @@ __global__ void dense_count_kernel(DenseBits v, int64_t* __restrict__ vertex_cou
 }
 
 template <typename scalar_t>
-__global__ void dense_emit_kernel(DenseBits v, const scalar_t* __restrict__ values, scalar_t level,
+__global__ void dense_emit_kernel(DenseBits v, const scalar_t* __restrict__ values, double level,
                                   const int64_t* __restrict__ vertex_offsets, const int64_t* __restrict__ face_offsets,
                                   bool flip, float* __restrict__ vertices, int64_t* __restrict__ faces) {
   const int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -83,25 +83,27 @@ __global__ void dense_emit_kernel(DenseBits v, const scalar_t* __restrict__ valu
 
 template <typename scalar_t>
 __global__ void sparse_count_kernel(SparseLattice lattice, const int64_t* __restrict__ keys,
-                                    const scalar_t* __restrict__ values, int64_t count, scalar_t level,
+                                    const scalar_t* __restrict__ values, int64_t count, scalar_t threshold,
                                     uint16_t* __restrict__ owned, int64_t* __restrict__ vertex_counts,
                                     int64_t* __restrict__ face_counts) {
   const int64_t cell = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (cell < count) sparse_cell_count(lattice, device_tables, keys, values, level, cell, owned, vertex_counts, face_counts);
+  if (cell < count) {
+    sparse_cell_count(lattice, device_tables, keys, values, threshold, cell, owned, vertex_counts, face_counts);
+  }
 }
 
 template <typename scalar_t>
 __global__ void sparse_closed_kernel(SparseLattice lattice, const int64_t* __restrict__ keys,
-                                     const scalar_t* __restrict__ values, int64_t count, scalar_t level,
+                                     const scalar_t* __restrict__ values, int64_t count, scalar_t threshold,
                                      const uint16_t* __restrict__ owned, int64_t* __restrict__ not_closed) {
   const int64_t cell = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const BinaryFinder finder{keys, count};
-  if (cell < count && !sparse_cell_closed(lattice, keys, values, owned, level, cell, finder)) *not_closed = 1;
+  if (cell < count && !sparse_cell_closed(lattice, keys, values, owned, threshold, cell, finder)) *not_closed = 1;
 }
 
 template <typename scalar_t>
 __global__ void sparse_emit_kernel(SparseLattice lattice, const int64_t* __restrict__ keys,
-                                   const scalar_t* __restrict__ values, int64_t count, scalar_t level,
+                                   const scalar_t* __restrict__ values, int64_t count, scalar_t threshold, double level,
                                    const uint16_t* __restrict__ owned, const int64_t* __restrict__ vertex_offsets,
                                    const int64_t* __restrict__ face_offsets, bool flip, float* __restrict__ vertices,
                                    int64_t* __restrict__ faces) {
@@ -109,8 +111,8 @@ __global__ void sparse_emit_kernel(SparseLattice lattice, const int64_t* __restr
   if (cell >= count) return;
   if (vertex_offsets[cell + 1] == vertex_offsets[cell] && face_offsets[cell + 1] == face_offsets[cell]) return;
   const BinaryFinder finder{keys, count};
-  sparse_cell_emit(lattice, device_tables, keys, values, owned, vertex_offsets, face_offsets[cell], level, flip, cell,
-                   finder, vertices, faces);
+  sparse_cell_emit(lattice, device_tables, keys, values, owned, vertex_offsets, face_offsets[cell], threshold, level,
+                   flip, cell, finder, vertices, faces);
 }
 
 }  // namespace
@@ -148,7 +150,7 @@ std::tuple<at::Tensor, at::Tensor> dense_cuda(const at::Tensor& volume_in, doubl
     faces = at::empty({totals[1], 3}, volume.options().dtype(at::kLong));
     if (totals[0] > 0 || totals[1] > 0) {
       dense_emit_kernel<scalar_t><<<blocks_for(rows), kThreads, 0, stream>>>(
-          v, values, threshold, vertex_offsets.const_data_ptr<int64_t>(), face_offsets.const_data_ptr<int64_t>(), flip,
+          v, values, level, vertex_offsets.const_data_ptr<int64_t>(), face_offsets.const_data_ptr<int64_t>(), flip,
           vertices.mutable_data_ptr<float>(), faces.mutable_data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -192,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_cuda(const at:
     faces = at::empty({totals[1], 3}, cells.options());
     if (count > 0) {
       sparse_emit_kernel<scalar_t><<<blocks_for(count), kThreads, 0, stream>>>(
-          lattice, keys, values, count, threshold, owned_ptr, vertex_offsets.const_data_ptr<int64_t>(),
+          lattice, keys, values, count, threshold, level, owned_ptr, vertex_offsets.const_data_ptr<int64_t>(),
           face_offsets.const_data_ptr<int64_t>(), flip, vertices.mutable_data_ptr<float>(),
           faces.mutable_data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -134,7 +134,9 @@ inline const Tables& host_tables() {
   return tables;
 }
 
-// Where the iso-surface crosses the edge from value a to value b, as a fraction from a.
+// Where the iso-surface crosses the edge from value a to value b, as a fraction from a, in
+// double with the level as given: a float32 level would be off by up to half its ulp, which
+// divided by a small b - a moves the vertex visibly (and away from skimage's, computed so).
 // Infinite values (a border padded with +-inf) put the crossing on the finite end.
 C10_HOST_DEVICE inline bool is_infinite(double x) {
 #if defined(__CUDA_ARCH__)
@@ -145,10 +147,10 @@ C10_HOST_DEVICE inline bool is_infinite(double x) {
 }
 
 template <typename T>
-C10_HOST_DEVICE inline float crossing_fraction(T a, T b, T level) {
+C10_HOST_DEVICE inline float crossing_fraction(T a, T b, double level) {
   const bool inf_a = is_infinite(a), inf_b = is_infinite(b);
   if (inf_a || inf_b) return inf_a && inf_b ? 0.5f : (inf_a ? 1.0f : 0.0f);
-  return static_cast<float>((level - a) / (b - a));
+  return static_cast<float>((level - double(a)) / (double(b) - double(a)));
 }
 
 // ----------------------------------------------------------------------------------------
@@ -245,7 +247,8 @@ C10_HOST_DEVICE inline void dense_row_counts(const DenseBits& v, const uint8_t* 
 }
 
 template <typename T>
-C10_HOST_DEVICE inline void write_vertex(float* out, int64_t i, int64_t j, int64_t k, int axis, T a, T b, T level) {
+C10_HOST_DEVICE inline void write_vertex(float* out, int64_t i, int64_t j, int64_t k, int axis, T a, T b,
+                                         double level) {
   const float t = crossing_fraction(a, b, level);
   out[0] = float(i) + (axis == 0 ? t : 0.0f);
   out[1] = float(j) + (axis == 1 ? t : 0.0f);
@@ -254,7 +257,7 @@ C10_HOST_DEVICE inline void write_vertex(float* out, int64_t i, int64_t j, int64
 
 // Writes the vertices owned by row (i, j), from vertex_offsets[row] (every row's first id).
 template <typename T>
-C10_HOST_DEVICE inline void dense_row_vertices(const DenseBits& v, const T* volume, T level,
+C10_HOST_DEVICE inline void dense_row_vertices(const DenseBits& v, const T* volume, double level,
                                                const int64_t* vertex_offsets, int64_t i, int64_t j, float* vertices) {
   const int64_t row = i * v.height + j;
   int64_t id = vertex_offsets[row];
@@ -335,13 +338,14 @@ C10_HOST_DEVICE inline void dense_row_triangles(const DenseBits& v, const Tables
 // the smallest key among the cells that share it, which is (P_x - 1 or 0) along the edge's two
 // other axes, P being the edge's start point; so the set of cells must contain every cell
 // around each crossed edge (the narrow band closes it). Vertices are ordered by (owner cell,
-// edge), triangles by (cell, table).
+// edge), triangles by (cell, table). Cells are classified against `threshold`, the level's
+// iso_threshold in the values' dtype; vertices are placed with the `level` itself.
 
 template <typename T>
-C10_HOST_DEVICE inline unsigned sparse_case(const T* corners, T level) {
+C10_HOST_DEVICE inline unsigned sparse_case(const T* corners, T threshold) {
   unsigned config = 0;
 #pragma unroll
-  for (int c = 0; c < 8; ++c) config |= unsigned(corners[c] > level) << c;
+  for (int c = 0; c < 8; ++c) config |= unsigned(corners[c] > threshold) << c;
   return config;
 }
 
@@ -389,11 +393,11 @@ C10_HOST_DEVICE inline int edge_in_owner(int edge, const int* offset) {
 // First pass of one cell: the crossed edges it owns, its vertex and triangle counts.
 template <typename T>
 C10_HOST_DEVICE inline void sparse_cell_count(const SparseLattice& lattice, const Tables& tables, const int64_t* keys,
-                                              const T* corner_values, T level, int64_t cell, uint16_t* owned,
+                                              const T* corner_values, T threshold, int64_t cell, uint16_t* owned,
                                               int64_t* vertex_counts, int64_t* face_counts) {
   int64_t coords[3];
   lattice.decode(keys[cell], coords);
-  const unsigned config = sparse_case(corner_values + 8 * cell, level);
+  const unsigned config = sparse_case(corner_values + 8 * cell, threshold);
   const unsigned mine = owned_edges(crossed_edges(config), coords);
   owned[cell] = static_cast<uint16_t>(mine);
   vertex_counts[cell] = popcount64(mine);
@@ -427,12 +431,12 @@ C10_HOST_DEVICE inline int64_t edge_owner(const SparseLattice& lattice, int64_t 
 // (one synchronisation); the CPU kernel takes the verdict from the emission.
 template <typename T, typename Find>
 C10_HOST_DEVICE inline bool sparse_cell_closed(const SparseLattice& lattice, const int64_t* keys,
-                                               const T* corner_values, const uint16_t* owned, T level, int64_t cell,
+                                               const T* corner_values, const uint16_t* owned, T threshold, int64_t cell,
                                                Find& find) {
   int64_t coords[3];
   const int64_t key = keys[cell];
   lattice.decode(key, coords);
-  const unsigned foreign = crossed_edges(sparse_case(corner_values + 8 * cell, level)) & ~unsigned(owned[cell]);
+  const unsigned foreign = crossed_edges(sparse_case(corner_values + 8 * cell, threshold)) & ~unsigned(owned[cell]);
   for (int e = 0; e < 12; ++e) {
     int local;
     if (((foreign >> e) & 1u) && edge_owner(lattice, key, coords, cell, e, owned, find, &local) < 0) return false;
@@ -446,7 +450,8 @@ C10_HOST_DEVICE inline bool sparse_cell_closed(const SparseLattice& lattice, con
 template <typename T, typename Find>
 C10_HOST_DEVICE inline bool sparse_cell_emit(const SparseLattice& lattice, const Tables& tables, const int64_t* keys,
                                              const T* corner_values, const uint16_t* owned, const int64_t* vertex_offsets,
-                                             int64_t face_offset, T level, bool flip, int64_t cell, Find& find,
+                                             int64_t face_offset, T threshold, double level, bool flip, int64_t cell,
+                                             Find& find,
                                              float* vertices, int64_t* faces) {
   int64_t coords[3];
   const int64_t key = keys[cell];
@@ -460,7 +465,7 @@ C10_HOST_DEVICE inline bool sparse_cell_emit(const SparseLattice& lattice, const
     write_vertex(vertices + 3 * id++, coords[0] + corner_offset(start, 0), coords[1] + corner_offset(start, 1),
                  coords[2] + corner_offset(start, 2), axis, corners[start], corners[edge_end(e)], level);
   }
-  const unsigned config = sparse_case(corners, level);
+  const unsigned config = sparse_case(corners, threshold);
   const int8_t* edges = tables.triangles[config];
   bool closed = true;
   for (int n = 0; n < 3 * tables.count[config]; n += 3) {
