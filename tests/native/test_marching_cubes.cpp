@@ -77,7 +77,7 @@ void verdicts(const Cells& cells, int64_t m, std::vector<bool>* closed, std::vec
     (*closed)[cell] = sparse_cell_closed(lattice, cells.keys.data(), cells.corners.data(), owned.data(), 0.f, cell,
                                          finder);
     (*emitted)[cell] = sparse_cell_emit(lattice, tables, cells.keys.data(), cells.corners.data(), owned.data(),
-                                        vertex_offsets.data(), face_offset, 0.f, false, cell, finder,
+                                        vertex_offsets.data(), face_offset, 0.f, 0.0, false, cell, finder,
                                         vertex_buffer.data(), face_buffer.data());
     face_offset += counts[count + cell];
   }
