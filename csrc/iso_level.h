@@ -13,7 +13,8 @@ namespace get3dhuman {
 template <typename T>
 inline T iso_threshold(double level) {
   const T rounded = static_cast<T>(level);
-  return static_cast<double>(rounded) > level ? std::nextafter(rounded, -std::numeric_limits<T>::infinity()) : rounded;
+  if (static_cast<double>(rounded) <= level) return rounded;
+  return std::nextafter(rounded, -std::numeric_limits<T>::infinity());
 }
 
 }  // namespace get3dhuman
