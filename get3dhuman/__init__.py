@@ -3,7 +3,8 @@
 Public names:
 - Generator: the two-branch Get3DHuman generator (presets 'official', 'small', 'tiny';
   Generator.from_official_checkpoint loads the authors' weights).
-- Reconstructor, Refiner: the pixel-aligned reconstructor and the refinement U-Net.
+- Reconstructor, Refiner: the pixel-aligned reconstructor and the refinement U-Net
+  (Refiner.from_official_checkpoint loads the authors' refinement network).
 - TexturedMesh: vertices, faces, vertex colours and normals; .to_trimesh(), .export(path).
   Generator.extract_mesh / Generator.sample produce them.
 - build_info(): what was compiled and what this machine can run.
@@ -11,6 +12,7 @@ Public names:
   pure-torch references.
 - nn: network modules (StyleGAN2Generator, HGFilter, ImplicitDecoder, ResNetDiscriminator, ...).
 - applications (imported on use): latent walks, retexturing a shape, inverting an image.
+- authors (imported on use): the authors' two-view colouring (AuthorsColouring).
 - dataset, evaluate, train (imported on use): `sample` datasets, metrics, the training stages.
 """
 

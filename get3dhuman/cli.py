@@ -301,14 +301,17 @@ def _load_generator(args: argparse.Namespace, device):
 
 def _load_refiner(args: argparse.Namespace, device):
     """The refiner of --refiner: None when not given, the package's when given alone, else the
-    file of `export --refiner` or the stage-4 run or checkpoint (--preset) it names."""
+    authors' refinement file, the file of `export --refiner` or the stage-4 run or checkpoint
+    (--preset) it names."""
     from get3dhuman.nn import Refiner
-    from get3dhuman.nn.pretrained import is_pretrained_file
+    from get3dhuman.nn.pretrained import is_pretrained_file, official_kind
     from get3dhuman.nn.refiner import PRETRAINED_FORMAT
     from get3dhuman.train import REFINER_PRESETS, load_refiner
 
     if args.refiner is None:
         return None
+    if official_kind(args.refiner) == "refiner":
+        return Refiner.from_official_checkpoint(args.refiner, device)
     if args.refiner == PACKAGED or is_pretrained_file(args.refiner, PRETRAINED_FORMAT):
         return Refiner.from_pretrained(None if args.refiner == PACKAGED else args.refiner, device)
     return load_refiner(args.refiner, REFINER_PRESETS[args.preset], device)
@@ -325,7 +328,9 @@ def _sample(args: argparse.Namespace) -> int:
         records = write_samples(generator, args.out, args.num, args.seed, batch_size=args.batch_size,
                                 resolution=args.resolution, file_type=args.format, preview_resolution=args.preview,
                                 preview_views=args.views, preview_maps=args.maps, truncation_psi=args.truncation,
-                                refiner=refiner, progress=not args.quiet, **_compute_options(args))
+                                refiner=refiner, progress=not args.quiet, render_size=args.render_size,
+                                refined_views=args.refined_views, **_compute_options(args),
+                                **({"noise_mode": "random"} if args.noise == "random" else {}))
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"get3dhuman sample: {error}") from error
     if distributed.is_main_process():
@@ -608,11 +613,22 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--refiner", nargs="?", const=PACKAGED, metavar="RUN_OR_FILE",
                         help="refined vertex colours and previews by a stage-4 run directory or checkpoint, or a file "
                         "of `export --refiner`; alone: the package's refiner, where it ships one (`get3dhuman info`: "
-                        "default_refiner_weights)")
+                        "default_refiner_weights); the authors' Get3DHuman_refinement_v1.pth with their --checkpoint: "
+                        "their colouring, two refined views lifted onto the mesh (docs/authors-release.md)")
+    sample.add_argument("--render-size", type=_COUNT, metavar="R",
+                        help="with the authors' --refiner: the side of their two views, a multiple of 16 (default: "
+                        "--resolution, as their --render_size sets both)")
+    sample.add_argument("--refined-views", action="store_true",
+                        help="with the authors' --refiner: also write each sample's refined views, "
+                        "human-SEED-refined-180.png and -000.png")
     sample.add_argument("--seed", type=_SEED, default=0, help="seed of the first sample (default 0)")
     sample.add_argument("--batch-size", type=_COUNT, default=4,
                         help="latents meshed and written together (default 4; the meshes do not depend on it)")
     _add_mesh_arguments(sample, "with --preview: one PNG of all the previews, 4 per row")
+    sample.add_argument("--noise", choices=["const", "random"], default="const",
+                        help="the backbones' per-layer noise: const (default), the stored noise, the same on every "
+                        "device; random: drawn as the authors' inference draws it, after torch.manual_seed(the "
+                        "sample's seed), so reproducible on one kind of device only (CPU and CUDA draw differently)")
     sample.add_argument("--device", default="cpu", help="torch device (under torchrun: each process its GPU LOCAL_RANK)")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
     sample.set_defaults(handler=_sample)

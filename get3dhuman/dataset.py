@@ -46,8 +46,10 @@ import numpy as np
 import torch
 
 from get3dhuman._checks import check_int, check_seed, check_truncation_psi
+from get3dhuman.authors import VIEW_ANGLES, AuthorsColouring, check_authors_conventions, check_render_size
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn.modes import evaluation_mode
+from get3dhuman.nn.refiner import OfficialRefiner
 from get3dhuman.refine import mesh_views, refine_meshes, render_textured, view_calibration
 from get3dhuman.render import Rendering
 from get3dhuman.synthetic.preview import save_grid
@@ -274,18 +276,23 @@ def _save_png(image: torch.Tensor | np.ndarray, path: str) -> None:
 def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_size: int = 4, resolution: int = 256,
                   file_type: str = "glb", preview_resolution: int | None = None, preview_views: int = 1,
                   preview_maps: Sequence[str] = (), truncation_psi: float = 1.0, refiner=None, progress: bool = True,
-                  **extract_options) -> list[dict]:
+                  render_size: int | None = None, refined_views: bool = False, **extract_options) -> list[dict]:
     """Writes samples seed .. seed + num - 1 of `generator` to `out_dir` (see the module
     docstring) and returns the manifest records of those seeds made by this process or
     found done, in seed order (under torchrun: the ones this process saw; rank 0 sees all after
     the final barrier).
 
-    resolution: marching-cubes cells per axis (Generator.extract_mesh, with `extract_options`);
+    resolution: marching-cubes cells per axis (Generator.extract_mesh, with `extract_options`;
+    noise_mode 'random' draws each seed's noise after torch.manual_seed(seed));
     file_type: one of FILE_TYPES; preview_resolution: side of the preview PNGs (None: none);
     preview_views: previews per sample, evenly spaced about the vertical axis from the front
     (1 to 360); preview_maps: maps of MAPS written with every view (`encode_map`); refiner: a
     trained Refiner whose refined front and back views of the meshes replace their vertex
-    colours (refine.refine_meshes; the previews show the meshes with those colours).
+    colours (refine.refine_meshes; the previews show the meshes with those colours), or the
+    authors' (an nn.OfficialRefiner, with a generator of their conventions): their colouring
+    (authors.AuthorsColouring) with views `render_size` pixels square (None: `resolution`), and
+    with `refined_views` each sample's refined views written as `human-s-refined-AAA.png`
+    (listed in the manifest's "refined_views").
     """
     num = check_int(num, "num", 0)
     batch_size = check_int(batch_size, "batch_size", 1)
@@ -296,6 +303,13 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
         raise ValueError(f"file_type must be one of {', '.join(FILE_TYPES)}, got {file_type!r}")
     preview_resolution, preview_views, preview_maps = check_preview_options(preview_resolution, preview_views,
                                                                             preview_maps)
+    authors = isinstance(refiner, OfficialRefiner)
+    if refined_views and not authors:
+        raise ValueError("refined_views needs the authors' refiner (an nn.OfficialRefiner)")
+    if authors:  # checked before the settings are recorded
+        check_render_size(render_size or resolution)
+        check_authors_conventions(generator)
+    colouring = AuthorsColouring(refiner, render_size, keep_views=refined_views) if authors else None
     rank, size = distributed.world()
     os.makedirs(out_dir, exist_ok=True)
     settings = {"format": DATASET_FORMAT, "generator": fingerprint(generator),
@@ -305,7 +319,8 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                 "extract_options": {k: str(v) if isinstance(v, torch.dtype) else v for k, v in extract_options.items()},
                 # Refined colours came from views of the field, shading baked in, in earlier versions:
                 # a directory of such samples is refused rather than mixed.
-                "refined_colors": None if refiner is None else "mesh views, shading removed",
+                "refined_colors": None if refiner is None else (
+                    f"the authors' two views, {render_size or resolution} px" if authors else "mesh views, shading removed"),
                 # Previews were ray-marched from the field (with a refiner: its front view) in
                 # earlier versions; those are refused too.
                 "previews": None if preview_resolution is None else "rasterized mesh",
@@ -328,10 +343,15 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
         batch = seeds[begin:begin + batch_size]
         start = time.perf_counter()
         z_shape, z_texture = generator.latents(batch)
-        meshes = generator.extract_mesh(z_shape, z_texture, resolution, truncation_psi=truncation_psi, **extract_options)
-        if refiner is not None:
+        noise_seeds = {"noise_seeds": batch} if extract_options.get("noise_mode") == "random" else {}
+        meshes = generator.extract_mesh(z_shape, z_texture, resolution, truncation_psi=truncation_psi, **noise_seeds,
+                                        recolor=colouring, **extract_options)
+        if refiner is not None and not authors:
             meshes = refine_meshes(generator, refiner, meshes)
         names = [f"human-{sample_seed}" for sample_seed in batch]
+        if refined_views:
+            previews_of_views = _write_refined_views(out_dir, names, colouring.views)
+            colouring.views.clear()
         previews = [{}] * len(batch) if preview_resolution is None else write_previews(
             generator, out_dir, names, meshes, preview_resolution, preview_views, preview_maps)
         seconds = (time.perf_counter() - start) / len(batch)
@@ -340,6 +360,8 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                       "vertices": int(mesh.vertices.shape[0]), "faces": int(mesh.faces.shape[0]),
                       "seconds": round(seconds, 4)}
             record.update(preview)
+            if refined_views:
+                record["refined_views"] = previews_of_views[name]
             if record["mesh"] is not None:
                 mesh.export(os.path.join(out_dir, record["mesh"]), file_type)
             _append_record(out_dir, record)
@@ -352,6 +374,17 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     if rank == 0:
         done.update({record["seed"]: record for record in read_manifest(out_dir)})
     return [done[seed + i] for i in range(num) if seed + i in done]
+
+
+def _write_refined_views(out_dir: str, names: Sequence[str], views: Sequence) -> dict[str, list[str]]:
+    """Writes the refined views of `authors.AuthorsColouring` (one (decoded, refined) pair of
+    [2, 3, R, R] per name) as `NAME-refined-AAA.png`; returns per name its files, VIEW_ANGLES order."""
+    files = {}
+    for name, (_, refined) in zip(names, views):
+        files[name] = [f"{name}-refined-{int(angle):03d}.png" for angle in VIEW_ANGLES]
+        for file, image in zip(files[name], refined):
+            _save_png(image.permute(1, 2, 0), os.path.join(out_dir, file))
+    return files
 
 
 def preview_angles(views: int) -> list[float]:

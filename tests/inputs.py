@@ -81,13 +81,17 @@ def random_inputs(batch=2, channels=5, height=7, width=9, count=200, dtype=torch
 
 
 # Parameter names and shapes of the authors' generator module (a copy of
-# shared/reference/official-checkpoint-keys.tsv, so the tests do not depend on ../shared).
+# shared/reference/official-checkpoint-keys.tsv, so the tests do not depend on ../shared), and of
+# their refinement module, `refinenet(isTrain=False)` (its `rnet` is `Generate(3, 3)` of their
+# libs/models_social_media.py; listed from an instance of their class).
 OFFICIAL_KEYS_FILE = os.path.join(os.path.dirname(__file__), "data", "official-checkpoint-keys.tsv")
+OFFICIAL_REFINER_KEYS_FILE = os.path.join(os.path.dirname(__file__), "data", "official-refiner-keys.tsv")
 
 
-def official_checkpoint_layout(prefix: str = "") -> dict[str, tuple[int, ...]]:
-    """{name without `prefix`: shape} of every checkpoint tensor whose name starts with `prefix`."""
-    with open(OFFICIAL_KEYS_FILE) as keys:
+def official_checkpoint_layout(prefix: str = "", keys_file: str = OFFICIAL_KEYS_FILE) -> dict[str, tuple[int, ...]]:
+    """{name without `prefix`: shape} of every tensor of `keys_file` (the generator's by
+    default) whose name starts with `prefix`."""
+    with open(keys_file) as keys:
         rows = [line.rstrip("\n").split("\t") for line in keys if line.strip()]
     return {name[len(prefix):]: tuple(ast.literal_eval(shape)) for name, shape in rows if name.startswith(prefix)}
 

@@ -101,10 +101,10 @@ def test_bad_arguments_are_rejected():
         generator.texture_features(shape, torch.randn(3, 32))
     with pytest.raises(TypeError, match="shape"):
         generator.texture_features(shape.volume, torch.randn(2, 32))
-    # Latents of another dtype, or not tensors, are named (torch would fail inside a layer).
-    float64 = "^z_shape must be torch.float32 on cpu like the network's weights, got torch.float64 on cpu$"
-    with pytest.raises(ValueError, match=float64):
-        generator.extract_mesh(torch.randn(1, 32, dtype=torch.float64), torch.randn(1, 32), 16)
+    # Latents that are not floating point, or not tensors, are named (torch would fail inside a layer).
+    integers = "^z_shape must be a floating-point tensor on cpu like the network's weights, got torch.int64 on cpu$"
+    with pytest.raises(ValueError, match=integers):
+        generator.extract_mesh(torch.ones(1, 32, dtype=torch.int64), torch.randn(1, 32), 16)
     with pytest.raises(ValueError, match=r"^z_texture must be \[B, 32\], got list$"):
         generator.extract_mesh(torch.randn(1, 32), [0.0] * 32, 16)
     ws_shape, ws_texture = generator.mapping(torch.randn(1, 32), torch.randn(1, 32))

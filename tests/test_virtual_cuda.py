@@ -140,12 +140,13 @@ def triton_launches(monkeypatch):
 def test_the_triton_helpers_chosen_on_cuda_give_the_cpus_volumes_and_meshes(triton_launches):
     """What a GPU with Triton runs by default: every StyleGAN2 layer through the Triton helpers
     (here interpreted), the queries through the 'cuda' backend. Triton rounds otherwise than
-    torch: the volumes agree to 1e-5, and the meshes in their vertex and face counts."""
+    torch: the volumes agree to 1e-5. A vertex's position divides such a difference by its edge's
+    change of occupancy, unbounded near a flat edge, so the mesh is checked against the CPU's
+    mesh of the CUDA path's own volumes: the same bits."""
     generator = generator_with_a_surface().eval()
     z = generator.latents([3])
     with torch.no_grad():
         shape, texture = generator(*z)
-    expected = generator.extract_mesh(*z, 32)[0]
     with virtual_cuda(triton=True):
         generator.cuda()
         with torch.no_grad():
@@ -153,11 +154,12 @@ def test_the_triton_helpers_chosen_on_cuda_give_the_cpus_volumes_and_meshes(trit
         assert triton_launches["bias_act"] > 0 and triton_launches["modulate"] > 0
         mesh = generator.extract_mesh(*(t.cuda() for t in z), 32)[0].to("cpu")
         shape_cuda, texture_cuda = to_cpu((shape_cuda.volume, texture_cuda))
+        generator.cpu()
     torch.testing.assert_close(shape_cuda, shape.volume, rtol=0, atol=1e-5)
     torch.testing.assert_close(texture_cuda, texture, rtol=0, atol=1e-5)
-    assert mesh.faces.shape == expected.faces.shape and mesh.faces.shape[0] > 0
-    torch.testing.assert_close(mesh.vertices, expected.vertices, rtol=0, atol=1e-4)
-    torch.testing.assert_close(mesh.colors, expected.colors, rtol=0, atol=1e-4)
+    expected = generator.meshes_from_volumes(shape_cuda, texture_cuda, 32)[0]
+    assert mesh.faces.shape[0] > 0
+    _same_meshes([mesh], [expected])
 
 
 @pytest.mark.slow

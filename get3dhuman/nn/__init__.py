@@ -8,7 +8,8 @@
 - ImageGenerator: the 2-D human image generator of stage 2 (StyleGAN-Human's network pickle, read
   as data by network_pickle.read_network_pickle; frame_figures prepares its images).
 - Reconstructor: the PIFu-style image -> feature volumes reconstructor (the prior source).
-- Refiner, MultiScalePatchDiscriminator: the refinement U-Net and its PatchGAN.
+- Refiner, MultiScalePatchDiscriminator: the refinement U-Net and its PatchGAN; OfficialRefiner:
+  the authors' refinement U-Net (`Refiner.from_official_checkpoint`).
 - evaluation_mode, frozen_parameters: eval mode / no weight gradients for a block, restored after.
 - pretrained: the one-file weights of `save_pretrained` / `from_pretrained` (Generator, Refiner).
 """
@@ -20,7 +21,7 @@ from get3dhuman.nn.image_generator import ImageGenerator
 from get3dhuman.nn.implicit import ImplicitDecoder
 from get3dhuman.nn.modes import evaluation_mode, frozen_parameters
 from get3dhuman.nn.reconstructor import Reconstructor
-from get3dhuman.nn.refiner import MultiScalePatchDiscriminator, Refiner
+from get3dhuman.nn.refiner import MultiScalePatchDiscriminator, OfficialRefiner, Refiner
 from get3dhuman.nn.stylegan2 import MappingNetwork, StyleGAN2Generator, SynthesisNetwork
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "ImplicitDecoder",
     "MappingNetwork",
     "MultiScalePatchDiscriminator",
+    "OfficialRefiner",
     "Reconstructor",
     "Refiner",
     "ResNetDiscriminator",

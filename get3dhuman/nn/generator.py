@@ -19,21 +19,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import time
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from get3dhuman._checks import check_file, check_int, check_seed, is_finite_number
+from get3dhuman._checks import check_int, check_seed, is_finite_number
 from get3dhuman.mesh import ExtractionTimings, TexturedMesh, extract_textured_meshes
 from get3dhuman.nn.discriminator import ResNetDiscriminator
 from get3dhuman.nn.hourglass import HGFilter
 from get3dhuman.nn.implicit import ImplicitDecoder
 from get3dhuman.nn.modes import evaluation_mode
-from get3dhuman.nn.pretrained import WEIGHTS_DIR, load_pretrained_state, read_pretrained, write_pretrained
+from get3dhuman.nn.pretrained import (WEIGHTS_DIR, check_official_kind, load_pretrained_state, read_pretrained,
+                                      read_state_dict, write_pretrained)
 from get3dhuman.nn.stylegan2 import NOISE_MODES, StyleGAN2Generator, check_like_weights
 from get3dhuman.ops import OFFICIAL_DEPTH_SCALE, query_field
 from get3dhuman.render import orbit_calibration
@@ -49,6 +49,12 @@ OFFICIAL_SCALE = 0.00927734
 OFFICIAL_CALIBRATION = torch.tensor(
     [[OFFICIAL_SCALE, 0, 0, 0], [0, -OFFICIAL_SCALE, 0, 0.88134766], [0, 0, OFFICIAL_SCALE, 0], [0, 0, 0, 1]]
 )
+
+# The box the authors mesh (their inference.py's b_min, b_max), in their world units.
+AUTHORS_BOX = ((-128.0, -28.0, -128.0), (128.0, 228.0, 128.0))
+# Their `query_mlp` sets 0.9 (their 1 = outside) where a point projects outside the image; they
+# mesh 1 - that, in float32: this value.
+OUTSIDE_IMAGE_OCCUPANCY = (torch.tensor(1.0) - torch.tensor(0.9)).item()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +76,10 @@ class GeneratorConfig:
     texture_hidden: tuple[int, ...] = (1024, 512, 256, 128)
     texture_concat: tuple[int, ...] = (2, 3)
     depth_scale: float = OFFICIAL_DEPTH_SCALE
+    # The authors' inference conventions (set by `Generator.from_official_checkpoint`): a point
+    # that projects outside the image has occupancy OUTSIDE_IMAGE_OCCUPANCY, and meshes cover
+    # AUTHORS_BOX on their lattice (`PixelAlignedModel.mesh_lattice`).
+    authors_conventions: bool = False
 
     def __post_init__(self) -> None:
         # Checked here rather than deep inside the networks (a KeyError or ZeroDivisionError
@@ -81,6 +91,8 @@ class GeneratorConfig:
         resolution = check_int(self.backbone_resolution, "backbone_resolution", 4)
         if resolution & (resolution - 1):
             raise ValueError(f"backbone_resolution must be a power of two >= 4, got {resolution}")
+        if not isinstance(self.authors_conventions, bool):
+            raise ValueError(f"authors_conventions must be a bool, got {self.authors_conventions!r}")
         if not is_finite_number(self.depth_scale):  # any sign: the depth feature's, as the op takes it
             raise ValueError(f"depth_scale must be a finite number, got {self.depth_scale!r}")
 
@@ -163,14 +175,26 @@ class PixelAlignedModel(nn.Module):
         world = (corners - calibration[:3, 3]) @ torch.linalg.inv(calibration[:3, :3]).T
         return world.min(0).values.tolist(), world.max(0).values.tolist()
 
+    def mesh_lattice(self, resolution: int) -> tuple[list[float], list[float], int]:
+        """(lower, upper, cells per axis) of the lattice meshes are made on at `resolution`:
+        `world_bounds()` cut in `resolution` cells; with the authors' conventions, their lattice
+        instead: `resolution` points per axis from AUTHORS_BOX's lower corner, a step of the box's
+        side over `resolution` apart (so the last point falls a step short of the upper corner)."""
+        resolution = check_int(resolution, "resolution", 2 if self.config.authors_conventions else 1)
+        if not self.config.authors_conventions:
+            return (*self.world_bounds(), resolution)
+        lower, upper = AUTHORS_BOX
+        last = [low + (resolution - 1) * (high - low) / resolution for low, high in zip(lower, upper)]
+        return list(lower), last, resolution - 1
+
     def meshes_from_volumes(self, shape_volume: torch.Tensor, texture_volume: torch.Tensor | None,
                             resolution: int = 256, *, coarse_resolution: int | None = None, band: float = 0.0,
                             chunk: int = 1 << 18, timings: ExtractionTimings | None = None,
-                            compute_dtype: torch.dtype | None = None) -> list[TexturedMesh]:
+                            compute_dtype: torch.dtype | None = None, recolor=None) -> list[TexturedMesh]:
         """Textured meshes of feature volumes [B, F, V, V], one per row (no gradients).
 
-        The occupancy field (level 0.5) is sampled coarse to fine over `world_bounds()` up to
-        `resolution` cells per axis (see ops.narrow_band), meshed by sparse marching cubes, and
+        The occupancy field (level 0.5) is sampled coarse to fine over `mesh_lattice(resolution)`
+        (see ops.narrow_band), meshed by sparse marching cubes, and
         coloured by the texture decoder at the vertices (grey where texture_volume is None).
         compute_dtype: of the decoders' matrix products (`ops.query_field`; None: the volumes').
         A seed's mesh in torch.bfloat16 is not the same bits as in float32 (a few faces in 10^4
@@ -179,13 +203,25 @@ class PixelAlignedModel(nn.Module):
         rows whose field has no surface give empty meshes. Each row is meshed alone, so that its
         mesh is the same bits whatever the other rows (padded into the decoders' batches, their
         points would change how the matrix products round).
+        recolor: None (colours of the texture decoder at the vertices), or a callable
+        (generator, shape_volume [1, F, V, V], texture_volume, grey mesh, resolution) -> mesh
+        that colours each row's mesh instead, e.g. `get3dhuman.authors.AuthorsColouring` (the
+        authors' two refined views); its time counts as `timings.colors`.
         """
         timings = timings if timings is not None else ExtractionTimings()
         options = {"coarse_resolution": coarse_resolution, "band": band, "chunk": chunk, "timings": timings}
-        return [self._mesh_of_row(shape_volume[row : row + 1],
-                                  None if texture_volume is None else texture_volume[row : row + 1], resolution,
-                                  options, compute_dtype)
-                for row in range(shape_volume.shape[0])]
+        meshes = []
+        for row in range(shape_volume.shape[0]):
+            shape_row = shape_volume[row : row + 1]
+            texture_row = None if texture_volume is None else texture_volume[row : row + 1]
+            recoloring = recolor is not None and texture_row is not None
+            mesh = self._mesh_of_row(shape_row, None if recoloring else texture_row, resolution, options, compute_dtype)
+            if recoloring:
+                start = time.perf_counter()
+                mesh = recolor(self, shape_row, texture_row, mesh, resolution)
+                timings.colors += time.perf_counter() - start
+            meshes.append(mesh)
+        return meshes
 
     @torch.no_grad()
     def _mesh_of_row(self, shape_volume: torch.Tensor, texture_volume: torch.Tensor | None, resolution: int,
@@ -194,9 +230,10 @@ class PixelAlignedModel(nn.Module):
         calib = self.calibration[None]
         color = None if texture_volume is None else (
             lambda p: self.query_color(shape_volume, texture_volume, p, calib, compute_dtype=compute_dtype))
+        lower, upper, cells = self.mesh_lattice(resolution)
         return extract_textured_meshes(lambda p: self.query_occupancy(shape_volume, p, calib,
                                                                       compute_dtype=compute_dtype), color, 1,
-                                       resolution, level=0.5, inside_is_above=True, bounds=self.world_bounds(),
+                                       cells, level=0.5, inside_is_above=True, bounds=(lower, upper),
                                        device=shape_volume.device, **options)[0]
 
     def _query(self, decoder: ImplicitDecoder, volume: torch.Tensor, points: torch.Tensor, calib: torch.Tensor | None,
@@ -215,12 +252,20 @@ class PixelAlignedModel(nn.Module):
     def query_occupancy(self, shape_volume: torch.Tensor, points: torch.Tensor, calib: torch.Tensor | None = None,
                         **query_options) -> torch.Tensor:
         """Probability of being inside [B, N] at points [B, N, 3] (NDC unless calib [B, 4, 4] is
-        given), in the volume's dtype; query_options go to ops.query_field. Points and calib are
+        given), in the volume's dtype; query_options go to ops.query_field. With the authors'
+        conventions, points whose projection leaves the image ([-1, 1]^2) are OUTSIDE_IMAGE_OCCUPANCY
+        (outside), as in their `query_mlp`. Points and calib are
         cast to the volume's dtype, except that a bfloat16 or float16 volume (of a model cast
         with .to()) is sampled in float32, points and calib too, since those dtypes cannot tell
         a 512^3 lattice's points apart: the decoder's products then run in the volume's dtype
         unless query_options give a compute_dtype, and the result is float32."""
-        return self._query(self.mlp_shape, shape_volume, points, calib, query_options)[:, 0]
+        occupancy = self._query(self.mlp_shape, shape_volume, points, calib, query_options)[:, 0]
+        if not self.config.authors_conventions:
+            return occupancy
+        if calib is not None:  # to NDC, as the query projects them
+            points = points.to(calib.dtype) @ calib[:, :2, :3].transpose(1, 2) + calib[:, :2, 3].unsqueeze(1)
+        outside = (points[..., :2].abs() > 1).any(-1)
+        return occupancy.masked_fill(outside, OUTSIDE_IMAGE_OCCUPANCY)
 
     def query_color(self, shape_volume: torch.Tensor, texture_volume: torch.Tensor, points: torch.Tensor,
                     calib: torch.Tensor | None = None, **query_options) -> torch.Tensor:
@@ -315,40 +360,63 @@ class Generator(PixelAlignedModel):
 
     @torch.no_grad()
     def extract_mesh(self, z_shape: torch.Tensor, z_texture: torch.Tensor, resolution: int = 256, *,
-                     truncation_psi: float = 1.0, noise_mode: str = "const", coarse_resolution: int | None = None,
-                     band: float = 0.0, chunk: int = 1 << 18, timings: ExtractionTimings | None = None,
-                     compute_dtype: torch.dtype | None = None) -> list[TexturedMesh]:
+                     truncation_psi: float = 1.0, noise_mode: str = "const", noise_seeds: Sequence[int] | None = None,
+                     coarse_resolution: int | None = None, band: float = 0.0, chunk: int = 1 << 18,
+                     timings: ExtractionTimings | None = None, compute_dtype: torch.dtype | None = None,
+                     recolor=None) -> list[TexturedMesh]:
         """Textured meshes of latents z_shape, z_texture [B, z_dim], one per row
-        (`meshes_from_volumes` of the generated volumes, with `compute_dtype`). Runs in eval mode
+        (`meshes_from_volumes` of the generated volumes, with `compute_dtype` and `recolor`:
+        `recolor=get3dhuman.authors.AuthorsColouring(refiner)` colours them as the authors'
+        inference does, through two refined views). Runs in eval mode
         (no w_avg update); `timings` (an ExtractionTimings) receives the time per stage. A row's
-        mesh is the same bits whatever the other rows (the networks run one row at a time)."""
+        mesh is the same bits whatever the other rows (the networks run one row at a time).
+        noise_mode 'random' draws each layer's noise from torch's generator, shape branch first,
+        as the authors' inference does; with `noise_seeds` (one per row) row i's noise is drawn
+        after torch.manual_seed(noise_seeds[i]) (torch's state is restored after), so the same
+        seed gives the same noise on the same kind of device (CPU and CUDA draw differently)."""
         self._check_latents(z_shape, z_texture)
+        if noise_seeds is not None:
+            noise_seeds = [check_seed(seed) for seed in noise_seeds]
+            if noise_mode != "random" or len(noise_seeds) != z_shape.shape[0]:
+                raise ValueError(f"noise_seeds must be given with noise_mode 'random', one per row ({z_shape.shape[0]}),"
+                                 f" got {len(noise_seeds)} with noise_mode {noise_mode!r}")
         return self._extract(lambda zs, zt: self(zs, zt, truncation_psi, noise_mode), (z_shape, z_texture), resolution,
-                             coarse_resolution=coarse_resolution, band=band, chunk=chunk, timings=timings,
-                             compute_dtype=compute_dtype)
+                             noise_seeds=noise_seeds, coarse_resolution=coarse_resolution, band=band, chunk=chunk,
+                             timings=timings, compute_dtype=compute_dtype, recolor=recolor)
 
     @torch.no_grad()
     def extract_mesh_from_ws(self, ws_shape: torch.Tensor, ws_texture: torch.Tensor, resolution: int = 256, *,
                              noise_mode: str = "const", coarse_resolution: int | None = None, band: float = 0.0,
                              chunk: int = 1 << 18, timings: ExtractionTimings | None = None,
-                             compute_dtype: torch.dtype | None = None) -> list[TexturedMesh]:
+                             compute_dtype: torch.dtype | None = None, recolor=None) -> list[TexturedMesh]:
         """`extract_mesh` of intermediate latents ws_shape, ws_texture [B, num_ws, w_dim]
         (`synthesize`); truncation, if wanted, is `mapping`'s."""
         return self._extract(lambda ws, wt: self.synthesize(ws, wt, noise_mode), (ws_shape, ws_texture), resolution,
                              coarse_resolution=coarse_resolution, band=band, chunk=chunk, timings=timings,
-                             compute_dtype=compute_dtype)
+                             compute_dtype=compute_dtype, recolor=recolor)
 
     def _extract(self, features, latents: tuple[torch.Tensor, torch.Tensor], resolution: int,
-                 timings: ExtractionTimings | None, **meshing) -> list[TexturedMesh]:
+                 timings: ExtractionTimings | None, noise_seeds: Sequence[int] | None = None,
+                 **meshing) -> list[TexturedMesh]:
         """Meshes of the volumes `features(shape_latents, texture_latents)` returns, made in eval
         mode and timed. The networks see one row at a time: matrix products round differently
-        with the number of rows, so batched volumes would depend on the batch partners."""
+        with the number of rows, so batched volumes would depend on the batch partners. Row i
+        runs after torch.manual_seed(noise_seeds[i]) when those are given."""
         timings = timings if timings is not None else ExtractionTimings()
         if latents[0].shape[0] == 0:
             return []
+
+        def row(i):
+            if noise_seeds is None:
+                return features(*(latent[i : i + 1] for latent in latents))
+            device = latents[0].device
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
+                torch.manual_seed(noise_seeds[i])
+                return features(*(latent[i : i + 1] for latent in latents))
+
         with evaluation_mode(self):
             start = time.perf_counter()
-            rows = [features(*(latent[i : i + 1] for latent in latents)) for i in range(latents[0].shape[0])]
+            rows = [row(i) for i in range(latents[0].shape[0])]
             shape_volume, texture = (torch.cat(parts) for parts in zip(*((shape.volume, texture) for shape, texture in rows)))
             timings.networks += time.perf_counter() - start
             return self.meshes_from_volumes(shape_volume, texture, resolution, timings=timings, **meshing)
@@ -357,15 +425,18 @@ class Generator(PixelAlignedModel):
                **options) -> list[TexturedMesh]:
         """`num` textured meshes. Sample i draws (z_shape, z_texture) from its own generator seeded
         with seed + i (`latents`), so a seed gives the same latents whatever `num` and `batch_size`
-        (and the same mesh, bit for bit).
+        (and the same mesh, bit for bit). With noise_mode='random', its noise is drawn after
+        torch.manual_seed(seed + i) (`extract_mesh`'s noise_seeds).
         Other options go to `extract_mesh`."""
         num = check_int(num, "num", 0)
         batch_size = check_int(batch_size, "batch_size", 1)
         seed = check_seed(seed)
         meshes = []
         for begin in range(seed, seed + num, batch_size):
-            z_shape, z_texture = self.latents(range(begin, min(begin + batch_size, seed + num)))
-            meshes += self.extract_mesh(z_shape, z_texture, resolution, **options)
+            seeds = range(begin, min(begin + batch_size, seed + num))
+            if options.get("noise_mode") == "random":  # the sample's seed names its noise too
+                options["noise_seeds"] = list(seeds)
+            meshes += self.extract_mesh(*self.latents(seeds), resolution, **options)
         return meshes
 
     def latents(self, seeds) -> tuple[torch.Tensor, torch.Tensor]:
@@ -421,11 +492,14 @@ class Generator(PixelAlignedModel):
         Every tensor in the file must be consumed: generator tensors load into the generator,
         ``Dis_shape.*`` / ``Dis_texture.*`` into discriminators (returned when
         `return_discriminators`, else only checked). Unexpected or missing names and shape
-        mismatches raise ValueError listing them. The occupancy convention is converted.
+        mismatches raise ValueError listing them; the authors' refinement file is named as such.
+        The occupancy convention is converted, and the generator keeps the authors' inference
+        conventions (`GeneratorConfig.authors_conventions`), also through `save_pretrained`.
         Returns the Generator, or (Generator, {'shape': D, 'texture': D}).
         """
-        state = _read_state_dict(path)
-        generator = cls("official")
+        state = read_state_dict(path)
+        check_official_kind(state, "generator", os.fspath(path))
+        generator = cls(dataclasses.replace(PRESETS["official"], authors_conventions=True))
         discriminators = generator.discriminators()
         targets = {"": generator, "Dis_shape.": discriminators["shape"], "Dis_texture.": discriminators["texture"]}
         parts = {prefix: {} for prefix in targets}
@@ -462,23 +536,3 @@ class Generator(PixelAlignedModel):
 PRETRAINED_FORMAT = "get3dhuman-generator/1"
 DEFAULT_WEIGHTS = os.path.join(WEIGHTS_DIR, "generator-small.safetensors")
 
-
-def _read_state_dict(path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file, without unpickling arbitrary objects."""
-    path = check_file(path, "a checkpoint")
-    if path.endswith(".safetensors"):
-        try:
-            with safe_open(path, framework="pt") as handle:
-                state = {key: handle.get_tensor(key) for key in handle.keys()}
-        except SafetensorError as error:
-            raise ValueError(f"{path} is not a safetensors file: {error}") from error
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise ValueError(f"{path} holds objects other than tensors, which are never unpickled") from error
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} must hold a flat dict of tensors (a state dict)")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state

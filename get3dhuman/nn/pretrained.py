@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import zipfile
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -73,3 +75,70 @@ def load_pretrained_state(module: nn.Module, tensors: dict[str, torch.Tensor], p
         module.load_state_dict(tensors)
     except RuntimeError as error:
         raise ValueError(f"{path} does not match its own config: {error}") from error
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a state-dict file: one `torch.save` wrote (read with `weights_only=True`,
+    so nothing but tensors is ever unpickled) or a .safetensors file. A ``module.`` prefix on
+    every name (DataParallel's) is dropped. Raises FileNotFoundError for a missing file and a
+    one-line ValueError naming the file when it carries code, is truncated or corrupt, or holds
+    anything but a flat dict of tensors."""
+    path = check_file(path, "a checkpoint")
+    if path.endswith(".safetensors"):
+        try:
+            with safe_open(path, framework="pt") as handle:
+                state = {key: handle.get_tensor(key) for key in handle.keys()}
+        except SafetensorError as error:
+            raise ValueError(f"{path} is not a safetensors file: {error}") from error
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            if "weights only load failed" in str(error).lower():
+                raise ValueError(f"{path} holds objects other than tensors, which are never unpickled (a pickle "
+                                 "may run code)") from error
+            raise ValueError(f"{path} is truncated or corrupt: {_first_line(error)}") from error
+        except (RuntimeError, EOFError, zipfile.BadZipFile) as error:  # torch.load's errors on a cut file
+            raise ValueError(f"{path} is truncated or not a torch checkpoint: {_first_line(error)}") from error
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} must hold a flat dict of tensors (a state dict), got {type(state).__name__}")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+# What the authors' two released files hold, told apart by their parameter names.
+OFFICIAL_FILES = {
+    "generator": ("the authors' shape/texture generator (Get3DHuman_shape_texture_*.pth; pass it as --checkpoint)",
+                  ("backbone_shape.", "backbone_texture.", "filter_shape.", "mlp_shape.", "Dis_shape.")),
+    "refiner": ("the authors' refinement network (Get3DHuman_refinement_*.pth; pass it as --refiner)", ("rnet.",)),
+}
+
+
+def official_kind(path: str | os.PathLike) -> str | None:
+    """Which of the authors' files `path` holds by its tensors' names ('generator', 'refiner'),
+    or None (not such a file, or unreadable: loading it says why). Reads no tensor data."""
+    path = os.fspath(path)
+    try:
+        if path.endswith(".safetensors"):
+            with safe_open(path, framework="pt") as handle:
+                names = list(handle.keys())
+        else:
+            names = list(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+    except Exception:  # noqa: BLE001 - any unreadable file is "not one of theirs" here
+        return None
+    names = [name[len("module."):] if name.startswith("module.") else name for name in names]
+    return next((kind for kind, (_, prefixes) in OFFICIAL_FILES.items()
+                 if any(name.startswith(prefixes) for name in names)), None)
+
+
+def check_official_kind(state: dict[str, torch.Tensor], kind: str, path: str) -> None:
+    """Raises a ValueError naming `path` when `state` holds the other of the authors' two files
+    than `kind` ('generator' or 'refiner'), saying what it holds."""
+    for other, (description, prefixes) in OFFICIAL_FILES.items():
+        if other != kind and any(name.startswith(prefixes) for name in state):
+            raise ValueError(f"{path} holds {description}, not {OFFICIAL_FILES[kind][0].split(' (')[0]}")
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from get3dhuman._checks import check_int
-from get3dhuman.nn.pretrained import WEIGHTS_DIR, load_pretrained_state, read_pretrained, write_pretrained
+from get3dhuman.nn.pretrained import (WEIGHTS_DIR, check_official_kind, load_pretrained_state, read_pretrained,
+                                      read_state_dict, write_pretrained)
 
 PRETRAINED_FORMAT = "get3dhuman-refiner/1"
 # The package's default refiner: stage 4 of the 'small' preset, trained by TRAINING.md's commands.
@@ -110,6 +111,107 @@ class Refiner(nn.Module):
         tensors, sizes, path = read_pretrained(path, PRETRAINED_FORMAT, DEFAULT_WEIGHTS)
         refiner = cls(**sizes)
         load_pretrained_state(refiner, tensors, path)
+        return refiner.to(device).eval()
+
+    @staticmethod
+    def from_official_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> OfficialRefiner:
+        """The authors' refinement network from their file (Get3DHuman_refinement_v1.pth): an
+        OfficialRefiner (see there: images in [0, 1] in and out, each normalised by its own
+        statistics, as their inference.py runs it). `OfficialRefiner.from_official_checkpoint`."""
+        return OfficialRefiner.from_official_checkpoint(path, device)
+
+
+class _OfficialBlock(nn.Module):
+    """3x3 convolution (with bias), batch norm, ReLU; `conv` is named as in the authors' file."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels),
+                                  nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        convolution, norm, _ = self.conv
+        # Batch statistics, as in training mode: the authors' inference never calls .eval(). The
+        # running statistics are never read nor updated.
+        x = F.batch_norm(convolution(x), None, None, norm.weight, norm.bias, training=True, eps=norm.eps)
+        return F.relu(x)
+
+
+class OfficialRefiner(nn.Module):
+    """The authors' refinement U-Net (their `Generate(3, 3)`), parameter names as in their file
+    without its ``rnet.`` prefix: blocks Conv0 .. Conv16 (`_OfficialBlock`) and a 1x1 Conv_out.
+
+    Encoder: Conv0-Conv2 at full resolution (64 channels), then four 2x max-poolings, each
+    followed by one block (128, 256, 512, 1024 channels); Conv7, Conv8 at the bottom (1024 ->
+    512). Decoder, four times: nearest 2x up-sampling, concatenation with the encoder's output
+    of that resolution (the up-sampled map first), two blocks. Then Conv_out and tanh.
+
+    `forward` takes images in [0, 1] (the authors composite the decoded colours on a white
+    background) and returns (tanh output + 1) / 2, in [0, 1].
+    """
+
+    WIDTHS = (64, 128, 256, 512, 1024)
+    MULTIPLE = 16  # image sides must be divisible by 2^4 (four poolings)
+
+    def __init__(self):
+        super().__init__()
+        w = self.WIDTHS
+        # (in, out) of Conv0 .. Conv16 in order: encoder, bottom, then two per decoder step whose
+        # first block reads the concatenation (up-sampled + skip, so twice the skip's width).
+        blocks = [(3, w[0]), (w[0], w[0]), (w[0], w[0]), (w[0], w[1]), (w[1], w[2]), (w[2], w[3]), (w[3], w[4]),
+                  (w[4], w[4]), (w[4], w[3])]
+        for level in (3, 2, 1, 0):
+            blocks += [(2 * w[level], w[level]), (w[level], w[max(level - 1, 0)])]
+        for index, (in_channels, out_channels) in enumerate(blocks):
+            self.add_module(f"Conv{index}", _OfficialBlock(in_channels, out_channels))
+        self.Conv_out = nn.Conv2d(w[0], 3, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] in [0, 1], H and W divisible by 16 -> refined [B, 3, H, W] in [0, 1].
+        Each image is refined alone (its own batch statistics, and bits that do not depend on
+        the other images: convolutions round by the batch size)."""
+        if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] % self.MULTIPLE or images.shape[3] % self.MULTIPLE:
+            raise ValueError(f"images must be [B, 3, H, W] with H and W divisible by {self.MULTIPLE}, got "
+                             f"{tuple(images.shape)}")
+        if images.shape[0] == 0:
+            return images.clone()
+        return torch.cat([self._refine(image) for image in images.split(1)])
+
+    def _refine(self, image: torch.Tensor) -> torch.Tensor:
+        block = [getattr(self, f"Conv{index}") for index in range(17)]
+        x = block[2](block[1](block[0](image)))
+        skips = [x]
+        for index in range(3, 7):
+            x = block[index](F.max_pool2d(x, 2))
+            skips.append(x)
+        x = block[8](block[7](x))
+        for step, skip in enumerate(reversed(skips[:-1])):
+            x = torch.cat([F.interpolate(x, scale_factor=2, mode="nearest"), skip], 1)
+            x = block[10 + 2 * step](block[9 + 2 * step](x))
+        return (torch.tanh(self.Conv_out(x)) + 1) / 2
+
+    @classmethod
+    def from_official_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> OfficialRefiner:
+        """Loads the authors' refinement file (a state dict of their `refinenet`, names prefixed
+        ``rnet.``; or the same tensors in a .safetensors file), read without unpickling anything
+        but tensors. Every tensor must match the layout (tests/data/official-refiner-keys.tsv);
+        otherwise ValueError naming the file and the first mismatch (the generator's file named
+        as such)."""
+        path = os.fspath(path)
+        state = read_state_dict(path)
+        check_official_kind(state, "refiner", path)
+        refiner = cls()
+        expected = {f"rnet.{name}": tensor for name, tensor in refiner.state_dict().items()}
+        for name, tensor in expected.items():
+            if name not in state:
+                raise ValueError(f"{path} is not the authors' refinement network: it lacks {name}")
+            if state[name].shape != tensor.shape:
+                raise ValueError(f"{path} is not the authors' refinement network: {name} is "
+                                 f"{tuple(state[name].shape)}, expected {tuple(tensor.shape)}")
+        unexpected = next((name for name in state if name not in expected), None)
+        if unexpected is not None:
+            raise ValueError(f"{path} is not the authors' refinement network: it holds {unexpected}, which it has not")
+        refiner.load_state_dict({name[len("rnet."):]: tensor for name, tensor in state.items()})
         return refiner.to(device).eval()
 
 

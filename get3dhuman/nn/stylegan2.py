@@ -155,6 +155,7 @@ class MappingNetwork(nn.Module):
         `truncation_cutoff` ws (all by default) towards w_avg by 1 - psi."""
         check_truncation_psi(truncation_psi)
         truncation_cutoff = check_int(truncation_cutoff, "truncation_cutoff", 0, none_ok=True)
+        z = z.to(self.fc0.weight.dtype)
         x = z * (z.square().mean(1, keepdim=True) + 1e-8).rsqrt()
         for i in range(self.num_layers):
             x = getattr(self, f"fc{i}")(x)
@@ -295,11 +296,16 @@ class StyleGAN2Generator(nn.Module):
         self.mapping = MappingNetwork(z_dim, w_dim, self.synthesis.num_ws, mapping_layers)
 
     def check_latent(self, z: torch.Tensor, name: str = "z") -> None:
-        """Raises ValueError unless `z` is a finite [B, z_dim] tensor of the weights' dtype and device."""
+        """Raises ValueError unless `z` is a finite floating-point [B, z_dim] tensor on the weights'
+        device. Its dtype may differ from the weights' (float64 latents, as numpy draws them): the
+        mapping casts it first, as the authors' mapping does."""
         if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.z_dim:
             shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"{name} must be [B, {self.z_dim}], got {shape}")
-        check_like_weights(z, name, self.mapping)
+        weight = next(self.mapping.parameters())
+        if not z.is_floating_point() or z.device != weight.device:
+            raise ValueError(f"{name} must be a floating-point tensor on {weight.device} like the network's weights, "
+                             f"got {z.dtype} on {z.device}")
         if not torch.isfinite(z).all():
             raise ValueError(f"{name} must be finite (it holds NaN or inf)")
 
