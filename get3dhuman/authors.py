@@ -15,7 +15,10 @@
    (u, v) at u / R, not u / (R - 1), of the vertically flipped image), the back view rotated
    back, and each mesh vertex takes the colour of the nearest lifted pixel (a k-d tree).
 
-`AuthorsColouring` is the option `Generator.extract_mesh(..., recolor=...)` takes.
+`AuthorsColouring` is the option `Generator.extract_mesh(..., recolor=...)` takes. It traces
+only the rays near the mesh's silhouette (`near_silhouette`; farther rays can neither hit nor
+border a hit unless the field comes within their hit distance of its level where the mesh has
+no surface), and stops each ray once its outcome is settled (`trace_view`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import torch.nn.functional as F
 
 from get3dhuman._checks import check_int
 from get3dhuman.mesh import TexturedMesh
+from get3dhuman.nn.generator import AUTHORS_BOX
+from get3dhuman.ops import rasterize
 
 VIEW_ANGLES = (180.0, 0.0)  # degrees about the vertical axis, in their order
 TRACE_STEPS = 55
@@ -42,6 +47,7 @@ DILATION = 4  # side of the square the hit mask is dilated by (cv2.dilate's anch
 # Their `calib_define`: lifted NDC (x, y, z) -> world (s x, s y + 95, -s z).
 LIFT_SCALE = 107.78947529
 LIFT_CENTRE_Y = 95.0
+_FLIP_Y = torch.tensor([1.0, -1.0, 1.0])  # their tracer's frame <-> NDC
 
 
 def _rotation(angle_deg: float, dtype: torch.dtype) -> torch.Tensor:
@@ -55,16 +61,17 @@ def _rotation(angle_deg: float, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor([[cos, 0.0, sin], [0.0, 1.0, 0.0], [-sin, 0.0, cos]], dtype=dtype)
 
 
-def _distance(generator, shape_volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+def _distance(occupancy, points: torch.Tensor) -> torch.Tensor:
     """Their pseudo-distance [1, N] at points [1, N, 3] of their tracer's frame (NDC with y
-    negated), the points clamped to POINT_CLAMP first."""
-    ndc = points.clamp(-POINT_CLAMP, POINT_CLAMP) * points.new_tensor([1.0, -1.0, 1.0])
-    outside = 1 - generator.query_occupancy(shape_volume, ndc)
+    negated), the points clamped to POINT_CLAMP first; `occupancy` a generator's `shape_query`."""
+    ndc = points.clamp(-POINT_CLAMP, POINT_CLAMP) * _FLIP_Y.to(points.device)
+    outside = 1 - occupancy(ndc)
     return (2 * outside - 1) * DISTANCE_SCALE
 
 
 @torch.no_grad()
-def trace_view(generator, shape_volume: torch.Tensor, angle_deg: float, size: int, exhaustive: bool = False):
+def trace_view(generator, shape_volume: torch.Tensor, angle_deg: float, size: int, exhaustive: bool = False,
+               rays: torch.Tensor | None = None):
     """One of their views of the shape volume [1, F, V, V]: (kept points [size * size, 3] in
     their tracer's frame, depth [size, size] with inf where no hit, hit mask [size, size]),
     pixels in row-major order.
@@ -72,7 +79,8 @@ def trace_view(generator, shape_volume: torch.Tensor, angle_deg: float, size: in
     A ray stops marching once its outcome is settled: when its query point, clamped to the box,
     can only repeat (it left the box through the near or far plane and steps on outwards; exact),
     or when |distance| < CONVERGED (its kept point could then move by less than that). With
-    `exhaustive`, every ray takes all TRACE_STEPS, as theirs do."""
+    `exhaustive`, every ray takes all TRACE_STEPS, as theirs do. `rays` (bool [size, size])
+    traces only those pixels' rays; the others hit nothing."""
     device = shape_volume.device
     # Their pixel -> camera mapping: the inverse intrinsic of focal length and centre (R - 1) / 2.
     pixel = torch.arange(size, dtype=torch.float32) * torch.tensor(2 / (size - 1), dtype=torch.float32) - 1
@@ -80,17 +88,18 @@ def trace_view(generator, shape_volume: torch.Tensor, angle_deg: float, size: in
     # Their rays start on the near plane z = -1 of the camera frame, flipped to z = 1 - t.
     start = torch.stack([columns, -rows, torch.ones_like(rows)], -1).reshape(-1, 3).to(device)
     rotation = _rotation(angle_deg, torch.float32).to(device)
+    occupancy = generator.shape_query(shape_volume)
     count = start.shape[0]
     depth = torch.zeros(count, device=device)
     best = torch.full_like(depth, math.inf)
-    kept_points, kept_distance, kept_depth = torch.zeros_like(start), torch.zeros_like(depth), torch.zeros_like(depth)
-    active = torch.arange(count, device=device)
+    kept_points, kept_distance, kept_depth = torch.zeros_like(start), torch.full_like(depth, math.inf), depth.clone()
+    active = torch.arange(count, device=device) if rays is None else torch.nonzero(rays.reshape(-1))[:, 0].to(device)
     for _ in range(TRACE_STEPS):
         if active.numel() == 0:
             break
         camera_z = start[active, 2] - depth[active]
         points = torch.cat([start[active, :2], camera_z[:, None]], 1) @ rotation
-        distance = _distance(generator, shape_volume, points[None])[0]
+        distance = _distance(occupancy, points[None])[0]
         depth[active] = depth[active] + distance.clamp(-STEP_CLAMP, STEP_CLAMP)
         closer = distance.abs() < best[active]  # the first of equal minima, as a strict minimum
         chosen = active[closer]
@@ -131,21 +140,37 @@ def dilate(mask: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(padded, DILATION, stride=1)[0, 0] > 0
 
 
+def near_silhouette(generator, mesh: TexturedMesh, size: int, resolution: int) -> torch.Tensor:
+    """bool [size, size]: the pixels of their front view (their camera: `generator.calibration`,
+    pixel centres at 2u / (size - 1) - 1) within a margin of the silhouette of `mesh`, meshed at
+    `resolution` over their box: 3 pixels and two of its cells. Their back view's is this one
+    flipped left to right (an orthographic silhouette seen from behind)."""
+    calib = generator.calibration.to(mesh.vertices.device)
+    ndc = (mesh.vertices.float() @ calib[:3, :3].T + calib[:3, 3]).contiguous()
+    drawn = (rasterize(ndc, mesh.faces, size).face_index >= 0).float()
+    cell = (AUTHORS_BOX[1][0] - AUTHORS_BOX[0][0]) / resolution * calib[0, 0].abs().item()  # in NDC
+    margin = 3 + math.ceil(2 * cell / (2 / (size - 1)))
+    return F.max_pool2d(drawn[None, None], 2 * margin + 1, stride=1, padding=margin)[0, 0] > 0
+
+
 @torch.no_grad()
 def authors_views(generator, shape_volume: torch.Tensor, texture_volume: torch.Tensor, refiner=None,
-                  render_size: int = 512, exhaustive: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  render_size: int = 512, exhaustive: bool = False,
+                  rays: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Their two views of one generated human (volumes [1, F, V, V]), VIEW_ANGLES order: the
     decoded images composited on white [2, 3, R, R], the refined images [2, 3, R, R] in [0, 1]
     (`refiner` an nn.OfficialRefiner, or None: the images as they are), and the depth maps
-    [2, R, R] (inf where no hit; NDC depth from the near plane). `exhaustive`: see trace_view."""
+    [2, R, R] (inf where no hit; NDC depth from the near plane). `exhaustive`: see trace_view;
+    `rays` (bool [R, R], the front view's, e.g. `near_silhouette`): trace only those rays."""
     render_size = check_render_size(render_size)
     images, depths = [], []
     for angle in VIEW_ANGLES:
-        points, depth, mask = trace_view(generator, shape_volume, angle, render_size, exhaustive)
+        view_rays = None if rays is None else (rays.flip(1) if angle == 180.0 else rays)
+        points, depth, mask = trace_view(generator, shape_volume, angle, render_size, exhaustive, view_rays)
         dilated = dilate(mask).reshape(-1)
         image = torch.ones(render_size * render_size, 3, device=shape_volume.device)
         if dilated.any():
-            ndc = points[dilated].clamp(-POINT_CLAMP, POINT_CLAMP) * points.new_tensor([1.0, -1.0, 1.0])
+            ndc = points[dilated].clamp(-POINT_CLAMP, POINT_CLAMP) * _FLIP_Y.to(points.device)
             image[dilated] = generator.query_color(shape_volume, texture_volume, ndc[None])[0].float()
         images.append(image.T.reshape(3, render_size, render_size))
         depths.append(torch.where(mask, depth, math.inf))
@@ -187,8 +212,9 @@ class AuthorsColouring:
         Where their views hit nothing (their code stops there), the texture decoder colours the
         vertices."""
         check_authors_conventions(generator)
-        images, refined, depths = authors_views(generator, shape_volume, texture_volume, self.refiner,
-                                                self.render_size or resolution)
+        size = check_render_size(self.render_size or resolution)
+        rays = None if mesh.is_empty else near_silhouette(generator, mesh, size, resolution)
+        images, refined, depths = authors_views(generator, shape_volume, texture_volume, self.refiner, size, rays=rays)
         if self.keep_views:
             self.views.append((images.cpu(), refined.cpu()))
         points, colours = lift_views(refined, depths)

@@ -24,7 +24,8 @@
   previews, manifest.jsonl), resumable, sharded under torchrun (get3dhuman.dataset). The
   generator: the package's weights, `--weights FILE` (of `export`), `--generator RUN` or
   `--checkpoint get3dhuman.pth` (the authors' released weights); so for the other commands
-  that take a generator.
+  that take a generator. With `--checkpoint` and `--refiner Get3DHuman_refinement_v1.pth`,
+  coloured as the authors' inference.py colours (docs/authors-release.md).
 - `get3dhuman bench`: how fast this machine samples humans (seconds a human, by stage;
   get3dhuman.benchmark), with the generator options of `sample`.
 - `get3dhuman interpolate --from SEED --to SEED --out DIR` and `get3dhuman retexture --shape SEED
@@ -44,6 +45,7 @@ import json
 import math
 import os
 
+from get3dhuman import __version__
 from get3dhuman.train.settings import STAGES
 
 PACKAGED = ""  # `--refiner` given alone: the package's refiner
@@ -310,7 +312,10 @@ def _load_refiner(args: argparse.Namespace, device):
 
     if args.refiner is None:
         return None
-    if official_kind(args.refiner) == "refiner":
+    if official_kind(args.refiner) is not None or (os.path.isfile(args.refiner) and
+                                                   not args.refiner.endswith(".safetensors")):
+        # The authors' refiner (their generator named as such; a torch file the package never
+        # writes, cut or carrying code, named by the authors' loader).
         return Refiner.from_official_checkpoint(args.refiner, device)
     if args.refiner == PACKAGED or is_pretrained_file(args.refiner, PRETRAINED_FORMAT):
         return Refiner.from_pretrained(None if args.refiner == PACKAGED else args.refiner, device)
@@ -522,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     # Raw: the module docstring's list of commands reads as written, one command a bullet.
     parser = argparse.ArgumentParser(prog="get3dhuman", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"get3dhuman {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="show what was built and what this machine can run")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")

@@ -304,8 +304,8 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     preview_resolution, preview_views, preview_maps = check_preview_options(preview_resolution, preview_views,
                                                                             preview_maps)
     authors = isinstance(refiner, OfficialRefiner)
-    if refined_views and not authors:
-        raise ValueError("refined_views needs the authors' refiner (an nn.OfficialRefiner)")
+    if (refined_views or render_size is not None) and not authors:
+        raise ValueError("refined_views and render_size need the authors' refiner (an nn.OfficialRefiner)")
     if authors:  # checked before the settings are recorded
         check_render_size(render_size or resolution)
         check_authors_conventions(generator)

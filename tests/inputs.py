@@ -115,6 +115,23 @@ def generator_with_a_surface(seen_from_the_front: bool = False, preset: str = "t
     return generator
 
 
+def generator_with_their_conventions():
+    """A tiny random generator with the authors' camera and conventions whose front view hits a
+    surface: its occupancy shifted to cross 0.5, growing away from the front, and made 50 times
+    steeper, so that their 55 steps of (2 o - 1) * 25 / 128 reach it (half the front view's
+    pixels at 32 px; none of the back view's, which starts inside)."""
+    from get3dhuman.nn.generator import OFFICIAL_CALIBRATION
+
+    generator = generator_with_a_surface(seen_from_the_front=True)
+    with torch.no_grad():
+        generator.mlp_shape.filters[-1].weight *= 50
+        generator.mlp_shape.filters[-1].bias *= 50
+    conventions = get3dhuman.Generator(dataclasses.replace(generator.config, authors_conventions=True)).eval()
+    conventions.load_state_dict(generator.state_dict())
+    conventions.calibration.copy_(OFFICIAL_CALIBRATION)
+    return conventions
+
+
 PROCESSES = 2  # of the torchrun tests
 # Threads of each torchrun process (torchrun's default, made explicit): an oracle that must
 # match them bit for bit runs with as many, as some CPUs' oneDNN and MKL kernels split a

@@ -13,12 +13,12 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from get3dhuman import Generator, Refiner, TexturedMesh
-from get3dhuman.authors import AuthorsColouring, dilate, lift_views, trace_view
+from get3dhuman.authors import AuthorsColouring, authors_views, dilate, lift_views, near_silhouette, trace_view
 from get3dhuman.cli import main
 from get3dhuman.dataset import read_manifest
 from get3dhuman.nn.generator import AUTHORS_BOX, OFFICIAL_CALIBRATION, OUTSIDE_IMAGE_OCCUPANCY, PRESETS
 from get3dhuman.nn.refiner import OfficialRefiner
-from inputs import OFFICIAL_REFINER_KEYS_FILE, generator_with_a_surface, official_checkpoint_layout
+from inputs import OFFICIAL_REFINER_KEYS_FILE, generator_with_their_conventions, official_checkpoint_layout
 
 
 def _refiner_file(seed=0):
@@ -123,6 +123,12 @@ def test_the_authors_files_swapped_truncated_or_carrying_code_are_named(tmp_path
     truncated.write_bytes(refiner_file.read_bytes()[: os.path.getsize(refiner_file) // 2])
     _one_line_error(lambda: Refiner.from_official_checkpoint(truncated), f"^{truncated} is truncated or not a torch "
                     "checkpoint")
+    cut_small = tmp_path / "cut.pth"  # torch's reader fails otherwise on a small file cut short
+    cut_small.write_bytes(generator_file.read_bytes()[: os.path.getsize(generator_file) // 2])
+    _one_line_error(lambda: Generator.from_official_checkpoint(cut_small), f"^{cut_small} is truncated or not a torch "
+                    "checkpoint")
+    with pytest.raises(SystemExit, match=f"^get3dhuman sample: {cut_small} is truncated or not a torch checkpoint"):
+        main(["sample", "--checkpoint", str(cut_small), "--num", "1", "--out", str(tmp_path / "out")])
 
     ran = tmp_path / "the pickle ran"
 
@@ -134,6 +140,11 @@ def test_the_authors_files_swapped_truncated_or_carrying_code_are_named(tmp_path
     torch.save({"rnet.Conv_out.bias": torch.zeros(3), "payload": Payload()}, carrying_code)
     _one_line_error(lambda: Refiner.from_official_checkpoint(carrying_code),
                     f"^{carrying_code} holds objects other than tensors, which are never unpickled")
+    for option in ("--refiner", "--checkpoint"):
+        with pytest.raises(SystemExit, match=f"^get3dhuman sample: {carrying_code} holds objects other than tensors"):
+            main(["sample", option, str(carrying_code), "--num", "1", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match=f"^get3dhuman sample: {generator_file} holds the authors' shape/texture"):
+        main(["sample", "--refiner", str(generator_file), "--num", "1", "--out", str(tmp_path / "out")])
     assert not ran.exists()
 
 
@@ -186,11 +197,11 @@ def test_points_projecting_outside_the_image_are_outside():
 
 def test_meshes_cover_the_authors_box_on_their_lattice():
     generator = _with_the_authors_conventions()
-    lower, upper, cells = generator.mesh_lattice(8)  # their create_grid: 8 points from b_min, step 256 / 8
-    assert (lower, upper, cells) == ([-128.0, -28.0, -128.0], [96.0, 196.0, 96.0], 7)
-    assert generator.mesh_lattice(512) == ([-128.0, -28.0, -128.0], [127.5, 227.5, 127.5], 511)
-    with pytest.raises(ValueError, match="resolution must be an int >= 2, got 1"):
-        generator.mesh_lattice(1)
+    # Their create_grid at 8: 8 points from b_min, a step of 256 / 8 apart, which the package's
+    # 8 cells over the whole box hold (and one layer more, at b_max).
+    assert generator.mesh_lattice(8) == ([-128.0, -28.0, -128.0], [128.0, 228.0, 128.0], 8)
+    with pytest.raises(ValueError, match="resolution must be an int >= 1, got 0"):
+        generator.mesh_lattice(0)
 
     # A ball reaching z = 120, past the NDC cube's 107.8, meshed as their dense grid and skimage mesh it.
     centre, radius, resolution = torch.tensor([10.0, 90.0, 95.0]), 25.0, 64
@@ -309,7 +320,7 @@ def _ball_generator(centre=BALL_CENTRE, radius=BALL_RADIUS):
 def test_their_views_trace_the_surface_and_mask_it_dilated():
     generator, colour = _ball_generator()
     size = 64
-    unused_volume = torch.zeros(1, 1, 1, 1)  # the analytic fields ignore it
+    unused_volume = torch.zeros(1, 128, 8, 8)  # the analytic fields ignore it
     points, depth, mask = trace_view(generator, unused_volume, 0.0, size)
     pixel = torch.arange(size) * 2 / (size - 1) - 1  # their camera: NDC x = 2u / (R - 1) - 1, y likewise
     y, x = torch.meshgrid(pixel, pixel, indexing="ij")
@@ -341,11 +352,11 @@ def test_their_views_trace_the_surface_and_mask_it_dilated():
 
 @pytest.mark.parametrize("angle", [0.0, 180.0])
 def test_rays_that_stop_early_keep_what_all_their_steps_keep(angle):
-    generator = _tiny_generator_with_their_conventions_and_a_surface()
+    generator = generator_with_their_conventions()
     with torch.no_grad():
         shape = generator.shape_features(generator.latents([0])[0]).volume
     ball, _ = _ball_generator()
-    for model, volume in ((generator, shape), (ball, torch.zeros(1, 1, 1, 1))):
+    for model, volume in ((generator, shape), (ball, torch.zeros(1, 128, 8, 8))):
         calls = []
         query = model.query_occupancy
         model.query_occupancy = lambda *args, **options: calls.append(args[1].shape[1]) or query(*args, **options)
@@ -360,6 +371,20 @@ def test_rays_that_stop_early_keep_what_all_their_steps_keep(angle):
         # Past the box a ray repeats its clamped query point; which repeat is kept depends on the
         # queries' rounding, which depends on the rays queried with it. Compare what is decoded.
         torch.testing.assert_close(fast[0].clamp(-0.99, 0.99), exhaustive[0].clamp(-0.99, 0.99), rtol=0, atol=1e-5)
+
+
+def test_the_rays_near_the_meshs_silhouette_give_every_rays_views():
+    generator, _ = _ball_generator(radius=0.3)
+    volume = torch.zeros(1, 128, 8, 8)  # the analytic fields ignore it
+    mesh = generator.extract_mesh(*generator.latents([0]), 64)[0]
+    rays = near_silhouette(generator, mesh, 64, 64)
+    assert 0.1 < rays.float().mean() < 0.5
+    restricted = authors_views(generator, volume, volume, _Inverting(), 64, rays=rays)
+    every = authors_views(generator, volume, volume, _Inverting(), 64)
+    assert torch.equal(torch.isfinite(restricted[2]), torch.isfinite(every[2])) and torch.isfinite(every[2]).any()
+    hit = torch.isfinite(every[2])
+    torch.testing.assert_close(restricted[2][hit], every[2][hit], rtol=0, atol=1e-5)
+    torch.testing.assert_close(restricted[1], every[1], rtol=0, atol=1e-5)
 
 
 def test_their_lift_puts_pixels_where_their_calib_define_says():
@@ -418,25 +443,9 @@ def test_their_colouring_gives_each_vertex_the_refined_colour_of_the_field_near_
         Generator("tiny").extract_mesh(*Generator("tiny").latents([0]), 16, recolor=AuthorsColouring())
 
 
-def _tiny_generator_with_their_conventions_and_a_surface():
-    """A tiny random generator with the authors' camera and conventions whose front view hits a
-    surface: its occupancy shifted to cross 0.5, growing away from the front, and made 50 times
-    steeper, so that their 55 steps of (2 o - 1) * 25 / 128 reach it (half the front view's
-    pixels at 32 px; none of the back view's, which starts inside)."""
-    generator = generator_with_a_surface(seen_from_the_front=True)
-    with torch.no_grad():
-        generator.mlp_shape.filters[-1].weight *= 50
-        generator.mlp_shape.filters[-1].bias *= 50
-    config = dataclasses.replace(generator.config, authors_conventions=True)
-    conventions = Generator(config).eval()
-    conventions.load_state_dict(generator.state_dict())
-    conventions.calibration.copy_(OFFICIAL_CALIBRATION)
-    return conventions
-
-
 @pytest.mark.slow
 def test_the_command_line_colours_samples_with_the_authors_refiner(tmp_path):
-    generator = _tiny_generator_with_their_conventions_and_a_surface()
+    generator = generator_with_their_conventions()
     weights, refiner_file = tmp_path / "tiny.safetensors", tmp_path / "Get3DHuman_refinement_v1.pth"
     generator.save_pretrained(weights)
     torch.save(_refiner_file(), refiner_file)
@@ -460,4 +469,10 @@ def test_the_command_line_colours_samples_with_the_authors_refiner(tmp_path):
     with pytest.raises(SystemExit, match="render_size must be a multiple of 16"):
         main(["sample", "--weights", str(weights), "--refiner", str(refiner_file), "--num", "1", "--resolution", "40",
               "--out", str(tmp_path / "odd"), "--quiet"])
+    assert not (tmp_path / "odd" / "settings.json").exists()
+    for option in (["--render-size", "32"], ["--refined-views"]):
+        with pytest.raises(SystemExit, match="need the authors' refiner"):
+            main(["sample", "--weights", str(weights), "--num", "1", "--out", str(tmp_path / "odd"), *option])
+    with pytest.raises(SystemExit, match="the authors' colouring needs a generator with their conventions"):
+        main(["sample", "--refiner", str(refiner_file), "--num", "1", "--out", str(tmp_path / "odd")])
     assert not (tmp_path / "odd" / "settings.json").exists()

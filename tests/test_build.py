@@ -66,6 +66,25 @@ def test_cli_help_lists_each_command_on_its_own_line(tmp_path):
         assert bullet in result.stdout.splitlines(), bullet
 
 
+def test_cli_prints_the_version(capsys):
+    from get3dhuman.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"get3dhuman {get3dhuman.__version__}\n"
+
+
+def test_torch_is_required_at_a_version_without_the_weights_only_advisories():
+    """torch.load(weights_only=True) had code-execution advisories below 2.6 (CVE-2025-32434) and
+    2.10 (CVE-2026-24747): the package and its build require 2.10 or newer."""
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as handle:
+        project = tomllib.load(handle)
+    for requirements in (project["project"]["dependencies"], project["build-system"]["requires"]):
+        (torch_requirement,) = [r for r in requirements if r.startswith("torch")]
+        assert torch_requirement == "torch>=2.10", requirements
+
+
 def test_cli_rejects_unknown_commands(tmp_path):
     result = subprocess.run([shutil.which("get3dhuman"), "fly"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2 and "invalid choice" in result.stderr

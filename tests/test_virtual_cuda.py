@@ -14,16 +14,17 @@ import json
 
 import pytest
 import torch
-from inputs import generator_with_a_surface
+from inputs import generator_with_a_surface, generator_with_their_conventions
 from safetensors.torch import load_file
 from virtual_cuda import VirtualCudaTensor, to_cpu, virtual_cuda
 
 from get3dhuman import Generator, applications, render
+from get3dhuman.authors import AuthorsColouring
 from get3dhuman.benchmark import measure_sampling
 from get3dhuman.cli import main
 from get3dhuman.evaluate import EvaluationConfig, evaluate_generator
 from get3dhuman.mesh import TexturedMesh
-from get3dhuman.nn import Reconstructor
+from get3dhuman.nn import OfficialRefiner, Reconstructor
 from get3dhuman.train import distributed
 from get3dhuman.train.reconstructor import ReconstructorTrainingConfig, StepBatches
 
@@ -186,6 +187,23 @@ def test_generator_training_through_the_triton_helpers_on_cuda_gives_the_cpus_lo
         for key in cpu:
             if not key.startswith("seconds"):
                 assert cuda[key] == pytest.approx(cpu[key], rel=1e-4, abs=1e-6), key
+
+
+def test_the_authors_colouring_on_cuda_gives_the_cpus_meshes():
+    """Their two views traced, refined and lifted on the device: the CPU's bits."""
+    generator = generator_with_their_conventions()
+    torch.manual_seed(1)
+    refiner = OfficialRefiner().eval()
+    z = generator.latents([0, 1])
+    expected = generator.extract_mesh(*z, 32, recolor=AuthorsColouring(refiner))
+    with virtual_cuda():
+        generator.cuda()
+        refiner.cuda()
+        meshes = [mesh.to("cpu") for mesh in generator.extract_mesh(*(t.cuda() for t in z), 32,
+                                                                  recolor=AuthorsColouring(refiner))]
+        generator.cpu()
+    assert all(not mesh.is_empty for mesh in meshes)
+    _same_meshes(meshes, expected)
 
 
 def test_the_command_line_writes_the_same_dataset_on_cuda(tmp_path):

@@ -35,7 +35,7 @@ from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.nn.pretrained import (WEIGHTS_DIR, check_official_kind, load_pretrained_state, read_pretrained,
                                       read_state_dict, write_pretrained)
 from get3dhuman.nn.stylegan2 import NOISE_MODES, StyleGAN2Generator, check_like_weights
-from get3dhuman.ops import OFFICIAL_DEPTH_SCALE, query_field
+from get3dhuman.ops import OFFICIAL_DEPTH_SCALE, project_inputs, query_field
 from get3dhuman.render import orbit_calibration
 
 # Volumes of these dtypes are queried in float32 geometry (PixelAlignedModel.query_occupancy).
@@ -78,7 +78,7 @@ class GeneratorConfig:
     depth_scale: float = OFFICIAL_DEPTH_SCALE
     # The authors' inference conventions (set by `Generator.from_official_checkpoint`): a point
     # that projects outside the image has occupancy OUTSIDE_IMAGE_OCCUPANCY, and meshes cover
-    # AUTHORS_BOX on their lattice (`PixelAlignedModel.mesh_lattice`).
+    # AUTHORS_BOX, their lattice's points included (`PixelAlignedModel.mesh_lattice`).
     authors_conventions: bool = False
 
     def __post_init__(self) -> None:
@@ -177,15 +177,14 @@ class PixelAlignedModel(nn.Module):
 
     def mesh_lattice(self, resolution: int) -> tuple[list[float], list[float], int]:
         """(lower, upper, cells per axis) of the lattice meshes are made on at `resolution`:
-        `world_bounds()` cut in `resolution` cells; with the authors' conventions, their lattice
-        instead: `resolution` points per axis from AUTHORS_BOX's lower corner, a step of the box's
-        side over `resolution` apart (so the last point falls a step short of the upper corner)."""
-        resolution = check_int(resolution, "resolution", 2 if self.config.authors_conventions else 1)
-        if not self.config.authors_conventions:
-            return (*self.world_bounds(), resolution)
-        lower, upper = AUTHORS_BOX
-        last = [low + (resolution - 1) * (high - low) / resolution for low, high in zip(lower, upper)]
-        return list(lower), last, resolution - 1
+        `world_bounds()` cut in `resolution` cells, or with the authors' conventions AUTHORS_BOX
+        cut in `resolution` cells. Their lattice is that one's first `resolution` points per axis
+        (from the lower corner, a step of the box's side over `resolution` apart); the package
+        also evaluates the layer at the upper corner, so that the narrow band can halve its cells
+        down to `resolution` (theirs has resolution - 1 cells, for 512 an odd number)."""
+        resolution = check_int(resolution, "resolution", 1)
+        lower, upper = AUTHORS_BOX if self.config.authors_conventions else self.world_bounds()
+        return list(lower), list(upper), resolution
 
     def meshes_from_volumes(self, shape_volume: torch.Tensor, texture_volume: torch.Tensor | None,
                             resolution: int = 256, *, coarse_resolution: int | None = None, band: float = 0.0,
@@ -266,6 +265,17 @@ class PixelAlignedModel(nn.Module):
             points = points.to(calib.dtype) @ calib[:, :2, :3].transpose(1, 2) + calib[:, :2, 3].unsqueeze(1)
         outside = (points[..., :2].abs() > 1).any(-1)
         return occupancy.masked_fill(outside, OUTSIDE_IMAGE_OCCUPANCY)
+
+    def shape_query(self, shape_volume: torch.Tensor):
+        """`query_occupancy` of `shape_volume` [B, F, V, V] as a function of points [B, N, 3] in
+        NDC, for many calls: the shape decoder's input layers are applied to the volume once
+        (ops.project_inputs) and every call takes the 'projected' variant, whatever N, so that a
+        sphere tracer's dwindling sets of rays cost per point what large queries do (float32
+        and float64 volumes; others are queried as `query_occupancy` does)."""
+        if shape_volume.dtype in REDUCED_DTYPES:
+            return lambda points: self.query_occupancy(shape_volume, points)
+        projected = project_inputs(self.mlp_shape, shape_volume)
+        return lambda points: self.query_occupancy(shape_volume, points, projected=projected)
 
     def query_color(self, shape_volume: torch.Tensor, texture_volume: torch.Tensor, points: torch.Tensor,
                     calib: torch.Tensor | None = None, **query_options) -> torch.Tensor:

@@ -4,6 +4,7 @@ and without unpickling anything."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -100,6 +101,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise ValueError(f"{path} is truncated or corrupt: {_first_line(error)}") from error
         except (RuntimeError, EOFError, zipfile.BadZipFile) as error:  # torch.load's errors on a cut file
             raise ValueError(f"{path} is truncated or not a torch checkpoint: {_first_line(error)}") from error
+        except OSError as error:
+            if error.errno == errno.EINVAL:  # torch's zip reader on some cut files
+                raise ValueError(f"{path} is truncated or not a torch checkpoint: {_first_line(error)}") from error
+            raise ValueError(f"{path} cannot be read: {error.strerror or error}") from error
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} must hold a flat dict of tensors (a state dict), got {type(state).__name__}")
     if state and all(k.startswith("module.") for k in state):
