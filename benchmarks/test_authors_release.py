@@ -66,7 +66,8 @@ def _stand_in(device: str = "cpu"):
         layers[1].weight[0, :4, 0] = torch.tensor([1.0, 1.0, -1 / 1.01, 1 / 1.01])
         layers[1].weight[1, :4, 0] = -layers[1].weight[0, :4, 0]
         # layer 2: d, -d again; layer 3: -SLOPE d
-        layers[2].weight[0, :2, 0], layers[2].weight[1, :2, 0] = torch.tensor([1.0, -1.0]) / 1.01, torch.tensor([-1.0, 1.0]) / 1.01
+        layers[2].weight[0, :2, 0] = torch.tensor([1.0, -1.0]) / 1.01
+        layers[2].weight[1, :2, 0] = torch.tensor([-1.0, 1.0]) / 1.01
         layers[3].weight[0, :2, 0] = torch.tensor([-SLOPE, SLOPE]) / 1.01
     texture_volume = torch.nn.functional.interpolate(torch.randn(1, generator.config.feature_channels, 8, 8),
                                                      size=size, mode="bicubic", align_corners=True)
@@ -79,12 +80,14 @@ class _TheirQueries:
     (ops.reference_query_field), their outside-image rule for occupancy."""
 
     def __init__(self, generator, chunk: int | None = None):
-        self.generator, self.config, self.calibration, self.chunk = generator, generator.config, generator.calibration, chunk
+        self.generator, self.config, self.calibration = generator, generator.config, generator.calibration
+        self.chunk = chunk
 
     def _query(self, decoder, volume, points, calib):
         calib = torch.eye(4, device=volume.device)[None] if calib is None else calib
         parts = points.split(self.chunk or points.shape[1], dim=1)
-        return torch.cat([reference_query_field(decoder, volume, part, calib, self.config.depth_scale) for part in parts], 2)
+        return torch.cat([reference_query_field(decoder, volume, part, calib, self.config.depth_scale)
+                          for part in parts], 2)
 
     def shape_query(self, shape_volume):
         return lambda points: self.query_occupancy(shape_volume, points)  # their way projects nothing

@@ -67,50 +67,66 @@ def interpolation_latents(start: tuple[torch.Tensor, torch.Tensor], end: tuple[t
     return shape.contiguous(), texture.contiguous()
 
 
+def _progress_bar(total: int, progress: bool, unit: str):
+    """A tqdm bar of `total` `unit`s on stderr, or None when not `progress`."""
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit)
+
+
 def extract_meshes(generator, shape_latents: torch.Tensor, texture_latents: torch.Tensor, *, space: str = "z",
-                   batch_size: int = 4, **extract_options) -> list[TexturedMesh]:
+                   batch_size: int = 4, progress: bool = False, **extract_options) -> list[TexturedMesh]:
     """Textured meshes of the latent pairs shape_latents, texture_latents ([N, D], or [N, num_ws,
     w_dim] in `space` 'w'), made `batch_size` at a time by `generator.extract_mesh` (or
-    `extract_mesh_from_ws`) with `extract_options`, in the dtype and on the device of its weights."""
+    `extract_mesh_from_ws`) with `extract_options`, in the dtype and on the device of its weights;
+    a progress bar on stderr with `progress`."""
     batch_size = check_int(batch_size, "batch_size", 1)
     if space not in SPACES:
         raise ValueError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
     extract = generator.extract_mesh if space == "z" else generator.extract_mesh_from_ws
     weights = next(generator.parameters())
     meshes = []
+    bar = _progress_bar(shape_latents.shape[0], progress, "human")
     for begin in range(0, shape_latents.shape[0], batch_size):
         part = slice(begin, begin + batch_size)
         meshes += extract(shape_latents[part].to(weights), texture_latents[part].to(weights), **extract_options)
+        if bar is not None:
+            bar.update(len(meshes) - bar.n)
+    if bar is not None:
+        bar.close()
     return meshes
 
 
 def interpolate(generator, start: tuple[torch.Tensor, torch.Tensor], end: tuple[torch.Tensor, torch.Tensor],
                 steps: int = 8, *, moving: str = "both", space: str = "z", batch_size: int = 4,
-                truncation_psi: float = 1.0, **extract_options) -> list[TexturedMesh]:
+                truncation_psi: float = 1.0, progress: bool = False, **extract_options) -> list[TexturedMesh]:
     """Textured meshes of `steps` humans from the latent pair start = (z_shape, z_texture) ([D]
     each) to end (`interpolation_latents`): in `space` 'z' the latents' great circle, in 'w'
     the straight line between their intermediate latents (`Generator.mapping`, truncated by
-    `truncation_psi`), which StyleGAN generators follow more evenly."""
+    `truncation_psi`), which StyleGAN generators follow more evenly. A progress bar on stderr
+    with `progress`."""
     if space == "z":
         z_shape, z_texture = interpolation_latents(start, end, steps, moving)
         return extract_meshes(generator, z_shape, z_texture, batch_size=batch_size, truncation_psi=truncation_psi,
-                              **extract_options)
+                              progress=progress, **extract_options)
     device = next(generator.parameters()).device
     with torch.no_grad(), evaluation_mode(generator):
         pair = torch.stack([start[0], end[0]]).to(device), torch.stack([start[1], end[1]]).to(device)
         ws_shape, ws_texture = generator.mapping(*pair, truncation_psi)
     ws = interpolation_latents((ws_shape[0], ws_texture[0]), (ws_shape[1], ws_texture[1]), steps, moving, space)
-    return extract_meshes(generator, *ws, space="w", batch_size=batch_size, **extract_options)
+    return extract_meshes(generator, *ws, space="w", batch_size=batch_size, progress=progress, **extract_options)
 
 
 @torch.no_grad()
 def retexture(generator, z_shape: torch.Tensor, z_textures: torch.Tensor, resolution: int = 256, *,
               truncation_psi: float = 1.0, chunk: int = 1 << 18, compute_dtype: torch.dtype | None = None,
-              **extract_options) -> list[TexturedMesh]:
+              progress: bool = False, **extract_options) -> list[TexturedMesh]:
     """The shape of z_shape [D] (or [1, D]) with each texture of z_textures [T, D]: the mesh is
     extracted once (`generator.extract_mesh`) and its vertices are coloured by the texture
     decoder T times. Mesh t is `extract_mesh(z_shape, z_textures[t])` (with the same
-    `compute_dtype`), bit for bit."""
+    `compute_dtype`), bit for bit. A progress bar on stderr with `progress`, a step a texture."""
     z_shape = z_shape.reshape(1, -1)
     if z_textures.dim() != 2 or z_textures.shape[1] != z_shape.shape[1] or z_textures.shape[0] < 1:
         raise ValueError(f"z_textures must be [T, {z_shape.shape[1]}] with T >= 1, got {tuple(z_textures.shape)}")
@@ -119,6 +135,7 @@ def retexture(generator, z_shape: torch.Tensor, z_textures: torch.Tensor, resolu
     if mesh.is_empty:
         return [mesh for _ in range(z_textures.shape[0])]
     meshes = []
+    bar = _progress_bar(z_textures.shape[0], progress, "texture")
     with evaluation_mode(generator):
         shape = generator.shape_features(z_shape, truncation_psi)
         calib = generator.calibration[None]
@@ -128,6 +145,10 @@ def retexture(generator, z_shape: torch.Tensor, z_textures: torch.Tensor, resolu
             colors = torch.cat([generator.query_color(shape.volume, texture, part, calib, compute_dtype=compute_dtype)
                                 for part in vertices.split(chunk, dim=1)], 1)[0].float().clamp(0, 1)
             meshes.append(TexturedMesh(mesh.vertices, mesh.faces, colors.to(mesh.colors.device), mesh.normals))
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
     return meshes
 
 
@@ -184,6 +205,10 @@ def invert(generator, image: torch.Tensor, mask: torch.Tensor | None = None, *, 
     mask = foreground_of(image) if mask is None else mask.float()
     if mask.shape != image.shape[:2]:
         raise ValueError(f"mask must be [{side}, {side}] like the image, got {tuple(mask.shape)}")
+    if not bool(mask.any()):
+        raise ValueError("image holds no figure: its mask is empty (without a mask: every pixel has the "
+                         "top-left pixel's colour, the background's); give an image of a figure on a plain "
+                         "background, or its mask")
     steps = check_int(steps, "steps", 1)
     depth_samples = check_int(depth_samples, "depth_samples", 2)
     device = generator.calibration.device

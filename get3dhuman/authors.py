@@ -213,7 +213,9 @@ class AuthorsColouring:
         vertices."""
         check_authors_conventions(generator)
         size = check_render_size(self.render_size or resolution)
-        rays = None if mesh.is_empty else near_silhouette(generator, mesh, size, resolution)
+        # An empty mesh traces no ray: its views are white (and kept, one pair a mesh).
+        rays = (torch.zeros(size, size, dtype=torch.bool) if mesh.is_empty
+                else near_silhouette(generator, mesh, size, resolution))
         images, refined, depths = authors_views(generator, shape_volume, texture_volume, self.refiner, size, rays=rays)
         if self.keep_views:
             self.views.append((images.cpu(), refined.cpu()))

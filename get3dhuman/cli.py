@@ -20,8 +20,8 @@
   for `Generator.from_pretrained(FILE)`; `--refiner RUN` instead: the refiner, for
   `Refiner.from_pretrained(FILE)`; `--checkpoint get3dhuman.pth`: the authors' released model;
   `--image-generator PKL`: a 2-D generator's network pickle, for `train prior --image-generator`.
-- `get3dhuman sample --num N --out DIR`: a dataset of generated humans (textured meshes,
-  previews, manifest.jsonl), resumable, sharded under torchrun (get3dhuman.dataset). The
+- `get3dhuman sample --num N --out DIR` (or `--seeds 3 17 40-59`): a dataset of generated humans
+  (textured meshes, previews, manifest.jsonl), resumable, sharded under torchrun (get3dhuman.dataset). The
   generator: the package's weights, `--weights FILE` (of `export`), `--generator RUN` or
   `--checkpoint get3dhuman.pth` (the authors' released weights); so for the other commands
   that take a generator. With `--checkpoint` and `--refiner Get3DHuman_refinement_v1.pth`,
@@ -44,6 +44,7 @@ import argparse
 import json
 import math
 import os
+import sys
 
 from get3dhuman import __version__
 from get3dhuman.train.settings import STAGES
@@ -82,7 +83,30 @@ def _number(kind: type, low: float | None = None, high: float | None = None, *, 
 
 _COUNT = _number(int, 1)  # humans, steps, pixels, cells, ...
 _TWO_OR_MORE = _number(int, 2)  # image sides, path steps (both ends)
+MIN_MESH_RESOLUTION = 16  # coarser lattices cannot hold a human: meshes empty or a few blobs
+_MESH_RESOLUTION = _number(int, MIN_MESH_RESOLUTION)
 _SEED = _number(int, 0)  # the library refuses seeds from 2^64 (`_checks.check_seed`)
+
+
+MAX_SEED_RANGE = 10_000_000  # seeds a --seeds range may name (each is held in memory)
+
+
+def _seeds_item(text: str) -> list[int]:
+    """An argparse `type` for --seeds: a seed, a range A-B (both included, A <= B) or a file of
+    such items, one a line (blank lines and # comments skipped)."""
+    if os.path.isfile(text):
+        with open(text) as handle:
+            lines = [line.split("#")[0].strip() for line in handle]
+        return [value for line in lines if line for value in _seeds_item(line)]
+    first, dash, last = text.partition("-")
+    try:
+        low, high = int(first), int(last if dash else first)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be seeds (3), ranges (40-59) or files of them, got {text!r}") from None
+    if not 0 <= low <= high < 2**64 or high - low >= MAX_SEED_RANGE:
+        raise argparse.ArgumentTypeError(f"must be seeds or ranges A-B with 0 <= A <= B < 2^64, at most "
+                                         f"{MAX_SEED_RANGE:,} seeds a range, got {text!r}")
+    return list(range(low, high + 1))
 _MATTE_TOLERANCE = _number(float, 0, 1, high_open=True)
 
 
@@ -251,7 +275,8 @@ def _eval(args: argparse.Namespace) -> int:
     rows = {}
     try:
         if args.generator is not None:
-            generator = load_generator(args.generator, args.preset, args.device)
+            generator = (Generator.from_pretrained(device=args.device) if args.generator == PACKAGED
+                         else load_generator(args.generator, args.preset, args.device))
             rows["trained"] = evaluate_generator(generator, config)
             if args.refiner is not None:
                 rows["refined"] = evaluate_generator(generator, config, refiner=_load_refiner(args, args.device))
@@ -330,7 +355,9 @@ def _sample(args: argparse.Namespace) -> int:
     generator = _load_generator(args, device)
     try:
         refiner = _load_refiner(args, device)
-        records = write_samples(generator, args.out, args.num, args.seed, batch_size=args.batch_size,
+        seeds = None if args.seeds is None else [value for item in args.seeds for value in item]
+        num = args.num if seeds is None else len(seeds)
+        records = write_samples(generator, args.out, num, args.seed, seeds=seeds, batch_size=args.batch_size,
                                 resolution=args.resolution, file_type=args.format, preview_resolution=args.preview,
                                 preview_views=args.views, preview_maps=args.maps, truncation_psi=args.truncation,
                                 refiner=refiner, progress=not args.quiet, render_size=args.render_size,
@@ -345,6 +372,9 @@ def _sample(args: argparse.Namespace) -> int:
         seconds = sum(record["seconds"] for record in records) / max(len(records), 1)
         print(f"{len(records)} samples in {args.out} ({empty} empty, {seconds:.2f} s a human), listed in "
               f"{args.out}/manifest.jsonl")
+        if empty:
+            print(f"get3dhuman sample: warning: {empty} of {len(records)} meshes are empty (the field never "
+                  "crosses its level in the box): no mesh file was written for them", file=sys.stderr)
     return 0
 
 
@@ -373,7 +403,8 @@ def _edit(args: argparse.Namespace) -> int:
     from get3dhuman import applications
 
     generator = _load_generator(args, args.device)
-    options = {"resolution": args.resolution, "truncation_psi": args.truncation, **_compute_options(args)}
+    options = {"resolution": args.resolution, "truncation_psi": args.truncation, "progress": not args.quiet,
+               **_compute_options(args)}
     try:
         if args.command == "interpolate":
             start, end = generator.latents([args.start]), generator.latents([args.end])
@@ -505,7 +536,8 @@ def _compute_options(args: argparse.Namespace) -> dict:
 def _add_mesh_arguments(parser: argparse.ArgumentParser, grid_help: str | None, with_model_dtype: bool = True) -> None:
     """--resolution, --compute-dtype (and --dtype: `_add_compute_dtype_argument`), --format, and
     unless grid_help is None --preview, --grid, --views, --maps and --truncation."""
-    parser.add_argument("--resolution", type=_COUNT, default=256, help="marching-cubes cells per axis (default 256)")
+    parser.add_argument("--resolution", type=_MESH_RESOLUTION, default=256,
+                        help=f"marching-cubes cells per axis, at least {MIN_MESH_RESOLUTION} (default 256)")
     _add_compute_dtype_argument(parser, with_model_dtype)
     parser.add_argument("--format", choices=["glb", "ply", "obj"], default="glb", help="mesh files (default glb)")
     if grid_help is not None:
@@ -589,8 +621,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser("eval", help="shape and colour metrics of a generator against held-out humans")
-    evaluate.add_argument("--generator", help="stage-3 run directory or checkpoint, or a file of `export` (omit for "
-                          "the baseline only)")
+    evaluate.add_argument("--generator", nargs="?", const=PACKAGED, metavar="RUN_OR_FILE",
+                          help="stage-3 run directory or checkpoint, or a file of `export`; alone: the package's "
+                          "default weights (--preset small); omit for the baseline only")
     evaluate.add_argument("--refiner", nargs="?", const=PACKAGED, metavar="RUN_OR_FILE",
                           help="adds the 'refined' row: the generator's meshes coloured by this refiner's views (a "
                           "stage-4 run or checkpoint, or a file of `export --refiner`; alone: the package's refiner, "
@@ -611,9 +644,13 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     evaluate.set_defaults(handler=_eval)
     sample = commands.add_parser("sample", help="write textured meshes of generated humans (a dataset; resumable)")
-    sample.add_argument("--num", "--count", type=_number(int, 0), required=True, dest="num",
-                        help="number of samples (seeds SEED .. SEED + NUM - 1); under torchrun write --count, "
-                        "since torchrun reads --num as an abbreviation of its own --numa-binding")
+    how_many = sample.add_mutually_exclusive_group(required=True)
+    how_many.add_argument("--num", "--count", type=_number(int, 0), dest="num",
+                          help="number of samples (seeds SEED .. SEED + NUM - 1); under torchrun write --count, "
+                          "since torchrun reads --num as an abbreviation of its own --numa-binding")
+    how_many.add_argument("--seeds", nargs="+", type=_seeds_item, metavar="SEEDS",
+                          help="the seeds to sample instead: numbers and ranges such as 3 17 40-59, or files of "
+                          "them, one item a line")
     sample.add_argument("--out", required=True, help="directory of the meshes, previews and manifest.jsonl")
     _add_generator_arguments(sample, "of --generator and --refiner")
     sample.add_argument("--refiner", nargs="?", const=PACKAGED, metavar="RUN_OR_FILE",
@@ -643,7 +680,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_generator_arguments(bench)
     bench.add_argument("--seed", type=_SEED, default=0, help="seed of the first human (default 0)")
     bench.add_argument("--batch-size", type=_COUNT, default=4, help="latents meshed together, as in sample (default 4)")
-    bench.add_argument("--resolution", type=_COUNT, default=256, help="marching-cubes cells per axis (default 256)")
+    bench.add_argument("--resolution", type=_MESH_RESOLUTION, default=256,
+                       help=f"marching-cubes cells per axis, at least {MIN_MESH_RESOLUTION} (default 256)")
     _add_compute_dtype_argument(bench)
     bench.add_argument("--repeat", type=_COUNT, default=3, help="timed runs, after one untimed; the median is reported "
                        "(default 3)")
@@ -668,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         _add_generator_arguments(command)
         _add_mesh_arguments(command, "with --preview: one PNG of all the previews in a row")
         command.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+        command.add_argument("--quiet", action="store_true", help="no progress bar")
         command.set_defaults(handler=_edit)
     invert = commands.add_parser("invert", help="find latents whose front view matches an image")
     invert.add_argument("--image", required=True, help="image file (PNG, JPEG, ...) of a human seen from the front")

@@ -36,7 +36,6 @@ and appends its own lines (one write each, in append mode).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -49,6 +48,7 @@ from get3dhuman._checks import check_int, check_seed, check_truncation_psi
 from get3dhuman.authors import VIEW_ANGLES, AuthorsColouring, check_authors_conventions, check_render_size
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn.modes import evaluation_mode
+from get3dhuman.nn.pretrained import tensors_digest
 from get3dhuman.nn.refiner import OfficialRefiner
 from get3dhuman.refine import mesh_views, refine_meshes, render_textured, view_calibration
 from get3dhuman.render import Rendering
@@ -239,11 +239,7 @@ def read_manifest(out_dir: str) -> list[dict]:
 
 def fingerprint(module: torch.nn.Module) -> str:
     """16 hex digits of the SHA-256 of a module's state (names, shapes, dtypes and values)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return tensors_digest(module.state_dict())[:16]
 
 
 def _rewrite_manifest(out_dir: str, records: list[dict]) -> None:
@@ -276,11 +272,13 @@ def _save_png(image: torch.Tensor | np.ndarray, path: str) -> None:
 def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_size: int = 4, resolution: int = 256,
                   file_type: str = "glb", preview_resolution: int | None = None, preview_views: int = 1,
                   preview_maps: Sequence[str] = (), truncation_psi: float = 1.0, refiner=None, progress: bool = True,
-                  render_size: int | None = None, refined_views: bool = False, **extract_options) -> list[dict]:
+                  render_size: int | None = None, refined_views: bool = False, seeds: Sequence[int] | None = None,
+                  **extract_options) -> list[dict]:
     """Writes samples seed .. seed + num - 1 of `generator` to `out_dir` (see the module
-    docstring) and returns the manifest records of those seeds made by this process or
-    found done, in seed order (under torchrun: the ones this process saw; rank 0 sees all after
-    the final barrier).
+    docstring), or those of the distinct `seeds` when given (then `num` must be len(seeds)),
+    and returns the manifest records of those seeds made by this process or found done, in
+    their order (under torchrun: the ones this process saw; rank 0 sees all after the final
+    barrier).
 
     resolution: marching-cubes cells per axis (Generator.extract_mesh, with `extract_options`;
     noise_mode 'random' draws each seed's noise after torch.manual_seed(seed));
@@ -298,6 +296,13 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     batch_size = check_int(batch_size, "batch_size", 1)
     resolution = check_int(resolution, "resolution", 1)
     seed = check_seed(seed)
+    if seeds is None:
+        seeds = list(range(seed, seed + num))
+    else:
+        seeds = [check_seed(value) for value in seeds]
+        if len(set(seeds)) != len(seeds) or len(seeds) != num:
+            raise ValueError(f"seeds must be {num} distinct seeds (num), got {len(seeds)} with "
+                             f"{len(seeds) - len(set(seeds))} repeated")
     truncation_psi = check_truncation_psi(truncation_psi)  # before it is recorded in the settings
     if file_type not in FILE_TYPES:
         raise ValueError(f"file_type must be one of {', '.join(FILE_TYPES)}, got {file_type!r}")
@@ -333,14 +338,14 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
             write_cameras(out_dir, generator, preview_views, preview_resolution)
     distributed.barrier()
     done = {record["seed"]: record for record in read_manifest(out_dir)}
-    seeds = [seed + i for i in range(num) if i % size == rank and seed + i not in done]
+    mine = [value for i, value in enumerate(seeds) if i % size == rank and value not in done]
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(seeds), desc="samples", unit="human")
-    for begin in range(0, len(seeds), batch_size):
-        batch = seeds[begin:begin + batch_size]
+        bar = tqdm(total=len(mine), desc="samples", unit="human")
+    for begin in range(0, len(mine), batch_size):
+        batch = mine[begin:begin + batch_size]
         start = time.perf_counter()
         z_shape, z_texture = generator.latents(batch)
         noise_seeds = {"noise_seeds": batch} if extract_options.get("noise_mode") == "random" else {}
@@ -373,7 +378,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     distributed.barrier()
     if rank == 0:
         done.update({record["seed"]: record for record in read_manifest(out_dir)})
-    return [done[seed + i] for i in range(num) if seed + i in done]
+    return [done[value] for value in seeds if value in done]
 
 
 def _write_refined_views(out_dir: str, names: Sequence[str], views: Sequence) -> dict[str, list[str]]:

@@ -120,12 +120,13 @@ def test_retexture_equals_extracting_each_pair(dtype, compute_dtype):
         applications.retexture(generator, z_shape[0], z_textures[:, :3], **MESHING)
 
 
-def test_command_lines_write_meshes_previews_and_a_grid(tmp_path):
+def test_command_lines_write_meshes_previews_and_a_grid(tmp_path, capsys):
     weights = tmp_path / "tiny.safetensors"
     generator_with_a_surface().save_pretrained(weights)
     common = ["--weights", str(weights), "--resolution", "32", "--format", "ply", "--preview", "16"]
     assert main(["interpolate", "--from", "0", "--to", "1", "--steps", "3", "--out", str(tmp_path / "walk"),
                  "--grid", str(tmp_path / "walk.png"), *common]) == 0
+    assert "3/3" in capsys.readouterr().err  # the progress bar, a step a human
     assert sorted(p.name for p in (tmp_path / "walk").glob("*.png")) == ["step-00.png", "step-01.png", "step-02.png"]
     assert Image.open(tmp_path / "walk.png").size == (3 * 16, 16)
     assert main(["interpolate", "--from", "0", "--to", "1", "--steps", "3", "--space", "w",
@@ -134,7 +135,12 @@ def test_command_lines_write_meshes_previews_and_a_grid(tmp_path):
                      for i in (0, 1))
     assert ends[0].vertices.shape == ends[1].vertices.shape  # both walks start at seed 0
     assert middles[0].vertices.shape != middles[1].vertices.shape or not (middles[0].vertices == middles[1].vertices).all()
+    capsys.readouterr()
     assert main(["retexture", "--shape", "2", "--textures", "7", "8", "--out", str(tmp_path / "skins"), *common]) == 0
+    assert "2/2" in capsys.readouterr().err  # a step a texture
+    assert main(["retexture", "--shape", "2", "--textures", "7", "--out", str(tmp_path / "quiet"), *common,
+                 "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
     meshes = [trimesh.load(tmp_path / "skins" / f"texture-{seed}.ply", process=False) for seed in (7, 8)]
     assert meshes[0].vertices.shape == meshes[1].vertices.shape and len(meshes[0].vertices) > 0
     with pytest.raises(SystemExit, match="--grid needs --preview"):
@@ -242,7 +248,7 @@ def test_soft_silhouette_is_the_largest_occupancy_along_each_ray_with_its_gradie
 
 
 def test_invert_command_writes_latents_mesh_view_and_losses(tmp_path):
-    generator = generator_with_a_surface()
+    generator = generator_with_a_surface(seen_from_the_front=True)  # a figure in the target's front view
     weights = tmp_path / "tiny.safetensors"
     generator.save_pretrained(weights)
     z_shape, z_texture = generator.latents([1])
@@ -251,6 +257,7 @@ def test_invert_command_writes_latents_mesh_view_and_losses(tmp_path):
         image, rendering = render_textured(generator, shape.volume, texture, generator.calibration[None], 32, 48)
     Image.fromarray((image[0].numpy() * 255).round().astype("uint8")).save(tmp_path / "target.png")
     Image.fromarray((rendering.mask[0].numpy() * 255).astype("uint8")).save(tmp_path / "mask.png")
+    assert rendering.mask[0].any()
     out = tmp_path / "inverted"
     assert main(["invert", "--image", str(tmp_path / "target.png"), "--mask", str(tmp_path / "mask.png"),
                  "--weights", str(weights), "--steps", "3", "--resolution", "32", "--format", "ply",
@@ -261,6 +268,14 @@ def test_invert_command_writes_latents_mesh_view_and_losses(tmp_path):
     assert Image.open(out / "inverted.png").size == (32, 32)  # the tiny backbone's side
     with pytest.raises(SystemExit, match="cannot read"):
         main(["invert", "--image", str(tmp_path / "missing.png"), "--weights", str(weights), "--out", str(out)])
+    # An image without a figure (one colour; or a figure whose given mask is empty) is refused.
+    Image.new("RGB", (32, 32), (200, 180, 40)).save(tmp_path / "plain.png")
+    Image.new("L", (32, 32), 0).save(tmp_path / "empty-mask.png")
+    for options in (["--image", str(tmp_path / "plain.png")],
+                    ["--image", str(tmp_path / "target.png"), "--mask", str(tmp_path / "empty-mask.png")]):
+        with pytest.raises(SystemExit, match="^get3dhuman invert: image holds no figure: its mask is empty"):
+            main(["invert", *options, "--weights", str(weights), "--out", str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()
 
 
 def test_invert_frames_a_picture_of_any_shape_and_refuses_to_squash_one(tmp_path):

@@ -434,6 +434,11 @@ def test_their_colouring_gives_each_vertex_the_refined_colour_of_the_field_near_
         generator.extract_mesh(*generator.latents([0]), 24, recolor=AuthorsColouring())
     # A ball in their box but past the near and far planes their rays query: no view hits it,
     # and the texture decoder colours the vertices.
+    # An empty mesh keeps its place among the views (white: no ray traced).
+    nothing, _ = _ball_generator(torch.tensor([0.0, 0.0, 5.0]), 0.1)
+    kept = AuthorsColouring(keep_views=True)
+    assert nothing.extract_mesh(*nothing.latents([0]), 32, recolor=kept)[0].is_empty
+    assert len(kept.views) == 1 and bool((kept.views[0][0] == 1).all())
     hidden, colour = _ball_generator(torch.tensor([0.0, 0.0, -1.1]), 0.06)
     mesh = hidden.extract_mesh(*hidden.latents([0]), 128, recolor=AuthorsColouring())[0]
     ndc = mesh.vertices @ OFFICIAL_CALIBRATION[:3, :3].T + OFFICIAL_CALIBRATION[:3, 3]

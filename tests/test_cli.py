@@ -30,6 +30,8 @@ def test_numbers_are_parsed_within_their_bounds(kind, bounds, accepted, refused,
     (["sample", "--num", "-1", "--out", "OUT"], "--num/--count"),
     (["sample", "--num", "1", "--batch-size", "0", "--out", "OUT"], "--batch-size"),
     (["sample", "--num", "1", "--resolution", "0", "--out", "OUT"], "--resolution"),
+    (["sample", "--num", "1", "--resolution", "15", "--out", "OUT"], "--resolution"),  # MIN_MESH_RESOLUTION
+    (["bench", "--resolution", "3"], "--resolution"),
     (["sample", "--num", "1", "--views", "0", "--preview", "32", "--out", "OUT"], "--views"),
     (["sample", "--num", "1", "--preview", "1", "--out", "OUT"], "--preview"),
     (["sample", "--num", "1", "--seed", "-1", "--out", "OUT"], "--seed"),

@@ -360,6 +360,41 @@ def test_empty_fields_are_listed_without_a_file(tmp_path):
     assert sorted(item) == ["mesh", "seed"] and item["mesh"].is_empty and item["mesh"].vertices.shape == (0, 3)
 
 
+def test_explicit_seeds_give_the_same_samples_as_a_range(tmp_path):
+    weights = tmp_path / "tiny.safetensors"
+    generator_with_a_surface().save_pretrained(weights)
+    common = ["sample", "--weights", str(weights), "--resolution", "16", "--quiet"]
+    (tmp_path / "seeds.txt").write_text("9  # one seed a line, or a range\n\n2-3\n")
+    assert main([*common, "--seeds", "5", str(tmp_path / "seeds.txt"), "--out", str(tmp_path / "listed")]) == 0
+    assert main([*common, "--num", "8", "--seed", "2", "--out", str(tmp_path / "range")]) == 0
+    listed = read_manifest(str(tmp_path / "listed"))
+    assert sorted(record["seed"] for record in listed) == [2, 3, 5, 9]
+    for record in listed:
+        assert (tmp_path / "listed" / record["mesh"]).read_bytes() == (tmp_path / "range" / record["mesh"]).read_bytes()
+    for bad in (["5-3"], ["x"], ["0-99999999999"]):
+        with pytest.raises(SystemExit) as exited:
+            main([*common, "--seeds", *bad, "--out", str(tmp_path / "bad")])
+        assert exited.value.code == 2
+    with pytest.raises(SystemExit):  # --num or --seeds, not both
+        main([*common, "--num", "2", "--seeds", "4", "--out", str(tmp_path / "bad")])
+    with pytest.raises(SystemExit, match="seeds must be 3 distinct seeds"):
+        main([*common, "--seeds", "4", "4-5", "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_command_line_warns_of_empty_meshes(tmp_path, capsys):
+    generator = generator_with_a_surface()
+    with torch.no_grad():
+        generator.mlp_shape.filters[-1].bias -= 100  # occupancy ~0 everywhere
+    generator.save_pretrained(tmp_path / "empty.safetensors")
+    assert main(["sample", "--weights", str(tmp_path / "empty.safetensors"), "--num", "2", "--resolution", "16",
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    output = capsys.readouterr()
+    assert "2 samples in" in output.out and "(2 empty," in output.out
+    assert output.err.strip() == ("get3dhuman sample: warning: 2 of 2 meshes are empty (the field never crosses its "
+                                  "level in the box): no mesh file was written for them")
+
+
 @pytest.mark.parametrize("options, message", [
     (dict(num=-1), "num must be an int >= 0, got -1"),
     (dict(num=2, batch_size=0), "batch_size must be an int >= 1, got 0"),

@@ -25,6 +25,7 @@ from get3dhuman.evaluate import (
 )
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn import Reconstructor, Refiner, latents_of_seeds
+from get3dhuman.nn import generator as generator_module
 from get3dhuman.nn.generator import resolve_config
 from get3dhuman.ops import coarse_resolution_for, marching_cubes
 from get3dhuman.refine import front_view_errors, refine_meshes
@@ -220,6 +221,12 @@ def test_eval_command_reports_trained_and_baseline_rows(tmp_path, capsys):
         main(args + ["--refiner", str(tmp_path / "refiner.safetensors")])
     with pytest.raises(SystemExit, match="get3dhuman eval: generator must be a run directory with a checkpoint"):
         main(args + ["--generator", str(tmp_path / "missing")])
+    # --generator alone: the package's default weights (the small preset), no path needed.
+    small = ["eval", "--samples", "2", "--references", "2", "--points", "64", "--resolution", "16"]
+    assert main(small + ["--no-baseline", "--no-world", "--generator"]) == 0
+    packaged = json.loads(capsys.readouterr().out)["trained"]
+    assert main(small + ["--no-baseline", "--no-world", "--generator", generator_module.DEFAULT_WEIGHTS]) == 0
+    assert json.loads(capsys.readouterr().out)["trained"] == packaged
 
 
 @pytest.mark.parametrize(("field", "value"), [("samples", 0), ("references", -1), ("points", 2.5), ("resolution", True),

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 from inputs import official_checkpoint_layout
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from get3dhuman import Generator
 from get3dhuman.cli import main
@@ -15,6 +16,7 @@ from get3dhuman.evaluate import EvaluationConfig, evaluate_generator
 from get3dhuman.nn import PRESETS, GeneratorConfig
 from get3dhuman.nn import generator as generator_module
 from get3dhuman.nn.generator import DEFAULT_WEIGHTS, OFFICIAL_CALIBRATION
+from get3dhuman.nn.pretrained import read_pretrained, tensors_digest
 from get3dhuman.ops import reference_query_field
 
 
@@ -242,6 +244,24 @@ def test_save_pretrained_round_trip(tmp_path):
     with torch.no_grad():
         expected = generator.query_occupancy(generator.shape_features(z).volume, points)
         assert torch.equal(loaded.query_occupancy(loaded.shape_features(z).volume, points), expected)
+
+
+def test_weights_whose_tensor_bytes_were_overwritten_are_named_not_sampled(tmp_path):
+    path = tmp_path / "generator.safetensors"
+    Generator("tiny").save_pretrained(path)
+    data = bytearray(path.read_bytes())
+    with safe_open(str(path), framework="pt") as handle:  # the digest rides in the metadata
+        assert handle.metadata()["tensors_sha256"] == tensors_digest(load_file(str(path)))
+    data[-5] ^= 0xFF  # a byte of the last tensor's data
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"^{path} is corrupted: its tensors do not match the digest written with "
+                                         "them"):
+        Generator.from_pretrained(path)
+    # Files written before the digest (the package's own weights among them) load unchecked.
+    read_pretrained(None, "get3dhuman-generator/1", DEFAULT_WEIGHTS)
+    with safe_open(DEFAULT_WEIGHTS, framework="pt") as handle:
+        assert "tensors_sha256" not in handle.metadata()
+    Generator.from_pretrained()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -7,7 +7,7 @@ import torch
 from inputs import CUDA_READY
 from scipy.spatial import cKDTree
 
-from get3dhuman.ops import marching_cubes, marching_cubes_sparse, reference_marching_cubes
+from get3dhuman.ops import marching_cubes, marching_cubes_sparse, narrow_band, reference_marching_cubes
 from get3dhuman.ops.marching_cubes import iso_threshold
 
 skimage_measure = pytest.importorskip("skimage.measure")
@@ -245,6 +245,32 @@ def test_deterministic_and_empty():
 def test_bad_volume(bad, match):
     with pytest.raises((TypeError, ValueError), match=match):
         marching_cubes(bad)
+
+
+def test_nan_is_refused_not_meshed():
+    """A NaN voxel next to the surface used to give NaN vertices; it is named instead, in the
+    dense and the sparse op and through the narrow band. +-inf stays allowed."""
+    volume = sphere(24)
+    volume[12, 12, 19] = float("nan")  # next to the sphere's surface
+    with pytest.raises(ValueError, match="^volume must not hold NaN, got 1 NaN voxels"):
+        marching_cubes(volume)
+    cells, corner_values = crossing_cells(volume.nan_to_num(0.5))
+    corner_values[0, 3] = float("nan")
+    with pytest.raises(ValueError, match="^corner_values must not be NaN, got 1 NaN corners"):
+        marching_cubes_sparse(cells, corner_values, (23, 23, 23))
+    lattice = torch.linspace(-1, 1, 33)
+    grid = torch.stack(torch.meshgrid(lattice, lattice, lattice, indexing="ij"), -1)
+
+    def field(points):  # the sphere's distance, NaN in one spot next to its surface
+        values = points.norm(dim=-1) - 0.6
+        return values.masked_fill((points - torch.tensor([0.6, 0.0, 0.0])).norm(dim=-1) < 0.05, float("nan"))
+
+    assert torch.isnan(field(grid.reshape(1, -1, 3))).any()
+    with pytest.raises(ValueError, match="corner_values must not be NaN"):
+        narrow_band(field, 32).marching_cubes()
+    infinite = sphere(16)
+    infinite[0] = float("inf")
+    assert torch.isfinite(marching_cubes(infinite)[0]).all()
 
 
 def test_bad_arguments():

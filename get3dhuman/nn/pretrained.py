@@ -5,6 +5,7 @@ and without unpickling anything."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import pickle
@@ -36,8 +37,22 @@ def write_pretrained(module: nn.Module, path: str | os.PathLike, file_format: st
     tensors.update({k: v.detach().contiguous().cpu() for k, v in (extra or {}).items()})
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    save_file(tensors, path + ".tmp", metadata={"format": file_format, "config": json.dumps(sizes)})
+    metadata = {"format": file_format, "config": json.dumps(sizes), DIGEST_KEY: tensors_digest(tensors)}
+    save_file(tensors, path + ".tmp", metadata=metadata)
     os.replace(path + ".tmp", path)
+
+
+# The metadata entry of `write_pretrained` files holding `tensors_digest` of their tensors.
+DIGEST_KEY = "tensors_sha256"
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """The SHA-256 (hex) of named tensors: their names, shapes, dtypes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def is_pretrained_file(path: str | os.PathLike, file_format: str) -> bool:
@@ -53,7 +68,8 @@ def read_pretrained(path: str | os.PathLike | None, file_format: str,
                     default: str) -> tuple[dict[str, torch.Tensor], dict, str]:
     """(tensors, sizes, path) of the `write_pretrained` file `path`, or of the packaged file
     `default` when `path` is None. Raises FileNotFoundError for a missing file, ValueError for a
-    file that is not safetensors or has another format tag."""
+    file that is not safetensors, has another format tag, or whose tensors do not match the
+    digest written with them (files written before the digest load unchecked)."""
     if path is None and not os.path.exists(default):
         raise FileNotFoundError(f"this installation ships no default weights ({default}); train the model "
                                 "(TRAINING.md), `get3dhuman export` it and pass its path")
@@ -67,6 +83,9 @@ def read_pretrained(path: str | os.PathLike | None, file_format: str,
     if metadata.get("format") != file_format:
         raise ValueError(f"{path} is not a weights file of format {file_format!r} (its format: "
                          f"{metadata.get('format')!r})")
+    if DIGEST_KEY in metadata and tensors_digest(tensors) != metadata[DIGEST_KEY]:
+        raise ValueError(f"{path} is corrupted: its tensors do not match the digest written with them "
+                         f"({DIGEST_KEY} {metadata[DIGEST_KEY][:16]}...)")
     return tensors, json.loads(metadata["config"]), path
 
 

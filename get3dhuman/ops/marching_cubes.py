@@ -72,7 +72,9 @@ def marching_cubes(volume, level: float = 0.0, *, spacing: float | Sequence[floa
 
     Returns:
         vertices [V, 3] float32 and faces [F, 3] int64 on the volume's device; empty when the
-        level is not crossed.
+        level is not crossed. A volume holding NaN is refused (ValueError), as are NaN corner
+        values by `marching_cubes_sparse`, and so a narrow band that read a NaN (which compares
+        as below any level, so it looks like a crossing): no vertex is NaN.
     """
     if isinstance(volume, np.ndarray):
         volume = torch.from_numpy(volume)
@@ -83,6 +85,9 @@ def marching_cubes(volume, level: float = 0.0, *, spacing: float | Sequence[floa
     if volume.dtype not in _DTYPES:
         raise TypeError(f"volume must be float32 or float64, got {volume.dtype}")
     level = _check_level(level)
+    nans = int(torch.isnan(volume).sum())
+    if nans:  # a NaN voxel would place its edges' vertices at NaN
+        raise ValueError(f"volume must not hold NaN, got {nans} NaN voxels (+-inf is allowed)")
     # A spacing <= 0 would fold or mirror the mesh (mirrored normals point inwards).
     spacing, origin = _triple("spacing", spacing, positive=True), _triple("origin", origin)
     if pad_value is not None:
@@ -133,8 +138,14 @@ def marching_cubes_sparse(cells: torch.Tensor, corner_values: torch.Tensor, dims
     dims = [int(d) for d in dims]
     if len(dims) != 3 or min(dims) < 1:
         raise ValueError(f"dims must be three positive cell counts, got {dims}")
-    if cells.numel() and not bool((cells[1:] > cells[:-1]).all() & (cells[0] >= 0)):  # one read of the device
-        raise ValueError("cells must be non-negative and strictly increasing")
+    if cells.numel():
+        ordered = (cells[1:] > cells[:-1]).all() & (cells[0] >= 0)
+        ordered, nans = torch.stack([ordered.long(), torch.isnan(corner_values).sum()]).tolist()  # one read
+        if not ordered:
+            raise ValueError("cells must be non-negative and strictly increasing")
+        if nans:  # a NaN corner would place its edges' vertices at NaN
+            raise ValueError(f"corner_values must not be NaN, got {nans} NaN corners: the field is NaN where its "
+                             "surface may cross")
     return torch.ops.get3dhuman.marching_cubes_sparse(cells, corner_values, dims, _check_level(level), bool(flip))
 
 
