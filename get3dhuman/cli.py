@@ -357,7 +357,9 @@ def _sample(args: argparse.Namespace) -> int:
         refiner = _load_refiner(args, device)
         seeds = None if args.seeds is None else [value for item in args.seeds for value in item]
         num = args.num if seeds is None else len(seeds)
+        written = []
         records = write_samples(generator, args.out, num, args.seed, seeds=seeds, batch_size=args.batch_size,
+                                stale_after=args.stale_after, written=written,
                                 resolution=args.resolution, file_type=args.format, preview_resolution=args.preview,
                                 preview_views=args.views, preview_maps=args.maps, truncation_psi=args.truncation,
                                 refiner=refiner, progress=not args.quiet, render_size=args.render_size,
@@ -370,8 +372,8 @@ def _sample(args: argparse.Namespace) -> int:
             save_preview_grid(args.out, records, args.grid)
         empty = sum(record["mesh"] is None for record in records)
         seconds = sum(record["seconds"] for record in records) / max(len(records), 1)
-        print(f"{len(records)} samples in {args.out} ({empty} empty, {seconds:.2f} s a human), listed in "
-              f"{args.out}/manifest.jsonl")
+        print(f"{len(records)} samples in {args.out} ({empty} empty, {seconds:.2f} s a human; {len(written)} "
+              f"written by this process), listed in {args.out}/manifest.jsonl")
         if empty:
             print(f"get3dhuman sample: warning: {empty} of {len(records)} meshes are empty (the field never "
                   "crosses its level in the box): no mesh file was written for them", file=sys.stderr)
@@ -668,6 +670,9 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--batch-size", type=_COUNT, default=4,
                         help="latents meshed and written together (default 4; the meshes do not depend on it)")
     _add_mesh_arguments(sample, "with --preview: one PNG of all the previews, 4 per row")
+    sample.add_argument("--stale-after", type=_number(float, 0), default=1800, metavar="SECONDS",
+                        help="other processes may write the same --out at once, each seed claimed by one; a claim "
+                        "neither refreshed nor done for SECONDS (a killed process's) is taken over (default 1800)")
     sample.add_argument("--noise", choices=["const", "random"], default="const",
                         help="the backbones' per-layer noise: const (default), the stored noise, the same on every "
                         "device; random: drawn as the authors' inference draws it, after torch.manual_seed(the "

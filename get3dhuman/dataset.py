@@ -30,8 +30,11 @@ world points of the depth maps), a torch Dataset for training on the samples.
 
 Resumable: every file is written under a temporary name and renamed, and the manifest line is
 appended after its files, so a listed seed is complete; a later call skips the listed seeds and
-drops a torn last line. Under torchrun, process r makes the samples i with i % processes == r
-and appends its own lines (one write each, in append mode).
+drops a torn last line. Any number of processes may write one directory at once, on one
+machine or several over a shared filesystem: each seed is claimed by one of them
+(`get3dhuman.claims`, files in `.claims`, taken over from a killed process after
+`stale_after` seconds), and its line appended under a file lock (`.manifest.lock`). Under
+torchrun, process r takes the samples i with i % processes == r.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import torch
 
 from get3dhuman._checks import check_int, check_seed, check_truncation_psi
 from get3dhuman.authors import VIEW_ANGLES, AuthorsColouring, check_authors_conventions, check_render_size
+from get3dhuman.claims import Claims, write_atomically
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.nn.pretrained import tensors_digest
@@ -59,6 +63,9 @@ from get3dhuman.train.checkpoint import read_settings, record_settings
 FILE_TYPES = ("glb", "ply", "obj")
 MAPS = ("mask", "depth", "normal")  # per-view maps `preview_maps` may add (encode_map)
 MANIFEST = "manifest.jsonl"
+CLAIMS = ".claims"  # the folder of the seeds' claims (get3dhuman.claims)
+MANIFEST_LOCK = ".manifest.lock"  # held while a process appends to or repairs the manifest
+STALE_AFTER = 1800.0  # seconds after which a claim neither refreshed nor done is taken over
 CAMERAS = "cameras.json"
 CAMERA_CONVENTION = ("orthographic: ndc = calibration @ [x, y, z, 1] of world points; pixel (row i, column j) of an "
                      "R x R image is centred at ndc x = -1 + 2j/(R-1), y = -1 + 2i/(R-1); ndc z grows towards the camera")
@@ -243,10 +250,26 @@ def fingerprint(module: torch.nn.Module) -> str:
 
 
 def _rewrite_manifest(out_dir: str, records: list[dict]) -> None:
-    path = os.path.join(out_dir, MANIFEST)
-    with open(path + ".tmp", "w") as handle:
-        handle.writelines(json.dumps(record) + "\n" for record in records)
-    os.replace(path + ".tmp", path)
+    write_atomically(os.path.join(out_dir, MANIFEST), "".join(json.dumps(record) + "\n" for record in records))
+
+
+def _claim_batch(claims: Claims, candidates, batch_size: int, out_dir: str, lock) -> list[int]:
+    """Up to `batch_size` seeds of the iterator `candidates` that this process claims. A claim
+    taken over from a killed process whose seed is already listed (it died between listing
+    and marking it done) is marked done instead of redone."""
+    batch = []
+    for seed in candidates:
+        taken = claims.take(seed)
+        if taken == "stale":
+            with lock:
+                if any(record["seed"] == seed for record in read_manifest(out_dir)):
+                    claims.finish(seed)
+                    continue
+        if taken:
+            batch.append(seed)
+            if len(batch) == batch_size:
+                break
+    return batch
 
 
 def _append_record(out_dir: str, record: dict) -> None:
@@ -273,7 +296,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                   file_type: str = "glb", preview_resolution: int | None = None, preview_views: int = 1,
                   preview_maps: Sequence[str] = (), truncation_psi: float = 1.0, refiner=None, progress: bool = True,
                   render_size: int | None = None, refined_views: bool = False, seeds: Sequence[int] | None = None,
-                  **extract_options) -> list[dict]:
+                  stale_after: float = STALE_AFTER, written: list | None = None, **extract_options) -> list[dict]:
     """Writes samples seed .. seed + num - 1 of `generator` to `out_dir` (see the module
     docstring), or those of the distinct `seeds` when given (then `num` must be len(seeds)),
     and returns the manifest records of those seeds made by this process or found done, in
@@ -291,6 +314,12 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     (authors.AuthorsColouring) with views `render_size` pixels square (None: `resolution`), and
     with `refined_views` each sample's refined views written as `human-s-refined-AAA.png`
     (listed in the manifest's "refined_views").
+
+    Any number of processes may write one `out_dir` at once (on one machine, or several over a
+    shared filesystem): each seed is claimed (claims.Claims, in `out_dir`/.claims) and written
+    by one of them, and listed once. A claim of a killed process is taken over once not
+    refreshed for `stale_after` seconds. `written`, when given, receives the seeds this process
+    listed.
     """
     num = check_int(num, "num", 0)
     batch_size = check_int(batch_size, "batch_size", 1)
@@ -332,8 +361,13 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                 "preview_views": preview_views, "preview_maps": preview_maps}
     record_settings(os.path.join(out_dir, SETTINGS), settings, may_change=(), write=rank == 0,
                     introduced=INTRODUCED)
+    from filelock import FileLock
+
+    lock = FileLock(os.path.join(out_dir, MANIFEST_LOCK))
+    claims = Claims(os.path.join(out_dir, CLAIMS), stale_after)
     if rank == 0:
-        _rewrite_manifest(out_dir, read_manifest(out_dir))  # drops a torn last line before anyone appends
+        with lock:  # drops a torn last line (a process killed while appending)
+            _rewrite_manifest(out_dir, read_manifest(out_dir))
         if preview_resolution is not None:
             write_cameras(out_dir, generator, preview_views, preview_resolution)
     distributed.barrier()
@@ -344,13 +378,15 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
         from tqdm import tqdm
 
         bar = tqdm(total=len(mine), desc="samples", unit="human")
-    for begin in range(0, len(mine), batch_size):
-        batch = mine[begin:begin + batch_size]
+    candidates = iter(mine)
+    while batch := _claim_batch(claims, candidates, batch_size, out_dir, lock):
         start = time.perf_counter()
         z_shape, z_texture = generator.latents(batch)
         noise_seeds = {"noise_seeds": batch} if extract_options.get("noise_mode") == "random" else {}
         meshes = generator.extract_mesh(z_shape, z_texture, resolution, truncation_psi=truncation_psi, **noise_seeds,
                                         recolor=colouring, **extract_options)
+        for sample_seed in batch:  # still being worked on: not stale
+            claims.refresh(sample_seed)
         if refiner is not None and not authors:
             meshes = refine_meshes(generator, refiner, meshes)
         names = [f"human-{sample_seed}" for sample_seed in batch]
@@ -367,9 +403,14 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
             record.update(preview)
             if refined_views:
                 record["refined_views"] = previews_of_views[name]
-            if record["mesh"] is not None:
+            if record["mesh"] is not None:  # the same bytes whoever writes it: a seed names its mesh
                 mesh.export(os.path.join(out_dir, record["mesh"]), file_type)
-            _append_record(out_dir, record)
+            with lock:  # listed once: by the process that still holds the seed's claim
+                if claims.holds(sample_seed):
+                    _append_record(out_dir, record)
+                    claims.finish(sample_seed)
+                    if written is not None:
+                        written.append(sample_seed)
             done[sample_seed] = record
         if bar is not None:
             bar.update(len(batch))
@@ -422,10 +463,7 @@ def write_cameras(out_dir: str, generator, views: int, resolution: int) -> None:
     cameras = {"resolution": resolution, "angles": angles,
                "calibrations": [view_calibration(generator, angle).double().cpu().tolist() for angle in angles],
                "convention": CAMERA_CONVENTION}
-    path = os.path.join(out_dir, CAMERAS)
-    with open(path + ".tmp", "w") as handle:
-        json.dump(cameras, handle, indent=1)
-    os.replace(path + ".tmp", path)
+    write_atomically(os.path.join(out_dir, CAMERAS), json.dumps(cameras, indent=1))
 
 
 def write_previews(generator, out_dir: str, names: Sequence[str], meshes: Sequence, resolution: int, views: int = 1,

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from get3dhuman.claims import created_file_mode
 from get3dhuman.ops.narrow_band import narrow_band
 
 Field = Callable[[torch.Tensor], torch.Tensor]
@@ -103,6 +104,7 @@ class TexturedMesh:
         os.close(handle)
         try:
             self.to_trimesh().export(temporary, file_type=file_type)
+            os.chmod(temporary, created_file_mode())  # as other files of the process, not mkstemp's 0600
             os.replace(temporary, path)
         except BaseException:
             os.unlink(temporary)

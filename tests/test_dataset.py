@@ -14,8 +14,10 @@ from PIL import Image
 
 from get3dhuman.cli import main
 from get3dhuman.dataset import (
+    CLAIMS,
     DATASET_FORMAT,
     MANIFEST,
+    MANIFEST_LOCK,
     SETTINGS,
     GeneratedHumans,
     decode_map,
@@ -63,6 +65,11 @@ def test_samples_are_the_generators_meshes_with_a_manifest(tmp_path):
         colors = written.visual.vertex_colors[:, :3] / 255.0
         np.testing.assert_allclose(colors, mesh.colors.clamp(0, 1).numpy(), atol=1 / 255 + 1e-6)
     assert not [name for name in os.listdir(tmp_path) if "tmp" in name or "partial" in name]
+    # Every file with the mode the umask gives new files (meshes were 0600, from mkstemp).
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {name: os.stat(tmp_path / name).st_mode & 0o777 for name in os.listdir(tmp_path) if name != CLAIMS}
+    assert modes == dict.fromkeys(modes, 0o666 & ~mask), modes
 
 
 class SphereGenerator(torch.nn.Module):
@@ -355,7 +362,7 @@ def test_empty_fields_are_listed_without_a_file(tmp_path):
         generator.mlp_shape.filters[-1].bias -= 100  # occupancy ~0 everywhere
     [record] = write_samples(generator, str(tmp_path), 1, progress=False, **MESHING)
     assert record["mesh"] is None and record["vertices"] == record["faces"] == 0
-    assert sorted(os.listdir(tmp_path)) == sorted([MANIFEST, SETTINGS])
+    assert sorted(os.listdir(tmp_path)) == sorted([CLAIMS, MANIFEST, MANIFEST_LOCK, SETTINGS])
     [item] = GeneratedHumans(tmp_path)  # read back: an empty mesh, and no views without previews
     assert sorted(item) == ["mesh", "seed"] and item["mesh"].is_empty and item["mesh"].vertices.shape == (0, 3)
 

@@ -19,6 +19,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from get3dhuman.claims import create_exclusively, write_atomically
+
 FORMAT = 2  # tensors named model/<module>/<key> and optimizer/<optimiser>/<index>/<key>
 
 Modules = torch.nn.Module | dict[str, torch.nn.Module]
@@ -56,17 +58,23 @@ def record_settings(path: str, settings: dict, may_change: tuple[str, ...] = ("s
     unrecordable = [f"{key}={value!r}" for key, value in settings.items() if not _json_compliant(value)]
     if unrecordable:
         raise ValueError(f"settings must be finite to be recorded, got {', '.join(unrecordable)}")
-    if os.path.exists(path):
+    def check_against_saved() -> None:
         saved = read_settings(path, introduced)
         changed = sorted(k for k in {*settings, *saved} if k not in may_change and saved.get(k) != settings.get(k))
         if changed:
             raise ValueError(f"{os.path.dirname(path) or '.'} holds a run with other settings ({', '.join(changed)}); "
                              "use a new directory")
+
+    existed = os.path.exists(path)
+    if existed:
+        check_against_saved()
     if not write:
         return
-    with open(path + ".tmp", "w") as handle:
-        json.dump(settings, handle, indent=2)
-    os.replace(path + ".tmp", path)
+    text = json.dumps(settings, indent=2)
+    if existed:
+        write_atomically(path, text)
+    elif not create_exclusively(path, text):  # another process started the same directory at once
+        check_against_saved()
 
 
 def _paths(directory: str, step: int) -> tuple[str, str]:
