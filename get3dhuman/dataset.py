@@ -253,6 +253,21 @@ def _rewrite_manifest(out_dir: str, records: list[dict]) -> None:
     write_atomically(os.path.join(out_dir, MANIFEST), "".join(json.dumps(record) + "\n" for record in records))
 
 
+def _remove_stale_partials(out_dir: str, stale_after: float) -> None:
+    """Removes the temporary files (`.partial-*`, `*.tmp`) that killed writers left in
+    `out_dir`: those untouched for `stale_after` seconds (a live writer's are newer)."""
+    now = time.time()
+    for name in os.listdir(out_dir):
+        path = os.path.join(out_dir, name)
+        if not (name.startswith(".partial-") or name.endswith(".tmp")):
+            continue
+        try:
+            if now - os.stat(path).st_mtime >= stale_after:
+                os.unlink(path)
+        except FileNotFoundError:  # renamed into place or removed by another process meanwhile
+            pass
+
+
 def _claim_batch(claims: Claims, candidates, batch_size: int, out_dir: str, lock) -> list[int]:
     """Up to `batch_size` seeds of the iterator `candidates` that this process claims. A claim
     taken over from a killed process whose seed is already listed (it died between listing
@@ -368,6 +383,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     if rank == 0:
         with lock:  # drops a torn last line (a process killed while appending)
             _rewrite_manifest(out_dir, read_manifest(out_dir))
+        _remove_stale_partials(out_dir, stale_after)
         if preview_resolution is not None:
             write_cameras(out_dir, generator, preview_views, preview_resolution)
     distributed.barrier()

@@ -100,6 +100,17 @@ def test_a_killed_writers_claim_is_taken_over_and_nothing_is_lost_or_doubled(tmp
     patient = _sample(weights, out, "--num", "6")  # the claim is fresh: not taken over
     assert patient.wait(timeout=600) == 0
     assert len(read_manifest(str(out))) < 6
+    # Temporary files a killed writer left (an hour old), and a live writer's (new).
+    leftovers = [out / ".partial-killed.glb", out / "human-99.png.tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"half")
+        os.utime(leftover, (time.time() - 3600, time.time() - 3600))
+    live = out / ".partial-live.glb"
+    live.write_bytes(b"writing")
+    cleaning = _sample(weights, out, "--num", "6", "--stale-after", "600")
+    assert cleaning.wait(timeout=600) == 0, cleaning.stderr.read()
+    assert not any(leftover.exists() for leftover in leftovers) and live.exists()
+    assert len(read_manifest(str(out))) < 6  # the killed writer's claim is younger than 600 s
     resumed = _sample(weights, out, "--num", "6", "--stale-after", "0")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
     assert len(read_manifest(str(out))) == 6  # nothing lost, nothing listed twice
