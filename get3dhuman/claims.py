@@ -19,6 +19,8 @@ import tempfile
 import time
 import uuid
 
+STALE_AFTER = 1800.0  # default seconds after which a claim neither refreshed nor done is taken over
+
 
 def _temporary_with(path: str, text: str) -> str:
     """A new file of a unique name in `path`'s folder holding `text`, with the mode of new files."""

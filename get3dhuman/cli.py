@@ -47,6 +47,7 @@ import os
 import sys
 
 from get3dhuman import __version__
+from get3dhuman.claims import STALE_AFTER
 from get3dhuman.train.settings import STAGES
 
 PACKAGED = ""  # `--refiner` given alone: the package's refiner
@@ -670,9 +671,10 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--batch-size", type=_COUNT, default=4,
                         help="latents meshed and written together (default 4; the meshes do not depend on it)")
     _add_mesh_arguments(sample, "with --preview: one PNG of all the previews, 4 per row")
-    sample.add_argument("--stale-after", type=_number(float, 0), default=1800, metavar="SECONDS",
+    sample.add_argument("--stale-after", type=_number(float, 0), default=STALE_AFTER, metavar="SECONDS",
                         help="other processes may write the same --out at once, each seed claimed by one; a claim "
-                        "neither refreshed nor done for SECONDS (a killed process's) is taken over (default 1800)")
+                        f"neither refreshed nor done for SECONDS (a killed process's) is taken over (default "
+                        f"{STALE_AFTER:g})")
     sample.add_argument("--noise", choices=["const", "random"], default="const",
                         help="the backbones' per-layer noise: const (default), the stored noise, the same on every "
                         "device; random: drawn as the authors' inference draws it, after torch.manual_seed(the "

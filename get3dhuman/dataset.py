@@ -49,7 +49,7 @@ import torch
 
 from get3dhuman._checks import check_int, check_seed, check_truncation_psi
 from get3dhuman.authors import VIEW_ANGLES, AuthorsColouring, check_authors_conventions, check_render_size
-from get3dhuman.claims import Claims, write_atomically
+from get3dhuman.claims import STALE_AFTER, Claims, write_atomically
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.nn.pretrained import tensors_digest
@@ -65,7 +65,6 @@ MAPS = ("mask", "depth", "normal")  # per-view maps `preview_maps` may add (enco
 MANIFEST = "manifest.jsonl"
 CLAIMS = ".claims"  # the folder of the seeds' claims (get3dhuman.claims)
 MANIFEST_LOCK = ".manifest.lock"  # held while a process appends to or repairs the manifest
-STALE_AFTER = 1800.0  # seconds after which a claim neither refreshed nor done is taken over
 CAMERAS = "cameras.json"
 CAMERA_CONVENTION = ("orthographic: ndc = calibration @ [x, y, z, 1] of world points; pixel (row i, column j) of an "
                      "R x R image is centred at ndc x = -1 + 2j/(R-1), y = -1 + 2i/(R-1); ndc z grows towards the camera")

@@ -151,6 +151,12 @@ def official_kind(path: str | os.PathLike) -> str | None:
             names = list(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
     except Exception:  # noqa: BLE001 - any unreadable file is "not one of theirs" here
         return None
+    return _kind_of_names(names)
+
+
+def _kind_of_names(names) -> str | None:
+    """The key of OFFICIAL_FILES whose parameter names are among `names` (a ``module.`` prefix
+    ignored), or None."""
     names = [name[len("module."):] if name.startswith("module.") else name for name in names]
     return next((kind for kind, (_, prefixes) in OFFICIAL_FILES.items()
                  if any(name.startswith(prefixes) for name in names)), None)
@@ -159,9 +165,9 @@ def official_kind(path: str | os.PathLike) -> str | None:
 def check_official_kind(state: dict[str, torch.Tensor], kind: str, path: str) -> None:
     """Raises a ValueError naming `path` when `state` holds the other of the authors' two files
     than `kind` ('generator' or 'refiner'), saying what it holds."""
-    for other, (description, prefixes) in OFFICIAL_FILES.items():
-        if other != kind and any(name.startswith(prefixes) for name in state):
-            raise ValueError(f"{path} holds {description}, not {OFFICIAL_FILES[kind][0].split(' (')[0]}")
+    held = _kind_of_names(state)
+    if held not in (None, kind):
+        raise ValueError(f"{path} holds {OFFICIAL_FILES[held][0]}, not {OFFICIAL_FILES[kind][0].split(' (')[0]}")
 
 
 def _first_line(error: BaseException) -> str:
