@@ -1,6 +1,6 @@
 """Views of generated humans, on the default weights: previews, the extracted mesh rasterized
-(`dataset.mesh_previews`, what `get3dhuman sample --preview` draws) against the field ray-marched
-(`dataset.render_previews`, the package's earlier way and that of the authors' renders); and
+(`previews.mesh_previews`, what `get3dhuman sample --preview` draws) against the field ray-marched
+(`previews.render_previews`, the package's earlier way and that of the authors' renders); and
 refined vertex colours (`refine.refine_meshes`, what `sample --refiner` does) from rasterized
 views of the mesh against views ray-marched from the field (the package's earlier way)."""
 
@@ -11,7 +11,7 @@ import torch
 from bench_settings import DEVICES, QUICK, median_seconds
 
 from get3dhuman import Generator
-from get3dhuman.dataset import mesh_previews, render_previews
+from get3dhuman.previews import mesh_previews, render_previews
 from get3dhuman.ops import rasterize
 from get3dhuman.refine import colors_from_views, refine_images, refine_meshes, render_textured, view_calibration
 from get3dhuman.train import REFINER_PRESETS

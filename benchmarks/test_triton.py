@@ -3,7 +3,7 @@
 - The shape-decoder query at official sizes (features 256 x 128 x 128) for 2^22 points:
   grid_sample + Conv1d in fp32 (the reference), query_field's CUDA backend (direct and
   projected), and the Triton kernel (direct and projected; fp32, fp16, bf16). Each result is
-  checked against the reference within the tolerances of tests/test_triton_query.py.
+  checked against the reference within the tolerances of tests/ops/test_triton_query.py.
 - StyleGAN2 helpers at the synthesis network's 512-channel sizes: fused bias_act and weight
   modulation against their torch references.
 

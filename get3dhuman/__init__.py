@@ -16,14 +16,17 @@ Public names:
 - dataset, evaluate, train (imported on use): `sample` datasets, metrics, the training stages.
 """
 
-__version__ = "0.1.0"
+import importlib.metadata
 
-from get3dhuman._ext import build_info, load_extension
+from get3dhuman._ext import load_extension
+
+__version__ = importlib.metadata.version("get3dhuman")
 
 load_extension()
 
 from get3dhuman import nn, ops  # noqa: E402
 from get3dhuman.mesh import TexturedMesh  # noqa: E402
+from get3dhuman.info import build_info  # noqa: E402
 from get3dhuman.nn import Generator, Reconstructor, Refiner  # noqa: E402
 
 __all__ = ["Generator", "Reconstructor", "Refiner", "TexturedMesh", "__version__", "build_info", "nn", "ops"]

@@ -51,3 +51,24 @@ def check_file(path: str | os.PathLike, what: str) -> str:
         problem = f"is a directory, not {what}" if os.path.isdir(path) else "does not exist"
         raise FileNotFoundError(f"path {path!r} {problem}")
     return path
+
+
+def check_device(name: str, argument: str = "--device"):
+    """The torch.device `name` names, if this machine can run it (torch's own error would come
+    mid-run); ValueError naming `argument` otherwise."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"{argument} must be a torch device such as cpu, cuda or cuda:1, got {name!r}") from error
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{argument} {name}: no CUDA device is usable here (torch.cuda.is_available() is False); "
+                             "use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"{argument} {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif device.type != "cpu":
+        raise ValueError(f"{argument} must be cpu or cuda[:N], got {name!r}")
+    return device

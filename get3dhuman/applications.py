@@ -20,7 +20,7 @@ from get3dhuman._checks import check_int
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn.modes import evaluation_mode, frozen_parameters
 from get3dhuman.refine import render_textured
-from get3dhuman.render import _camera_rays
+from get3dhuman.render import camera_rays
 
 MOVING = ("shape", "texture", "both")
 SPACES = ("z", "w")  # latent spaces of walks: the inputs z, the mapping networks' outputs w
@@ -216,7 +216,7 @@ def invert(generator, image: torch.Tensor, mask: torch.Tensor | None = None, *, 
     z_shape, z_texture = (z.requires_grad_() for z in generator.latents([seed]))
     optimizer = torch.optim.Adam([z_shape, z_texture], lr=learning_rate)
     calib = generator.calibration.expand(1, 4, 4)
-    rays = _camera_rays(calib, side)
+    rays = camera_rays(calib, side)
     depths = torch.linspace(0, 1, depth_samples, device=device)[:, None, None] * rays.far[:, None]  # [K, 1, 1]
     samples = rays.origin + depths * rays.direction  # [K, S * S, 3]
     best, losses = None, []
@@ -255,10 +255,10 @@ def write_results(generator, out_dir: str, names: list[str], meshes: list[Textur
                   preview_maps: Sequence[str] = ()) -> list[str]:
     """Writes mesh i as out_dir/names[i].file_type (empty meshes are left out); with
     `preview_resolution` also its previews as `get3dhuman sample` writes them
-    (`dataset.write_previews`: the front view names[i].png, `preview_views` views about the
+    (`previews.write_previews`: the front view names[i].png, `preview_views` views about the
     vertical axis, `preview_maps`), `cameras.json` and the `grid` PNG of the front views.
     Returns the paths written."""
-    from get3dhuman.dataset import CAMERAS, check_preview_options, save_preview_grid, write_cameras, write_previews
+    from get3dhuman.previews import CAMERAS, check_preview_options, save_preview_grid, write_cameras, write_previews
 
     preview_resolution, preview_views, preview_maps = check_preview_options(preview_resolution, preview_views,
                                                                             preview_maps)
@@ -282,3 +282,58 @@ def write_results(generator, out_dir: str, names: list[str], meshes: list[Textur
             save_preview_grid(out_dir, entries, grid, columns=min(len(names), 8))
             written.append(grid)
     return written
+
+
+def read_picture(path: str, mode: str = "RGB", side: int | None = None) -> torch.Tensor:
+    """The picture at `path` (Pillow `mode` 'RGB' or 'L') as floats in [0, 1], [H, W, 3] or
+    [H, W]; with `side`, a square picture resized (bilinear) to side x side. ValueError naming
+    the file when it cannot be read or is not square."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        picture = Image.open(path).convert(mode)
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error}") from error
+    if side is not None:
+        if picture.width != picture.height:
+            raise ValueError(f"{path} is {picture.width} x {picture.height}, not square: pass --frame to matte and "
+                             "frame a picture of any shape")
+        picture = picture.resize((side, side), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255)
+
+
+def inversion_target(image_path: str, side: int, mask_path: str | None = None, frame: bool = False,
+                     matte_tolerance: float = 0.06) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The image [side, side, 3] and mask [side, side] (or None: `invert`'s default) that `invert`
+    matches, from files: a square picture resized, with its mask file; or with `frame`, a
+    picture of any shape on a uniform background, matted (`matte_tolerance`) and framed as the
+    prior stage frames generated figures, its mask the matte."""
+    from get3dhuman.nn.image_generator import frame_figures
+    from get3dhuman.train.prior import PriorConfig
+
+    if not frame:
+        mask = None if mask_path is None else (read_picture(mask_path, "L", side) > 0.5).float()
+        return read_picture(image_path, "RGB", side), mask
+    if mask_path is not None:
+        raise ValueError("--frame takes the mask from the matte; drop --mask")
+    framed = frame_figures(read_picture(image_path)[None], side, matte_tolerance, PriorConfig.figure_height)
+    return framed.images[0], (framed.masks[0] > 0.5).float()
+
+
+def write_inversion(generator, result: Inversion, out_dir: str, resolution: int = 256, file_type: str = "glb",
+                    preview_resolution: int | None = None, **options) -> list[str]:
+    """Writes an `invert` result to `out_dir`: latents.safetensors (z_shape, z_texture),
+    losses.json, and the latents' mesh `inverted.FILE_TYPE` (`Generator.extract_mesh` with
+    `options`) with its front view. Returns the mesh and preview paths."""
+    import json
+
+    from safetensors.torch import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    save_file({"z_shape": result.z_shape.cpu(), "z_texture": result.z_texture.cpu()},
+              os.path.join(out_dir, "latents.safetensors"))
+    with open(os.path.join(out_dir, "losses.json"), "w") as handle:
+        json.dump(result.losses, handle)
+    meshes = generator.extract_mesh(result.z_shape, result.z_texture, resolution, **options)
+    return write_results(generator, out_dir, ["inverted"], meshes, file_type, preview_resolution)

@@ -47,115 +47,46 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from get3dhuman import distributed
 from get3dhuman._checks import check_int, check_seed, check_truncation_psi
 from get3dhuman.authors import VIEW_ANGLES, AuthorsColouring, check_authors_conventions, check_render_size
 from get3dhuman.claims import STALE_AFTER, Claims, write_atomically
 from get3dhuman.mesh import TexturedMesh
-from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.nn.pretrained import tensors_digest
 from get3dhuman.nn.refiner import OfficialRefiner
-from get3dhuman.refine import mesh_views, refine_meshes, render_textured, view_calibration
-from get3dhuman.render import Rendering
-from get3dhuman.synthetic.preview import save_grid
-from get3dhuman.train import distributed
-from get3dhuman.train.checkpoint import read_settings, record_settings
+from get3dhuman.previews import (
+    CAMERAS,
+    check_preview_options,
+    decode_map,
+    lift_depth,
+    save_png,
+    write_cameras,
+    write_previews,
+)
+from get3dhuman.refine import refine_meshes
+from get3dhuman.run_settings import read_settings, record_settings
 
 FILE_TYPES = ("glb", "ply", "obj")
-MAPS = ("mask", "depth", "normal")  # per-view maps `preview_maps` may add (encode_map)
 MANIFEST = "manifest.jsonl"
 CLAIMS = ".claims"  # the folder of the seeds' claims (get3dhuman.claims)
 MANIFEST_LOCK = ".manifest.lock"  # held while a process appends to or repairs the manifest
-CAMERAS = "cameras.json"
-CAMERA_CONVENTION = ("orthographic: ndc = calibration @ [x, y, z, 1] of world points; pixel (row i, column j) of an "
-                     "R x R image is centred at ndc x = -1 + 2j/(R-1), y = -1 + 2i/(R-1); ndc z grows towards the camera")
 SETTINGS = "settings.json"
 # The version of the directory's layout, "format" in settings.json: raised whenever a file changes
 # meaning, so that neither write_samples nor GeneratedHumans takes a layout it does not know.
 DATASET_FORMAT = 1
 # Settings added after the first datasets were written, with the value those datasets had.
 INTRODUCED = {"preview_views": 1, "preview_maps": [], "format": 1}
-PREVIEW_BACKGROUND = 1.0  # white behind the previews
+MAX_SEED_RANGE = 10_000_000  # seeds a --seeds range may name (each is held in memory)
 
 
-@torch.no_grad()
-def render_previews(generator, z_shape: torch.Tensor, z_texture: torch.Tensor, resolution: int = 256,
-                    truncation_psi: float = 1.0, background: float = PREVIEW_BACKGROUND) -> torch.Tensor:
-    """Front views [B, resolution, resolution, 3] in [0, 1] of latents z_shape, z_texture
-    [B, z_dim] through the generator's calibration (refine.render_textured: the field
-    ray-marched, coloured by the texture decoder, shaded), `background` where nothing is hit:
-    what `mesh_previews` draws from the meshes, at seconds rather than milliseconds a view."""
-    with evaluation_mode(generator):
-        shape, texture = generator(z_shape, z_texture, truncation_psi)
-        calib = generator.calibration.expand(z_shape.shape[0], 4, 4)
-        return render_textured(generator, shape.volume, texture, calib, resolution, background=background)[0]
 
 
-def mesh_previews(generator, meshes: Sequence, resolution: int = 256, background: float = PREVIEW_BACKGROUND,
-                  angle: float = 0.0) -> torch.Tensor:
-    """Views [B, resolution, resolution, 3] in [0, 1] of `meshes` (B TexturedMeshes in world
-    coordinates) rasterized through the generator's calibration turned by `angle` degrees about
-    the vertical axis (refine.mesh_views), their vertex colours shaded as `render_previews`
-    shades the field's, `background` where no triangle is drawn. They show what the files hold,
-    and cost milliseconds where ray-marching the field costs seconds."""
-    return mesh_views(generator, meshes, (angle,), resolution, background=background)[0][0]
 
 
-def encode_map(rendering: Rendering, index: int, kind: str) -> np.ndarray:
-    """The pixels of map `kind` (one of MAPS) of view `index` of a Rendering: 'mask' uint8
-    [H, W] (255 on the mesh), 'depth' uint16 [H, W] (round((z + 1) / 2 * 65535) of the NDC
-    depth z, larger nearer; 0 off the mesh), 'normal' uint8 [H, W, 3] (round((n + 1) / 2 * 255)
-    of the camera-space normal: x right, y up, z towards the camera; 0 off the mesh)."""
-    mask = rendering.mask[index].bool().cpu()
-    if kind == "mask":
-        return (mask.to(torch.uint8) * 255).numpy()
-    if kind == "depth":
-        depth = ((rendering.depth[index].cpu() + 1) / 2 * 65535).round().clamp(0, 65535)
-        return torch.where(mask, depth, 0).to(torch.int32).numpy().astype(np.uint16)
-    if kind == "normal":
-        normal = ((rendering.normal[index].cpu() + 1) / 2 * 255).round().clamp(0, 255)
-        return torch.where(mask.unsqueeze(-1), normal, 0).to(torch.uint8).numpy()
-    raise ValueError(f"kind must be one of {', '.join(MAPS)}, got {kind!r}")
 
 
-def decode_map(pixels: np.ndarray, kind: str) -> torch.Tensor:
-    """The inverse of `encode_map`, NaN off the mesh: 'mask' bool [H, W]; 'depth' float32
-    [H, W], the NDC depth z (within 1/65535 of the rendering's); 'normal' float32 [H, W, 3],
-    the camera-space normal (within 1/255 per component). Off the mesh is where encode_map
-    wrote zeros (a pixel of the mesh encodes to zero only at the far plane, z = -1)."""
-    if kind not in MAPS:
-        raise ValueError(f"kind must be one of {', '.join(MAPS)}, got {kind!r}")
-    expected = {"mask": (np.uint8, 2), "depth": (np.uint16, 2), "normal": (np.uint8, 3)}[kind]
-    pixels = np.asarray(pixels)
-    if pixels.dtype != expected[0] or pixels.ndim != expected[1] or (kind == "normal" and pixels.shape[-1] != 3):
-        shape = "[H, W, 3]" if kind == "normal" else "[H, W]"
-        raise ValueError(f"pixels of a {kind} map must be {np.dtype(expected[0]).name} {shape}, got "
-                         f"{pixels.dtype} {list(pixels.shape)}")
-    values = torch.from_numpy(pixels.astype(np.float32))
-    if kind == "mask":
-        return values > 0
-    if kind == "depth":
-        return torch.where(values > 0, values / 65535 * 2 - 1, float("nan"))
-    off = (values == 0).all(-1, keepdim=True)
-    return torch.where(off, float("nan"), values / 255 * 2 - 1)
 
 
-def lift_depth(depth: torch.Tensor, calibration: torch.Tensor) -> torch.Tensor:
-    """World points [..., R, R, 3] of depth maps [..., R, R] (NDC z, as `decode_map` gives;
-    NaN pixels give NaN points) seen through cameras calibration [..., 4, 4] (world -> NDC, as
-    in cameras.json), by CAMERA_CONVENTION: pixel (i, j) lies at NDC x = -1 + 2j/(R-1),
-    y = -1 + 2i/(R-1)."""
-    if depth.dim() < 2 or depth.shape[-1] != depth.shape[-2] or depth.shape[-1] < 2:
-        raise ValueError(f"depth must be [..., R, R] with R >= 2, got {list(depth.shape)}")
-    if calibration.shape[-2:] != (4, 4):
-        raise ValueError(f"calibration must be [..., 4, 4], got {list(calibration.shape)}")
-    side = depth.shape[-1]
-    ndc_axis = torch.linspace(-1, 1, side, dtype=torch.float64, device=depth.device)
-    rows, columns = torch.meshgrid(ndc_axis, ndc_axis, indexing="ij")
-    ndc = torch.stack(torch.broadcast_tensors(columns, rows, depth.double()), -1)  # [..., R, R, 3]
-    calibration = calibration.double()
-    inverse = torch.linalg.inv(calibration[..., :3, :3])  # once per camera, not per pixel
-    world = torch.einsum("...ij,...rcj->...rci", inverse, ndc - calibration[..., None, None, :3, 3])
-    return world.to(depth.dtype)
 
 
 class GeneratedHumans(torch.utils.data.Dataset):
@@ -224,6 +155,25 @@ class GeneratedHumans(torch.utils.data.Dataset):
         if "depth" in item:
             item["points"] = lift_depth(item["depth"], item["cameras"])
         return item
+
+
+def parse_seeds(text: str) -> list[int]:
+    """The seeds `text` names (`sample --seeds`): a seed, a range A-B (both included, A <= B, at
+    most MAX_SEED_RANGE seeds) or a file of such items, one a line (blank lines and # comments
+    skipped). ValueError saying what is expected otherwise."""
+    if os.path.isfile(text):
+        with open(text) as handle:
+            lines = [line.split("#")[0].strip() for line in handle]
+        return [value for line in lines if line for value in parse_seeds(line)]
+    first, dash, last = text.partition("-")
+    try:
+        low, high = int(first), int(last if dash else first)
+    except ValueError:
+        raise ValueError(f"must be seeds (3), ranges (40-59) or files of them, got {text!r}") from None
+    if not 0 <= low <= high < 2**64 or high - low >= MAX_SEED_RANGE:
+        raise ValueError(f"must be seeds or ranges A-B with 0 <= A <= B < 2^64, at most {MAX_SEED_RANGE:,} seeds a "
+                         f"range, got {text!r}")
+    return list(range(low, high + 1))
 
 
 def read_manifest(out_dir: str) -> list[dict]:
@@ -295,15 +245,6 @@ def _append_record(out_dir: str, record: dict) -> None:
         os.close(descriptor)
 
 
-def _save_png(image: torch.Tensor | np.ndarray, path: str) -> None:
-    """Writes an image in [0, 1] [H, W, 3] (a tensor) or pixels (uint8/uint16 array) as a PNG,
-    under a temporary name first."""
-    from PIL import Image
-
-    if isinstance(image, torch.Tensor):
-        image = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    Image.fromarray(image).save(path + ".tmp", format="PNG")
-    os.replace(path + ".tmp", path)
 
 
 def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_size: int = 4, resolution: int = 256,
@@ -444,83 +385,15 @@ def _write_refined_views(out_dir: str, names: Sequence[str], views: Sequence) ->
     for name, (_, refined) in zip(names, views):
         files[name] = [f"{name}-refined-{int(angle):03d}.png" for angle in VIEW_ANGLES]
         for file, image in zip(files[name], refined):
-            _save_png(image.permute(1, 2, 0), os.path.join(out_dir, file))
+            save_png(image.permute(1, 2, 0), os.path.join(out_dir, file))
     return files
 
 
-def preview_angles(views: int) -> list[float]:
-    """The angles in degrees of `views` previews about the vertical axis: 360 / views apart, the
-    front (0) first."""
-    return [360 * k / views for k in range(views)]
 
 
-def check_preview_options(preview_resolution: int | None, preview_views: int = 1,
-                          preview_maps: Sequence[str] = ()) -> tuple[int | None, int, list[str]]:
-    """Validates the preview options of `write_samples` / `write_previews` (naming the argument
-    and what it must be); returns them as (int or None, int, list), as settings.json records them."""
-    preview_resolution = check_int(preview_resolution, "preview_resolution", 2, none_ok=True)
-    preview_views = check_int(preview_views, "preview_views", 1, 360)
-    if preview_views > 1 and preview_resolution is None:
-        raise ValueError("preview_views > 1 needs preview_resolution (the views are previews)")
-    preview_maps = list(preview_maps)
-    if any(kind not in MAPS for kind in preview_maps) or len(set(preview_maps)) < len(preview_maps):
-        raise ValueError(f"preview_maps must be distinct names of {', '.join(MAPS)}, got {preview_maps!r}")
-    if preview_maps and preview_resolution is None:
-        raise ValueError("preview_maps needs preview_resolution (the maps are the previews' pixels)")
-    return preview_resolution, preview_views, preview_maps
 
 
-def write_cameras(out_dir: str, generator, views: int, resolution: int) -> None:
-    """Writes `out_dir`/cameras.json: the resolution, the angles of `views` previews and their
-    cameras (`refine.view_calibration` of each angle: world -> NDC [4, 4]) with CAMERA_CONVENTION,
-    under a temporary name first."""
-    angles = preview_angles(views)
-    cameras = {"resolution": resolution, "angles": angles,
-               "calibrations": [view_calibration(generator, angle).double().cpu().tolist() for angle in angles],
-               "convention": CAMERA_CONVENTION}
-    write_atomically(os.path.join(out_dir, CAMERAS), json.dumps(cameras, indent=1))
 
 
-def write_previews(generator, out_dir: str, names: Sequence[str], meshes: Sequence, resolution: int, views: int = 1,
-                   maps: Sequence[str] = ()) -> list[dict]:
-    """Writes the previews of B `meshes` (`mesh_previews` through the generator's cameras):
-    per mesh i `names[i].png` (the front), with `views` > 1 also `names[i]-AAA.png` from AAA degrees
-    (`preview_angles`), and per view the `maps` of MAPS (`names[i][-AAA]-MAP.png`, encode_map).
-
-    Returns per mesh its manifest entries: {"preview": file} and, with more than one view,
-    "views": {"angles", "files"} (the front first), with maps "maps": {MAP: [files per view]}.
-    """
-    resolution, views, maps = check_preview_options(resolution, views, maps)
-    angles = preview_angles(views)
-    rendered = mesh_views(generator, meshes, angles, resolution, background=PREVIEW_BACKGROUND)
-    images = [image for image, _, _ in rendered]  # per angle [B, R, R, 3]
-    renderings = [rendering for _, _, rendering in rendered]
-    suffixes = [""] + [f"-{round(angle):03d}" for angle in angles[1:]]
-    entries = []
-    for index, name in enumerate(names):
-        files = [f"{name}{suffix}.png" for suffix in suffixes]
-        for file, image in zip(files, images):
-            _save_png(image[index], os.path.join(out_dir, file))
-        entry = {"preview": files[0]}
-        if views > 1:
-            entry["views"] = {"angles": angles, "files": files}
-        if maps:
-            entry["maps"] = {kind: [f"{name}{suffix}-{kind}.png" for suffix in suffixes] for kind in maps}
-            for kind in maps:
-                for file, rendering in zip(entry["maps"][kind], renderings):
-                    _save_png(encode_map(rendering, index, kind), os.path.join(out_dir, file))
-        entries.append(entry)
-    return entries
 
 
-def save_preview_grid(out_dir: str, records: Sequence[dict], path: str, columns: int = 4) -> None:
-    """One PNG grid (synthetic.preview.save_grid) of the preview images of `records` (manifest
-    records of `out_dir`, each with a preview)."""
-    from PIL import Image
-
-    missing = [record["seed"] for record in records if record.get("preview") is None]
-    if missing:
-        raise ValueError(f"records must all have previews; seeds {missing[:5]} have none (sample with previews)")
-    images = [torch.from_numpy(np.array(Image.open(os.path.join(out_dir, record["preview"])).convert("RGB")))
-              for record in records]
-    save_grid(torch.stack(images).float() / 255, path, columns)

@@ -14,8 +14,8 @@ import torch
 
 from get3dhuman.mesh import TexturedMesh, back_project_colors
 from get3dhuman.nn.modes import evaluation_mode
-from get3dhuman.render import Rendering, ray_march, render_meshes
-from get3dhuman.synthetic.preview import shade, shading_factor, silhouettes, stand_in_images
+from get3dhuman.render import Rendering, ray_march, render_meshes, shade, shading_factor, silhouettes
+from get3dhuman.synthetic.preview import stand_in_images
 
 
 def view_calibration(generator, angle_deg: float) -> torch.Tensor:

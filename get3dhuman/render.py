@@ -13,6 +13,7 @@ parameters the callables close over: the hit point is re-attached to the graph b
 differentiation of f(x) = 0 along the ray, x = x* - d f(x*) / (grad f(x*) . d), exact to first
 order; normals come from the field's gradient with create_graph, so normal losses train too.
 `render_meshes` draws the same maps from triangle meshes (ops.rasterize), not differentiably.
+`shade` lights a rendering's colours; `save_grid` writes images as one PNG.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from get3dhuman._checks import check_int
 from get3dhuman.ops.rasterize import rasterize
 
 Field = Callable[[torch.Tensor], torch.Tensor]
+LIGHT = (0.3, 0.5, 0.8)  # camera-space direction of the key light
 
 
 class Rendering(NamedTuple):
@@ -74,7 +76,9 @@ def _difference_gradient(field: Field, points: torch.Tensor, step: float) -> tor
     return (values[..., :3] - values[..., 3:]) / (2 * step)
 
 
-class _Rays(NamedTuple):
+class CameraRays(NamedTuple):
+    """One ray per pixel of orthographic cameras (`camera_rays`), row-major over the image."""
+
     origin: torch.Tensor  # [B, N, 3] world points on the NDC plane z = +1
     direction: torch.Tensor  # [B, 1, 3] unit world direction towards NDC z = -1
     far: torch.Tensor  # [B, 1] world length of the NDC depth range
@@ -88,7 +92,8 @@ def _camera_rotation(linear: torch.Tensor) -> torch.Tensor:
     return linear / linear.norm(dim=2, keepdim=True) * torch.tensor([1.0, -1.0, 1.0], device=linear.device).reshape(1, 3, 1)
 
 
-def _camera_rays(calib: torch.Tensor, resolution: int) -> _Rays:
+def camera_rays(calib: torch.Tensor, resolution: int) -> CameraRays:
+    """The rays [B, resolution^2] of the cameras `calib` [B, 4, 4], from NDC z = +1 towards -1."""
     if not isinstance(calib, torch.Tensor) or calib.dim() != 3 or calib.shape[1:] != (4, 4):
         raise ValueError(f"calib must be [B, 4, 4], got {tuple(calib.shape) if isinstance(calib, torch.Tensor) else calib!r}")
     resolution = check_int(resolution, "resolution", 2)
@@ -102,7 +107,7 @@ def _camera_rays(calib: torch.Tensor, resolution: int) -> _Rays:
     toward = torch.tensor([0.0, 0.0, -1.0], device=device).expand(batch, 3)
     direction = toward.unsqueeze(1) @ inverse.transpose(1, 2)  # world displacement per NDC unit of depth
     ndc_length = direction.norm(dim=-1, keepdim=True)  # [B, 1, 1]
-    return _Rays(origin, direction / ndc_length, 2 * ndc_length[..., 0], linear, offset)
+    return CameraRays(origin, direction / ndc_length, 2 * ndc_length[..., 0], linear, offset)
 
 
 def sphere_trace(field: Field, calib: torch.Tensor, resolution: int = 256, color_fn: Field | None = None,
@@ -113,7 +118,7 @@ def sphere_trace(field: Field, calib: torch.Tensor, resolution: int = 256, color
     a ray hits where |field| < epsilon. color_fn(points [B, N, 3]) -> [B, N, 3] colours hits.
     """
     steps = check_int(steps, "steps", 0)
-    rays = _camera_rays(calib, resolution)
+    rays = camera_rays(calib, resolution)
     batch, count, device = calib.shape[0], resolution * resolution, calib.device
     t = torch.zeros(batch, count, device=device)
     # The rays still marching, per batch row in ascending order, padded to a common width with
@@ -158,7 +163,7 @@ def ray_march(field: Field, calib: torch.Tensor, resolution: int = 256, color_fn
     slab = check_int(slab, "slab", 1)
     if normal_step is not None and not normal_step > 0:
         raise ValueError(f"normal_step must be a positive world length or None, got {normal_step!r}")
-    rays = _camera_rays(calib, resolution)
+    rays = camera_rays(calib, resolution)
     batch, count, device = calib.shape[0], resolution * resolution, calib.device
     step = rays.far / (samples - 1)  # [B, 1]
 
@@ -198,7 +203,7 @@ def ray_march(field: Field, calib: torch.Tensor, resolution: int = 256, color_fn
     return _surface_maps(field, rays, t, found, resolution, color_fn, hit_tolerance=None, normal_step=normal_step)
 
 
-def _surface_maps(field: Field, rays: _Rays, t: torch.Tensor, found: torch.Tensor, resolution: int,
+def _surface_maps(field: Field, rays: CameraRays, t: torch.Tensor, found: torch.Tensor, resolution: int,
                   color_fn: Field | None, hit_tolerance: float | None, normal_step: float | None = None) -> Rendering:
     """Maps from ray lengths t [B, N] (rays with `found` false are misses), with the hit points
     re-attached to the field's parameters by implicit differentiation."""
@@ -261,3 +266,40 @@ def render_meshes(meshes: Sequence, calib: torch.Tensor, resolution: int = 256) 
         maps.append(((face_index >= 0).to(weights), _interpolate(ndc, corners, weights)[..., 2], normal,
                      _interpolate(mesh.colors, corners, weights), _interpolate(vertices, corners, weights)))
     return Rendering(*(torch.stack(parts) for parts in zip(*maps)))
+
+
+def silhouettes(images: torch.Tensor) -> torch.Tensor:
+    """[B, H, W] bool: where stand-in images [B, H, W, 3] (on black, in [0, 1] or uint8) show
+    the human. Exact for the synthetic world: every colour it paints has a channel of at least
+    0.05 (synthetic.human's palettes and colour ranges), shading keeps 0.35 of it, so no
+    surface pixel rounds to black in 8 bits."""
+    return images.amax(-1) > (0 if images.dtype == torch.uint8 else 0.5 / 255)
+
+
+def shading_factor(rendering: Rendering) -> torch.Tensor:
+    """[B, H, W] in [0.35, 1]: the factor `shade` multiplies a rendering's colours by,
+    0.35 + 0.65 max(0, n . l) for the camera-space key light LIGHT."""
+    light = torch.tensor(LIGHT, device=rendering.normal.device)
+    return 0.35 + 0.65 * (rendering.normal @ (light / light.norm())).clamp_min(0)
+
+
+def shade(rendering: Rendering, background: float = 1.0, lit: bool = True) -> torch.Tensor:
+    """The shaded colour image [B, H, W, 3] of a rendering: colour x `shading_factor` (the
+    colour alone, the albedo, when not `lit`), `background` where nothing was hit."""
+    mask = rendering.mask.unsqueeze(-1)
+    color = rendering.color * shading_factor(rendering).unsqueeze(-1) if lit else rendering.color
+    return mask * color + (1 - mask) * background
+
+
+def save_grid(images: torch.Tensor, path: str, columns: int = 4) -> None:
+    """Writes images [B, H, W, 3] in [0, 1] as one PNG grid (Pillow)."""
+    from PIL import Image
+
+    columns = check_int(columns, "columns", 1)
+    batch, height, width, _ = images.shape
+    rows = -(-batch // columns)
+    grid = torch.ones(rows * height, columns * width, 3)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[r * height : (r + 1) * height, c * width : (c + 1) * width] = image
+    Image.fromarray((grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy()).save(path)

@@ -4,7 +4,7 @@
 vertex colours, or texture colours sampled at the vertices, else grey), y up and facing +z
 like the synthetic humans, and fits each into the box: centred, scaled to `height` metres
 tall. A scan then plays the part of a synthetic human in `train.make_batch`: its orbit views
-are the rasterized mesh shaded as `synthetic.preview.shade` shades the synthetic renders, its
+are the rasterized mesh shaded as `render.shade` shades the synthetic renders, its
 occupancy samples are surface points (area-uniform) displaced by N(0, sigma^2) plus uniform box
 points labelled by an exact inside test, and its colour samples surface points moved slightly
 along the normal with the colour there.
@@ -23,8 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from get3dhuman.mesh import TexturedMesh, vertex_normals
-from get3dhuman.render import orbit_calibration, render_meshes
-from get3dhuman.synthetic.preview import shade
+from get3dhuman.render import orbit_calibration, render_meshes, shade
 from get3dhuman.synthetic.sampling import BOX, ColorSamples, OccupancySamples
 
 SCAN_SUFFIXES = (".obj", ".ply", ".glb", ".gltf", ".off", ".stl")

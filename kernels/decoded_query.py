@@ -1,6 +1,6 @@
 """The whole decoded pixel-aligned query in one Triton kernel.
 
-One program evaluates an implicit decoder (get3dhuman.nn.ImplicitDecoder) for a block of
+One program evaluates an implicit decoder (get3dhuman.ops.DecoderWeights) for a block of
 points: it projects the points by the calibration, samples the feature map bilinearly
 (align_corners=True, zero padding), adds bias and depth terms, and runs every layer with its
 activation, without writing any activation to memory.
@@ -29,8 +29,6 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
-
-from get3dhuman.nn.implicit import LEAKY_SLOPE, ImplicitDecoder
 
 LAST_OPS = {None: 0, "sigmoid": 1, "tanh": 2}
 # (BLOCK, num_warps): the fewest register spills within the 227 KB of shared memory per block
@@ -220,13 +218,14 @@ def decoded_query_kernel(
 
 
 class PackedDecoder(NamedTuple):
-    """An ImplicitDecoder's parameters in the layout decoded_query_kernel reads.
+    """A decoder's parameters in the layout decoded_query_kernel reads (get3dhuman.ops.query_field packs them).
 
     input_weight [K, C]: the feature columns of the input-reading layers (0 and the
     re-concatenation layers), stacked. depth_weight [K]: their depth-feature column.
     bias [sum of widths]: every layer's bias. hidden: each layer i >= 1's hidden weight,
     transposed to [width of layer i - 1, width of layer i], flattened and concatenated.
-    widths: every layer's output width. concat_layers, last_op: as the decoder's.
+    widths: every layer's output width. concat_layers: as the decoder's. last_op: LAST_OPS'
+    value of the decoder's. slope: the hidden layers' leaky ReLU slope.
     """
 
     input_weight: torch.Tensor
@@ -236,24 +235,7 @@ class PackedDecoder(NamedTuple):
     widths: list[int]
     concat_layers: list[int]
     last_op: int
-
-
-def pack_decoder(decoder: ImplicitDecoder) -> PackedDecoder:
-    """Packs `decoder`'s parameters (detached, in their dtype and device) for the kernel."""
-    layers = decoder.input_layers()
-    channels = decoder.in_channels - 1
-    inputs = torch.cat([decoder.input_weight(i) for i in layers]).detach()  # [K, C + 1]
-    hidden = [decoder.hidden_weight(i).detach().T.reshape(-1) for i in range(1, len(decoder.filters))]
-    parameter = decoder.filters[0].weight
-    return PackedDecoder(
-        input_weight=inputs[:, :channels].contiguous(),
-        depth_weight=inputs[:, channels].contiguous(),
-        bias=torch.cat([layer.bias.detach() for layer in decoder.filters]),
-        hidden=torch.cat(hidden) if hidden else parameter.new_empty(0),
-        widths=list(decoder.channels[1:]),
-        concat_layers=list(decoder.concat_layers),
-        last_op=LAST_OPS[decoder.last_op],
-    )
+    slope: float
 
 
 def _padded(width: int) -> int:
@@ -290,7 +272,6 @@ def launch_configuration(
         "INPUT_OFFSETS": tuple(input_starts.get(i, -1) for i in range(len(widths))),
         "HIDDEN_OFFSETS": (0, *_offsets(widths[i - 1] * widths[i] for i in range(1, len(widths)))),
         "BIAS_OFFSETS": _offsets(widths),
-        "SLOPE": LEAKY_SLOPE,
         "BLOCK": block,
         "CHUNK": 32,
         "CHANNEL_CHUNK": 32,
@@ -319,6 +300,7 @@ def decoded_query(
     channels = packed.input_weight.shape[1]
     interpreted = source.device.type == "cpu"  # only the interpreter runs CPU tensors
     config = launch_configuration(packed.widths, packed.concat_layers, channels, projected, source.dtype, interpreted)
+    config["SLOPE"] = packed.slope
     out = source.new_empty(batch, num_points, packed.widths[-1])
     if num_points == 0 or batch == 0:
         return out
@@ -334,7 +316,8 @@ def decoded_query(
 _POINTER_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 
 
-def compile_for_gpu(widths, concat_layers, channels: int, projected: bool, dtype: torch.dtype, capability: int = 90):
+def compile_for_gpu(widths, concat_layers, channels: int, projected: bool, dtype: torch.dtype, slope: float,
+                    capability: int = 90):
     """Compiles decoded_query_kernel ahead of time for an NVIDIA GPU of compute `capability`
     (90: H100/H200), with no GPU present: the real compiler's check, and its resource figures
     (``.metadata.shared`` bytes, ``.asm['ptx']`` for ptxas -v). Needs TRITON_INTERPRET unset.
@@ -343,7 +326,7 @@ def compile_for_gpu(widths, concat_layers, channels: int, projected: bool, dtype
 
     config = launch_configuration(widths, concat_layers, channels, projected, dtype)
     options = {"num_warps": config.pop("num_warps")}
-    config["LAST_OP"] = LAST_OPS["sigmoid"]
+    config.update(LAST_OP=LAST_OPS["sigmoid"], SLOPE=slope)
     pointers = ("source_ptr", "points_ptr", "calib_ptr", "input_weight_ptr", "depth_weight_ptr", "bias_ptr", "hidden_ptr", "out_ptr")
     signature = {name: _POINTER_TYPES[dtype] for name in pointers}
     signature.update(num_points="i32", height="i32", width="i32", depth_scale="fp32")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -206,3 +207,36 @@ def write_network_pickle(path, networks: dict, init_kwargs: dict, protocol: int 
                 sys.modules.pop(name)
             else:
                 sys.modules[name] = module
+
+
+# Mesh checks shared by the meshing tests.
+
+
+def edge_use(faces):
+    """{(a, b): count} of directed edges."""
+    f = faces.numpy()
+    directed = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    keys, counts = np.unique(directed, axis=0, return_counts=True)
+    return keys, counts
+
+
+def assert_closed_oriented(vertices, faces):
+    """Every edge used by exactly two faces, in opposite directions; no unused vertex."""
+    keys, counts = edge_use(faces)
+    assert (counts == 1).all(), "a directed edge is used twice: inconsistent orientation or non-manifold edge"
+    reverse = {tuple(k) for k in keys}
+    assert all((b, a) in reverse for a, b in keys), "an edge has a single face: the mesh is open"
+    assert np.array_equal(np.unique(faces.numpy()), np.arange(len(vertices)))
+
+
+def signed_volume(vertices, faces):
+    v = vertices.double()[faces]
+    return float(torch.linalg.det(v).sum() / 6)
+
+
+def humans(count, seed=0):
+    """Parameters [count, P] of synthetic humans of seeded latents."""
+    from get3dhuman.synthetic import human_parameters
+
+    generator = torch.Generator().manual_seed(seed)
+    return human_parameters(torch.randn(count, 512, generator=generator))

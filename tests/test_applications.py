@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from get3dhuman import applications
 from get3dhuman.cli import main
-from get3dhuman.dataset import encode_map, mesh_previews
+from get3dhuman.previews import encode_map, mesh_previews
 from get3dhuman.refine import mesh_views, render_textured
 from get3dhuman.render import orbit_calibration
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from inputs import OFFICIAL_REFINER_KEYS_FILE, generator_with_their_conventions, official_checkpoint_layout
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -18,7 +19,6 @@ from get3dhuman.cli import main
 from get3dhuman.dataset import read_manifest
 from get3dhuman.nn.generator import AUTHORS_BOX, OFFICIAL_CALIBRATION, OUTSIDE_IMAGE_OCCUPANCY, PRESETS
 from get3dhuman.nn.refiner import OfficialRefiner
-from inputs import OFFICIAL_REFINER_KEYS_FILE, generator_with_their_conventions, official_checkpoint_layout
 
 
 def _refiner_file(seed=0):

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from get3dhuman.cli import _number, main
+from get3dhuman.cli import main
+from get3dhuman.cli_arguments import _number
 
 
 @pytest.mark.parametrize(("kind", "bounds", "accepted", "refused", "message"), [

@@ -20,18 +20,15 @@ from get3dhuman.dataset import (
     MANIFEST_LOCK,
     SETTINGS,
     GeneratedHumans,
-    decode_map,
     fingerprint,
-    mesh_previews,
     read_manifest,
-    render_previews,
     write_samples,
 )
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.ops import marching_cubes
+from get3dhuman.previews import decode_map, mesh_previews, render_previews
 from get3dhuman.refine import refine_meshes, view_calibration
-from get3dhuman.render import orbit_calibration, render_meshes
-from get3dhuman.synthetic.preview import LIGHT
+from get3dhuman.render import LIGHT, orbit_calibration, render_meshes
 from get3dhuman.train import REFINER_PRESETS
 from get3dhuman.train.refiner import make_refiner
 

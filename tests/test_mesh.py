@@ -4,9 +4,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from inputs import generator_with_a_surface
-from test_marching_cubes import assert_closed_oriented, signed_volume
-from test_narrow_band import humans
+from inputs import assert_closed_oriented, generator_with_a_surface, humans, signed_volume
 
 import get3dhuman
 from get3dhuman.mesh import ExtractionTimings, TexturedMesh, extract_textured_meshes, vertex_normals

@@ -25,8 +25,8 @@ from get3dhuman.refine import (
     view_calibration,
     view_errors,
 )
-from get3dhuman.render import orbit_calibration, ray_march
-from get3dhuman.synthetic.preview import shade, shading_factor, silhouettes, stand_in_images
+from get3dhuman.render import orbit_calibration, ray_march, shade, shading_factor, silhouettes
+from get3dhuman.synthetic.preview import stand_in_images
 from get3dhuman.train import (
     PRIOR_PRESETS,
     RECONSTRUCTOR_PRESETS,

@@ -18,14 +18,13 @@ from inputs import generator_with_a_surface, generator_with_their_conventions
 from safetensors.torch import load_file
 from virtual_cuda import VirtualCudaTensor, to_cpu, virtual_cuda
 
-from get3dhuman import Generator, applications, render
+from get3dhuman import Generator, applications, distributed, render
 from get3dhuman.authors import AuthorsColouring
 from get3dhuman.benchmark import measure_sampling
 from get3dhuman.cli import main
 from get3dhuman.evaluate import EvaluationConfig, evaluate_generator
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn import OfficialRefiner, Reconstructor
-from get3dhuman.train import distributed
 from get3dhuman.train.reconstructor import ReconstructorTrainingConfig, StepBatches
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="a real GPU runs the CUDA tests instead")

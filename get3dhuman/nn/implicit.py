@@ -1,9 +1,7 @@
 """Implicit decoders: PIFu-style point MLPs of 1x1 Conv1d layers with re-concatenated inputs.
 
-Layer i maps ``channels[i]`` (+ the decoder input width when i is a re-concatenation layer)
-to ``channels[i + 1]``. A re-concatenation layer reads ``cat([y, x], dim=1)``: the previous
-activation first, then the decoder input again. Hidden layers use leaky_relu(0.01); the
-output goes through ``last_op``. This is the module that `get3dhuman.ops.query_field` fuses.
+The wiring (re-concatenation, activations) is `get3dhuman.ops.DecoderWeights`; this module
+holds the parameters under the authors' names. `get3dhuman.ops.query_field` fuses it.
 """
 
 from __future__ import annotations
@@ -11,12 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-LEAKY_SLOPE = 0.01
-_LAST_OPS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, None: lambda y: y}
-_LAST_OPS_INPLACE = {"sigmoid": torch.sigmoid_, "tanh": torch.tanh_, None: lambda y: y}
+from get3dhuman.ops.decoder import LAST_OPS, DecoderWeights
 
 
 class ImplicitDecoder(nn.Module):
@@ -41,8 +36,8 @@ class ImplicitDecoder(nn.Module):
             raise ValueError(
                 f"concat_layers must be distinct layer indices in [1, {len(channels) - 2}], got {concat_layers}"
             )
-        if last_op not in _LAST_OPS:
-            raise ValueError(f"last_op must be one of {sorted(map(str, _LAST_OPS))}, got {last_op!r}")
+        if last_op not in LAST_OPS:
+            raise ValueError(f"last_op must be one of {sorted(map(str, LAST_OPS))}, got {last_op!r}")
         self.channels = channels
         self.concat_layers = concat_layers
         self.last_op = last_op
@@ -71,32 +66,11 @@ class ImplicitDecoder(nn.Module):
         """Width of the decoder output."""
         return self.channels[-1]
 
-    def input_layers(self) -> list[int]:
-        """Indices of the layers that read the decoder input: 0 and the re-concatenation layers."""
-        return [0, *self.concat_layers]
-
-    def input_weight(self, layer: int) -> torch.Tensor:
-        """The [out, in_channels] block of layer `layer`'s weight that multiplies the decoder input."""
-        weight = self.filters[layer].weight[:, :, 0]
-        return weight[:, weight.shape[1] - self.in_channels :]
-
-    def hidden_weight(self, layer: int) -> torch.Tensor:
-        """The [out, channels[layer]] block of layer `layer`'s weight that multiplies the previous activation."""
-        return self.filters[layer].weight[:, : self.channels[layer], 0]
-
-    def activation(self, layer: int, y: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        """Applies the activation that follows layer `layer` (leaky ReLU, or last_op after the
-        last); `inplace` overwrites y (no autograd), which saves a pass over fresh memory."""
-        if layer == len(self.filters) - 1:
-            return _LAST_OPS_INPLACE[self.last_op](y) if inplace else _LAST_OPS[self.last_op](y)
-        return F.leaky_relu_(y, LEAKY_SLOPE) if inplace else F.leaky_relu(y, LEAKY_SLOPE)
+    def decoder_weights(self) -> DecoderWeights:
+        """This decoder's parameters in the form the ops evaluate (get3dhuman.ops.query_field)."""
+        return DecoderWeights(tuple(layer.weight for layer in self.filters), tuple(layer.bias for layer in self.filters),
+                              tuple(self.channels), self.concat_layers, self.last_op)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, in_channels, N] -> [B, out_channels, N]."""
-        if x.dim() != 3 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must be [B, {self.in_channels}, N], got {tuple(x.shape)}")
-        y = x
-        for i, layer in enumerate(self.filters):
-            y = layer(torch.cat([y, x], 1) if i in self.concat_layers else y)
-            y = self.activation(i, y)
-        return y
+        return self.decoder_weights()(x)

@@ -2,6 +2,8 @@
 
 - sample_pixel_aligned / reference_sample_pixel_aligned: project, bilinear-sample, append depth.
 - query_field / reference_query_field: an implicit decoder evaluated at points, fused and chunked.
+- DecoderWeights: the form of an implicit decoder the queries evaluate (nn.ImplicitDecoder's
+  decoder_weights()).
 - bias_act / modulate_weights (and reference_*): the StyleGAN2 layer helpers, fused in Triton
   on CUDA tensors.
 - BACKENDS / select_backend / backend_unavailable_reason / BACKEND_ENV: which implementation
@@ -17,6 +19,7 @@
   (coarse_resolution_for: the coarse lattice to start from).
 """
 
+from get3dhuman.ops.decoder import DecoderWeights
 from get3dhuman.ops.marching_cubes import (
     marching_cubes,
     marching_cubes_sparse,
@@ -42,7 +45,7 @@ from get3dhuman.ops.query import (
     select_backend,
 )
 from get3dhuman.ops.rasterize import Rasterized, rasterize, reference_rasterize
-from get3dhuman.ops.sdf import UnionDistances, reference_sdf_union, sdf_union
+from get3dhuman.ops.sdf_union import UnionDistances, reference_sdf_union, sdf_union
 from get3dhuman.ops.stylegan2 import (
     bias_act,
     modulate_weights,
@@ -53,6 +56,7 @@ from get3dhuman.ops.stylegan2 import (
 __all__ = [
     "BACKENDS",
     "BACKEND_ENV",
+    "DecoderWeights",
     "OFFICIAL_DEPTH_SCALE",
     "ProjectedInputs",
     "Rasterized",

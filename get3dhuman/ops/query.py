@@ -36,7 +36,7 @@ import torch
 from get3dhuman._checks import check_int
 from get3dhuman._ext import compiled_backends
 from get3dhuman.kernels import device_unavailable_reason as triton_device_reason
-from get3dhuman.nn.implicit import ImplicitDecoder
+from get3dhuman.ops.decoder import LEAKY_SLOPE, DecoderWeights, decoder_weights
 from get3dhuman.ops.pixel_aligned import (
     OFFICIAL_DEPTH_SCALE,
     check_sample_inputs,
@@ -66,31 +66,31 @@ class ProjectedInputs(NamedTuple):
     depth_weight: torch.Tensor
 
 
-def project_inputs(decoder: ImplicitDecoder, features: torch.Tensor) -> ProjectedInputs:
-    """Applies `decoder`'s input-reading layers to `features` [B, C, H, W] (C = in_channels - 1),
-    in the features' dtype (the decoder's parameters are cast to it).
+def project_inputs(decoder, features: torch.Tensor) -> ProjectedInputs:
+    """Applies `decoder`'s (an ImplicitDecoder's or DecoderWeights') input-reading layers to
+    `features` [B, C, H, W] (C = in_channels - 1), in the features' dtype (the decoder's
+    parameters are cast to it).
 
     Reuse the result across `query_field(..., projected=...)` calls on the same feature map.
     """
+    decoder = decoder_weights(decoder)
     _check_decoder(decoder, features)
     layers = decoder.input_layers()
     weights = torch.cat([decoder.input_weight(i) for i in layers]).to(features.dtype)  # [K, C + 1]
-    bias = torch.cat([decoder.filters[i].bias for i in layers]).to(features.dtype)
+    bias = torch.cat([decoder.biases[i] for i in layers]).to(features.dtype)
     batch, channels, height, width = features.shape
     pixels = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
     projected = (pixels @ weights[:, :channels].T).view(batch, height, width, -1).permute(0, 3, 1, 2)
     return ProjectedInputs(projected, bias, weights[:, channels].contiguous())
 
 
-def _check_decoder(decoder, features) -> None:
-    if not isinstance(decoder, ImplicitDecoder):
-        raise TypeError(f"decoder must be a get3dhuman.nn.ImplicitDecoder, got {type(decoder).__name__}")
+def _check_decoder(decoder: DecoderWeights, features) -> None:
     if isinstance(features, torch.Tensor) and features.dim() == 4 and features.shape[1] + 1 != decoder.in_channels:
         raise ValueError(
             f"features must have C = decoder.in_channels - 1 = {decoder.in_channels - 1} channels, "
             f"got shape {tuple(features.shape)}"
         )
-    weight = decoder.filters[0].weight
+    weight = decoder.weights[0]
     if isinstance(features, torch.Tensor) and weight.device != features.device:
         raise ValueError(
             f"decoder parameters must be on the device of features ({features.device}), got {weight.device}: "
@@ -121,7 +121,7 @@ _COMPILED_BACKENDS = tuple(compiled_backends())
 
 def backend_unavailable_reason(
     backend: str,
-    decoder: ImplicitDecoder,
+    decoder,
     features: torch.Tensor,
     points: torch.Tensor,
     calib: torch.Tensor,
@@ -134,11 +134,12 @@ def backend_unavailable_reason(
     explicit: the backend was asked for by name; 'auto' (explicit=False) also skips the
     Triton interpreter, which exists for tests, not for speed.
     """
+    decoder = decoder_weights(decoder)
     device = features.device.type
     if backend in ("reference", "triton"):
         if compute_dtype not in (None, features.dtype):
             return f"it computes in the features' dtype ({features.dtype}), not compute_dtype {compute_dtype}"
-        weight_dtype = decoder.filters[0].weight.dtype
+        weight_dtype = decoder.weights[0].dtype
         if weight_dtype != features.dtype:
             return f"it takes a decoder in the features' dtype ({features.dtype}), not {weight_dtype}"
     if backend == "reference":
@@ -155,14 +156,14 @@ def backend_unavailable_reason(
     if features.dtype not in _TRITON_DTYPES:
         return f"the Triton kernel takes float16, bfloat16 or float32, not {features.dtype}"
     if torch.is_grad_enabled() and any(
-        t.requires_grad for t in (features, points, calib, *decoder.parameters())
+        t.requires_grad for t in (features, points, calib, *decoder.tensors())
     ):
         return "the Triton kernel has no backward: gradients are required (use torch.no_grad() for inference)"
     return None
 
 
 def select_backend(
-    decoder: ImplicitDecoder,
+    decoder,
     features: torch.Tensor,
     points: torch.Tensor,
     calib: torch.Tensor,
@@ -196,11 +197,11 @@ def select_backend(
 def backend_report() -> dict:
     """For build_info(): the backend order, the GET3DHUMAN_QUERY_BACKEND override (or 'auto'),
     and the backend chosen for inference and for training queries on each device type here."""
-    decoder = ImplicitDecoder([3, 16, 1])
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     chosen = {}
     for device in devices:
-        decoder = decoder.to(device)
+        weights = (torch.zeros(16, 3, 1, device=device), torch.zeros(1, 16, 1, device=device))
+        decoder = DecoderWeights(weights, tuple(w[:, 0, 0] for w in weights), (3, 16, 1), (), "sigmoid")
         inputs = (torch.zeros(1, 2, 1, 1, device=device), torch.zeros(1, 1, 3, device=device), torch.eye(4, device=device)[None])
         with torch.no_grad():
             inference, skipped = select_backend(decoder, *inputs, backend="auto")
@@ -221,23 +222,23 @@ class _LayerWeights(NamedTuple):
     input: torch.Tensor | None
 
 
-def _gemm_weights(decoder: ImplicitDecoder, dtype: torch.dtype, projected_layout: dict | None) -> list[_LayerWeights]:
+def _gemm_weights(decoder: DecoderWeights, dtype: torch.dtype, projected_layout: dict | None) -> list[_LayerWeights]:
     """The operands of every layer in `dtype`, cast once per query (views when it is the weights'
     own); projected_layout as for `_run_chunk`."""
     weights = []
-    for i, layer in enumerate(decoder.filters):
+    for i, (weight, bias) in enumerate(zip(decoder.weights, decoder.biases)):
         projected = projected_layout is not None and i in projected_layout
         split = not projected and i in decoder.concat_layers
         plain = not projected and not split
         weights.append(_LayerWeights(
-            layer.bias.to(dtype) if not projected else None,
-            layer.weight[:, :, 0].T.to(dtype) if plain else None,
+            bias.to(dtype) if not projected else None,
+            weight[:, :, 0].T.to(dtype) if plain else None,
             decoder.hidden_weight(i).T.to(dtype) if i > 0 and not plain else None,
             decoder.input_weight(i).T.to(dtype) if split else None))
     return weights
 
 
-def _run_chunk(decoder, sampled, projected_layout, weights: list[_LayerWeights], compute_dtype: torch.dtype):
+def _run_chunk(decoder: DecoderWeights, sampled, projected_layout, weights: list[_LayerWeights], compute_dtype: torch.dtype):
     """Runs the decoder on one chunk of point-major samples [M, width] -> [M, out_channels], the
     matrix products in `compute_dtype` (operands `_gemm_weights`), the output in the dtype of `sampled`.
 
@@ -249,11 +250,11 @@ def _run_chunk(decoder, sampled, projected_layout, weights: list[_LayerWeights],
     inplace = not torch.is_grad_enabled()
     samples = sampled.to(compute_dtype)
     y = samples
-    last = len(decoder.filters) - 1
-    for i, (layer, w) in enumerate(zip(decoder.filters, weights)):
+    last = decoder.num_layers - 1
+    for i, w in enumerate(weights):
         if projected_layout is not None and i in projected_layout:
             start = projected_layout[i]
-            pre = samples[:, start : start + layer.out_channels]
+            pre = samples[:, start : start + decoder.channels[i + 1]]
             if i > 0:
                 pre = torch.addmm(pre, y, w.hidden)
         elif i in decoder.concat_layers:  # direct: split the concatenation into two GEMMs
@@ -267,7 +268,7 @@ def _run_chunk(decoder, sampled, projected_layout, weights: list[_LayerWeights],
 
 
 def query_field(
-    decoder: ImplicitDecoder,
+    decoder,
     features: torch.Tensor,
     points: torch.Tensor,
     calib: torch.Tensor,
@@ -283,7 +284,7 @@ def query_field(
     """Decoder output (occupancy, colour, ...) at points, fused and chunked.
 
     Args:
-        decoder: an ImplicitDecoder with in_channels = C + 1.
+        decoder: an ImplicitDecoder (or its DecoderWeights) with in_channels = C + 1.
         features: [B, C, H, W] pixel-aligned feature map.
         points: [B, N, 3]. calib: [B, 4, 4]. depth_scale: as in sample_pixel_aligned.
         variant: 'direct', 'projected' or 'auto' (see choose_variant).
@@ -309,6 +310,7 @@ def query_field(
         ``decoder(reference_sample_pixel_aligned(features, points, calib, depth_scale))``.
         Differentiable with respect to features, points, calib and the decoder's parameters.
     """
+    decoder = decoder_weights(decoder)
     _check_decoder(decoder, features)
     check_sample_inputs(features, points, calib, depth_scale)
     if variant not in VARIANTS:
@@ -342,7 +344,7 @@ def _fused_query(decoder, features, points, calib, depth_scale, variant, chunk_s
     batch, num_points = points.shape[:2]
     layout = None
     if variant == "projected":
-        widths = [decoder.filters[i].out_channels for i in decoder.input_layers()]
+        widths = [decoder.channels[i + 1] for i in decoder.input_layers()]
         projected = projected if projected is not None else project_inputs(decoder, features)
         expected = (features.shape[0], sum(widths), *features.shape[2:])
         if not isinstance(projected, ProjectedInputs) or tuple(projected.features.shape) != expected:
@@ -408,7 +410,7 @@ def _decoded_query_triton(
     the whole query, so there is nothing around it for inductor to fuse."""
     from get3dhuman.kernels.decoded_query import PackedDecoder, decoded_query
 
-    packed = PackedDecoder(input_weight, depth_weight, bias, hidden, widths, concat_layers, last_op)
+    packed = PackedDecoder(input_weight, depth_weight, bias, hidden, widths, concat_layers, last_op, LEAKY_SLOPE)
     return decoded_query(source, points, calib, packed, depth_scale, projected)
 
 
@@ -417,24 +419,34 @@ def _decoded_query_triton_fake(source, points, calib, input_weight, depth_weight
     return source.new_empty(source.shape[0], points.shape[1], widths[-1])
 
 
-def _triton_query(decoder, source, points, calib, depth_scale, projected) -> torch.Tensor:
-    """query_field's 'triton' backend: [B, out_channels, N]."""
-    from get3dhuman.kernels.decoded_query import pack_decoder
+def triton_operands(decoder: DecoderWeights) -> tuple:
+    """The decoder arguments of the `get3dhuman::decoded_query_triton` operator (after source,
+    points, calib): the input-reading layers' weights stacked ([K, C] features, [K] depth), every
+    bias in one buffer, each layer i >= 1's hidden weight transposed and flattened into one
+    buffer, the layers' widths, the re-concatenation layers and the kernel's last-op code."""
+    from get3dhuman.kernels.decoded_query import LAST_OPS as KERNEL_LAST_OPS
 
-    packed = pack_decoder(decoder)
-    out = _decoded_query_triton(
-        source, points, calib, packed.input_weight, packed.depth_weight, packed.bias, packed.hidden,
-        packed.widths, packed.concat_layers, packed.last_op, float(depth_scale), projected,
-    )
+    channels = decoder.in_channels - 1
+    inputs = torch.cat([decoder.input_weight(i) for i in decoder.input_layers()]).detach()  # [K, C + 1]
+    hidden = [decoder.hidden_weight(i).detach().T.reshape(-1) for i in range(1, decoder.num_layers)]
+    return (inputs[:, :channels].contiguous(), inputs[:, channels].contiguous(),
+            torch.cat([bias.detach() for bias in decoder.biases]),
+            torch.cat(hidden) if hidden else decoder.weights[0].new_empty(0),
+            list(decoder.channels[1:]), list(decoder.concat_layers), KERNEL_LAST_OPS[decoder.last_op])
+
+
+def _triton_query(decoder: DecoderWeights, source, points, calib, depth_scale, projected) -> torch.Tensor:
+    """query_field's 'triton' backend: [B, out_channels, N]."""
+    out = _decoded_query_triton(source, points, calib, *triton_operands(decoder), float(depth_scale), projected)
     return out.transpose(1, 2)
 
 
 def reference_query_field(
-    decoder: ImplicitDecoder,
+    decoder,
     features: torch.Tensor,
     points: torch.Tensor,
     calib: torch.Tensor,
     depth_scale: float = OFFICIAL_DEPTH_SCALE,
 ) -> torch.Tensor:
     """Pure-torch oracle of `query_field`: grid_sample then the Conv1d decoder, all N at once."""
-    return decoder(reference_sample_pixel_aligned(features, points, calib, depth_scale))
+    return decoder_weights(decoder)(reference_sample_pixel_aligned(features, points, calib, depth_scale))

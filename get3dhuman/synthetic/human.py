@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from get3dhuman.ops.sdf import (
+from get3dhuman.ops.sdf_union import (
     CAPSULE,
     CONE,
     CUT_ELLIPSOID,
@@ -125,7 +125,7 @@ def _clothing(segments, cover, loose, height):
 
 
 class HumanPrimitives(NamedTuple):
-    """The humans as tables of primitives (ops.sdf): rows [B, Q, PRIMITIVE_WIDTH] in the frame
+    """The humans as tables of primitives (ops.sdf_union): rows [B, Q, PRIMITIVE_WIDTH] in the frame
     with the feet at y = 0, kinds and parts [Q] int32 (CPU), per-part base colours [B, P, 3]
     and part names [P]."""
 

@@ -35,12 +35,11 @@ import dataclasses
 
 import torch
 
-from get3dhuman import losses
+from get3dhuman import distributed, losses
 from get3dhuman.nn import Generator, ShapeFeatures
 from get3dhuman.nn.generator import PRETRAINED_FORMAT, resolve_config
 from get3dhuman.nn.pretrained import is_pretrained_file
 from get3dhuman.render import orbit_calibration, ray_march
-from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import load_checkpoint, resolve_checkpoint
 from get3dhuman.train.loop import run_training
 from get3dhuman.train.prior import SHARD_KEYS, PriorCache, check_stage_inputs, load_reconstructor
@@ -284,7 +283,7 @@ def train_generator(config: GeneratorTrainingConfig, prior_dir: str, reconstruct
     `prior_dir` and the stage-1 run or checkpoint `reconstructor`; returns the EMA Generator.
 
     out_dir receives checkpoint-*.safetensors/json, metrics.jsonl and config.json. Under
-    torchrun the processes split each batch (get3dhuman.train.distributed).
+    torchrun the processes split each batch (get3dhuman.distributed).
     """
     device = distributed.initialize(device)
     trainer = GeneratorTrainer(config, PriorCache(prior_dir), load_reconstructor(reconstructor, config.preset, device),

@@ -1,6 +1,6 @@
 """The loop every training stage shares: settings check, resume, metrics log, evaluation and
 checkpoints at fixed intervals, progress bar; under torchrun, rank 0 alone writes and
-evaluates (see get3dhuman.train.distributed)."""
+evaluates (see get3dhuman.distributed)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,9 @@ from collections.abc import Callable
 
 import torch
 
-from get3dhuman.train import distributed
-from get3dhuman.train.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    read_settings,
-    record_settings,
-    save_checkpoint,
-)
+from get3dhuman import distributed
+from get3dhuman.run_settings import read_settings, record_settings
+from get3dhuman.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 SETTINGS_FILE = "config.json"  # a run directory's recorded settings
 

@@ -41,17 +41,14 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from get3dhuman import distributed
 from get3dhuman.nn import ImageGenerator, Reconstructor
 from get3dhuman.nn.generator import resolve_config
 from get3dhuman.nn.image_generator import frame_figures
-from get3dhuman.render import orbit_calibration, ray_march
-from get3dhuman.synthetic.preview import shade, silhouettes, stand_in_rendering
-from get3dhuman.train import distributed
-from get3dhuman.train.checkpoint import (
-    load_checkpoint,
-    record_settings,
-    resolve_checkpoint,
-)
+from get3dhuman.render import orbit_calibration, ray_march, shade, silhouettes
+from get3dhuman.run_settings import record_settings
+from get3dhuman.synthetic.preview import stand_in_rendering
+from get3dhuman.train.checkpoint import load_checkpoint, resolve_checkpoint
 
 SHARD_KEYS = ("z", "image", "shape", "texture", "depth", "normal", "mask")
 IMAGE_KEYS = ("z", "image")  # the shards of an `images_only` cache
@@ -311,7 +308,7 @@ def figure_masks(cache: PriorCache, indices, images: torch.Tensor) -> torch.Tens
     """[B, S, S] bool: where the images [B, S, S, 3] uint8 of cache entries `indices` (their
     image or albedo, as the caller read them) show the figure: the image generator's matte
     (MATTE_KEY, > 0.5) where the cache holds it, else the images' non-black pixels
-    (`synthetic.preview.silhouettes`: exact for the stand-in)."""
+    (`render.silhouettes`: exact for the stand-in)."""
     if MATTE_KEY in cache.keys:
         return (cache.batch(indices, (MATTE_KEY,))[MATTE_KEY] > 127).to(images.device)
     return silhouettes(images)
@@ -331,3 +328,31 @@ def silhouette_iou(figures: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     inside = masks > 0.5
     union = (foreground | inside).sum((1, 2))
     return torch.where(union > 0, (foreground & inside).sum((1, 2)) / union.clamp_min(1), 1.0)
+
+
+def silhouette_report(cache_dir: str, entries: int = 512) -> str | None:
+    """One line on how well the Reconstructor's front masks cover the first `entries` images of
+    the cache in `cache_dir` (`silhouette_iou`); None for a cache without masks, and under
+    torchrun on every rank but 0."""
+    cache = PriorCache(cache_dir)
+    if "mask" not in cache.keys or not distributed.is_main_process():
+        return None
+    checked = range(min(entries, len(cache)))
+    batch = cache.batch(checked, ("image", "mask"))
+    iou = silhouette_iou(figure_masks(cache, checked, batch["image"]), batch["mask"])
+    return (f"silhouette IoU of the Reconstructor's front masks and the images (first {len(checked)} latents): "
+            f"mean {iou.mean():.3f}, lowest tenth below {iou.quantile(0.1):.3f}")
+
+
+def cache_images(preset: str, num: int, seed: int = 0, device: str = "cpu", image_generator: str | None = None,
+                 truncation_psi: float = 1.0, matte_tolerance: float = 0.06,
+                 figure_height: float | None = 0.9) -> torch.Tensor:
+    """The first `num` images [num, S, S, 3] uint8 of a prior cache of `seed` (`get3dhuman images`):
+    the stand-in's, or with `image_generator` (a network pickle or a file of `export
+    --image-generator`) that generator's at `truncation_psi`, matted and framed
+    (`matte_tolerance`, `figure_height`; None: its framing, padded square)."""
+    config = dataclasses.replace(PRESETS[preset], seed=seed, images_only=True, albedo_images=False,
+                                 image_generator=image_generator, truncation_psi=truncation_psi,
+                                 matte_tolerance=matte_tolerance, figure_height=figure_height)
+    check_prior_config(config)
+    return range_targets(None, config, load_image_generator(config, device), 0, num)["image"]

@@ -22,6 +22,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from get3dhuman import distributed
 from get3dhuman.evaluate import chamfer_distance, mesh_points
 from get3dhuman.nn import Reconstructor
 from get3dhuman.nn.modes import evaluation_mode
@@ -35,7 +36,6 @@ from get3dhuman.synthetic import (
     sample_surface_colors,
 )
 from get3dhuman.synthetic.preview import render_humans
-from get3dhuman.train import distributed
 from get3dhuman.train.loop import run_training
 
 EVAL_SEED_OFFSET = 1_000_000_007  # held-out humans come from a seed stream training never uses
@@ -201,7 +201,7 @@ def train_reconstructor(config: ReconstructorTrainingConfig, out_dir: str, devic
     model uses torch's threads less one per worker (at least one; restored afterwards). On a CUDA device the batches are traced and
     sampled on the GPU instead, in this process (`workers` is then unused: CUDA does not fork
     into workers), where the synthetic world runs far faster than on CPU workers. Under
-    torchrun the processes split each batch (get3dhuman.train.distributed).
+    torchrun the processes split each batch (get3dhuman.distributed).
     """
     if workers is None:
         workers = default_workers(torch.get_num_threads())

@@ -23,10 +23,9 @@ from typing import ClassVar
 
 import torch
 
-from get3dhuman import losses
+from get3dhuman import distributed, losses
 from get3dhuman.nn import MultiScalePatchDiscriminator, Refiner
 from get3dhuman.refine import front_renders, view_errors
-from get3dhuman.train import distributed
 from get3dhuman.train.checkpoint import load_checkpoint, resolve_checkpoint
 from get3dhuman.train.generator import load_generator
 from get3dhuman.train.loop import recorded_config, run_training
@@ -210,7 +209,7 @@ def train_refiner(config: RefinerTrainingConfig, prior_dir: str, generator: str,
     (a full one or an `images_only` one) and `generator`: a stage-3 run or checkpoint, or a file
     of `Generator.save_pretrained` (`get3dhuman export`, the package's default weights);
     returns the Refiner (eval mode). Under torchrun the processes split each batch
-    (get3dhuman.train.distributed)."""
+    (get3dhuman.distributed)."""
     device = distributed.initialize(device)
     trainer = RefinerTrainer(config, PriorCache(prior_dir), load_generator(generator, config.preset, device), device)
     run_training(config, out_dir, trainer.modules, trainer.optimizers, trainer.step, trainer.evaluate, "refiner", progress)

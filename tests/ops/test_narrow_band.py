@@ -3,17 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from inputs import CUDA_READY
+from inputs import CUDA_READY, assert_closed_oriented, humans
 from scipy.spatial import cKDTree
-from test_marching_cubes import assert_closed_oriented
 
 from get3dhuman.ops import marching_cubes, narrow_band
-from get3dhuman.synthetic import human_parameters, human_sdf
-
-
-def humans(count, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return human_parameters(torch.randn(count, 512, generator=generator))
+from get3dhuman.synthetic import human_sdf
 
 
 def dense_mesh(params, resolution):

@@ -7,6 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from get3dhuman.ops.sdf_union import capped_cone, ellipsoid, tapered_capsule
+from get3dhuman.render import save_grid, shade, silhouettes
 from get3dhuman.synthetic import (
     PARAMETERS,
     default_parameters,
@@ -20,8 +22,7 @@ from get3dhuman.synthetic import (
     sampling,
 )
 from get3dhuman.synthetic.human import INDEX
-from get3dhuman.synthetic.preview import save_grid, shade, silhouettes, trace_humans
-from get3dhuman.ops.sdf import capped_cone, ellipsoid, tapered_capsule
+from get3dhuman.synthetic.preview import trace_humans
 
 
 def _points(count, seed=0, scale=1.0):

@@ -125,8 +125,9 @@ def _fixed_batch(trainer):
 
         sign = 1.0 if occupancy(-0.9).mean() > occupancy(0.9).mean() else -1.0
         for decoder in decoders:
-            for layer in decoder.input_layers():
-                decoder.input_weight(layer)[:, -1] *= 20 * sign
+            weights = decoder.decoder_weights()
+            for layer in weights.input_layers():
+                weights.input_weight(layer)[:, -1] *= 20 * sign
         shift = torch.logit(occupancy(0.0).median())
         for decoder in decoders:
             decoder.filters[-1].bias -= shift

@@ -4,7 +4,7 @@ and the synthetic humans' fields through it."""
 import pytest
 import torch
 
-from get3dhuman.ops.sdf import (
+from get3dhuman.ops.sdf_union import (
     CAPSULE,
     CONE,
     CUT_ELLIPSOID,

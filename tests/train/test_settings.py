@@ -16,7 +16,7 @@ from get3dhuman.train import (
     read_overrides,
 )
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.json"))
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.json"))
 
 
 def test_overrides_replace_only_the_named_fields():

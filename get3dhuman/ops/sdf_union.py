@@ -175,20 +175,17 @@ def reference_sdf_union(points: torch.Tensor, primitives: torch.Tensor, kinds: t
     return UnionDistances(smooth_union(distances, blend), distances.argmin(-1))
 
 
-class _SdfUnion(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, points, primitives, kinds, parts, blend, absent):
-        distance, gradient, nearest = torch.ops.get3dhuman.sdf_union(
-            points, primitives, kinds, parts, blend, absent, ctx.needs_input_grad[0])
-        ctx.save_for_backward(gradient)
-        ctx.mark_non_differentiable(nearest)
-        return distance, nearest
+def _setup_union_context(ctx, inputs, output):
+    # The analytic gradient of the distance [B, N, 3], a constant of the backward: no second derivatives.
+    ctx.save_for_backward(output[1].detach())
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_distance, grad_nearest):
-        (gradient,) = ctx.saved_tensors
-        return grad_distance.unsqueeze(-1) * gradient, None, None, None, None, None
+
+def _union_backward(ctx, grad_distance, grad_gradient, grad_nearest):
+    (gradient,) = ctx.saved_tensors
+    return grad_distance.unsqueeze(-1) * gradient, None, None, None, None, None, None
+
+
+torch.library.register_autograd("get3dhuman::sdf_union", _union_backward, setup_context=_setup_union_context)
 
 
 def sdf_union(points: torch.Tensor, primitives: torch.Tensor, kinds: torch.Tensor, parts: torch.Tensor,
@@ -220,8 +217,10 @@ def sdf_union(points: torch.Tensor, primitives: torch.Tensor, kinds: torch.Tenso
                          "(reference_sdf_union differentiates both)")
     if not blend > 0:
         raise ValueError(f"blend must be > 0, got {blend!r}")
-    return UnionDistances(*_SdfUnion.apply(points, primitives, kinds.to(torch.int32), parts.to(torch.int32),
-                                            float(blend), float(absent)))
+    with_gradient = points.requires_grad and torch.is_grad_enabled()
+    distance, _, nearest = torch.ops.get3dhuman.sdf_union(points, primitives, kinds.to(torch.int32),
+                                                          parts.to(torch.int32), float(blend), float(absent), with_gradient)
+    return UnionDistances(distance, nearest)
 
 
 @torch.library.register_fake("get3dhuman::sdf_union")

@@ -34,8 +34,9 @@ def test_forward_equals_explicit_concatenation():
 def test_weight_blocks_split_the_concatenation():
     decoder = ImplicitDecoder.official_shape()
     weight = decoder.filters[1].weight[:, :, 0]
-    assert torch.equal(torch.cat([decoder.hidden_weight(1), decoder.input_weight(1)], 1), weight)
-    assert decoder.input_layers() == [0, 1, 2]
+    weights = decoder.decoder_weights()
+    assert torch.equal(torch.cat([weights.hidden_weight(1), weights.input_weight(1)], 1), weight)
+    assert weights.input_layers() == [0, 1, 2]
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,10 @@ from get3dhuman.nn import Generator, ImageGenerator, StyleGAN2Generator
 from get3dhuman.nn.generator import resolve_config
 from get3dhuman.nn.image_generator import frame_figures, matte_background
 from get3dhuman.nn.network_pickle import read_network_pickle
+from get3dhuman.render import silhouettes
 from get3dhuman.synthetic import human_parameters
 from get3dhuman.synthetic.human import INDEX
-from get3dhuman.synthetic.preview import silhouettes, stand_in_images, trace_humans
+from get3dhuman.synthetic.preview import stand_in_images, trace_humans
 from get3dhuman.train import PRIOR_PRESETS, RECONSTRUCTOR_PRESETS, induce_priors, train_reconstructor
 from get3dhuman.train.prior import MATTE_KEY, PriorCache, figure_masks, latents, load_reconstructor, silhouette_iou
 from get3dhuman.train.refiner import PRESETS as REFINER_PRESETS

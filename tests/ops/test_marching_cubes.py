@@ -4,7 +4,7 @@ mesh properties it promises (welded, watertight, oriented, Euler characteristic)
 import numpy as np
 import pytest
 import torch
-from inputs import CUDA_READY
+from inputs import CUDA_READY, assert_closed_oriented, edge_use, signed_volume
 from scipy.spatial import cKDTree
 
 from get3dhuman.ops import marching_cubes, marching_cubes_sparse, narrow_band, reference_marching_cubes
@@ -63,31 +63,9 @@ def ambiguous_faces(volume, level=0.0):
     return count
 
 
-def edge_use(faces):
-    """{(a, b): count} of directed edges."""
-    f = faces.numpy()
-    directed = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
-    keys, counts = np.unique(directed, axis=0, return_counts=True)
-    return keys, counts
-
-
-def assert_closed_oriented(vertices, faces):
-    """Every edge used by exactly two faces, in opposite directions; no unused vertex."""
-    keys, counts = edge_use(faces)
-    assert (counts == 1).all(), "a directed edge is used twice: inconsistent orientation or non-manifold edge"
-    reverse = {tuple(k) for k in keys}
-    assert all((b, a) in reverse for a, b in keys), "an edge has a single face: the mesh is open"
-    assert np.array_equal(np.unique(faces.numpy()), np.arange(len(vertices)))
-
-
 def euler(vertices, faces):
     keys, _ = edge_use(faces)
     return len(vertices) - len(keys) // 2 + len(faces)
-
-
-def signed_volume(vertices, faces):
-    v = vertices.double()[faces]
-    return float(torch.linalg.det(v).sum() / 6)
 
 
 def assert_same_vertices(ours, theirs, tolerance=1e-5):

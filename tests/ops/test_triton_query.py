@@ -183,10 +183,11 @@ def test_official_kernels_compile_for_hopper(tmp_path):
         """
         import torch
         from get3dhuman.kernels.decoded_query import compile_for_gpu
+        from get3dhuman.ops.decoder import LEAKY_SLOPE
         for widths, concat, channels in (([512, 256, 128, 1], [1, 2], 256), ([1024, 512, 256, 128, 3], [2, 3], 512)):
             for projected in (False, True):
                 for dtype in (torch.float16, torch.bfloat16, torch.float32):
-                    kernel = compile_for_gpu(widths, concat, channels, projected, dtype, capability=90)
+                    kernel = compile_for_gpu(widths, concat, channels, projected, dtype, LEAKY_SLOPE, capability=90)
                     assert kernel.asm["cubin"] and kernel.metadata.shared <= 227 * 1024, kernel.metadata.shared
         print("compiled")
         """
