@@ -21,7 +21,7 @@ from bench_settings import DEVICES, QUICK, median_seconds
 
 from get3dhuman import Generator
 from get3dhuman.authors import AuthorsColouring, authors_views, lift_views
-from get3dhuman.nn import OfficialRefiner, PRESETS
+from get3dhuman.nn import PRESETS, OfficialRefiner
 from get3dhuman.nn.generator import OFFICIAL_CALIBRATION, OUTSIDE_IMAGE_OCCUPANCY
 from get3dhuman.ops import reference_query_field
 from get3dhuman.render import orbit_calibration, sphere_trace

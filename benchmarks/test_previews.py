@@ -11,8 +11,8 @@ import torch
 from bench_settings import DEVICES, QUICK, median_seconds
 
 from get3dhuman import Generator
-from get3dhuman.previews import mesh_previews, render_previews
 from get3dhuman.ops import rasterize
+from get3dhuman.previews import mesh_previews, render_previews
 from get3dhuman.refine import colors_from_views, refine_images, refine_meshes, render_textured, view_calibration
 from get3dhuman.train import REFINER_PRESETS
 from get3dhuman.train.refiner import make_refiner

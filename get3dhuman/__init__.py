@@ -6,7 +6,7 @@ Public names:
 - Reconstructor, Refiner: the pixel-aligned reconstructor and the refinement U-Net
   (Refiner.from_official_checkpoint loads the authors' refinement network).
 - TexturedMesh: vertices, faces, vertex colours and normals; .to_trimesh(), .export(path).
-  Generator.extract_mesh / Generator.sample produce them.
+  Generator.extract_mesh / Generator.sample produce them; MeshingOptions says how.
 - build_info(): what was compiled and what this machine can run.
 - ops: the custom operators (pixel-aligned sampling, fused decoded queries) and their
   pure-torch references.
@@ -25,8 +25,9 @@ __version__ = importlib.metadata.version("get3dhuman")
 load_extension()
 
 from get3dhuman import nn, ops  # noqa: E402
-from get3dhuman.mesh import TexturedMesh  # noqa: E402
 from get3dhuman.info import build_info  # noqa: E402
+from get3dhuman.mesh import MeshingOptions, TexturedMesh  # noqa: E402
 from get3dhuman.nn import Generator, Reconstructor, Refiner  # noqa: E402
 
-__all__ = ["Generator", "Reconstructor", "Refiner", "TexturedMesh", "__version__", "build_info", "nn", "ops"]
+__all__ = ["Generator", "MeshingOptions", "Reconstructor", "Refiner", "TexturedMesh", "__version__", "build_info", "nn",
+           "ops"]

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from get3dhuman._checks import check_int
-from get3dhuman.mesh import TexturedMesh
+from get3dhuman.mesh import MeshingOptions, TexturedMesh
 from get3dhuman.nn.modes import evaluation_mode, frozen_parameters
 from get3dhuman.refine import render_textured
 from get3dhuman.render import camera_rays
@@ -121,17 +121,18 @@ def interpolate(generator, start: tuple[torch.Tensor, torch.Tensor], end: tuple[
 
 @torch.no_grad()
 def retexture(generator, z_shape: torch.Tensor, z_textures: torch.Tensor, resolution: int = 256, *,
-              truncation_psi: float = 1.0, chunk: int = 1 << 18, compute_dtype: torch.dtype | None = None,
-              progress: bool = False, **extract_options) -> list[TexturedMesh]:
+              truncation_psi: float = 1.0, meshing: MeshingOptions | None = None, progress: bool = False,
+              **extract_options) -> list[TexturedMesh]:
     """The shape of z_shape [D] (or [1, D]) with each texture of z_textures [T, D]: the mesh is
     extracted once (`generator.extract_mesh`) and its vertices are coloured by the texture
     decoder T times. Mesh t is `extract_mesh(z_shape, z_textures[t])` (with the same
-    `compute_dtype`), bit for bit. A progress bar on stderr with `progress`, a step a texture."""
+    `meshing`), bit for bit. A progress bar on stderr with `progress`, a step a texture."""
     z_shape = z_shape.reshape(1, -1)
     if z_textures.dim() != 2 or z_textures.shape[1] != z_shape.shape[1] or z_textures.shape[0] < 1:
         raise ValueError(f"z_textures must be [T, {z_shape.shape[1]}] with T >= 1, got {tuple(z_textures.shape)}")
-    mesh = generator.extract_mesh(z_shape, z_textures[:1], resolution, truncation_psi=truncation_psi, chunk=chunk,
-                                  compute_dtype=compute_dtype, **extract_options)[0]
+    meshing = meshing if meshing is not None else MeshingOptions()
+    mesh = generator.extract_mesh(z_shape, z_textures[:1], resolution, truncation_psi=truncation_psi, meshing=meshing,
+                                  **extract_options)[0]
     if mesh.is_empty:
         return [mesh for _ in range(z_textures.shape[0])]
     meshes = []
@@ -142,8 +143,9 @@ def retexture(generator, z_shape: torch.Tensor, z_textures: torch.Tensor, resolu
         vertices = mesh.vertices.to(shape.volume.device)[None]
         for z_texture in z_textures.split(1):  # one at a time, as extract_mesh does: the same bits
             texture = generator.texture_features(shape, z_texture, truncation_psi)
-            colors = torch.cat([generator.query_color(shape.volume, texture, part, calib, compute_dtype=compute_dtype)
-                                for part in vertices.split(chunk, dim=1)], 1)[0].float().clamp(0, 1)
+            colors = torch.cat([generator.query_color(shape.volume, texture, part, calib,
+                                                      compute_dtype=meshing.compute_dtype)
+                                for part in vertices.split(meshing.chunk, dim=1)], 1)[0].float().clamp(0, 1)
             meshes.append(TexturedMesh(mesh.vertices, mesh.faces, colors.to(mesh.colors.device), mesh.normals))
             if bar is not None:
                 bar.update()

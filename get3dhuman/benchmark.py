@@ -26,7 +26,7 @@ import time
 import torch
 
 from get3dhuman._checks import check_int, check_seed
-from get3dhuman.mesh import ExtractionTimings
+from get3dhuman.mesh import ExtractionTimings, MeshingOptions
 from get3dhuman.nn import ImplicitDecoder
 from get3dhuman.ops import query_field, reference_query_field
 
@@ -159,12 +159,12 @@ class SamplingBenchmark:
 
 
 def measure_sampling(generator, num: int = 4, resolution: int = 256, *, batch_size: int = 4, seed: int = 0,
-                     repeat: int = 3, truncation_psi: float = 1.0, compute_dtype: torch.dtype | None = None,
+                     repeat: int = 3, truncation_psi: float = 1.0, meshing: MeshingOptions | None = None,
                      **extract_options) -> SamplingBenchmark:
     """Times `generator.sample` (extract_mesh) of the humans of seeds seed .. seed + num - 1 in
     batches of `batch_size`, `repeat` times, after one untimed run of the first seed (first
     calls allocate and pick kernels), on the generator's device (synchronised before every
-    clock reading). `compute_dtype` and other options go to `extract_mesh`."""
+    clock reading). `meshing` and other options go to `extract_mesh`."""
     num, batch_size, repeat, resolution = (check_int(value, name, 1) for value, name in (
         (num, "num"), (batch_size, "batch_size"), (repeat, "repeat"), (resolution, "resolution")))
     seed = check_seed(seed)
@@ -177,7 +177,7 @@ def measure_sampling(generator, num: int = 4, resolution: int = 256, *, batch_si
 
     def run(count: int, timings: ExtractionTimings) -> list:
         return generator.sample(count, seed, resolution, batch_size=batch_size, truncation_psi=truncation_psi,
-                                timings=timings, compute_dtype=compute_dtype, **extract_options)
+                                timings=timings, meshing=meshing, **extract_options)
 
     run(1, ExtractionTimings())
     seconds, timings = [], []
@@ -195,7 +195,7 @@ def measure_sampling(generator, num: int = 4, resolution: int = 256, *, batch_si
         evaluated_fraction=statistics.fmean(timings[median_run].evaluated_fraction),
         faces=statistics.fmean(mesh.faces.shape[0] for mesh in meshes),
         vertices=statistics.fmean(mesh.vertices.shape[0] for mesh in meshes),
-        compute_dtype=str(compute_dtype or weights_dtype).removeprefix("torch."),
+        compute_dtype=str((meshing and meshing.compute_dtype) or weights_dtype).removeprefix("torch."),
         dtype=str(weights_dtype).removeprefix("torch."))
 
 

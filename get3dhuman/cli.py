@@ -132,8 +132,7 @@ def _sample(args: argparse.Namespace) -> int:
                                 resolution=args.resolution, file_type=args.format, preview_resolution=args.preview,
                                 preview_views=args.views, preview_maps=args.maps, truncation_psi=args.truncation,
                                 refiner=refiner, progress=not args.quiet, render_size=args.render_size,
-                                refined_views=args.refined_views, **_compute_options(args),
-                                **({"noise_mode": "random"} if args.noise == "random" else {}))
+                                refined_views=args.refined_views, meshing=_meshing(args), noise_mode=args.noise)
     except (FileNotFoundError, ValueError) as error:
         raise _fail(args, error) from error
     if distributed.is_main_process():
@@ -158,7 +157,7 @@ def _bench(args: argparse.Namespace) -> int:
     generator, _ = _load_models(args, args.device)
     try:
         result = measure_sampling(generator, args.num, args.resolution, batch_size=args.batch_size, seed=args.seed,
-                                  repeat=args.repeat, **_compute_options(args))
+                                  repeat=args.repeat, meshing=_meshing(args))
     except ValueError as error:
         raise _fail(args, error) from error
     backend = build_info()["query_backends"]["chosen"][torch.device(result.device).type]["inference"]
@@ -173,7 +172,7 @@ def _edit(args: argparse.Namespace) -> int:
 
     generator, _ = _load_models(args, args.device)
     options = {"resolution": args.resolution, "truncation_psi": args.truncation, "progress": not args.quiet,
-               **_compute_options(args)}
+               "meshing": _meshing(args)}
     try:
         if args.command == "interpolate":
             start, end = generator.latents([args.start]), generator.latents([args.end])
@@ -205,7 +204,7 @@ def _invert(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise _fail(args, error) from error
     applications.write_inversion(generator, result, args.out, args.resolution, args.format, side,
-                                 **_compute_options(args))
+                                 meshing=_meshing(args))
     print(f"loss {result.losses[0]:.4f} -> {min(result.losses):.4f}; latents, mesh and front view in {args.out}")
     return 0
 
@@ -238,12 +237,11 @@ def _dtype(name: str):
     return getattr(torch, name)
 
 
-def _compute_options(args: argparse.Namespace) -> dict:
-    """extract_mesh's compute_dtype from --compute-dtype; none where it is the model's (--dtype,
-    float32 without it), so that a dataset directory of an earlier version keeps its settings."""
-    if args.compute_dtype in (None, getattr(args, "dtype", "float32")):
-        return {}
-    return {"compute_dtype": _dtype(args.compute_dtype)}
+def _meshing(args: argparse.Namespace):
+    """The MeshingOptions of --compute-dtype."""
+    from get3dhuman.mesh import MeshingOptions
+
+    return MeshingOptions(compute_dtype=None if args.compute_dtype is None else _dtype(args.compute_dtype))
 
 
 HANDLERS = {"info": _info, "synthetic": _synthetic, "images": _images, "train": _train, "eval": _eval,

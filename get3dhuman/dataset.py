@@ -51,9 +51,10 @@ from get3dhuman import distributed
 from get3dhuman._checks import check_int, check_seed, check_truncation_psi
 from get3dhuman.authors import VIEW_ANGLES, AuthorsColouring, check_authors_conventions, check_render_size
 from get3dhuman.claims import STALE_AFTER, Claims, write_atomically
-from get3dhuman.mesh import TexturedMesh
+from get3dhuman.mesh import MeshingOptions, TexturedMesh
 from get3dhuman.nn.pretrained import tensors_digest
 from get3dhuman.nn.refiner import OfficialRefiner
+from get3dhuman.nn.stylegan2 import NOISE_MODES
 from get3dhuman.previews import (
     CAMERAS,
     check_preview_options,
@@ -251,15 +252,16 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                   file_type: str = "glb", preview_resolution: int | None = None, preview_views: int = 1,
                   preview_maps: Sequence[str] = (), truncation_psi: float = 1.0, refiner=None, progress: bool = True,
                   render_size: int | None = None, refined_views: bool = False, seeds: Sequence[int] | None = None,
-                  stale_after: float = STALE_AFTER, written: list | None = None, **extract_options) -> list[dict]:
+                  stale_after: float = STALE_AFTER, written: list | None = None, meshing: MeshingOptions | None = None,
+                  noise_mode: str = "const") -> list[dict]:
     """Writes samples seed .. seed + num - 1 of `generator` to `out_dir` (see the module
     docstring), or those of the distinct `seeds` when given (then `num` must be len(seeds)),
     and returns the manifest records of those seeds made by this process or found done, in
     their order (under torchrun: the ones this process saw; rank 0 sees all after the final
     barrier).
 
-    resolution: marching-cubes cells per axis (Generator.extract_mesh, with `extract_options`;
-    noise_mode 'random' draws each seed's noise after torch.manual_seed(seed));
+    resolution: marching-cubes cells per axis (Generator.extract_mesh, with `meshing` and
+    `noise_mode`: 'random' draws each seed's noise after torch.manual_seed(seed));
     file_type: one of FILE_TYPES; preview_resolution: side of the preview PNGs (None: none);
     preview_views: previews per sample, evenly spaced about the vertical axis from the front
     (1 to 360); preview_maps: maps of MAPS written with every view (`encode_map`); refiner: a
@@ -288,6 +290,9 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
             raise ValueError(f"seeds must be {num} distinct seeds (num), got {len(seeds)} with "
                              f"{len(seeds) - len(set(seeds))} repeated")
     truncation_psi = check_truncation_psi(truncation_psi)  # before it is recorded in the settings
+    meshing = meshing if meshing is not None else MeshingOptions()
+    if noise_mode not in NOISE_MODES:
+        raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
     if file_type not in FILE_TYPES:
         raise ValueError(f"file_type must be one of {', '.join(FILE_TYPES)}, got {file_type!r}")
     preview_resolution, preview_views, preview_maps = check_preview_options(preview_resolution, preview_views,
@@ -305,13 +310,12 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                 "refiner": None if refiner is None else fingerprint(refiner), "resolution": resolution,
                 "file_type": file_type, "preview_resolution": preview_resolution,
                 "truncation_psi": truncation_psi,
-                "extract_options": {k: str(v) if isinstance(v, torch.dtype) else v for k, v in extract_options.items()},
-                # Refined colours came from views of the field, shading baked in, in earlier versions:
-                # a directory of such samples is refused rather than mixed.
+                "extract_options": {**meshing.settings(next(generator.parameters()).dtype),
+                                    **({"noise_mode": noise_mode} if noise_mode != "const" else {})},
+                # How the colours and previews were made: datasets made another way (views of the
+                # field, shading baked in) are refused rather than mixed.
                 "refined_colors": None if refiner is None else (
                     f"the authors' two views, {render_size or resolution} px" if authors else "mesh views, shading removed"),
-                # Previews were ray-marched from the field (with a refiner: its front view) in
-                # earlier versions; those are refused too.
                 "previews": None if preview_resolution is None else "rasterized mesh",
                 "preview_views": preview_views, "preview_maps": preview_maps}
     record_settings(os.path.join(out_dir, SETTINGS), settings, may_change=(), write=rank == 0,
@@ -338,9 +342,9 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     while batch := _claim_batch(claims, candidates, batch_size, out_dir, lock):
         start = time.perf_counter()
         z_shape, z_texture = generator.latents(batch)
-        noise_seeds = {"noise_seeds": batch} if extract_options.get("noise_mode") == "random" else {}
+        noise_seeds = {"noise_seeds": batch} if noise_mode == "random" else {}
         meshes = generator.extract_mesh(z_shape, z_texture, resolution, truncation_psi=truncation_psi, **noise_seeds,
-                                        recolor=colouring, **extract_options)
+                                        recolor=colouring, meshing=meshing, noise_mode=noise_mode)
         for sample_seed in batch:  # still being worked on: not stale
             claims.refresh(sample_seed)
         if refiner is not None and not authors:

@@ -63,7 +63,7 @@ def exit_process(status: int) -> None:
     group, flushes stdout and stderr and exits at once, skipping the interpreter's teardown;
     otherwise `sys.exit(status)`. Even after the group was destroyed, that teardown aborted a
     Gloo rank now and then ("terminate called without an active exception": 3 of about 40 runs
-    of the test suite's torchrun stages, 2026-12-04). Every file is closed by then."""
+    of the test suite's torchrun stages). Every file is closed by then."""
     if not (dist.is_available() and dist.is_initialized()):
         sys.exit(status)
     leave()

@@ -7,6 +7,7 @@ fused queries, analytic fields); `Generator.extract_mesh` and `Generator.sample`
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import tempfile
 import time
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from get3dhuman._checks import check_int
 from get3dhuman.claims import created_file_mode
 from get3dhuman.ops.narrow_band import narrow_band
 
@@ -119,6 +121,46 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(normals, dim=1)
 
 
+@dataclasses.dataclass(frozen=True)
+class MeshingOptions:
+    """How a field becomes a mesh (`extract_textured_meshes`, `Generator.extract_mesh`,
+    `dataset.write_samples`), apart from the resolution.
+
+    coarse_resolution: the narrow band's first lattice (None: `ops.coarse_resolution_for`).
+    band: extra width of the band refined around the surface, in coarse cells (`ops.narrow_band`).
+    chunk: points per field evaluation.
+    compute_dtype: of the decoders' matrix products (`ops.query_field`); None: the model's
+        weights' dtype. torch.bfloat16 meshes differ from float32's in a few faces in 10^4.
+    """
+
+    coarse_resolution: int | None = None
+    band: float = 0.0
+    chunk: int = 1 << 18
+    compute_dtype: torch.dtype | None = None
+
+    def __post_init__(self) -> None:  # checked and made plain Python values, as settings record them
+        object.__setattr__(self, "coarse_resolution", check_int(self.coarse_resolution, "coarse_resolution", 1,
+                                                                none_ok=True))
+        object.__setattr__(self, "chunk", check_int(self.chunk, "chunk", 1))
+        if not (isinstance(self.band, numbers.Real) and not isinstance(self.band, bool) and self.band >= 0):
+            raise ValueError(f"band must be a non-negative float, got {self.band!r}")  # inf: every cell
+        object.__setattr__(self, "band", float(self.band))
+        if self.compute_dtype is not None and not (isinstance(self.compute_dtype, torch.dtype)
+                                                   and self.compute_dtype.is_floating_point):
+            raise ValueError(f"compute_dtype must be None or a floating torch.dtype, got {self.compute_dtype!r}")
+
+    def settings(self, weights_dtype: torch.dtype | None = None) -> dict:
+        """The options that differ from the defaults, dtypes as text ('torch.bfloat16'), as a
+        dataset's settings.json records them; a compute_dtype equal to `weights_dtype` is the
+        default."""
+        recorded = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value != field.default and not (field.name == "compute_dtype" and value == weights_dtype):
+                recorded[field.name] = str(value) if isinstance(value, torch.dtype) else value
+        return recorded
+
+
 @dataclasses.dataclass
 class ExtractionTimings:
     """Seconds spent per stage of `extract_textured_meshes` (summed over the batch)."""
@@ -134,8 +176,8 @@ class ExtractionTimings:
 def extract_textured_meshes(field: Field, color: Field | None, batch_size: int, resolution: int = 256, *,
                             level: float = 0.5, inside_is_above: bool = True,
                             bounds: tuple[Sequence[float], Sequence[float]] = ((-1.0,) * 3, (1.0,) * 3),
-                            coarse_resolution: int | None = None, band: float = 0.0, device: torch.device | str = "cpu",
-                            chunk: int = 1 << 18, timings: ExtractionTimings | None = None) -> list[TexturedMesh]:
+                            meshing: MeshingOptions | None = None, device: torch.device | str = "cpu",
+                            timings: ExtractionTimings | None = None) -> list[TexturedMesh]:
     """Meshes of `batch_size` fields evaluated together.
 
     Args:
@@ -143,13 +185,15 @@ def extract_textured_meshes(field: Field, color: Field | None, batch_size: int, 
         color: points [B, N, 3] -> RGB [B, N, 3] in [0, 1], or None for grey.
         level: the iso-value; inside_is_above: whether inside means values above it (occupancy)
             or below (signed distance); faces are oriented outward either way.
-        resolution, coarse_resolution, band, bounds, chunk: as for `ops.narrow_band`.
+        resolution, bounds: as for `ops.narrow_band`; meshing: its coarse_resolution, band and
+            chunk (MeshingOptions; compute_dtype is the fields' business).
         timings: filled with the time per stage when given.
 
     Returns:
         one TexturedMesh per batch row; empty (no faces) where the field never crosses the level.
     """
     timings = timings if timings is not None else ExtractionTimings()
+    meshing = meshing if meshing is not None else MeshingOptions()
     query_seconds = 0.0
 
     def timed_field(points):
@@ -161,7 +205,8 @@ def extract_textured_meshes(field: Field, color: Field | None, batch_size: int, 
 
     start = time.perf_counter()
     volume = narrow_band(timed_field, resolution, batch_size=batch_size, bounds=bounds, level=level,
-                         coarse_resolution=coarse_resolution, band=band, device=device, chunk=chunk)
+                         coarse_resolution=meshing.coarse_resolution, band=meshing.band, device=device,
+                         chunk=meshing.chunk)
     timings.queries += query_seconds
     timings.narrow_band += time.perf_counter() - start - query_seconds
     timings.evaluated_fraction += volume.fraction_evaluated.tolist()
@@ -179,7 +224,7 @@ def extract_textured_meshes(field: Field, color: Field | None, batch_size: int, 
         for b, (vertices, _) in enumerate(geometry):
             padded[b, : len(vertices)] = vertices
         with torch.no_grad():
-            rgb = torch.cat([color(part) for part in padded.split(chunk, dim=1)], 1)
+            rgb = torch.cat([color(part) for part in padded.split(meshing.chunk, dim=1)], 1)
         colors = [rgb[b, : len(vertices)].float().clamp(0, 1) for b, (vertices, _) in enumerate(geometry)]
     timings.colors += time.perf_counter() - start
     return [TexturedMesh.from_geometry(vertices, faces, rgb) for (vertices, faces), rgb in zip(geometry, colors)]

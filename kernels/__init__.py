@@ -17,7 +17,7 @@ import re
 import torch
 
 # The oldest Triton the kernels pass their tests with (interpreter cases and sm_90 compiles;
-# checked 2026-12-02 with 3.1, 3.2, 3.3.1, 3.4, 3.5.1, 3.6 and 3.8): Triton 3.3 cannot compile
+# checked with 3.1, 3.2, 3.3.1, 3.4, 3.5.1, 3.6 and 3.8): Triton 3.3 cannot compile
 # them (a constexpr tuple is not subscriptable there), 3.2's compiler lacks the entry point the
 # check uses, and 3.1's interpreter cannot run them.
 OLDEST_TRITON = (3, 4)

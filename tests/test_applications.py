@@ -14,11 +14,12 @@ from safetensors.torch import load_file
 
 from get3dhuman import applications
 from get3dhuman.cli import main
+from get3dhuman.mesh import MeshingOptions
 from get3dhuman.previews import encode_map, mesh_previews
 from get3dhuman.refine import mesh_views, render_textured
 from get3dhuman.render import orbit_calibration
 
-MESHING = {"resolution": 32, "coarse_resolution": 8}
+MESHING = {"resolution": 32, "meshing": MeshingOptions(coarse_resolution=8)}
 
 
 def test_slerp_follows_the_great_circle_and_interpolates_the_norm():
@@ -110,10 +111,11 @@ def test_retexture_equals_extracting_each_pair(dtype, compute_dtype):
     generator = generator_with_a_surface().to(dtype)
     z_shape = generator.latents([3])[0]
     z_textures = generator.latents([4, 5, 6])[1]
-    meshes = applications.retexture(generator, z_shape[0], z_textures, compute_dtype=compute_dtype, **MESHING)
+    meshing = MeshingOptions(coarse_resolution=8, compute_dtype=compute_dtype)
+    meshes = applications.retexture(generator, z_shape[0], z_textures, 32, meshing=meshing)
     assert len(meshes) == 3 and not meshes[0].is_empty
     for t, mesh in enumerate(meshes):
-        expected = generator.extract_mesh(z_shape, z_textures[t:t + 1], compute_dtype=compute_dtype, **MESHING)[0]
+        expected = generator.extract_mesh(z_shape, z_textures[t:t + 1], 32, meshing=meshing)[0]
         for name in ("vertices", "faces", "colors", "normals"):
             assert torch.equal(getattr(mesh, name), getattr(expected, name)), name
     with pytest.raises(ValueError, match=r"z_textures must be \[T, "):

@@ -9,9 +9,9 @@ from inputs import generator_with_a_surface
 
 from get3dhuman.benchmark import STAGES, measure_sampling
 from get3dhuman.cli import main
-from get3dhuman.mesh import ExtractionTimings
+from get3dhuman.mesh import ExtractionTimings, MeshingOptions
 
-MESHING = dict(coarse_resolution=8)
+MESHING = dict(meshing=MeshingOptions(coarse_resolution=8))
 
 
 def test_the_figures_are_those_of_the_meshes_and_runs_measured():
@@ -56,8 +56,8 @@ def test_command_line_reports_the_default_weights_throughput(capsys):
     assert figures["compute_dtype"] == figures["dtype"] == "float32"
     assert main(["bench", "--num", "1", "--resolution", "32", "--repeat", "1", "--compute-dtype", "bfloat16"]) == 0
     assert "humans/s" in capsys.readouterr().out
-    narrow = measure_sampling(generator_with_a_surface(), 1, 32, repeat=1, coarse_resolution=8,
-                              compute_dtype=torch.bfloat16)
+    narrow = measure_sampling(generator_with_a_surface(), 1, 32, repeat=1,
+                              meshing=MeshingOptions(coarse_resolution=8, compute_dtype=torch.bfloat16))
     assert narrow.compute_dtype == "bfloat16" and "float32 networks, bfloat16 decoder products" in narrow.summary()
     assert main(["bench", "--num", "1", "--resolution", "32", "--repeat", "1", "--dtype", "bfloat16", "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)

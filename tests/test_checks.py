@@ -10,6 +10,7 @@ from inputs import generator_with_a_surface
 from get3dhuman import Refiner
 from get3dhuman._checks import check_file, check_int, check_seed, is_finite_number
 from get3dhuman.dataset import SETTINGS, write_samples
+from get3dhuman.mesh import MeshingOptions
 from get3dhuman.nn import GeneratorConfig
 from get3dhuman.nn.generator import latents_of_seeds
 from get3dhuman.ops import narrow_band, rasterize, reference_sample_pixel_aligned, sample_pixel_aligned
@@ -118,10 +119,12 @@ def test_numpy_reals_give_what_python_floats_give():
 def test_a_dataset_of_numpy_whole_numbers_is_the_dataset_of_python_ints(tmp_path):
     generator = generator_with_a_surface()
     given = {"batch_size": np.int32(2), "resolution": np.int64(32), "preview_resolution": np.int64(16),
-             "preview_views": np.int8(2), "progress": False, "coarse_resolution": 8}
-    numpy = write_samples(generator, str(tmp_path / "numpy"), np.int64(2), np.uint8(3), **given)
-    python = write_samples(generator, str(tmp_path / "python"), 2, 3, **{k: v if k == "progress" else int(v)
-                                                                          for k, v in given.items()})
+             "preview_views": np.int8(2), "progress": False}
+    numpy = write_samples(generator, str(tmp_path / "numpy"), np.int64(2), np.uint8(3),
+                          meshing=MeshingOptions(coarse_resolution=np.int16(8), chunk=np.int64(4096)), **given)
+    python = write_samples(generator, str(tmp_path / "python"), 2, 3,
+                           meshing=MeshingOptions(coarse_resolution=8, chunk=4096),
+                           **{k: v if k == "progress" else int(v) for k, v in given.items()})
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in numpy] == \
         [{k: v for k, v in r.items() if k != "seconds"} for r in python]
     assert (tmp_path / "numpy" / SETTINGS).read_text() == (tmp_path / "python" / SETTINGS).read_text()

@@ -24,7 +24,7 @@ from get3dhuman.dataset import (
     read_manifest,
     write_samples,
 )
-from get3dhuman.mesh import TexturedMesh
+from get3dhuman.mesh import MeshingOptions, TexturedMesh
 from get3dhuman.ops import marching_cubes
 from get3dhuman.previews import decode_map, mesh_previews, render_previews
 from get3dhuman.refine import refine_meshes, view_calibration
@@ -32,7 +32,8 @@ from get3dhuman.render import LIGHT, orbit_calibration, render_meshes
 from get3dhuman.train import REFINER_PRESETS
 from get3dhuman.train.refiner import make_refiner
 
-MESHING = dict(resolution=32, coarse_resolution=8)
+MESHING = dict(resolution=32, meshing=MeshingOptions(coarse_resolution=8))
+NARROW = MeshingOptions(coarse_resolution=8, compute_dtype=torch.bfloat16)  # bfloat16 decoder products
 
 
 def manifest_lines(out) -> list[str]:
@@ -276,14 +277,13 @@ def test_an_interrupted_dataset_resumes_without_redoing_samples(tmp_path):
     assert [(r["vertices"], r["faces"]) for r in fresh] == [(r["vertices"], r["faces"]) for r in records]
     with pytest.raises(ValueError, match=r"other settings \(file_type, resolution\)"):
         write_samples(generator, str(tmp_path), 4, seed=5, progress=False, file_type="obj", resolution=16,
-                      coarse_resolution=8)
+                      meshing=MeshingOptions(coarse_resolution=8))
     # The decoders' products in another dtype give other bits: not mixed either. float32, the
     # default, records no option, as versions before the option did.
     assert json.loads((tmp_path / SETTINGS).read_text())["extract_options"] == {"coarse_resolution": 8}
     with pytest.raises(ValueError, match=r"other settings \(extract_options\)"):
-        write_samples(generator, str(tmp_path), 4, seed=5, progress=False, compute_dtype=torch.bfloat16, **MESHING)
-    narrow = write_samples(generator, str(tmp_path / "bf16"), 1, seed=5, progress=False, compute_dtype=torch.bfloat16,
-                           **MESHING)
+        write_samples(generator, str(tmp_path), 4, seed=5, progress=False, resolution=32, meshing=NARROW)
+    narrow = write_samples(generator, str(tmp_path / "bf16"), 1, seed=5, progress=False, resolution=32, meshing=NARROW)
     settings = json.loads((tmp_path / "bf16" / SETTINGS).read_text())
     assert settings["extract_options"]["compute_dtype"] == "torch.bfloat16"
     assert narrow[0]["faces"] > 0
@@ -407,8 +407,9 @@ def test_the_command_line_warns_of_empty_meshes(tmp_path, capsys):
     (dict(num=2, preview_resolution=8, preview_views=0), r"preview_views must be an int in \[1, 360\], got 0"),
     (dict(num=2, preview_views=2), "preview_views > 1 needs preview_resolution"),
     (dict(num=2, truncation_psi=float("nan")), "truncation_psi must be a finite number"),
-    # Meshing options are checked by the meshing, after the settings are recorded: json refuses NaN.
-    (dict(num=2, band=float("nan")), r"settings must be finite to be recorded, got extract_options=\{'band': nan\}"),
+    # An infinite band (every cell) meshes, but json cannot record it.
+    (dict(num=2, meshing=MeshingOptions(band=float("inf"))),
+     r"settings must be finite to be recorded, got extract_options=\{'band': inf\}"),
 ])
 def test_bad_arguments_are_named(tmp_path, options, message):
     with pytest.raises(ValueError, match=message):

@@ -23,7 +23,7 @@ from get3dhuman.evaluate import (
     one_nearest_neighbour_accuracy,
     reference_humans,
 )
-from get3dhuman.mesh import TexturedMesh
+from get3dhuman.mesh import MeshingOptions, TexturedMesh
 from get3dhuman.nn import Reconstructor, Refiner, latents_of_seeds
 from get3dhuman.nn import generator as generator_module
 from get3dhuman.nn.generator import resolve_config
@@ -243,7 +243,8 @@ def test_the_refined_row_colours_the_same_meshes_by_the_refiners_views():
     refiner = Refiner(base_channels=4, depth=2, residual=False).eval()  # a random image-to-image map
     refined = evaluate_generator(generator, config, batch_size=2, refiner=refiner)
     plain = evaluate_generator(generator, config, batch_size=2)
-    meshes = generator.sample(config.samples, resolution=16, batch_size=2, coarse_resolution=coarse_resolution_for(16))
+    meshes = generator.sample(config.samples, resolution=16, batch_size=2,
+                              meshing=MeshingOptions(coarse_resolution=coarse_resolution_for(16)))
     assert not any(mesh.is_empty for mesh in meshes)
     expected = mesh_metrics(refine_meshes(generator, refiner, meshes), config)
     held_out = latents_of_seeds(range(EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + config.samples), generator.config.z_dim)[0]

@@ -7,15 +7,17 @@ import trimesh
 from inputs import assert_closed_oriented, generator_with_a_surface, humans, signed_volume
 
 import get3dhuman
-from get3dhuman.mesh import ExtractionTimings, TexturedMesh, extract_textured_meshes, vertex_normals
+from get3dhuman.mesh import ExtractionTimings, MeshingOptions, TexturedMesh, extract_textured_meshes, vertex_normals
 from get3dhuman.synthetic import human_color, human_sdf
+
+COARSE_8, COARSE_16 = MeshingOptions(coarse_resolution=8), MeshingOptions(coarse_resolution=16)
 
 
 def test_pipeline_on_analytic_humans():
     params = humans(2, seed=5)
     timings = ExtractionTimings()
     meshes = extract_textured_meshes(lambda p: human_sdf(params, p), lambda p: human_color(params, p), 2, 64,
-                                     level=0.0, inside_is_above=False, coarse_resolution=16, timings=timings)
+                                     level=0.0, inside_is_above=False, meshing=COARSE_16, timings=timings)
     for b, mesh in enumerate(meshes):
         assert_closed_oriented(mesh.vertices, mesh.faces)
         assert signed_volume(mesh.vertices, mesh.faces) > 0
@@ -28,7 +30,7 @@ def test_pipeline_on_analytic_humans():
 
 def test_occupancy_orientation_is_outward():
     occupancy = lambda p: torch.sigmoid(-20 * (p.norm(dim=-1) - 0.5))  # noqa: E731
-    mesh = extract_textured_meshes(occupancy, None, 1, 32, coarse_resolution=8)[0]
+    mesh = extract_textured_meshes(occupancy, None, 1, 32, meshing=COARSE_8)[0]
     assert signed_volume(mesh.vertices, mesh.faces) == pytest.approx(4 / 3 * np.pi * 0.125, rel=0.05)
     assert torch.equal(mesh.colors, torch.full_like(mesh.vertices, 0.5))
 
@@ -46,7 +48,7 @@ def test_vertex_normals_of_a_tetrahedron():
 def test_export_round_trip(tmp_path, suffix):
     params = humans(1, seed=6)
     mesh = extract_textured_meshes(lambda p: human_sdf(params, p), lambda p: human_color(params, p), 1, 32,
-                                   level=0.0, inside_is_above=False, coarse_resolution=8)[0]
+                                   level=0.0, inside_is_above=False, meshing=COARSE_8)[0]
     path = tmp_path / f"human.{suffix}"
     mesh.export(path)
     loaded = trimesh.load(path, force="mesh", process=False)
@@ -78,7 +80,7 @@ def test_export_round_trip(tmp_path, suffix):
 def test_export_formats_and_folders(tmp_path):
     params = humans(1, seed=6)
     mesh = extract_textured_meshes(lambda p: human_sdf(params, p), lambda p: human_color(params, p), 1, 16,
-                                   level=0.0, inside_is_above=False, coarse_resolution=8)[0]
+                                   level=0.0, inside_is_above=False, meshing=COARSE_8)[0]
     for name in ("a/b/human.off", "a/b/human.STL", "a/human.data"):
         file_type = None if name.endswith(("off", "STL")) else "ply"
         mesh.export(tmp_path / name, file_type)
@@ -95,7 +97,7 @@ def test_export_formats_and_folders(tmp_path):
 
 
 def test_empty_mesh_exports(tmp_path):
-    mesh = extract_textured_meshes(lambda p: p.norm(dim=-1) + 2, None, 1, 16, coarse_resolution=8)[0]
+    mesh = extract_textured_meshes(lambda p: p.norm(dim=-1) + 2, None, 1, 16, meshing=COARSE_8)[0]
     assert mesh.is_empty and mesh.vertices.shape == (0, 3)
     assert len(mesh.to_trimesh().faces) == 0
 
@@ -103,10 +105,10 @@ def test_empty_mesh_exports(tmp_path):
 @pytest.mark.parametrize("preset", ["tiny", "small"])
 def test_a_seeds_mesh_is_the_same_bits_whatever_its_batch(preset):
     generator = generator_with_a_surface(preset=preset)
-    together = generator.sample(4, seed=10, resolution=32, coarse_resolution=8, batch_size=4)
+    together = generator.sample(4, seed=10, resolution=32, meshing=COARSE_8, batch_size=4)
     # Batched matrix products round differently with the batch (on this project's CPU the tiny
     # case's vertices differed with the networks alone run row by row): extract_mesh meshes row by row.
-    apart = generator.sample(3, seed=11, resolution=32, coarse_resolution=8, batch_size=2)  # 11-12, then 13 alone
+    apart = generator.sample(3, seed=11, resolution=32, meshing=COARSE_8, batch_size=2)  # 11-12, then 13 alone
     assert sum(not m.is_empty for m in together) >= 2 and len({len(m.vertices) for m in together}) > 1
     for a, b in zip(together[1:], apart):
         for name in ("vertices", "faces", "colors", "normals"):
@@ -117,7 +119,7 @@ def _bfloat16_sample(generator, way: str) -> list:
     """The default weights' meshes of seeds 0-1 at 64^3 with bfloat16 decoder products only
     ('products'), the whole model cast to bfloat16 ('weights'), or under autocast."""
     if way == "products":
-        return generator.sample(2, seed=0, resolution=64, compute_dtype=torch.bfloat16)
+        return generator.sample(2, seed=0, resolution=64, meshing=MeshingOptions(compute_dtype=torch.bfloat16))
     if way == "weights":
         return generator.sample(2, seed=0, resolution=64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -169,7 +171,7 @@ def test_a_bfloat16_model_meshes_in_float32_geometry():
                                                               compute_dtype=torch.bfloat16))
     for mesh, (shape, texture) in zip(meshes, volumes):
         expected = rounded.meshes_from_volumes(shape.volume.float(), texture.float(), 48,
-                                               compute_dtype=torch.bfloat16)[0]
+                                               meshing=MeshingOptions(compute_dtype=torch.bfloat16))[0]
         assert not mesh.is_empty
         for name in ("vertices", "faces", "colors", "normals"):
             assert torch.equal(getattr(mesh, name), getattr(expected, name)), name
@@ -177,10 +179,10 @@ def test_a_bfloat16_model_meshes_in_float32_geometry():
 
 def test_generator_sample_is_seeded_per_sample():
     generator = generator_with_a_surface()
-    together = generator.sample(3, seed=10, resolution=32, coarse_resolution=8, batch_size=3)
+    together = generator.sample(3, seed=10, resolution=32, meshing=COARSE_8, batch_size=3)
     assert any(not m.is_empty for m in together)
-    again = generator.sample(1, seed=10, resolution=32, coarse_resolution=8)[0]
-    assert torch.equal(again.vertices, generator.sample(1, seed=10, resolution=32, coarse_resolution=8)[0].vertices)
+    again = generator.sample(1, seed=10, resolution=32, meshing=COARSE_8)[0]
+    assert torch.equal(again.vertices, generator.sample(1, seed=10, resolution=32, meshing=COARSE_8)[0].vertices)
     for mesh in together:
         if not mesh.is_empty:
             assert bool(((mesh.colors >= 0) & (mesh.colors <= 1)).all())
@@ -194,7 +196,7 @@ def test_generator_extract_mesh_checks_latents_and_keeps_mode():
         generator.extract_mesh(torch.randn(2, 3), torch.randn(2, 3))
     z = torch.randn(1, generator.config.z_dim)
     timings = ExtractionTimings()
-    generator.extract_mesh(z, z, 32, coarse_resolution=8, timings=timings)
+    generator.extract_mesh(z, z, 32, meshing=COARSE_8, timings=timings)
     assert generator.training and timings.networks > 0
     with pytest.raises(ValueError, match="num"):
         generator.sample(-1)
@@ -205,9 +207,9 @@ def test_generator_meshes_are_in_world_coordinates():
     the meshes are mirror images, both oriented outward."""
     generator = generator_with_a_surface()
     z = torch.randn(1, generator.config.z_dim, generator=torch.Generator().manual_seed(2))
-    front = generator.extract_mesh(z, z, 24, coarse_resolution=6)[0]
+    front = generator.extract_mesh(z, z, 24, meshing=MeshingOptions(coarse_resolution=6))[0]
     generator.calibration = torch.eye(4)
-    ndc = generator.extract_mesh(z, z, 24, coarse_resolution=6)[0]
+    ndc = generator.extract_mesh(z, z, 24, meshing=MeshingOptions(coarse_resolution=6))[0]
     assert not front.is_empty and front.faces.shape == ndc.faces.shape
     mirrored = ndc.vertices * torch.tensor([1.0, -1.0, 1.0])
     distance = torch.cdist(front.vertices, mirrored, compute_mode="donot_use_mm_for_euclid_dist")
@@ -230,7 +232,7 @@ def test_reconstructor_meshes_lie_on_its_occupancy_level_with_its_colours():
         probe = reconstructor.query_occupancy(shape_volume, torch.rand(2, 4096, 3) * 1.6 - 0.8, reconstructor.calibration[None].expand(2, 4, 4))
         reconstructor.mlp_shape.filters[-1].bias -= torch.logit(probe.median())  # a surface inside the box
     reconstructor.train()
-    meshes = reconstructor.extract_mesh(image, 32, coarse_resolution=8)
+    meshes = reconstructor.extract_mesh(image, 32, meshing=COARSE_8)
     assert reconstructor.training
     for b, mesh in enumerate(meshes):
         assert not mesh.is_empty
@@ -240,5 +242,19 @@ def test_reconstructor_meshes_lie_on_its_occupancy_level_with_its_colours():
             colors = reconstructor.query_color(shape_volume[b:b + 1], texture_volume[b:b + 1], mesh.vertices[None], calib)[0]
         assert (occupancy - 0.5).abs().max() < 0.005  # linear interpolation along cell edges of a smooth field
         torch.testing.assert_close(mesh.colors, colors.clamp(0, 1), atol=1e-5, rtol=0)
-    for grey, mesh in zip(reconstructor.extract_mesh(image, 32, coarse_resolution=8, color=False), meshes):
+    for grey, mesh in zip(reconstructor.extract_mesh(image, 32, meshing=COARSE_8, color=False), meshes):
         assert torch.equal(grey.vertices, mesh.vertices) and bool((grey.colors == 0.5).all())
+
+
+def test_meshing_options_are_checked_and_recorded_as_plain_values():
+    options = MeshingOptions(coarse_resolution=np.int64(8), band=np.float32(0.5), compute_dtype=torch.bfloat16)
+    assert type(options.coarse_resolution) is int and type(options.band) is float
+    assert options.settings() == {"coarse_resolution": 8, "band": 0.5, "compute_dtype": "torch.bfloat16"}
+    assert options.settings(torch.bfloat16) == {"coarse_resolution": 8, "band": 0.5}  # the weights' dtype: the default
+    assert MeshingOptions().settings() == {}
+    for bad, message in ((dict(coarse_resolution=0), "coarse_resolution must be an int >= 1"),
+                         (dict(band=float("nan")), "band must be a non-negative float"),
+                         (dict(chunk=2.5), "chunk must be an int"),
+                         (dict(compute_dtype=torch.int32), "compute_dtype must be None or a floating torch.dtype")):
+        with pytest.raises(ValueError, match=message):
+            MeshingOptions(**bad)

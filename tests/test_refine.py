@@ -9,7 +9,7 @@ from inputs import generator_with_a_surface, resumed_equals_straight
 
 from get3dhuman import losses
 from get3dhuman.cli import main
-from get3dhuman.mesh import TexturedMesh, back_project_colors
+from get3dhuman.mesh import MeshingOptions, TexturedMesh, back_project_colors
 from get3dhuman.nn import Generator, Refiner
 from get3dhuman.nn import refiner as refiner_module
 from get3dhuman.nn.generator import OFFICIAL_CALIBRATION
@@ -88,7 +88,7 @@ def test_back_projection_removes_the_views_shading():
 def test_an_identity_refiner_gives_back_the_generators_own_colours():
     generator = generator_with_a_surface(seen_from_the_front=True)
     z_shape, z_texture = generator.latents([10, 11])
-    meshes = generator.extract_mesh(z_shape, z_texture, resolution=32, coarse_resolution=8)
+    meshes = generator.extract_mesh(z_shape, z_texture, resolution=32, meshing=MeshingOptions(coarse_resolution=8))
     # Zero heads: each returns the render, shaded or (a Refiner of albedo) unshaded.
     identity = {albedo: Refiner(base_channels=4, depth=2, residual=True, albedo=albedo) for albedo in (False, True)}
     views = {albedo: refined_views(generator, refiner, meshes) for albedo, refiner in identity.items()}
@@ -127,7 +127,8 @@ def test_stage_4s_mesh_renders_show_what_the_field_ray_marched_shows():
 
 def test_a_meshs_refined_colours_are_the_same_bits_whatever_its_batch():
     generator = generator_with_a_surface(seen_from_the_front=True)
-    meshes = generator.sample(3, seed=10, resolution=MESH_RESOLUTION, coarse_resolution=8, batch_size=3)
+    meshes = generator.sample(3, seed=10, resolution=MESH_RESOLUTION, meshing=MeshingOptions(coarse_resolution=8),
+                              batch_size=3)
     torch.manual_seed(3)
     refiner = Refiner(base_channels=4, depth=2).eval()  # random weights: every colour changes
     together = refine_meshes(generator, refiner, meshes)

@@ -23,7 +23,7 @@ from get3dhuman.authors import AuthorsColouring
 from get3dhuman.benchmark import measure_sampling
 from get3dhuman.cli import main
 from get3dhuman.evaluate import EvaluationConfig, evaluate_generator
-from get3dhuman.mesh import TexturedMesh
+from get3dhuman.mesh import MeshingOptions, TexturedMesh
 from get3dhuman.nn import OfficialRefiner, Reconstructor
 from get3dhuman.train.reconstructor import ReconstructorTrainingConfig, StepBatches
 
@@ -97,11 +97,11 @@ def test_sampling_on_cuda_gives_the_cpus_meshes(dtype):
 def test_bfloat16_products_on_cuda_give_the_cpus_meshes():
     generator = Generator.from_pretrained()
     z = generator.latents([7])
-    expected = generator.extract_mesh(*z, 64, compute_dtype=torch.bfloat16)
+    narrow = MeshingOptions(compute_dtype=torch.bfloat16)
+    expected = generator.extract_mesh(*z, 64, meshing=narrow)
     with virtual_cuda():
         generator.cuda()
-        meshes = [mesh.to("cpu") for mesh in generator.extract_mesh(*(t.cuda() for t in z), 64,
-                                                                     compute_dtype=torch.bfloat16)]
+        meshes = [mesh.to("cpu") for mesh in generator.extract_mesh(*(t.cuda() for t in z), 64, meshing=narrow)]
     _same_meshes(meshes, expected)
 
 

@@ -27,13 +27,19 @@ import torch
 from torch import nn
 
 from get3dhuman._checks import check_int, check_seed, is_finite_number
-from get3dhuman.mesh import ExtractionTimings, TexturedMesh, extract_textured_meshes
+from get3dhuman.mesh import ExtractionTimings, MeshingOptions, TexturedMesh, extract_textured_meshes
 from get3dhuman.nn.discriminator import ResNetDiscriminator
 from get3dhuman.nn.hourglass import HGFilter
 from get3dhuman.nn.implicit import ImplicitDecoder
 from get3dhuman.nn.modes import evaluation_mode
-from get3dhuman.nn.pretrained import (WEIGHTS_DIR, check_official_kind, load_pretrained_state, read_pretrained,
-                                      read_state_dict, write_pretrained)
+from get3dhuman.nn.pretrained import (
+    WEIGHTS_DIR,
+    check_official_kind,
+    load_pretrained_state,
+    read_pretrained,
+    read_state_dict,
+    write_pretrained,
+)
 from get3dhuman.nn.stylegan2 import NOISE_MODES, StyleGAN2Generator, check_like_weights
 from get3dhuman.ops import OFFICIAL_DEPTH_SCALE, project_inputs, query_field
 from get3dhuman.render import orbit_calibration
@@ -187,17 +193,15 @@ class PixelAlignedModel(nn.Module):
         return list(lower), list(upper), resolution
 
     def meshes_from_volumes(self, shape_volume: torch.Tensor, texture_volume: torch.Tensor | None,
-                            resolution: int = 256, *, coarse_resolution: int | None = None, band: float = 0.0,
-                            chunk: int = 1 << 18, timings: ExtractionTimings | None = None,
-                            compute_dtype: torch.dtype | None = None, recolor=None) -> list[TexturedMesh]:
+                            resolution: int = 256, *, meshing: MeshingOptions | None = None,
+                            timings: ExtractionTimings | None = None, recolor=None) -> list[TexturedMesh]:
         """Textured meshes of feature volumes [B, F, V, V], one per row (no gradients).
 
         The occupancy field (level 0.5) is sampled coarse to fine over `mesh_lattice(resolution)`
         (see ops.narrow_band), meshed by sparse marching cubes, and
         coloured by the texture decoder at the vertices (grey where texture_volume is None).
-        compute_dtype: of the decoders' matrix products (`ops.query_field`; None: the volumes').
-        A seed's mesh in torch.bfloat16 is not the same bits as in float32 (a few faces in 10^4
-        differ at 256^3), but the same in every run.
+        meshing: the narrow band's options and the decoders' compute_dtype (MeshingOptions; a
+        seed's mesh in torch.bfloat16 is not float32's bits, but the same in every run).
         Vertices are in world coordinates (through `calibration`), faces oriented outward;
         rows whose field has no surface give empty meshes. Each row is meshed alone, so that its
         mesh is the same bits whatever the other rows (padded into the decoders' batches, their
@@ -208,13 +212,13 @@ class PixelAlignedModel(nn.Module):
         authors' two refined views); its time counts as `timings.colors`.
         """
         timings = timings if timings is not None else ExtractionTimings()
-        options = {"coarse_resolution": coarse_resolution, "band": band, "chunk": chunk, "timings": timings}
+        meshing = meshing if meshing is not None else MeshingOptions()
         meshes = []
         for row in range(shape_volume.shape[0]):
             shape_row = shape_volume[row : row + 1]
             texture_row = None if texture_volume is None else texture_volume[row : row + 1]
             recoloring = recolor is not None and texture_row is not None
-            mesh = self._mesh_of_row(shape_row, None if recoloring else texture_row, resolution, options, compute_dtype)
+            mesh = self._mesh_of_row(shape_row, None if recoloring else texture_row, resolution, meshing, timings)
             if recoloring:
                 start = time.perf_counter()
                 mesh = recolor(self, shape_row, texture_row, mesh, resolution)
@@ -224,24 +228,25 @@ class PixelAlignedModel(nn.Module):
 
     @torch.no_grad()
     def _mesh_of_row(self, shape_volume: torch.Tensor, texture_volume: torch.Tensor | None, resolution: int,
-                     options: dict, compute_dtype: torch.dtype | None) -> TexturedMesh:
+                     meshing: MeshingOptions, timings: ExtractionTimings) -> TexturedMesh:
         """`meshes_from_volumes` of volumes [1, F, V, V]."""
-        calib = self.calibration[None]
+        calib, compute_dtype = self.calibration[None], meshing.compute_dtype
         color = None if texture_volume is None else (
             lambda p: self.query_color(shape_volume, texture_volume, p, calib, compute_dtype=compute_dtype))
         lower, upper, cells = self.mesh_lattice(resolution)
         return extract_textured_meshes(lambda p: self.query_occupancy(shape_volume, p, calib,
                                                                       compute_dtype=compute_dtype), color, 1,
                                        cells, level=0.5, inside_is_above=True, bounds=(lower, upper),
-                                       device=shape_volume.device, **options)[0]
+                                       meshing=meshing, device=shape_volume.device, timings=timings)[0]
 
     def _query(self, decoder: ImplicitDecoder, volume: torch.Tensor, points: torch.Tensor, calib: torch.Tensor | None,
                options: dict) -> torch.Tensor:
         """query_field of `decoder` at points through calib (identity when None), reduced volumes
-        in float32 (see `query_occupancy`)."""
+        in float32 (see `query_occupancy`). The decoders' compute_dtype defaults here, for every
+        query of the model (MeshingOptions, the command line's --compute-dtype): the volume's dtype,
+        which is the weights'."""
+        options = {**options, "compute_dtype": options.get("compute_dtype") or volume.dtype}
         if volume.dtype in REDUCED_DTYPES:
-            if options.get("compute_dtype") is None:
-                options = {**options, "compute_dtype": volume.dtype}
             volume = volume.float()
         if calib is None:  # points are already in NDC, [-1, 1]^3
             calib = torch.eye(4, device=volume.device).expand(volume.shape[0], 4, 4)
@@ -371,11 +376,10 @@ class Generator(PixelAlignedModel):
     @torch.no_grad()
     def extract_mesh(self, z_shape: torch.Tensor, z_texture: torch.Tensor, resolution: int = 256, *,
                      truncation_psi: float = 1.0, noise_mode: str = "const", noise_seeds: Sequence[int] | None = None,
-                     coarse_resolution: int | None = None, band: float = 0.0, chunk: int = 1 << 18,
-                     timings: ExtractionTimings | None = None, compute_dtype: torch.dtype | None = None,
+                     meshing: MeshingOptions | None = None, timings: ExtractionTimings | None = None,
                      recolor=None) -> list[TexturedMesh]:
         """Textured meshes of latents z_shape, z_texture [B, z_dim], one per row
-        (`meshes_from_volumes` of the generated volumes, with `compute_dtype` and `recolor`:
+        (`meshes_from_volumes` of the generated volumes, with `meshing` and `recolor`:
         `recolor=get3dhuman.authors.AuthorsColouring(refiner)` colours them as the authors'
         inference does, through two refined views). Runs in eval mode
         (no w_avg update); `timings` (an ExtractionTimings) receives the time per stage. A row's
@@ -391,23 +395,20 @@ class Generator(PixelAlignedModel):
                 raise ValueError(f"noise_seeds must be given with noise_mode 'random', one per row ({z_shape.shape[0]}),"
                                  f" got {len(noise_seeds)} with noise_mode {noise_mode!r}")
         return self._extract(lambda zs, zt: self(zs, zt, truncation_psi, noise_mode), (z_shape, z_texture), resolution,
-                             noise_seeds=noise_seeds, coarse_resolution=coarse_resolution, band=band, chunk=chunk,
-                             timings=timings, compute_dtype=compute_dtype, recolor=recolor)
+                             noise_seeds=noise_seeds, meshing=meshing, timings=timings, recolor=recolor)
 
     @torch.no_grad()
     def extract_mesh_from_ws(self, ws_shape: torch.Tensor, ws_texture: torch.Tensor, resolution: int = 256, *,
-                             noise_mode: str = "const", coarse_resolution: int | None = None, band: float = 0.0,
-                             chunk: int = 1 << 18, timings: ExtractionTimings | None = None,
-                             compute_dtype: torch.dtype | None = None, recolor=None) -> list[TexturedMesh]:
+                             noise_mode: str = "const", meshing: MeshingOptions | None = None,
+                             timings: ExtractionTimings | None = None, recolor=None) -> list[TexturedMesh]:
         """`extract_mesh` of intermediate latents ws_shape, ws_texture [B, num_ws, w_dim]
         (`synthesize`); truncation, if wanted, is `mapping`'s."""
         return self._extract(lambda ws, wt: self.synthesize(ws, wt, noise_mode), (ws_shape, ws_texture), resolution,
-                             coarse_resolution=coarse_resolution, band=band, chunk=chunk, timings=timings,
-                             compute_dtype=compute_dtype, recolor=recolor)
+                             meshing=meshing, timings=timings, recolor=recolor)
 
     def _extract(self, features, latents: tuple[torch.Tensor, torch.Tensor], resolution: int,
                  timings: ExtractionTimings | None, noise_seeds: Sequence[int] | None = None,
-                 **meshing) -> list[TexturedMesh]:
+                 **options) -> list[TexturedMesh]:
         """Meshes of the volumes `features(shape_latents, texture_latents)` returns, made in eval
         mode and timed. The networks see one row at a time: matrix products round differently
         with the number of rows, so batched volumes would depend on the batch partners. Row i
@@ -429,7 +430,7 @@ class Generator(PixelAlignedModel):
             rows = [row(i) for i in range(latents[0].shape[0])]
             shape_volume, texture = (torch.cat(parts) for parts in zip(*((shape.volume, texture) for shape, texture in rows)))
             timings.networks += time.perf_counter() - start
-            return self.meshes_from_volumes(shape_volume, texture, resolution, timings=timings, **meshing)
+            return self.meshes_from_volumes(shape_volume, texture, resolution, timings=timings, **options)
 
     def sample(self, num: int, seed: int = 0, resolution: int = 256, *, batch_size: int = 4,
                **options) -> list[TexturedMesh]:

@@ -11,8 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from get3dhuman._checks import check_int
-from get3dhuman.nn.pretrained import (WEIGHTS_DIR, check_official_kind, load_pretrained_state, read_pretrained,
-                                      read_state_dict, write_pretrained)
+from get3dhuman.nn.pretrained import (
+    WEIGHTS_DIR,
+    check_official_kind,
+    load_pretrained_state,
+    read_pretrained,
+    read_state_dict,
+    write_pretrained,
+)
 
 PRETRAINED_FORMAT = "get3dhuman-refiner/1"
 # The package's default refiner: stage 4 of the 'small' preset, trained by TRAINING.md's commands.

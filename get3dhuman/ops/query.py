@@ -36,6 +36,7 @@ import torch
 from get3dhuman._checks import check_int
 from get3dhuman._ext import compiled_backends
 from get3dhuman.kernels import device_unavailable_reason as triton_device_reason
+from get3dhuman.ops.backends import choose_backend
 from get3dhuman.ops.decoder import LEAKY_SLOPE, DecoderWeights, decoder_weights
 from get3dhuman.ops.pixel_aligned import (
     OFFICIAL_DEPTH_SCALE,
@@ -177,21 +178,9 @@ def select_backend(
     inputs (with `compute_dtype`) raises ValueError with the reason.
     """
     requested = backend if backend is not None else (os.environ.get(BACKEND_ENV) or "auto")
-    source = "backend" if backend is not None else BACKEND_ENV
-    if requested != "auto":
-        if requested not in BACKENDS:
-            raise ValueError(f"{source} must be 'auto' or one of {BACKENDS}, got {requested!r}")
-        reason = backend_unavailable_reason(requested, decoder, features, points, calib, compute_dtype=compute_dtype)
-        if reason is not None:
-            raise ValueError(f"{source}={requested!r} cannot run these inputs: {reason}")
-        return requested, {}
-    skipped = {}
-    for name in BACKENDS:
-        reason = backend_unavailable_reason(name, decoder, features, points, calib, False, compute_dtype)
-        if reason is None:
-            return name, skipped
-        skipped[name] = reason
-    raise ValueError(f"compute_dtype {compute_dtype} needs the 'cpu' or 'cuda' backend: {skipped}")
+    return choose_backend(requested, BACKENDS, lambda name, explicit: backend_unavailable_reason(
+        name, decoder, features, points, calib, explicit, compute_dtype),
+        "backend" if backend is not None else BACKEND_ENV)
 
 
 def backend_report() -> dict:

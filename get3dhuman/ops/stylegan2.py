@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from get3dhuman.kernels import device_unavailable_reason as triton_device_reason
+from get3dhuman.ops.backends import choose_backend
 
 LRELU_SLOPE = 0.2
 STYLEGAN_BACKENDS = ("triton", "reference")
@@ -33,14 +34,9 @@ def _triton_reason(tensor: torch.Tensor, explicit: bool) -> str | None:
 
 
 def _choose(backend: str, tensor: torch.Tensor) -> str:
-    if backend == "auto":
-        return "triton" if _triton_reason(tensor, explicit=False) is None else "reference"
-    if backend not in STYLEGAN_BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {STYLEGAN_BACKENDS}, got {backend!r}")
-    reason = _triton_reason(tensor, explicit=True) if backend == "triton" else None
-    if reason is not None:
-        raise ValueError(f"backend='triton' cannot run these inputs: {reason}")
-    return backend
+    """The helpers' backend for `tensor`: 'triton' where it applies (named: where it can run)."""
+    return choose_backend(backend, STYLEGAN_BACKENDS, lambda name, explicit: _triton_reason(tensor, explicit)
+                          if name == "triton" else None)[0]
 
 
 # --- bias + activation + gain + clamp -------------------------------------------------------

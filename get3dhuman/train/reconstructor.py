@@ -186,8 +186,8 @@ def evaluate_reconstruction(model: Reconstructor, config: ReconstructorTrainingC
 def default_workers(threads: int) -> int:
     """Batch workers for a CPU run on `threads` torch threads: none below 4 (each worker takes a
     core from the model: on 2 threads a `small` step took 0.85 s with the batches made in turn
-    and 1.05 s with two workers, 2026-12-01, since the compiled synthetic field made a batch
-    0.32 s of one core), else one per 4 threads, at most 2."""
+    and 1.05 s with two workers, a batch being 0.32 s of one core), else one per 4 threads, at
+    most 2."""
     return 0 if threads < 4 else min(2, threads // 4)
 
 

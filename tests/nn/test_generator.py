@@ -13,6 +13,7 @@ from get3dhuman import Generator
 from get3dhuman.cli import main
 from get3dhuman.dataset import read_manifest
 from get3dhuman.evaluate import EvaluationConfig, evaluate_generator
+from get3dhuman.mesh import MeshingOptions
 from get3dhuman.nn import PRESETS, GeneratorConfig
 from get3dhuman.nn import generator as generator_module
 from get3dhuman.nn.generator import DEFAULT_WEIGHTS, OFFICIAL_CALIBRATION
@@ -131,7 +132,7 @@ def test_bad_arguments_are_rejected():
     z_double = double.latents([5])
     assert all(z.dtype == torch.float64 for z in z_double)
     assert all(torch.equal(a, b.double()) for a, b in zip(z_double, generator.latents([5])))
-    assert len(double.sample(1, seed=5, resolution=16, coarse_resolution=8)) == 1
+    assert len(double.sample(1, seed=5, resolution=16, meshing=MeshingOptions(coarse_resolution=8))) == 1
 
 
 def test_gradients_reach_every_generator_parameter():
