@@ -131,6 +131,27 @@ class Claims:
         """Marks `key`, held by this process, done: nobody takes it again."""
         write_atomically(self._path(key), self._state(done=True))
 
+    def release(self, key) -> None:
+        """Removes `key`'s claim, done or not, so that the key is taken again (a repair redoes it)."""
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def others(self) -> list[str]:
+        """The keys whose claims another process holds or has done."""
+        keys = []
+        for name in os.listdir(self.directory):
+            if name.endswith(".claim"):
+                try:
+                    with open(os.path.join(self.directory, name)) as handle:
+                        state = json.loads(handle.read() or "{}")
+                except (FileNotFoundError, json.JSONDecodeError):  # being written: another's
+                    state = {}
+                if state.get("token") != self.token:
+                    keys.append(name[: -len(".claim")])
+        return keys
+
     def holds(self, key) -> bool:
         """Whether this process still holds `key` (not taken over while it worked, not done)."""
         try:

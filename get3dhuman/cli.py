@@ -8,6 +8,7 @@
   export        a trained generator, refiner or 2-D generator (or the authors' checkpoint) as one file
   sample        a dataset of textured meshes, previews and a manifest; resumable, any number of
                 processes on one --out
+  verify        a dataset checked against its manifest and settings; --repair redoes what is bad
   bench         seconds a human, by stage
   interpolate   meshes between two seeds
   retexture     one seed's shape with other seeds' textures
@@ -135,6 +136,10 @@ def _sample(args: argparse.Namespace) -> int:
                                 refined_views=args.refined_views, meshing=_meshing(args), noise_mode=args.noise)
     except (FileNotFoundError, ValueError) as error:
         raise _fail(args, error) from error
+    except KeyboardInterrupt:
+        print(f"get3dhuman sample: interrupted after {len(written)} samples; run the same command to resume",
+              file=sys.stderr)
+        return 130
     if distributed.is_main_process():
         if args.grid is not None:
             save_preview_grid(args.out, records, args.grid)
@@ -146,6 +151,25 @@ def _sample(args: argparse.Namespace) -> int:
             print(f"get3dhuman sample: warning: {empty} of {len(records)} meshes are empty (the field never "
                   "crosses its level in the box): no mesh file was written for them", file=sys.stderr)
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from get3dhuman import verify
+
+    try:
+        problems = verify.verify(args.directory)
+        for problem in problems:
+            print(f"{os.path.join(args.directory, problem.file)}: {problem.problem}")
+        if problems and args.repair:
+            generator, refiner = _load_models(args, args.device)
+            verify.repair(generator, args.directory, refiner, progress=not args.quiet)
+            problems = verify.verify(args.directory)
+            print(f"repaired; {len(problems)} problems left" if problems else "repaired")
+    except (FileNotFoundError, ValueError) as error:
+        raise _fail(args, error) from error
+    if not problems:
+        print(f"{args.directory}: every listed file is there with its recorded bytes; nothing unlisted")
+    return 1 if problems else 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -245,8 +269,8 @@ def _meshing(args: argparse.Namespace):
 
 
 HANDLERS = {"info": _info, "synthetic": _synthetic, "images": _images, "train": _train, "eval": _eval,
-            "sample": _sample, "bench": _bench, "interpolate": _edit, "retexture": _edit, "invert": _invert,
-            "export": _export}
+            "sample": _sample, "verify": _verify, "bench": _bench, "interpolate": _edit, "retexture": _edit,
+            "invert": _invert, "export": _export}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,7 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     for path in [*output_files, getattr(args, "grid", None)]:
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return HANDLERS[args.command](args)
+    try:
+        return HANDLERS[args.command](args)
+    except OSError as error:  # one line: the path and the cause
+        paths = " -> ".join(str(path) for path in (error.filename, error.filename2) if path is not None)
+        raise _fail(args, f"{paths}: {error.strerror}" if paths and error.strerror else error) from error
+    except KeyboardInterrupt:
+        print(f"get3dhuman {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # `python -m get3dhuman.cli`, as torchrun starts each rank

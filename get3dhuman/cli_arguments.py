@@ -244,6 +244,17 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                         "sample's seed), so reproducible on one kind of device only (CPU and CUDA draw differently)")
     _add(sample, "device", help="torch device (under torchrun: each process its GPU LOCAL_RANK)")
     _add(sample, "quiet")
+    verify = commands.add_parser("verify", help="check a dataset of `sample` against its manifest and settings "
+                                 "(exit status 1 when something is wrong); --repair writes the bad samples again")
+    verify.add_argument("directory", help="the --out directory of `get3dhuman sample`")
+    verify.add_argument("--repair", action="store_true", help="write the bad samples again with the generator and "
+                        "--refiner that made them (the same bytes), and remove unlisted sample files")
+    _add_generator_arguments(verify, "of --generator and --refiner")
+    verify.add_argument("--refiner", nargs="?", const=PACKAGED, metavar="RUN_OR_FILE",
+                        help="with --repair: the refiner the dataset was made with, as `sample --refiner`")
+    verify.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="with --repair: the generator's dtype the dataset was made with (default float32)")
+    _add(verify, "device", "quiet")
     bench = commands.add_parser("bench", help="how fast this machine samples humans: seconds a human, by stage")
     bench.add_argument("--num", type=_COUNT, default=4, help="humans a timed run (seeds SEED ..; default 4)")
     _add_generator_arguments(bench)

@@ -1,44 +1,18 @@
-"""Datasets of generated humans: `get3dhuman sample --num N --out DIR` (DESIGN.md section 7).
+"""Datasets of generated humans: `get3dhuman sample --num N --out DIR` (docs/datasets.md).
 
-Sample i of a call with `seed` is the latent pair of seed + i (`Generator.latents`), so a seed
-names one human, and its mesh is the same bits, whatever the batch size, the number of
-processes or how often the run was interrupted (Generator.extract_mesh works row by row), for a
-given number of threads a process (some CPUs' BLAS and oneDNN kernels round by it).
-For each seed s, DIR receives:
-
-- `human-s.glb` (or .ply/.obj): the textured mesh with vertex colours (none for an empty field),
-- `human-s.png` with previews: the front view of the mesh, rasterized and shaded (with a
-  refiner: its refined colours); with `preview_views` V > 1 also `human-s-AAA.png`, the
-  mesh seen from AAA degrees about the vertical axis (360 / V apart; `refine.view_calibration`),
-- one line of `manifest.jsonl`: {"seed", "mesh", "preview", "vertices", "faces", "seconds"}
-  ("mesh"/"preview" are file names or null; "seconds": the sample's share of its batch's time),
-  with V > 1 also "views": {"angles": [...], "files": [...]}, the front first,
-- with `preview_maps`, per view `human-s[-AAA]-MAP.png` for MAP in mask, depth (16-bit),
-  normal (`encode_map`), listed in the manifest's "maps": {MAP: [files per view]}.
-
-With previews, `cameras.json` holds the views' angles and cameras (world -> NDC [4, 4], the
-same for every sample; CAMERA_CONVENTION says how NDC maps to pixels), so the depth maps
-lift back to world points.
-
-`settings.json` records how the samples were made (the weights' fingerprint, mesh and preview
-resolution, views and maps, file type, truncation, refiner, meshing options) and the layout's
-version, DATASET_FORMAT; a directory holding samples made otherwise is refused, so one dataset
-never mixes models, settings or layouts (seeds and counts may change: a dataset can grow).
-
-`GeneratedHumans(DIR)` reads a directory back (meshes, views, cameras, decoded maps and the
-world points of the depth maps), a torch Dataset for training on the samples.
-
-Resumable: every file is written under a temporary name and renamed, and the manifest line is
-appended after its files, so a listed seed is complete; a later call skips the listed seeds and
-drops a torn last line. Any number of processes may write one directory at once, on one
-machine or several over a shared filesystem: each seed is claimed by one of them
-(`get3dhuman.claims`, files in `.claims`, taken over from a killed process after
-`stale_after` seconds), and its line appended under a file lock (`.manifest.lock`). Under
-torchrun, process r takes the samples i with i % processes == r.
+`write_samples` writes, for each seed s, `human-s.glb` (or .ply/.obj), its previews and maps
+(get3dhuman.previews) and one line of `manifest.jsonl`; `settings.json` records how (the
+weights' fingerprint, resolutions, views, meshing options, DATASET_FORMAT), and a directory
+made otherwise is refused. A seed names one mesh, bit for bit, whatever the batch size or the
+number of processes. Resumable: files are renamed into place and listed after they are
+complete. Any number of processes may write one directory: each seed is claimed by one
+(get3dhuman.claims, in `.claims`) and listed once, under a file lock. `GeneratedHumans(DIR)`
+reads a directory back as a torch Dataset.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -46,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from get3dhuman import distributed
 from get3dhuman._checks import check_int, check_seed, check_truncation_psi
@@ -55,6 +30,7 @@ from get3dhuman.mesh import MeshingOptions, TexturedMesh
 from get3dhuman.nn.pretrained import tensors_digest
 from get3dhuman.nn.refiner import OfficialRefiner
 from get3dhuman.nn.stylegan2 import NOISE_MODES
+from get3dhuman.ops.narrow_band import coarse_resolution_for
 from get3dhuman.previews import (
     CAMERAS,
     check_preview_options,
@@ -199,7 +175,23 @@ def fingerprint(module: torch.nn.Module) -> str:
     return tensors_digest(module.state_dict())[:16]
 
 
-def _rewrite_manifest(out_dir: str, records: list[dict]) -> None:
+def record_files(record: dict) -> list[str]:
+    """The files a manifest record lists, each once: the mesh, the previews, the maps, the refined views."""
+    files = [record[key] for key in ("mesh", "preview") if record.get(key)]
+    files += record.get("views", {}).get("files", [])
+    files += [file for kind_files in record.get("maps", {}).values() for file in kind_files]
+    files += record.get("refined_views", [])
+    return list(dict.fromkeys(files))
+
+
+def file_sha256(path: str) -> str:
+    """The hex SHA-256 of the bytes of the file at `path`."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def rewrite_manifest(out_dir: str, records: list[dict]) -> None:
+    """Replaces `out_dir`'s manifest by `records` (atomically; hold the manifest's lock)."""
     write_atomically(os.path.join(out_dir, MANIFEST), "".join(json.dumps(record) + "\n" for record in records))
 
 
@@ -246,6 +238,56 @@ def _append_record(out_dir: str, record: dict) -> None:
         os.close(descriptor)
 
 
+
+
+# Bytes a sample needs, from peak-memory measurements of the default weights on the CPU (one
+# human meshed alone: 106 MB more at 512^3, 319 MB at 1024^3, about 300 bytes per R^2 cells of
+# the surface, doubled for larger humans and other models), and from the tensors' sizes.
+_BYTES_PER_SURFACE_CELL = 600  # meshing one human: narrow band levels, marching cubes, colours
+_BYTES_PER_COARSE_POINT = 64  # the narrow band's first lattice, evaluated densely
+_BYTES_PER_MESH_CELL = 70  # a finished mesh held until its batch is written (0.8 R^2 vertices)
+_BYTES_PER_PREVIEW_PIXEL = 100  # rasterized maps and images of one view of one mesh
+
+
+def memory_needed(resolution: int, batch_size: int = 4, preview_resolution: int | None = None,
+                  preview_views: int = 1, meshing: MeshingOptions | None = None) -> dict[str, int]:
+    """Estimated bytes that `write_samples` with these sizes holds at once, by part: 'meshing'
+    (one human at `resolution`^3, with the narrow band's dense first lattice), 'meshes' (the
+    batch's meshes) and 'previews' (the batch's views). Estimates, about twice what the default
+    weights were measured to need, to refuse sizes that cannot fit (`check_memory`)."""
+    coarse = (meshing or MeshingOptions()).coarse_resolution or coarse_resolution_for(resolution)
+    needed = {"meshing": _BYTES_PER_SURFACE_CELL * resolution**2 + _BYTES_PER_COARSE_POINT * (coarse + 1) ** 3,
+              "meshes": _BYTES_PER_MESH_CELL * resolution**2 * batch_size,
+              "previews": 0 if preview_resolution is None else
+              _BYTES_PER_PREVIEW_PIXEL * preview_resolution**2 * preview_views * batch_size}
+    return needed
+
+
+def available_memory(device: torch.device | str = "cpu") -> int | None:
+    """Bytes free for new tensors on `device`: MemAvailable of /proc/meminfo for the CPU (None
+    where there is none), the free memory of a CUDA device."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(needed: dict[str, int], device: torch.device | str = "cpu") -> None:
+    """ValueError with the estimate when the parts `needed` (`memory_needed`) exceed the memory
+    available on `device`."""
+    available, total = available_memory(device), sum(needed.values())
+    if available is not None and total > available:
+        parts = ", ".join(f"{name} {size / 2**30:.1f}" for name, size in needed.items() if size)
+        raise ValueError(f"these sizes need about {total / 2**30:.1f} GiB ({parts}), more than the "
+                         f"{available / 2**30:.1f} GiB available on {device}: lower the resolution, preview "
+                         "resolution, views or batch size")
 
 
 def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_size: int = 4, resolution: int = 256,
@@ -297,6 +339,8 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
         raise ValueError(f"file_type must be one of {', '.join(FILE_TYPES)}, got {file_type!r}")
     preview_resolution, preview_views, preview_maps = check_preview_options(preview_resolution, preview_views,
                                                                             preview_maps)
+    check_memory(memory_needed(resolution, batch_size, preview_resolution, preview_views, meshing),
+                 next(generator.parameters()).device)
     authors = isinstance(refiner, OfficialRefiner)
     if (refined_views or render_size is not None) and not authors:
         raise ValueError("refined_views and render_size need the authors' refiner (an nn.OfficialRefiner)")
@@ -318,68 +362,95 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                     f"the authors' two views, {render_size or resolution} px" if authors else "mesh views, shading removed"),
                 "previews": None if preview_resolution is None else "rasterized mesh",
                 "preview_views": preview_views, "preview_maps": preview_maps}
-    record_settings(os.path.join(out_dir, SETTINGS), settings, may_change=(), write=rank == 0,
-                    introduced=INTRODUCED)
-    from filelock import FileLock
-
+    created = record_settings(os.path.join(out_dir, SETTINGS), settings, may_change=(), write=rank == 0,
+                              introduced=INTRODUCED)
     lock = FileLock(os.path.join(out_dir, MANIFEST_LOCK))
     claims = Claims(os.path.join(out_dir, CLAIMS), stale_after)
-    if rank == 0:
-        with lock:  # drops a torn last line (a process killed while appending)
-            _rewrite_manifest(out_dir, read_manifest(out_dir))
-        _remove_stale_partials(out_dir, stale_after)
-        if preview_resolution is not None:
-            write_cameras(out_dir, generator, preview_views, preview_resolution)
-    distributed.barrier()
-    done = {record["seed"]: record for record in read_manifest(out_dir)}
-    mine = [value for i, value in enumerate(seeds) if i % size == rank and value not in done]
-    bar = None
-    if progress and rank == 0:
-        from tqdm import tqdm
+    batch = []
+    try:
+        if rank == 0:
+            with lock:  # drops a torn last line (a process killed while appending)
+                rewrite_manifest(out_dir, read_manifest(out_dir))
+            _remove_stale_partials(out_dir, stale_after)
+            if preview_resolution is not None:
+                write_cameras(out_dir, generator, preview_views, preview_resolution)
+        distributed.barrier()
+        done = {record["seed"]: record for record in read_manifest(out_dir)}
+        mine = [value for i, value in enumerate(seeds) if i % size == rank and value not in done]
+        bar = None
+        if progress and rank == 0:
+            from tqdm import tqdm
 
-        bar = tqdm(total=len(mine), desc="samples", unit="human")
-    candidates = iter(mine)
-    while batch := _claim_batch(claims, candidates, batch_size, out_dir, lock):
-        start = time.perf_counter()
-        z_shape, z_texture = generator.latents(batch)
-        noise_seeds = {"noise_seeds": batch} if noise_mode == "random" else {}
-        meshes = generator.extract_mesh(z_shape, z_texture, resolution, truncation_psi=truncation_psi, **noise_seeds,
-                                        recolor=colouring, meshing=meshing, noise_mode=noise_mode)
-        for sample_seed in batch:  # still being worked on: not stale
-            claims.refresh(sample_seed)
-        if refiner is not None and not authors:
-            meshes = refine_meshes(generator, refiner, meshes)
-        names = [f"human-{sample_seed}" for sample_seed in batch]
-        if refined_views:
-            previews_of_views = _write_refined_views(out_dir, names, colouring.views)
-            colouring.views.clear()
-        previews = [{}] * len(batch) if preview_resolution is None else write_previews(
-            generator, out_dir, names, meshes, preview_resolution, preview_views, preview_maps)
-        seconds = (time.perf_counter() - start) / len(batch)
-        for sample_seed, name, mesh, preview in zip(batch, names, meshes, previews):
-            record = {"seed": sample_seed, "mesh": None if mesh.is_empty else f"{name}.{file_type}", "preview": None,
-                      "vertices": int(mesh.vertices.shape[0]), "faces": int(mesh.faces.shape[0]),
-                      "seconds": round(seconds, 4)}
-            record.update(preview)
+            bar = tqdm(total=len(mine), desc="samples", unit="human")
+        candidates = iter(mine)
+        while batch := _claim_batch(claims, candidates, batch_size, out_dir, lock):
+            start = time.perf_counter()
+            z_shape, z_texture = generator.latents(batch)
+            meshes, own_seconds = [], []
+            for i, sample_seed in enumerate(batch):  # one at a time, as extract_mesh works anyway: timed apart
+                begin = time.perf_counter()
+                meshes += generator.extract_mesh(z_shape[i : i + 1], z_texture[i : i + 1], resolution,
+                                                 truncation_psi=truncation_psi, recolor=colouring, meshing=meshing,
+                                                 noise_mode=noise_mode,
+                                                 noise_seeds=[sample_seed] if noise_mode == "random" else None)
+                own_seconds.append(time.perf_counter() - begin)
+                claims.refresh(sample_seed)  # still being worked on: not stale
+            if refiner is not None and not authors:
+                meshes = refine_meshes(generator, refiner, meshes)
+            names = [f"human-{sample_seed}" for sample_seed in batch]
             if refined_views:
-                record["refined_views"] = previews_of_views[name]
-            if record["mesh"] is not None:  # the same bytes whoever writes it: a seed names its mesh
-                mesh.export(os.path.join(out_dir, record["mesh"]), file_type)
-            with lock:  # listed once: by the process that still holds the seed's claim
-                if claims.holds(sample_seed):
-                    _append_record(out_dir, record)
-                    claims.finish(sample_seed)
-                    if written is not None:
-                        written.append(sample_seed)
-            done[sample_seed] = record
+                previews_of_views = _write_refined_views(out_dir, names, colouring.views)
+                colouring.views.clear()
+            previews = [{}] * len(batch) if preview_resolution is None else write_previews(
+                generator, out_dir, names, meshes, preview_resolution, preview_views, preview_maps)
+            shared_seconds = (time.perf_counter() - start - sum(own_seconds)) / len(batch)  # refining, previews
+            for sample_seed, name, mesh, preview, seconds in zip(batch, names, meshes, previews, own_seconds):
+                begin = time.perf_counter()
+                record = {"seed": sample_seed, "mesh": None if mesh.is_empty else f"{name}.{file_type}", "preview": None,
+                          "vertices": int(mesh.vertices.shape[0]), "faces": int(mesh.faces.shape[0])}
+                record.update(preview)
+                if refined_views:
+                    record["refined_views"] = previews_of_views[name]
+                if record["mesh"] is not None:  # the same bytes whoever writes it: a seed names its mesh
+                    mesh.export(os.path.join(out_dir, record["mesh"]), file_type)
+                record["sha256"] = {file: file_sha256(os.path.join(out_dir, file)) for file in record_files(record)}
+                record["seconds"] = round(seconds + shared_seconds + time.perf_counter() - begin, 4)
+                with lock:  # listed once: by the process that still holds the seed's claim
+                    if claims.holds(sample_seed):
+                        _append_record(out_dir, record)
+                        claims.finish(sample_seed)
+                        if written is not None:
+                            written.append(sample_seed)
+                done[sample_seed] = record
+            if bar is not None:
+                bar.update(len(batch))
         if bar is not None:
-            bar.update(len(batch))
-    if bar is not None:
-        bar.close()
-    distributed.barrier()
-    if rank == 0:
-        done.update({record["seed"]: record for record in read_manifest(out_dir)})
-    return [done[value] for value in seeds if value in done]
+            bar.close()
+        distributed.barrier()
+        if rank == 0:
+            done.update({record["seed"]: record for record in read_manifest(out_dir)})
+        return [done[value] for value in seeds if value in done]
+    except BaseException:
+        for sample_seed in batch:  # unfinished: free for the next run at once, not after stale_after
+            if claims.holds(sample_seed):
+                claims.release(sample_seed)
+        if created:  # failed before its first sample: the directory takes other settings again
+            _forget_settings_unless_used(out_dir, claims)
+        raise
+
+
+def _forget_settings_unless_used(out_dir: str, claims: Claims) -> None:
+    """Removes settings.json (and cameras.json) when no sample is listed and no other process
+    holds a claim: a run that failed before its first sample leaves nothing that refuses the
+    corrected command."""
+    with FileLock(os.path.join(out_dir, MANIFEST_LOCK)):
+        if read_manifest(out_dir) or claims.others():
+            return
+        for name in (SETTINGS, CAMERAS):
+            try:
+                os.unlink(os.path.join(out_dir, name))
+            except FileNotFoundError:
+                pass
 
 
 def _write_refined_views(out_dir: str, names: Sequence[str], views: Sequence) -> dict[str, list[str]]:

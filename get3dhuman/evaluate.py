@@ -1,26 +1,14 @@
 """Evaluation of generated shapes and textures against held-out synthetic humans (`get3dhuman eval`).
 
-Shapes are compared as surface point clouds in world coordinates (generated: points sampled
-on the extracted mesh; reference: points on the analytic surface of held-out humans) by the
-Chamfer distance (the mean squared nearest-neighbour distance, both ways, summed; exact nearest
-neighbours from scipy KD-trees). From the
-generated-by-reference distance matrix:
-- COV: the fraction of reference shapes that are the nearest reference of some generated shape;
-- MMD: the mean over reference shapes of the distance to their closest generated shape;
-- 1-NNA: the leave-one-out accuracy of the 1-nearest-neighbour classifier telling generated
-  from reference shapes in their union (0.5 is ideal, 1.0 fully separable).
-Colour: the colour distance of two coloured clouds is the mean L1 RGB difference between each
-point's colour and the colour of its nearest point in the other cloud, averaged over both
-directions; 'color_mmd' and 'color_1-nna' are MMD and 1-NNA on it. (A per-sample error against
-the reference nearest in shape would reward grey mean colours: it scores the synthetic world
-itself worse than a generator of mean colours.)
-A generated mesh without a surface counts as a cloud of one grey point at the box centre.
-
-Besides a generator, two rows put its numbers in context, both made from the latents the
-generator samples (`nn.latents_of_seeds`, z_shape): `evaluate_world`, the synthetic humans of
-those latents themselves (analytic surfaces: what a perfect generator reaches at this sample
-count), and `evaluate_prior`, the trained Reconstructor's meshes of their stand-in images (what
-the Generator's prior loss pulls it towards: its diversity bounds the Generator's).
+Shapes are surface point clouds in world coordinates compared by the Chamfer distance (mean
+squared nearest-neighbour distance, both ways); from the generated-by-reference matrix: COV
+(the fraction of references that are some sample's nearest), MMD (the mean distance of each
+reference to its closest sample) and 1-NNA (leave-one-out 1-NN accuracy telling samples from
+references: 0.5 is ideal). Colour: the mean L1 RGB difference between each point and its
+nearest point in the other cloud, both ways, with MMD and 1-NNA on it. A mesh without a surface
+is one grey point at the box centre. `evaluate_world` (the synthetic humans of the same latents:
+the ideal) and `evaluate_prior` (the Reconstructor's meshes of their stand-in images: the
+bound of the prior loss) put a generator's numbers in context.
 """
 
 from __future__ import annotations

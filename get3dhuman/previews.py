@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from get3dhuman._checks import check_int
-from get3dhuman.claims import write_atomically
+from get3dhuman.claims import created_file_mode, write_atomically
 from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.refine import mesh_views, render_textured, view_calibration
 from get3dhuman.render import Rendering, save_grid
@@ -111,13 +112,20 @@ def lift_depth(depth: torch.Tensor, calibration: torch.Tensor) -> torch.Tensor:
 
 def save_png(image: torch.Tensor | np.ndarray, path: str) -> None:
     """Writes an image in [0, 1] [H, W, 3] (a tensor) or pixels (uint8/uint16 array) as a PNG,
-    under a temporary name first."""
+    under a unique temporary name first (removed if the write fails), with the umask's mode."""
     from PIL import Image
 
     if isinstance(image, torch.Tensor):
         image = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    Image.fromarray(image).save(path + ".tmp", format="PNG")
-    os.replace(path + ".tmp", path)
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".partial-", suffix=".png")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            Image.fromarray(image).save(file, format="PNG")
+        os.chmod(temporary, created_file_mode())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 def preview_angles(views: int) -> list[float]:

@@ -25,14 +25,14 @@ def _json_compliant(value) -> bool:
 
 
 def record_settings(path: str, settings: dict, may_change: tuple[str, ...] = ("steps",), write: bool = True,
-                    introduced: dict | None = None) -> None:
+                    introduced: dict | None = None) -> bool:
     """Writes `settings` as json to `path` (unless not `write`: the other processes of a
     data-parallel run only check), after checking that a file already there (an earlier run in
     the same directory) differs at most in `may_change`; raises ValueError naming the settings
     that changed. `introduced`: settings added in later versions, with the value that runs
     recorded before them had (a file lacking one matches that value). A NaN or infinite setting
     is refused (ValueError naming it) before anything is written: json cannot hold it, and NaN
-    would match no later run."""
+    would match no later run. Returns whether this call created the file."""
     unrecordable = [f"{key}={value!r}" for key, value in settings.items() if not _json_compliant(value)]
     if unrecordable:
         raise ValueError(f"settings must be finite to be recorded, got {', '.join(unrecordable)}")
@@ -47,9 +47,12 @@ def record_settings(path: str, settings: dict, may_change: tuple[str, ...] = ("s
     if existed:
         check_against_saved()
     if not write:
-        return
+        return False
     text = json.dumps(settings, indent=2)
     if existed:
         write_atomically(path, text)
-    elif not create_exclusively(path, text):  # another process started the same directory at once
-        check_against_saved()
+        return False
+    if create_exclusively(path, text):
+        return True
+    check_against_saved()  # another process started the same directory at once
+    return False

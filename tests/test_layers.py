@@ -17,7 +17,7 @@ LAYERS = (
     ("refine", "scans", "evaluate", "benchmark", "authors", "info"),
     ("train",),
     ("previews",),
-    ("dataset",),
+    ("dataset", "verify"),
     ("applications",),
     ("cli", "cli_arguments", "__init__"),
 )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import os
 import traceback
 
 import torch
@@ -217,6 +218,9 @@ _CUDA_MODULE_STUBS = {
     "max_memory_allocated": lambda device=None: 0,
     "set_device": lambda device: None,
     "_lazy_init": lambda: None,
+    # (free, total) bytes: the host's, where the simulated device's tensors live.
+    "mem_get_info": lambda device=None: tuple(os.sysconf(name) * os.sysconf("SC_PAGE_SIZE")
+                                              for name in ("SC_AVPHYS_PAGES", "SC_PHYS_PAGES")),
 }
 
 

@@ -1,31 +1,14 @@
 """Training stage 3: the Generator, from the prior cache of stage 2 and the Reconstructor of
-stage 1.
+stage 1 (TRAINING.md, "Stages").
 
-Every step takes `batch_size` cached latents z (drawn with replacement from a stream seeded by
-the step, and the rank under torchrun, so a resumed run sees the same batches) and feeds z to both branches (z_shape =
-z_texture = z: the prior of z was made from one image). One Generator forward per step feeds
-both updates:
-
-1. Discriminator step: non-saturating logistic loss on feature volumes, real = the prior's
-   volumes, fake = the Generator's (detached); the shape discriminator sees the shape volume, the texture
-   discriminator the concatenated shape and texture volumes. Every `r1_every` steps the R1
-   penalty on real volumes, weighted gamma / 2 * r1_every (lazy regularisation).
-2. Generator step, the weighted sum of
-   - `volume_prior_weight` x L1 of the generated volumes against the prior's,
-   - `decoded_prior_weight` x (L1 + L2) of decoded occupancy and colour at `prior_points` points
-     per latent (half near the prior's surface, unprojected from its depth map and jittered by
-     `surface_sigma`; half uniform in the box), the teacher (the Reconstructor's decoders)
-     decoding the prior's volumes and the Generator's decoders the generated ones,
-   - `adversarial_weight` x the non-saturating generator loss of both discriminators,
-   - every `geometry_every` steps, `depth_weight` x L1 depth and `normal_weight` x angular
-     normal error of the generated occupancy field rendered by `render.ray_march` against the
-     prior's maps, on pixels where both hit (weights multiplied by `geometry_every`).
-
-The decoders start as copies of the Reconstructor's, so generated volumes live in its feature
-space, and stay frozen unless `train_decoders`. Style mixing and path-length regularisation
-(StyleGAN2 defaults) are left out: every latent is paired with its own prior target. An
-exponential moving average of the Generator's weights (`ema_beta`) is the model to sample.
-Optimisers: Adam with betas (0, 0.99), as StyleGAN2.
+A step feeds `batch_size` cached latents z to both branches (the prior of z came from one
+image) and updates, from one Generator forward: the feature-volume discriminators
+(non-saturating logistic loss, lazy R1), then the Generator with the weighted sum of an L1
+volume prior, an L1 + L2 prior on decoded occupancy and colour (near the prior's surface and
+uniform in the box, the Reconstructor's decoders as the teacher), the adversarial loss, and
+every `geometry_every` steps depth and normal losses on ray-marched renders. The decoders start
+as the Reconstructor's and stay frozen; the moving average of the weights (`ema_beta`) is the
+model to sample. Adam with betas (0, 0.99), as StyleGAN2.
 """
 
 from __future__ import annotations

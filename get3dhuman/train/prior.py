@@ -1,32 +1,15 @@
-"""Training stage 2: prior induction.
+"""Training stage 2: prior induction (TRAINING.md, "Stages").
 
-For many latents z, the 2-D generator paints its image: by default the synthetic world's
-stand-in (`synthetic.preview.stand_in_images`: the synthetic human of `human_parameters(z)`,
-front view, as the Reconstructor was trained on); with the setting `image_generator`, a real
-one such as StyleGAN-Human (`nn.ImageGenerator.load`: a network pickle or a file of its
-`save`; its images matted to black, the figures framed as scans are, and resized:
-`nn.image_generator.frame_figures`). The trained Reconstructor turns the image into shape and
-texture feature volumes, and the Reconstructor's occupancy field is rendered to depth, normal
-and mask maps (`render.ray_march` of 0.5 - occupancy, front camera). These are the targets of
-the Generator's latent prior loss and of its depth and normal losses for the same z.
-
-The cache is a directory of shards `prior-00000.safetensors`, ... (`shard_size` latents each,
-written under a temporary name and renamed, so a shard either is complete or absent) and
-`prior.json` with the settings. Latent j is drawn from its own seed (seed * 1_000_003 + j), so
-an interrupted run resumes with the first missing shard and produces the same cache.
-
-Shard tensors: z [S, z_dim] float32; image [S, H, W, 3] uint8 (the 2-D generator's image, for
-the refiner); with `albedo_images`, albedo [S, H, W, 3] uint8 (the stand-in's view unshaded, for
-a refiner of albedo; a real image generator paints shaded images only); with `image_generator`,
-matte [S, H, W] uint8 (its matte, framed as the image: where the figure is, which a real
-image's colours do not tell, as dark hair or clothes may be black; `figure_masks`); shape, texture
-[S, F, V, V] (`volume_dtype`); depth, mask [S, M, M] and normal [S, M, M, 3] float32 (camera
-space, y up, as `render.Rendering`).
-
-With `images_only` the cache holds z and the images alone (IMAGE_KEYS, with `albedo_images` also
-ALBEDO_KEY, with `image_generator` also MATTE_KEY: `cache_keys`) and needs no Reconstructor:
-all that the refiner stage reads, e.g. to train a Refiner for an exported Generator whose
-stage-1 and stage-2 runs are not at hand. The generator stage refuses such a cache.
+For many latents z, the 2-D generator paints an image (the synthetic stand-in, or with the
+setting `image_generator` a real one such as StyleGAN-Human, matted and framed); the trained
+Reconstructor turns it into shape and texture feature volumes, and its occupancy field is
+rendered to depth, normal and mask maps: the targets of the Generator's losses for that z.
+The cache is a directory of safetensors shards (`shard_size` latents each, written atomically;
+latent j has its own seed, so an interrupted run resumes to the same cache) and `prior.json`.
+Shard tensors (`cache_keys`): z [S, z_dim]; image [S, H, W, 3] uint8; albedo (the stand-in
+unshaded) and matte [S, H, W] (a real generator's) where made; shape, texture [S, F, V, V];
+depth, mask [S, M, M] and normal [S, M, M, 3] (camera space). With `images_only`: z and the
+images alone, all the refiner stage reads.
 """
 
 from __future__ import annotations
