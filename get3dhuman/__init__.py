@@ -5,15 +5,17 @@ Public names:
   Generator.from_official_checkpoint loads the authors' weights).
 - Reconstructor, Refiner: the pixel-aligned reconstructor and the refinement U-Net
   (Refiner.from_official_checkpoint loads the authors' refinement network).
-- TexturedMesh: vertices, faces, vertex colours and normals; .to_trimesh(), .export(path).
-  Generator.extract_mesh / Generator.sample produce them; MeshingOptions says how.
+- TexturedMesh: vertices, faces, vertex colours and normals (and a UV texture where baked);
+  .to_trimesh(), .export(path). Generator.extract_mesh / Generator.sample produce them;
+  MeshingOptions says how (narrow band, compute dtype, decimation, texture size).
 - build_info(): what was compiled and what this machine can run.
 - ops: the custom operators (pixel-aligned sampling, fused decoded queries) and their
   pure-torch references.
 - nn: network modules (StyleGAN2Generator, HGFilter, ImplicitDecoder, ResNetDiscriminator, ...).
 - applications (imported on use): latent walks, retexturing a shape, inverting an image.
 - authors (imported on use): the authors' two-view colouring (AuthorsColouring).
-- dataset, evaluate, train (imported on use): `sample` datasets, metrics, the training stages.
+- dataset, verify, evaluate, train (imported on use): `sample` datasets and their checks,
+  metrics, the training stages. texture: decimation, UV atlases, baking.
 """
 
 import importlib.metadata

@@ -104,7 +104,7 @@ def peak_memory(implementation: str, decoder_name: str, count: int, device: str 
 
 # Fields of ExtractionTimings, with the names `summary` prints.
 STAGES = {"networks": "networks", "queries": "queries", "narrow_band": "narrow band",
-          "marching_cubes": "marching cubes", "colors": "colours"}
+          "marching_cubes": "marching cubes", "colors": "colours", "texture": "texture"}
 
 
 @dataclasses.dataclass

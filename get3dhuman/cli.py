@@ -262,10 +262,14 @@ def _dtype(name: str):
 
 
 def _meshing(args: argparse.Namespace):
-    """The MeshingOptions of --compute-dtype."""
+    """The MeshingOptions of --compute-dtype, --faces and --texture-size (0: none)."""
     from get3dhuman.mesh import MeshingOptions
 
-    return MeshingOptions(compute_dtype=None if args.compute_dtype is None else _dtype(args.compute_dtype))
+    texture_size = getattr(args, "texture_size", 0) or None
+    if texture_size is not None and args.format not in ("glb", "obj"):
+        raise _fail(args, f"--texture-size needs --format glb or obj (a {args.format} file holds vertex colours only)")
+    return MeshingOptions(compute_dtype=None if args.compute_dtype is None else _dtype(args.compute_dtype),
+                          faces=getattr(args, "faces", None), texture_size=texture_size)
 
 
 HANDLERS = {"info": _info, "synthetic": _synthetic, "images": _images, "train": _train, "eval": _eval,

@@ -9,6 +9,7 @@ import math
 from get3dhuman import __version__
 from get3dhuman.claims import STALE_AFTER
 from get3dhuman.dataset import parse_seeds
+from get3dhuman.mesh import MIN_FACES, check_texture_size
 from get3dhuman.train.runs import PACKAGED
 from get3dhuman.train.settings import STAGES
 
@@ -56,6 +57,18 @@ def _seeds_item(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _texture_size(text: str) -> int:
+    """An argparse `type` for --texture-size: 0 or a power of two in mesh.TEXTURE_SIZES."""
+    value = _number(int, 0)(text)
+    if value:
+        try:
+            check_texture_size(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"must be 0 or {str(error).removeprefix('texture_size must be ')}") \
+                from None
+    return value
+
+
 _MATTE_TOLERANCE = _number(float, 0, 1, high_open=True)
 
 
@@ -91,6 +104,11 @@ def _add_mesh_arguments(parser: argparse.ArgumentParser, grid_help: str | None, 
                         help=f"marching-cubes cells per axis, at least {MIN_MESH_RESOLUTION} (default 256)")
     _add_compute_dtype_argument(parser, with_model_dtype)
     parser.add_argument("--format", choices=["glb", "ply", "obj"], default="glb", help="mesh files (default glb)")
+    parser.add_argument("--faces", type=_number(int, MIN_FACES), metavar="N",
+                        help="decimate each mesh to at most N faces (quadric error; closed meshes stay closed)")
+    parser.add_argument("--texture-size", type=_texture_size, default=0, metavar="N",
+                        help="bake an N x N texture on a UV atlas (a power of two from 64 to 8192; glb or obj); "
+                        "0: vertex colours only (default)")
     if grid_help is not None:
         parser.add_argument("--preview", type=_TWO_OR_MORE, metavar="RES",
                             help="also write RES x RES front views (PNG)")

@@ -181,6 +181,7 @@ def record_files(record: dict) -> list[str]:
     files += record.get("views", {}).get("files", [])
     files += [file for kind_files in record.get("maps", {}).values() for file in kind_files]
     files += record.get("refined_views", [])
+    files += record.get("material", [])
     return list(dict.fromkeys(files))
 
 
@@ -337,6 +338,9 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
         raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
     if file_type not in FILE_TYPES:
         raise ValueError(f"file_type must be one of {', '.join(FILE_TYPES)}, got {file_type!r}")
+    if meshing.texture_size is not None and file_type not in ("glb", "obj"):
+        raise ValueError(f"meshing.texture_size needs file_type 'glb' or 'obj' (a {file_type} file holds vertex "
+                         "colours only), got file_type " + repr(file_type))
     preview_resolution, preview_views, preview_maps = check_preview_options(preview_resolution, preview_views,
                                                                             preview_maps)
     check_memory(memory_needed(resolution, batch_size, preview_resolution, preview_views, meshing),
@@ -413,6 +417,8 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                     record["refined_views"] = previews_of_views[name]
                 if record["mesh"] is not None:  # the same bytes whoever writes it: a seed names its mesh
                     mesh.export(os.path.join(out_dir, record["mesh"]), file_type)
+                    if mesh.texture is not None and file_type == "obj":  # written beside it by export
+                        record["material"] = [f"{name}.mtl", f"{name}-texture.png"]
                 record["sha256"] = {file: file_sha256(os.path.join(out_dir, file)) for file in record_files(record)}
                 record["seconds"] = round(seconds + shared_seconds + time.perf_counter() - begin, 4)
                 with lock:  # listed once: by the process that still holds the seed's claim

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from get3dhuman._checks import check_int
 from get3dhuman.claims import created_file_mode
@@ -28,19 +29,23 @@ EXPORT_FILE_TYPES = ("ply", "obj", "glb", "off", "stl")
 
 @dataclasses.dataclass
 class TexturedMesh:
-    """A triangle mesh with per-vertex colours.
+    """A triangle mesh with per-vertex colours, and optionally a UV-mapped texture.
 
     Attributes:
         vertices: [V, 3] float32 positions.
         faces: [F, 3] int64 vertex indices, counter-clockwise seen from outside.
         colors: [V, 3] float32 RGB in [0, 1].
         normals: [V, 3] float32 unit outward normals (area-weighted face normals).
+        uvs: [V, 2] float32 texture coordinates in [0, 1] (u right, v up), or None.
+        texture: [S, S, 3] float32 RGB in [0, 1], row 0 at v = 1 (`texture.bake_texture`), or None.
     """
 
     vertices: torch.Tensor
     faces: torch.Tensor
     colors: torch.Tensor
     normals: torch.Tensor
+    uvs: torch.Tensor | None = None
+    texture: torch.Tensor | None = None
 
     @classmethod
     def from_geometry(cls, vertices: torch.Tensor, faces: torch.Tensor, colors: torch.Tensor) -> TexturedMesh:
@@ -52,8 +57,9 @@ class TexturedMesh:
         """Reads a mesh file through trimesh: what `export` wrote (GLB, PLY, OBJ) or any mesh
         trimesh reads (a scene's meshes are concatenated). Vertices and faces as stored (no
         merging or reordering), vertex colours as stored (8-bit: within 1/510 of the colours
-        exported; grey, 0.5, where the file has none), normals recomputed from the geometry as
-        `from_geometry` makes them (so equal to those exported)."""
+        exported; grey, 0.5, where the file has none; with a texture, its colour at each vertex's
+        UV, and the UVs and texture), normals recomputed from the geometry as `from_geometry`
+        makes them (so equal to those exported)."""
         import trimesh
 
         path = os.fspath(path)
@@ -66,6 +72,13 @@ class TexturedMesh:
             raise ValueError(f"{path} is not a mesh file trimesh reads ({type(error).__name__}: {error})") from error
         vertices = torch.from_numpy(np.asarray(loaded.vertices, dtype=np.float32).reshape(-1, 3))
         faces = torch.from_numpy(np.asarray(loaded.faces, dtype=np.int64).reshape(-1, 3))
+        image = getattr(getattr(loaded.visual, "material", None), "baseColorTexture", None) or \
+            getattr(getattr(loaded.visual, "material", None), "image", None)
+        if loaded.visual.kind == "texture" and loaded.visual.uv is not None and image is not None:
+            uvs = torch.from_numpy(np.asarray(loaded.visual.uv, dtype=np.float32).reshape(-1, 2))
+            texture = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255)
+            mesh = cls.from_geometry(vertices, faces, sample_texture(texture, uvs))
+            return dataclasses.replace(mesh, uvs=uvs, texture=texture)
         if loaded.visual.kind == "vertex":
             colors = torch.from_numpy(np.asarray(loaded.visual.vertex_colors[:, :3], dtype=np.float32) / 255)
         else:
@@ -79,22 +92,37 @@ class TexturedMesh:
 
     def to(self, device: str | torch.device) -> TexturedMesh:
         """The mesh with every tensor on `device`."""
-        return TexturedMesh(*(getattr(self, field.name).to(device) for field in dataclasses.fields(self)))
+        return TexturedMesh(*(None if getattr(self, field.name) is None else getattr(self, field.name).to(device)
+                              for field in dataclasses.fields(self)))
 
-    def to_trimesh(self):
-        """A trimesh.Trimesh (vertices and faces as they are, 8-bit RGBA vertex colours)."""
+    def to_trimesh(self, texture_name: str = "texture"):
+        """A trimesh.Trimesh (vertices and faces as they are): with a texture, its UVs and a PBR
+        material whose baseColorTexture is the texture (named `texture_name`), else 8-bit RGBA
+        vertex colours."""
         import trimesh
 
+        normals = self.normals.detach().cpu().numpy() if len(self.vertices) else None
+        arrays = (self.vertices.detach().cpu().numpy(), self.faces.cpu().numpy())
+        if self.texture is not None:
+            from PIL import Image
+
+            image = Image.fromarray((self.texture.detach().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
+            material = trimesh.visual.material.PBRMaterial(name=texture_name, baseColorTexture=image,
+                                                           metallicFactor=0.0, roughnessFactor=1.0)
+            visual = trimesh.visual.TextureVisuals(uv=self.uvs.detach().cpu().numpy(), material=material)
+            return trimesh.Trimesh(*arrays, visual=visual, vertex_normals=normals, process=False)
         colors = (self.colors.detach().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
         rgba = np.concatenate([colors, np.full((len(colors), 1), 255, np.uint8)], 1)
-        normals = self.normals.detach().cpu().numpy() if len(colors) else None
-        return trimesh.Trimesh(self.vertices.detach().cpu().numpy(), self.faces.cpu().numpy(), vertex_colors=rgba,
-                               vertex_normals=normals, process=False)
+        return trimesh.Trimesh(*arrays, vertex_colors=rgba, vertex_normals=normals, process=False)
 
     def export(self, path: str | os.PathLike, file_type: str | None = None) -> None:
         """Writes the mesh through trimesh as one of EXPORT_FILE_TYPES (from the suffix or
-        `file_type`; PLY, OBJ and GLB keep the vertex colours), making its folder if missing.
-        The file appears complete or not at all: it is written under a temporary name, then renamed."""
+        `file_type`), making its folder if missing. GLB and OBJ keep a texture (GLB: embedded
+        as a PBR baseColorTexture; OBJ: beside it, STEM.mtl and STEM-texture.png), else the
+        vertex colours; PLY keeps the vertex colours. Each file appears complete or not at all:
+        it is written under a temporary name, then renamed (an OBJ after its material files)."""
+        import trimesh
+
         path = os.fspath(path)
         file_type = (file_type or os.path.splitext(path)[1].lstrip(".")).lower()
         if file_type not in EXPORT_FILE_TYPES:
@@ -102,15 +130,47 @@ class TexturedMesh:
                              f"file_type be one of them, got {path!r} (file_type {file_type!r})")
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=directory, prefix=".partial-", suffix=f".{file_type}")
-        os.close(handle)
-        try:
-            self.to_trimesh().export(temporary, file_type=file_type)
-            os.chmod(temporary, created_file_mode())  # as other files of the process, not mkstemp's 0600
-            os.replace(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        stem = os.path.splitext(os.path.basename(path))[0]
+        textured = self.texture is not None and file_type in ("glb", "obj")
+        mesh = (self if textured else dataclasses.replace(self, uvs=None, texture=None)).to_trimesh(f"{stem}-texture")
+        if textured and file_type == "obj":
+            text, files = trimesh.exchange.obj.export_obj(mesh, include_texture=True, return_texture=True,
+                                                          mtl_name=f"{stem}.mtl")
+            for name, data in files.items():
+                data = data.encode() if isinstance(data, str) else data
+                _write_file(os.path.join(directory, name), lambda temporary, data=data: _write_bytes(temporary, data))
+            _write_file(path, lambda temporary: _write_bytes(temporary, text.encode()))
+        else:
+            _write_file(path, lambda temporary: mesh.export(temporary, file_type=file_type))
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+def _write_file(path: str, write: Callable[[str], None]) -> None:
+    """Calls write(temporary) for a temporary file beside `path`, then renames it to `path`
+    (with the mode of the process's new files, not mkstemp's 0600); removed if anything fails."""
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".partial-",
+                                         suffix=os.path.splitext(path)[1])
+    os.close(handle)
+    try:
+        write(temporary)
+        os.chmod(temporary, created_file_mode())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def sample_texture(texture: torch.Tensor, uvs: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples [N, 3] of texture [S, S, 3] at uvs [N, 2] (u right, v up: texel (r, c)
+    centred at u = (c + 0.5) / S, v = 1 - (r + 0.5) / S)."""
+    grid = torch.stack([uvs[:, 0] * 2 - 1, (1 - uvs[:, 1]) * 2 - 1], -1)  # align_corners=False: texel edges
+    sampled = F.grid_sample(texture.permute(2, 0, 1)[None], grid[None, None], mode="bilinear",
+                            padding_mode="border", align_corners=False)
+    return sampled[0, :, 0].T
 
 
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
@@ -119,6 +179,19 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     face_normals = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
     normals = torch.zeros_like(vertices).index_add_(0, faces.reshape(-1), face_normals.repeat_interleave(3, 0))
     return torch.nn.functional.normalize(normals, dim=1)
+
+
+TEXTURE_SIZES = (64, 8192)  # the powers of two a texture's side may be
+MIN_FACES = 100  # fewer cannot draw a human
+
+
+def check_texture_size(size: int) -> int:
+    """`size` if it is a power of two within TEXTURE_SIZES; ValueError naming `texture_size` otherwise."""
+    size = check_int(size, "texture_size", 1)
+    if size & (size - 1) or not TEXTURE_SIZES[0] <= size <= TEXTURE_SIZES[1]:
+        raise ValueError(f"texture_size must be a power of two from {TEXTURE_SIZES[0]} to {TEXTURE_SIZES[1]}, "
+                         f"got {size}")
+    return size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,12 +204,17 @@ class MeshingOptions:
     chunk: points per field evaluation.
     compute_dtype: of the decoders' matrix products (`ops.query_field`); None: the model's
         weights' dtype. torch.bfloat16 meshes differ from float32's in a few faces in 10^4.
+    faces: decimate each mesh to at most this many faces (`texture.decimate`; None: keep all).
+    texture_size: bake a texture of this side (a power of two in TEXTURE_SIZES) on a UV atlas
+        (`texture.bake_texture`); None: vertex colours only.
     """
 
     coarse_resolution: int | None = None
     band: float = 0.0
     chunk: int = 1 << 18
     compute_dtype: torch.dtype | None = None
+    faces: int | None = None
+    texture_size: int | None = None
 
     def __post_init__(self) -> None:  # checked and made plain Python values, as settings record them
         object.__setattr__(self, "coarse_resolution", check_int(self.coarse_resolution, "coarse_resolution", 1,
@@ -148,6 +226,9 @@ class MeshingOptions:
         if self.compute_dtype is not None and not (isinstance(self.compute_dtype, torch.dtype)
                                                    and self.compute_dtype.is_floating_point):
             raise ValueError(f"compute_dtype must be None or a floating torch.dtype, got {self.compute_dtype!r}")
+        object.__setattr__(self, "faces", check_int(self.faces, "faces", MIN_FACES, none_ok=True))
+        if self.texture_size is not None:
+            object.__setattr__(self, "texture_size", check_texture_size(self.texture_size))
 
     def settings(self, weights_dtype: torch.dtype | None = None) -> dict:
         """The options that differ from the defaults, dtypes as text ('torch.bfloat16'), as a
@@ -170,6 +251,7 @@ class ExtractionTimings:
     narrow_band: float = 0.0      # classification, child generation, de-duplication, closure
     marching_cubes: float = 0.0
     colors: float = 0.0
+    texture: float = 0.0          # decimation, UV unwrapping, baking (MeshingOptions faces, texture_size)
     evaluated_fraction: list[float] = dataclasses.field(default_factory=list)  # per mesh
 
 

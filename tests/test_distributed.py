@@ -9,10 +9,10 @@ import pytest
 import torch
 from inputs import PROCESSES, THREADS_PER_PROCESS, torch_threads, torchrun
 
+from get3dhuman import distributed
 from get3dhuman.nn import Reconstructor
 from get3dhuman.train import (
     RECONSTRUCTOR_PRESETS,
-    distributed,
     load_checkpoint,
     make_batch,
     training_loss,

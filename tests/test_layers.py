@@ -11,7 +11,7 @@ LAYERS = (
     ("_checks", "_ext", "claims", "distributed", "run_settings"),
     ("kernels",),
     ("ops",),
-    ("render", "mesh"),
+    ("render", "mesh", "texture"),
     ("nn", "losses"),
     ("synthetic",),
     ("refine", "scans", "evaluate", "benchmark", "authors", "info"),

@@ -43,6 +43,7 @@ from get3dhuman.nn.pretrained import (
 from get3dhuman.nn.stylegan2 import NOISE_MODES, StyleGAN2Generator, check_like_weights
 from get3dhuman.ops import OFFICIAL_DEPTH_SCALE, project_inputs, query_field
 from get3dhuman.render import orbit_calibration
+from get3dhuman.texture import bake_texture, decimate
 
 # Volumes of these dtypes are queried in float32 geometry (PixelAlignedModel.query_occupancy).
 REDUCED_DTYPES = (torch.bfloat16, torch.float16)
@@ -213,6 +214,9 @@ class PixelAlignedModel(nn.Module):
         """
         timings = timings if timings is not None else ExtractionTimings()
         meshing = meshing if meshing is not None else MeshingOptions()
+        if recolor is not None and meshing.texture_size is not None:
+            raise ValueError("meshing.texture_size cannot be baked from recolor's colours (the authors' colouring) "
+                             "yet: use vertex colours (texture_size None)")
         meshes = []
         for row in range(shape_volume.shape[0]):
             shape_row = shape_volume[row : row + 1]
@@ -229,15 +233,26 @@ class PixelAlignedModel(nn.Module):
     @torch.no_grad()
     def _mesh_of_row(self, shape_volume: torch.Tensor, texture_volume: torch.Tensor | None, resolution: int,
                      meshing: MeshingOptions, timings: ExtractionTimings) -> TexturedMesh:
-        """`meshes_from_volumes` of volumes [1, F, V, V]."""
+        """`meshes_from_volumes` of volumes [1, F, V, V]: decimated to `meshing.faces` and baked
+        into a texture of `meshing.texture_size` where asked, both coloured by the texture decoder."""
         calib, compute_dtype = self.calibration[None], meshing.compute_dtype
         color = None if texture_volume is None else (
             lambda p: self.query_color(shape_volume, texture_volume, p, calib, compute_dtype=compute_dtype))
         lower, upper, cells = self.mesh_lattice(resolution)
-        return extract_textured_meshes(lambda p: self.query_occupancy(shape_volume, p, calib,
+        mesh = extract_textured_meshes(lambda p: self.query_occupancy(shape_volume, p, calib,
                                                                       compute_dtype=compute_dtype), color, 1,
                                        cells, level=0.5, inside_is_above=True, bounds=(lower, upper),
                                        meshing=meshing, device=shape_volume.device, timings=timings)[0]
+        start = time.perf_counter()
+        if meshing.faces is not None and mesh.faces.shape[0] > meshing.faces:
+            mesh = decimate(mesh, meshing.faces)
+            if color is not None:  # the decoder's colours at the new vertices
+                mesh = dataclasses.replace(mesh, colors=color(mesh.vertices[None])[0].float().clamp(0, 1))
+        if meshing.texture_size is not None:
+            mesh = bake_texture(mesh, (lambda p: color(p[None])[0]) if color is not None else
+                                (lambda p: torch.full_like(p, 0.5)), meshing.texture_size, chunk=meshing.chunk)
+        timings.texture += time.perf_counter() - start
+        return mesh
 
     def _query(self, decoder: ImplicitDecoder, volume: torch.Tensor, points: torch.Tensor, calib: torch.Tensor | None,
                options: dict) -> torch.Tensor:

@@ -8,11 +8,11 @@ import pytest
 import torch
 from inputs import resumed_equals_straight, torch_threads
 
+from get3dhuman import distributed
 from get3dhuman.nn import Reconstructor
 from get3dhuman.synthetic import human_color, human_parameters, human_sdf
 from get3dhuman.train import (
     RECONSTRUCTOR_PRESETS,
-    distributed,
     latest_checkpoint,
     load_checkpoint,
     make_batch,
