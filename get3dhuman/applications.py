@@ -254,8 +254,9 @@ def invert(generator, image: torch.Tensor, mask: torch.Tensor | None = None, *, 
 
 def write_results(generator, out_dir: str, names: list[str], meshes: list[TexturedMesh], file_type: str = "glb",
                   preview_resolution: int | None = None, grid: str | None = None, preview_views: int = 1,
-                  preview_maps: Sequence[str] = ()) -> list[str]:
-    """Writes mesh i as out_dir/names[i].file_type (empty meshes are left out); with
+                  preview_maps: Sequence[str] = (), ground: bool = False, up: str = "y") -> list[str]:
+    """Writes mesh i as out_dir/names[i].file_type (empty meshes are left out; placed by
+    `ground` and `up`, `TexturedMesh.placed`); with
     `preview_resolution` also its previews as `get3dhuman sample` writes them
     (`previews.write_previews`: the front view names[i].png, `preview_views` views about the
     vertical axis, `preview_maps`), `cameras.json` and the `grid` PNG of the front views.
@@ -271,7 +272,7 @@ def write_results(generator, out_dir: str, names: list[str], meshes: list[Textur
     for name, mesh in zip(names, meshes):
         if not mesh.is_empty:
             written.append(os.path.join(out_dir, f"{name}.{file_type}"))
-            mesh.export(written[-1], file_type)
+            mesh.export(written[-1], file_type, ground=ground, up=up)
     if preview_resolution is not None:
         write_cameras(out_dir, generator, preview_views, preview_resolution)
         entries = write_previews(generator, out_dir, names, meshes, preview_resolution, preview_views, preview_maps)
@@ -324,10 +325,11 @@ def inversion_target(image_path: str, side: int, mask_path: str | None = None, f
 
 
 def write_inversion(generator, result: Inversion, out_dir: str, resolution: int = 256, file_type: str = "glb",
-                    preview_resolution: int | None = None, **options) -> list[str]:
+                    preview_resolution: int | None = None, ground: bool = False, up: str = "y",
+                    **options) -> list[str]:
     """Writes an `invert` result to `out_dir`: latents.safetensors (z_shape, z_texture),
     losses.json, and the latents' mesh `inverted.FILE_TYPE` (`Generator.extract_mesh` with
-    `options`) with its front view. Returns the mesh and preview paths."""
+    `options`; placed by `ground` and `up`) with its front view. Returns the mesh and preview paths."""
     import json
 
     from safetensors.torch import save_file
@@ -338,4 +340,4 @@ def write_inversion(generator, result: Inversion, out_dir: str, resolution: int 
     with open(os.path.join(out_dir, "losses.json"), "w") as handle:
         json.dump(result.losses, handle)
     meshes = generator.extract_mesh(result.z_shape, result.z_texture, resolution, **options)
-    return write_results(generator, out_dir, ["inverted"], meshes, file_type, preview_resolution)
+    return write_results(generator, out_dir, ["inverted"], meshes, file_type, preview_resolution, ground=ground, up=up)

@@ -133,7 +133,8 @@ def _sample(args: argparse.Namespace) -> int:
                                 resolution=args.resolution, file_type=args.format, preview_resolution=args.preview,
                                 preview_views=args.views, preview_maps=args.maps, truncation_psi=args.truncation,
                                 refiner=refiner, progress=not args.quiet, render_size=args.render_size,
-                                refined_views=args.refined_views, meshing=_meshing(args), noise_mode=args.noise)
+                                refined_views=args.refined_views, meshing=_meshing(args), noise_mode=args.noise,
+                                ground=args.ground, up=args.up)
     except (FileNotFoundError, ValueError) as error:
         raise _fail(args, error) from error
     except KeyboardInterrupt:
@@ -208,7 +209,7 @@ def _edit(args: argparse.Namespace) -> int:
             meshes = applications.retexture(generator, z_shape.to(args.device), z_texture.to(args.device), **options)
             names = [f"texture-{seed}" for seed in args.textures]
         written = applications.write_results(generator, args.out, names, meshes, args.format, args.preview, args.grid,
-                                             args.views, args.maps)
+                                             args.views, args.maps, ground=args.ground, up=args.up)
     except ValueError as error:
         raise _fail(args, error) from error
     print(f"{len(written)} files in {args.out}" + (f" and {args.grid}" if args.grid else ""))
@@ -228,7 +229,7 @@ def _invert(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise _fail(args, error) from error
     applications.write_inversion(generator, result, args.out, args.resolution, args.format, side,
-                                 meshing=_meshing(args))
+                                 ground=args.ground, up=args.up, meshing=_meshing(args))
     print(f"loss {result.losses[0]:.4f} -> {min(result.losses):.4f}; latents, mesh and front view in {args.out}")
     return 0
 

@@ -106,6 +106,10 @@ def _add_mesh_arguments(parser: argparse.ArgumentParser, grid_help: str | None, 
     parser.add_argument("--format", choices=["glb", "ply", "obj"], default="glb", help="mesh files (default glb)")
     parser.add_argument("--faces", type=_number(int, MIN_FACES), metavar="N",
                         help="decimate each mesh to at most N faces (quadric error; closed meshes stay closed)")
+    parser.add_argument("--ground", action="store_true",
+                        help="mesh files with the feet at y = 0 (z = 0 with --up z), centred in the other two axes")
+    parser.add_argument("--up", choices=["y", "z"], default="y",
+                        help="the up axis of the mesh files: y (glTF, the default) or z (Blender, Unreal)")
     parser.add_argument("--texture-size", type=_texture_size, default=0, metavar="N",
                         help="bake an N x N texture on a UV atlas (a power of two from 64 to 8192; glb or obj); "
                         "0: vertex colours only (default)")

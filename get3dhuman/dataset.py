@@ -26,7 +26,7 @@ from get3dhuman import distributed
 from get3dhuman._checks import check_int, check_seed, check_truncation_psi
 from get3dhuman.authors import VIEW_ANGLES, AuthorsColouring, check_authors_conventions, check_render_size
 from get3dhuman.claims import STALE_AFTER, Claims, write_atomically
-from get3dhuman.mesh import MeshingOptions, TexturedMesh
+from get3dhuman.mesh import UP_AXES, MeshingOptions, TexturedMesh
 from get3dhuman.nn.pretrained import tensors_digest
 from get3dhuman.nn.refiner import OfficialRefiner
 from get3dhuman.nn.stylegan2 import NOISE_MODES
@@ -52,7 +52,7 @@ SETTINGS = "settings.json"
 # meaning, so that neither write_samples nor GeneratedHumans takes a layout it does not know.
 DATASET_FORMAT = 1
 # Settings added after the first datasets were written, with the value those datasets had.
-INTRODUCED = {"preview_views": 1, "preview_maps": [], "format": 1}
+INTRODUCED = {"preview_views": 1, "preview_maps": [], "format": 1, "ground": False, "up": "y"}
 MAX_SEED_RANGE = 10_000_000  # seeds a --seeds range may name (each is held in memory)
 
 
@@ -296,7 +296,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                   preview_maps: Sequence[str] = (), truncation_psi: float = 1.0, refiner=None, progress: bool = True,
                   render_size: int | None = None, refined_views: bool = False, seeds: Sequence[int] | None = None,
                   stale_after: float = STALE_AFTER, written: list | None = None, meshing: MeshingOptions | None = None,
-                  noise_mode: str = "const") -> list[dict]:
+                  noise_mode: str = "const", ground: bool = False, up: str = "y") -> list[dict]:
     """Writes samples seed .. seed + num - 1 of `generator` to `out_dir` (see the module
     docstring), or those of the distinct `seeds` when given (then `num` must be len(seeds)),
     and returns the manifest records of those seeds made by this process or found done, in
@@ -304,7 +304,9 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     barrier).
 
     resolution: marching-cubes cells per axis (Generator.extract_mesh, with `meshing` and
-    `noise_mode`: 'random' draws each seed's noise after torch.manual_seed(seed));
+    `noise_mode`: 'random' draws each seed's noise after torch.manual_seed(seed)); ground, up:
+    where the mesh files put the human (`TexturedMesh.placed`; the previews and cameras.json
+    keep the generator's frame);
     file_type: one of FILE_TYPES; preview_resolution: side of the preview PNGs (None: none);
     preview_views: previews per sample, evenly spaced about the vertical axis from the front
     (1 to 360); preview_maps: maps of MAPS written with every view (`encode_map`); refiner: a
@@ -336,6 +338,8 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     meshing = meshing if meshing is not None else MeshingOptions()
     if noise_mode not in NOISE_MODES:
         raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+    if up not in UP_AXES:
+        raise ValueError(f"up must be one of {', '.join(UP_AXES)}, got {up!r}")
     if file_type not in FILE_TYPES:
         raise ValueError(f"file_type must be one of {', '.join(FILE_TYPES)}, got {file_type!r}")
     if meshing.texture_size is not None and file_type not in ("glb", "obj"):
@@ -365,7 +369,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                 "refined_colors": None if refiner is None else (
                     f"the authors' two views, {render_size or resolution} px" if authors else "mesh views, shading removed"),
                 "previews": None if preview_resolution is None else "rasterized mesh",
-                "preview_views": preview_views, "preview_maps": preview_maps}
+                "preview_views": preview_views, "preview_maps": preview_maps, "ground": bool(ground), "up": up}
     created = record_settings(os.path.join(out_dir, SETTINGS), settings, may_change=(), write=rank == 0,
                               introduced=INTRODUCED)
     lock = FileLock(os.path.join(out_dir, MANIFEST_LOCK))
@@ -416,7 +420,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                 if refined_views:
                     record["refined_views"] = previews_of_views[name]
                 if record["mesh"] is not None:  # the same bytes whoever writes it: a seed names its mesh
-                    mesh.export(os.path.join(out_dir, record["mesh"]), file_type)
+                    mesh.export(os.path.join(out_dir, record["mesh"]), file_type, ground=ground, up=up)
                     if mesh.texture is not None and file_type == "obj":  # written beside it by export
                         record["material"] = [f"{name}.mtl", f"{name}-texture.png"]
                 record["sha256"] = {file: file_sha256(os.path.join(out_dir, file)) for file in record_files(record)}

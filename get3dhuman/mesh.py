@@ -25,6 +25,7 @@ Field = Callable[[torch.Tensor], torch.Tensor]
 # The mesh formats `TexturedMesh.export` writes (through trimesh). OFF and STL carry no colours; STL
 # stores every triangle with its own three corners (a mesh read back from it is not welded).
 EXPORT_FILE_TYPES = ("ply", "obj", "glb", "off", "stl")
+UP_AXES = ("y", "z")  # the up axes of exported files (`TexturedMesh.placed`)
 
 
 @dataclasses.dataclass
@@ -115,9 +116,24 @@ class TexturedMesh:
         rgba = np.concatenate([colors, np.full((len(colors), 1), 255, np.uint8)], 1)
         return trimesh.Trimesh(*arrays, vertex_colors=rgba, vertex_normals=normals, process=False)
 
-    def export(self, path: str | os.PathLike, file_type: str | None = None) -> None:
-        """Writes the mesh through trimesh as one of EXPORT_FILE_TYPES (from the suffix or
-        `file_type`), making its folder if missing. GLB and OBJ keep a texture (GLB: embedded
+    def placed(self, ground: bool = False, up: str = "y") -> TexturedMesh:
+        """The mesh moved for a file: with `ground`, its lowest point at y = 0 and its bounding
+        box centred in x and z; with `up` 'z', turned a quarter about x so that its up (+y) is
+        +z (y -> z, z -> -y), as z-up tools (Blender, Unreal) expect. 'y' keeps y up (glTF)."""
+        if up not in UP_AXES:
+            raise ValueError(f"up must be one of {', '.join(UP_AXES)}, got {up!r}")
+        vertices, normals = self.vertices, self.normals
+        if ground and len(vertices):
+            lower, upper = vertices.min(0).values, vertices.max(0).values
+            vertices = vertices - torch.stack([(lower[0] + upper[0]) / 2, lower[1], (lower[2] + upper[2]) / 2])
+        if up == "z":
+            vertices, normals = (torch.stack([t[:, 0], -t[:, 2], t[:, 1]], 1) for t in (vertices, normals))
+        return dataclasses.replace(self, vertices=vertices, normals=normals)
+
+    def export(self, path: str | os.PathLike, file_type: str | None = None, *, ground: bool = False,
+               up: str = "y") -> None:
+        """Writes the mesh (`placed(ground, up)`) through trimesh as one of EXPORT_FILE_TYPES
+        (from the suffix or `file_type`), making its folder if missing. GLB and OBJ keep a texture (GLB: embedded
         as a PBR baseColorTexture; OBJ: beside it, STEM.mtl and STEM-texture.png), else the
         vertex colours; PLY keeps the vertex colours. Each file appears complete or not at all:
         it is written under a temporary name, then renamed (an OBJ after its material files)."""
@@ -132,7 +148,9 @@ class TexturedMesh:
         os.makedirs(directory, exist_ok=True)
         stem = os.path.splitext(os.path.basename(path))[0]
         textured = self.texture is not None and file_type in ("glb", "obj")
-        mesh = (self if textured else dataclasses.replace(self, uvs=None, texture=None)).to_trimesh(f"{stem}-texture")
+        placed = self.placed(ground, up)
+        mesh = (placed if textured else dataclasses.replace(placed, uvs=None, texture=None)).to_trimesh(
+            f"{stem}-texture")
         if textured and file_type == "obj":
             text, files = trimesh.exchange.obj.export_obj(mesh, include_texture=True, return_texture=True,
                                                           mtl_name=f"{stem}.mtl")

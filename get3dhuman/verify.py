@@ -128,7 +128,8 @@ def _sample_options(settings: dict, records: list[dict]) -> dict:
             "meshing": MeshingOptions(**extract), "noise_mode": noise_mode,
             "render_size": int(authors.group(1)) if authors and int(authors.group(1)) != settings["resolution"]
             else None,
-            "refined_views": any("refined_views" in record for record in records)}
+            "refined_views": any("refined_views" in record for record in records),
+            "ground": settings["ground"], "up": settings["up"]}
 
 
 def repair(generator, out_dir: str | os.PathLike, refiner=None, *, progress: bool = False) -> list[Problem]:

@@ -479,3 +479,20 @@ def test_processes_under_torchrun_share_the_samples(tmp_path):
         [(r["seed"], r["mesh"], r["vertices"], r["faces"]) for r in alone]
     for record in (record for record in alone if record["mesh"] is not None):
         assert (tmp_path / "shared" / record["mesh"]).read_bytes() == (tmp_path / "alone" / record["mesh"]).read_bytes()
+
+
+def test_the_command_line_places_the_mesh_files_and_records_it(tmp_path):
+    weights = tmp_path / "weights.safetensors"
+    generator_with_a_surface().save_pretrained(weights)
+    out = tmp_path / "out"
+    command = ["sample", "--num", "1", "--seed", "3", "--resolution", "32", "--weights", str(weights), "--out",
+               str(out), "--quiet", "--format", "ply", "--ground", "--up", "z"]
+    assert main(command) == 0
+    [record] = read_manifest(str(out))
+    expected = generator_with_a_surface().sample(1, seed=3, resolution=32)[0].placed(ground=True, up="z")
+    written = TexturedMesh.load(out / record["mesh"])
+    assert torch.allclose(written.vertices, expected.vertices) and float(written.vertices[:, 2].min()) == 0
+    settings = json.loads((out / SETTINGS).read_text())
+    assert (settings["ground"], settings["up"]) == (True, "z")
+    with pytest.raises(SystemExit, match=r"other settings \(up\)"):
+        main([*command[:-1], "y"])

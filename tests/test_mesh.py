@@ -258,3 +258,21 @@ def test_meshing_options_are_checked_and_recorded_as_plain_values():
                          (dict(compute_dtype=torch.int32), "compute_dtype must be None or a floating torch.dtype")):
         with pytest.raises(ValueError, match=message):
             MeshingOptions(**bad)
+
+
+def test_placed_meshes_stand_on_the_ground_and_turn_z_up(tmp_path):
+    ball = trimesh.creation.icosphere(2, 0.5)
+    vertices = torch.tensor(ball.vertices, dtype=torch.float32) + torch.tensor([0.3, 0.7, -0.2])
+    mesh = TexturedMesh.from_geometry(vertices, torch.tensor(ball.faces), torch.rand(len(vertices), 3))
+    grounded = mesh.placed(ground=True)
+    lower, upper = grounded.vertices.min(0).values, grounded.vertices.max(0).values
+    assert float(lower[1]) == 0 and torch.allclose((lower + upper)[[0, 2]], torch.zeros(2), atol=1e-6)
+    turned = mesh.placed(ground=True, up="z")
+    assert torch.equal(turned.vertices, grounded.vertices[:, [0, 2, 1]] * torch.tensor([1.0, -1.0, 1.0]))
+    assert float(turned.vertices[:, 2].min()) == 0 and torch.equal(turned.faces, mesh.faces)
+    assert torch.allclose(turned.normals, vertex_normals(turned.vertices, turned.faces), atol=1e-6)  # still outward
+    mesh.export(tmp_path / "ball.ply", ground=True, up="z")
+    assert torch.allclose(TexturedMesh.load(tmp_path / "ball.ply").vertices, turned.vertices)
+    assert torch.equal(mesh.placed().vertices, mesh.vertices)
+    with pytest.raises(ValueError, match="up must be one of y, z, got 'x'"):
+        mesh.placed(up="x")
