@@ -32,7 +32,7 @@ from get3dhuman.cli_arguments import build_parser
 FILE_OUTPUTS = ("synthetic", "images", "export")  # commands whose --out is a file, not a directory
 
 
-def _fail(args: argparse.Namespace, error: Exception):
+def _fail(args: argparse.Namespace, error: Exception | str) -> SystemExit:
     """SystemExit with the one-line message of `error`, prefixed by the command."""
     name = " ".join(filter(None, ("get3dhuman", args.command, getattr(args, "stage", None))))
     return SystemExit(f"{name}: {error}")

@@ -34,11 +34,11 @@ def _sample(weights, out, *options) -> list[str]:
 def test_a_full_disk_ends_in_one_line_and_lists_nothing_half_written(tmp_path, weights, monkeypatch):
     written = []
 
-    def export(mesh, path, file_type=None):
+    def export(mesh, path, file_type=None, **placement):
         if written:
             raise OSError(errno.ENOSPC, "No space left on device", path)
         written.append(path)
-        return original(mesh, path, file_type)
+        return original(mesh, path, file_type, **placement)
 
     original = TexturedMesh.export
     monkeypatch.setattr(TexturedMesh, "export", export)
