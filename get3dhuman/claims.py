@@ -18,6 +18,7 @@ import socket
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 
 STALE_AFTER = 1800.0  # default seconds after which a claim neither refreshed nor done is taken over
 
@@ -40,6 +41,22 @@ def write_atomically(path: str, text: str) -> None:
     at the end: readers see the old file or the new one, and concurrent writers do not clash."""
     temporary = _temporary_with(path, text)
     try:
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def write_file_atomically(path: str, write: Callable[[str], None]) -> None:
+    """Calls write(temporary) for a temporary file of a unique name beside `path` (with its
+    suffix, which writers may read), then renames it to `path`, with the mode of the process's
+    new files; the temporary file is removed if anything fails."""
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".partial-",
+                                         suffix=os.path.splitext(path)[1])
+    os.close(handle)
+    try:
+        write(temporary)
+        os.chmod(temporary, created_file_mode())
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)

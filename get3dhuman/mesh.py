@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from get3dhuman._checks import check_int
-from get3dhuman.claims import created_file_mode
+from get3dhuman.claims import write_file_atomically
 from get3dhuman.ops.narrow_band import narrow_band
 
 Field = Callable[[torch.Tensor], torch.Tensor]
@@ -156,30 +155,15 @@ class TexturedMesh:
                                                           mtl_name=f"{stem}.mtl")
             for name, data in files.items():
                 data = data.encode() if isinstance(data, str) else data
-                _write_file(os.path.join(directory, name), lambda temporary, data=data: _write_bytes(temporary, data))
-            _write_file(path, lambda temporary: _write_bytes(temporary, text.encode()))
+                write_file_atomically(os.path.join(directory, name), lambda temporary, data=data: _write_bytes(temporary, data))
+            write_file_atomically(path, lambda temporary: _write_bytes(temporary, text.encode()))
         else:
-            _write_file(path, lambda temporary: mesh.export(temporary, file_type=file_type))
+            write_file_atomically(path, lambda temporary: mesh.export(temporary, file_type=file_type))
 
 
 def _write_bytes(path: str, data: bytes) -> None:
     with open(path, "wb") as handle:
         handle.write(data)
-
-
-def _write_file(path: str, write: Callable[[str], None]) -> None:
-    """Calls write(temporary) for a temporary file beside `path`, then renames it to `path`
-    (with the mode of the process's new files, not mkstemp's 0600); removed if anything fails."""
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".partial-",
-                                         suffix=os.path.splitext(path)[1])
-    os.close(handle)
-    try:
-        write(temporary)
-        os.chmod(temporary, created_file_mode())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def sample_texture(texture: torch.Tensor, uvs: torch.Tensor) -> torch.Tensor:

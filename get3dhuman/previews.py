@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from get3dhuman._checks import check_int
-from get3dhuman.claims import created_file_mode, write_atomically
+from get3dhuman.claims import write_atomically, write_file_atomically
 from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.refine import mesh_views, render_textured, view_calibration
 from get3dhuman.render import Rendering, save_grid
@@ -117,15 +116,7 @@ def save_png(image: torch.Tensor | np.ndarray, path: str) -> None:
 
     if isinstance(image, torch.Tensor):
         image = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".partial-", suffix=".png")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            Image.fromarray(image).save(file, format="PNG")
-        os.chmod(temporary, created_file_mode())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    write_file_atomically(path, lambda temporary: Image.fromarray(image).save(temporary, format="PNG"))
 
 
 def preview_angles(views: int) -> list[float]:

@@ -88,7 +88,8 @@ def verify(out_dir: str | os.PathLike) -> list[Problem]:
         raise FileNotFoundError(f"out_dir must be a directory of `get3dhuman sample` (with {MANIFEST}), got {out_dir!r}")
     settings, problems = _settings(out_dir)
     listed, seen = set(), set()
-    for record in read_manifest(out_dir):
+    records = read_manifest(out_dir)
+    for record in records:
         seed = record["seed"]
         if seed in seen:
             problems.append(Problem(seed, MANIFEST, f"seed {seed} is listed more than once"))
@@ -105,7 +106,7 @@ def verify(out_dir: str | os.PathLike) -> list[Problem]:
                 problems.append(Problem(seed, file, "missing"))
             elif file in digests and file_sha256(path) != digests[file]:
                 problems.append(Problem(seed, file, "changed: its sha256 is not the one the manifest records"))
-    if any(record.get("preview") for record in read_manifest(out_dir)) and \
+    if any(record.get("preview") for record in records) and \
             not os.path.isfile(os.path.join(out_dir, CAMERAS)):
         problems.append(Problem(None, CAMERAS, "missing"))
     for name in sorted(os.listdir(out_dir)):
