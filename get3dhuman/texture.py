@@ -1,5 +1,10 @@
-"""UV-textured meshes: decimation to a face count, an atlas unwrapped by xatlas, and a texture
-baked from a colour field texel by texel.
+"""UV-textured meshes: decimation to a face count, a UV atlas, and a texture baked from a colour
+field texel by texel.
+
+`unwrap` cuts the mesh into charts by face normal and projects each along its mean normal (the
+way Blender's "smart UV project" does), then xatlas packs them. xatlas's own chart computation
+took 8-15 s for a 50k-face human on this project's CPU (0.4-0.5 s this way) and crashed on an
+80k-face sphere; the projected charts keep one texel density everywhere.
 
 `bake_texture` rasterizes each chart in UV space (`ops.rasterize`), so every texel whose centre
 lies in a triangle gets the 3-D surface point under it; the colour field is queried there, in
@@ -21,6 +26,8 @@ from get3dhuman.mesh import MIN_FACES, TexturedMesh, check_texture_size, vertex_
 from get3dhuman.ops.rasterize import rasterize
 
 ColorField = Callable[[torch.Tensor], torch.Tensor]  # points [N, 3] -> RGB [N, 3] in [0, 1]
+
+
 def decimate(mesh: TexturedMesh, faces: int) -> TexturedMesh:
     """`mesh` with at most `faces` faces, by quadric-error edge collapses (fast-simplification,
     the Fast Quadric Mesh Simplification algorithm), open boundaries kept; a closed mesh stays
@@ -42,35 +49,279 @@ def decimate(mesh: TexturedMesh, faces: int) -> TexturedMesh:
     return TexturedMesh.from_geometry(vertices, triangles, colors)
 
 
-def unwrap(vertices: torch.Tensor, faces: torch.Tensor, size: int, padding: int = 4):
-    """An atlas of the mesh by xatlas, packed for an S x S texture with `padding` texels between
-    charts: (vertex_map [V'] int64, the original vertex of each atlas vertex; faces [F, 3] of
-    the atlas vertices; uvs [V', 2] in [0, 1]; charted [F] bool, the faces xatlas placed). The
-    faces it leaves out (slivers of no area, which decimation and marching cubes make) cover no
-    texel; their vertices found in no placed face take the UV of the nearest one that is."""
+# Charts start as the faces nearest each axis direction, connected through edges.
+_DIRECTIONS = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], np.float64)
+_SMOOTHING_PASSES = 3  # neighbour votes that merge marching cubes' speckled labels into regions
+_MIN_COSINE = 0.5      # a face within 60 degrees of its chart's axis: projected at most 2x smaller
+_SMALL_CHART = 32     # charts of fewer faces join a neighbour where they can
+_SPLIT_ROUNDS = 6      # chart splits for projections that overlap before each overlap is one face
+
+
+def _edge_neighbours(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs (a [E], b [E]) of faces [F, 3] that share an edge."""
+    edges = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), 1)
+    owner = np.repeat(np.arange(len(faces)), 3)
+    order = np.lexsort((edges[:, 1], edges[:, 0]))
+    edges, owner = edges[order], owner[order]
+    same = (edges[1:] == edges[:-1]).all(1)
+    return owner[:-1][same], owner[1:][same]
+
+
+def _components(key: np.ndarray, neighbours: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Chart index [F] of faces joined through shared edges when their `key` [F] is equal."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    a, b = neighbours
+    joined = key[a] == key[b]
+    graph = coo_matrix((np.ones(joined.sum(), np.int8), (a[joined], b[joined])), shape=(len(key), len(key)))
+    return connected_components(graph, directed=False)[1]
+
+
+def _chart_axes(normals: np.ndarray, chart: np.ndarray) -> np.ndarray:
+    """The unit mean normal [C, 3] of each chart, weighted by area (normals [F, 3] are area-long);
+    +z for a chart of no area."""
+    axes = np.zeros((chart.max() + 1, 3))
+    np.add.at(axes, chart, normals)
+    lengths = np.linalg.norm(axes, axis=1, keepdims=True)
+    return np.where(lengths > 0, axes / np.where(lengths > 0, lengths, 1), [[0.0, 0.0, 1.0]])
+
+
+def _merge_small_charts(chart: np.ndarray, unit: np.ndarray, normals: np.ndarray, flat: np.ndarray,
+                        neighbours) -> np.ndarray:
+    """chart [F] with each chart of fewer than _SMALL_CHART faces joined to the large chart it
+    shares most edges with, among those whose axis all its faces are within _MIN_COSINE of
+    (each chart costs its padding in the atlas). unit [F, 3]: unit face normals; normals [F, 3]
+    area-long; flat [F]: faces of no area."""
+    sizes = np.bincount(chart)
+    a, b = neighbours
+    across = chart[a] != chart[b]
+    pairs, shared = np.unique(np.stack([chart[a][across], chart[b][across]], 1), axis=0, return_counts=True)
+    pairs, shared = np.concatenate([pairs, pairs[:, ::-1]]), np.concatenate([shared, shared])
+    candidate = (sizes[pairs[:, 0]] < _SMALL_CHART) & (sizes[pairs[:, 1]] >= _SMALL_CHART)
+    pairs, shared = pairs[candidate], shared[candidate]
+    axes = _chart_axes(normals, chart)
+    target = np.arange(len(sizes))
+    for small, large in pairs[np.lexsort((-shared, pairs[:, 0]))]:  # most shared edges first
+        if target[small] == small:
+            faces = (chart == small) & ~flat
+            if (unit[faces] @ axes[large] >= _MIN_COSINE).all():
+                target[small] = large
+    return target[chart]
+
+
+def _segment(positions: np.ndarray, faces: np.ndarray, neighbours) -> np.ndarray:
+    """Chart index [F] of each face: faces labelled by their nearest axis direction, smoothed by
+    neighbour votes, joined through edges, then split until every face of a chart is within
+    _MIN_COSINE of the chart's mean normal (a face's own normal always is)."""
+    corners = positions[faces]
+    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    lengths = np.linalg.norm(normals, axis=1)
+    flat = lengths == 0  # faces of no area follow their neighbours
+    score = normals @ _DIRECTIONS.T
+    labels = score.argmax(1)
+    a, b = neighbours
+    rows = np.arange(len(faces))
+    for _ in range(_SMOOTHING_PASSES):
+        votes = np.zeros_like(score)
+        np.add.at(votes, (a, labels[b]), 1)
+        np.add.at(votes, (b, labels[a]), 1)
+        votes[rows, labels] += 1.5  # a tie keeps the face's label
+        votes[(score <= 0) & ~flat[:, None]] = -1  # never a direction the face turns from
+        labels = votes.argmax(1)
+    unit = normals / np.maximum(lengths, 1e-30)[:, None]
+    chart = _merge_small_charts(_components(labels, neighbours), unit, normals, flat, neighbours)
+    while True:
+        turned = ((unit * _chart_axes(normals, chart)[chart]).sum(1) < _MIN_COSINE) & ~flat
+        if not turned.any():
+            return chart
+        chart = _components(chart * 2 + turned, neighbours)
+
+
+def _project(positions: np.ndarray, faces: np.ndarray, chart: np.ndarray, axes: np.ndarray):
+    """Each chart's own copy of its vertices, projected along its axis: (vertex_map [V'], the
+    original vertex of each copy; faces [F, 3] of the copies; plane [V', 2], coordinates in the
+    plane of (e1, e2) with (e1, e2, axis) right-handed, so outward faces stay counter-clockwise;
+    depth [V'] along the axis; owner [V'], the chart of each copy)."""
+    copies = chart.repeat(3).astype(np.int64) * len(positions) + faces.reshape(-1)
+    unique, inverse = np.unique(copies, return_inverse=True)
+    vertex_map, owner = unique % len(positions), unique // len(positions)
+    helper = np.where(np.abs(axes[:, :1]) < 0.9, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]])
+    e1 = np.cross(helper, axes)
+    e1 /= np.linalg.norm(e1, axis=1, keepdims=True)
+    e2 = np.cross(axes, e1)
+    points = positions[vertex_map]
+    plane = np.stack([(points * e1[owner]).sum(1), (points * e2[owner]).sum(1)], 1)
+    return vertex_map, inverse.reshape(-1, 3), plane, (points * axes[owner]).sum(1), owner
+
+
+def _doubled_areas(uvs: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Twice the signed area [F] of each face [F, 3] in UV space (uvs [V, 2]), counter-clockwise positive."""
+    corners = uvs[faces]
+    edge1, edge2 = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
+    return edge1[:, 0] * edge2[:, 1] - edge1[:, 1] * edge2[:, 0]
+
+
+def _largest_packing(plane: np.ndarray, faces: np.ndarray, size: int, padding: int, texels_per_unit: float):
+    """(xatlas.Atlas, texels per unit) of the charts (plane [V, 2], faces [F, 3]) packed at the
+    largest scale that fits an S x S texture with `padding` texels between charts (bracketed
+    from `texels_per_unit`, in at most 16 packings; the padding does not scale), or None."""
     import xatlas
 
-    atlas = xatlas.Atlas()
-    atlas.add_mesh(vertices.detach().cpu().numpy().astype(np.float32), faces.cpu().numpy().astype(np.uint32))
-    pack = xatlas.PackOptions()
-    pack.resolution, pack.padding, pack.bilinear = size, padding, True
-    atlas.generate(pack_options=pack)
-    vertex_map, atlas_faces, uvs = atlas[0]
-    # xatlas leaves faces of no area (marching cubes makes some, a vertex's length across) at
-    # uv (0, 0): their vertices take the UV of the nearest vertex of a charted face.
-    corners = uvs[atlas_faces]
-    edge1, edge2 = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
-    area = np.abs(edge1[:, 0] * edge2[:, 1] - edge1[:, 1] * edge2[:, 0])
-    charted = np.zeros(len(uvs), bool)
-    charted[atlas_faces[area > 0].reshape(-1)] = True
-    if charted.any() and not charted.all():
-        from scipy.spatial import cKDTree
+    options = xatlas.PackOptions()
+    options.padding, options.bilinear, options.texels_per_unit = padding, True, 1.0
+    fits, too_big, best = 0.0, np.inf, None
+    for _ in range(16):
+        atlas = xatlas.Atlas()  # charts in texels, so that xatlas's area threshold drops no sliver it need not
+        atlas.add_uv_mesh((plane * texels_per_unit).astype(np.float32), faces.astype(np.uint32))
+        atlas.generate(pack_options=options)
+        side = max(atlas.width, atlas.height)
+        if side <= size:
+            fits, best = texels_per_unit, (atlas, texels_per_unit)
+            if side >= 0.9 * size:
+                break
+        else:
+            too_big = texels_per_unit
+        texels_per_unit *= 0.99 * size / side
+        if not fits < texels_per_unit < too_big:
+            texels_per_unit = np.sqrt(fits * too_big) if fits else too_big / 2
+    return best
 
-        positions = vertices.detach().cpu().numpy()[vertex_map]
-        nearest = cKDTree(positions[charted]).query(positions[~charted])[1]
-        uvs[~charted] = uvs[charted][nearest]
-    return (torch.from_numpy(vertex_map.astype(np.int64)), torch.from_numpy(atlas_faces.astype(np.int64)),
-            torch.from_numpy(uvs.astype(np.float32)), torch.from_numpy(area > 0))
+
+def _pack(plane: np.ndarray, faces: np.ndarray, owner: np.ndarray, size: int, padding: int) -> np.ndarray:
+    """uvs [V, 2] in [0, 1] of the charts (plane [V, 2], faces [F, 3], owner [V] the chart of
+    each vertex) packed by xatlas into an S x S texture at the largest one scale that fits, with
+    `padding` texels between charts, or half as many (down to none) where those do not fit.
+
+    xatlas moves, turns, mirrors and rounds each chart to whole texels, but drops the faces it
+    finds of no area and leaves their corners elsewhere: each chart is placed by the affine map
+    that best carries its vertices to where xatlas put them (least squares, refitted without
+    the corners more than a texel off)."""
+    # xatlas joins vertices at one position: the charts go to cells of a grid, apart.
+    charts = owner.max() + 1
+    low = np.full((charts, 2), np.inf)
+    np.minimum.at(low, owner, plane)
+    high = np.full((charts, 2), -np.inf)
+    np.maximum.at(high, owner, plane)
+    cell, columns = (high - low).max() * 1.5 + 1e-9, int(np.ceil(np.sqrt(charts)))
+    corner = np.stack([np.arange(charts) % columns, np.arange(charts) // columns], 1) * cell
+    plane = plane - low[owner] + corner[owner]
+    area = 0.5 * np.abs(_doubled_areas(plane, faces)).sum()
+    if area == 0:  # nothing to texture: every face of no area
+        return np.zeros_like(plane)
+    for tried_padding in sorted({padding >> halvings for halvings in range(padding.bit_length() + 1)}, reverse=True):
+        packing = _largest_packing(plane, faces, size, tried_padding, size * np.sqrt(0.55 / area))
+        if packing is not None:
+            break
+    else:
+        raise ValueError(f"texture_size {size} cannot hold the {charts} charts even without padding: "
+                         "ask for a larger texture_size or fewer faces")
+    atlas, texels_per_unit = packing
+    copy_map, atlas_faces, packed = atlas[0]
+    if not np.array_equal(copy_map[atlas_faces], faces):
+        raise RuntimeError("xatlas reordered the charts' faces")
+    source = plane[copy_map] * texels_per_unit  # each of xatlas's vertices, in texels
+    target = packed * np.array([atlas.width, atlas.height])
+    chart = owner[copy_map]
+    # Fit on the corners of faces xatlas kept about their size (it rounds small charts to whole texels).
+    ratio = np.abs(_doubled_areas(target, atlas_faces)) / np.maximum(np.abs(_doubled_areas(source, atlas_faces)), 1e-30)
+    weight = np.zeros(len(copy_map))
+    weight[atlas_faces[(ratio > 0.5) & (ratio < 2)]] = 1
+    for _ in range(2):
+        total = np.maximum(np.bincount(chart, weight, charts), 1e-30)[:, None]
+        source_mean, target_mean = (np.stack([np.bincount(chart, weight * points[:, k], charts) for k in (0, 1)], 1)
+                                    / total for points in (source, target))
+        centred_source, centred_target = source - source_mean[chart], target - target_mean[chart]
+        second_moment = np.zeros((charts, 2, 2))
+        np.add.at(second_moment, chart, weight[:, None, None] * centred_source[:, :, None] * centred_source[:, None, :])
+        cross_moment = np.zeros((charts, 2, 2))
+        np.add.at(cross_moment, chart, weight[:, None, None] * centred_source[:, :, None] * centred_target[:, None, :])
+        linear = np.linalg.pinv(second_moment) @ cross_moment  # [C, 2, 2]: uv = (p - mean) @ linear + mean
+        moved = np.einsum("vk,vkd->vd", centred_source, linear[chart]) + target_mean[chart]
+        weight = (np.abs(moved - target).max(1) <= 1).astype(np.float64)
+    return (np.einsum("vk,vkd->vd", plane * texels_per_unit - source_mean[owner], linear[owner])
+            + target_mean[owner]) / size
+
+
+def _overlapping_faces(uvs: np.ndarray, faces: np.ndarray, depth: np.ndarray, size: int) -> np.ndarray:
+    """Pairs [P, 2] of faces (no shared vertex) that hold one texel centre of an S x S texture:
+    drawn with the chart depth, then with its negation, a texel shows the same face both times
+    unless two overlap there."""
+    ndc = torch.from_numpy(np.stack([(uvs[:, 0] * size - 0.5) * 2 / (size - 1) - 1,
+                                     ((1 - uvs[:, 1]) * size - 0.5) * 2 / (size - 1) - 1, depth], 1)).float()
+    faces_t = torch.from_numpy(faces.astype(np.int64))
+    nearest = rasterize(ndc, faces_t, size).face_index
+    ndc[:, 2] = -ndc[:, 2]
+    farthest = rasterize(ndc, faces_t, size).face_index
+    differ = (nearest != farthest).reshape(-1)
+    pairs = torch.stack([nearest.reshape(-1)[differ], farthest.reshape(-1)[differ]], 1).numpy()
+    if not len(pairs):
+        return pairs
+    shared = (faces[pairs[:, 0]][:, :, None] == faces[pairs[:, 1]][:, None, :]).any((1, 2))
+    return np.unique(pairs[~shared], axis=0)
+
+
+def default_padding(size: int) -> int:
+    """Texels between charts in an S x S atlas unless asked otherwise: 4 at 1024, 1 up to 256."""
+    return max(1, size // 256)
+
+
+def unwrap(vertices: torch.Tensor, faces: torch.Tensor, size: int, padding: int | None = None):
+    """A UV atlas of the mesh vertices [V, 3], faces [F, 3] for an S x S texture: (vertex_map
+    [V'] int64, the original vertex of each atlas vertex; faces [F, 3] of the atlas vertices, in
+    the input's order; uvs [V', 2] in [0, 1]; charted [F] bool, the faces of nonzero UV area).
+    padding: texels between charts; None: `default_padding(size)`.
+
+    Charts are the faces nearest one of the six axis directions, joined through edges, split
+    where a face turns more than 60 degrees from the chart's mean normal or where the chart's
+    projection overlaps itself; each is projected orthographically along its mean normal (one
+    texel density everywhere, stretched at most 2x across steep faces) and xatlas packs them
+    with `padding` texels between charts (fewer, down to none, where the texture cannot hold the
+    charts with as many). The few faces xatlas drops as of no area (slivers) are not charted;
+    their corners take the UVs of their neighbours."""
+    padding = default_padding(size) if padding is None else padding
+    positions = vertices.detach().cpu().double().numpy()
+    triangles = faces.cpu().numpy()
+    neighbours = _edge_neighbours(triangles)
+    chart = _segment(positions, triangles, neighbours)
+    corners = positions[triangles]
+    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    for split_round in range(_SPLIT_ROUNDS + 1):
+        axes = _chart_axes(normals, chart)
+        vertex_map, atlas_faces, plane, depth, owner = _project(positions, triangles, chart, axes)
+        uvs = _pack(plane, atlas_faces, owner, size, padding)
+        # Charts xatlas dropped (of no area, or below its threshold) lie collapsed: their
+        # vertices take the UV of a copy of theirs in a chart placed whole, else texel (0, 0).
+        face_chart = owner[atlas_faces[:, 0]]
+        plane_area = np.bincount(face_chart, np.abs(_doubled_areas(plane, atlas_faces)), len(axes))
+        uv_area = np.bincount(face_chart, np.abs(_doubled_areas(uvs, atlas_faces)), len(axes))
+        scale = uv_area / np.where(plane_area > 0, plane_area, 1)
+        lost_chart = (plane_area == 0) | (scale < 0.5 * uv_area.sum() / max(plane_area.sum(), 1e-300))
+        lost = lost_chart[owner]
+        if lost.any():
+            kept_copy = np.full(len(positions), -1)
+            kept_copy[vertex_map[~lost]] = np.flatnonzero(~lost)
+            source = kept_copy[vertex_map[lost]]
+            uvs[lost] = np.where(source[:, None] >= 0, uvs[np.maximum(source, 0)], 0.5 / size)
+        charted = (_doubled_areas(uvs, atlas_faces) != 0) & ~lost_chart[face_chart]
+        drawn = np.flatnonzero(charted)
+        pairs = drawn[_overlapping_faces(uvs, atlas_faces[drawn], depth, size)]
+        if not len(pairs):
+            break
+        if split_round == _SPLIT_ROUNDS:
+            raise RuntimeError(f"unwrap: charts still overlap after {_SPLIT_ROUNDS} splits")
+        crowded = np.unique(chart[pairs])
+        face_depth = depth[atlas_faces].mean(1)
+        if split_round == _SPLIT_ROUNDS - 1:  # last resort: a face alone never overlaps itself
+            apart = np.isin(chart, crowded) * (np.arange(len(chart)) + 1)
+        else:  # split each overlapping chart at the mean depth between its overlapping faces
+            middle = np.zeros(chart.max() + 1)
+            np.add.at(middle, chart[pairs[:, 0]], face_depth[pairs].mean(1))
+            middle /= np.maximum(np.bincount(chart[pairs[:, 0]], minlength=len(middle)), 1)
+            apart = np.isin(chart, crowded) & (face_depth > middle[chart])
+        chart = _components(chart * (len(chart) + 2) + apart, neighbours)
+    return (torch.from_numpy(vertex_map), torch.from_numpy(atlas_faces),
+            torch.from_numpy(uvs.astype(np.float32)), torch.from_numpy(charted))
 
 
 def texel_points(uvs: torch.Tensor, faces: torch.Tensor, vertices: torch.Tensor, size: int):
@@ -121,14 +372,16 @@ def _query(color_fn: ColorField, points: torch.Tensor, chunk: int) -> torch.Tens
     return torch.cat([color_fn(part).float() for part in points.split(chunk)]).clamp(0, 1)
 
 
-def bake_texture(mesh: TexturedMesh, color_fn: ColorField, size: int = 1024, *, padding: int = 4,
+def bake_texture(mesh: TexturedMesh, color_fn: ColorField, size: int = 1024, *, padding: int | None = None,
                  dilation: int = 4, chunk: int = 1 << 18, background: float = 0.5) -> TexturedMesh:
     """`mesh` with a UV atlas and a size x size texture of `color_fn` at the surface point under
-    each texel (queried in chunks of `chunk` points, without gradients), charts dilated by
-    `dilation` texels, `background` elsewhere. The vertices are split along the atlas's seams;
-    each keeps its vertex colour. An empty mesh is returned as it is."""
+    each texel (queried in chunks of `chunk` points, without gradients), charts `padding` texels
+    apart (None: `default_padding(size)`; see `unwrap`) and dilated by `dilation` texels,
+    `background` elsewhere. The vertices are split along the atlas's seams; each keeps its vertex
+    colour. An empty mesh is returned as it is."""
     size = check_texture_size(size)
-    padding, dilation = check_int(padding, "padding", 0), check_int(dilation, "dilation", 0)
+    padding = check_int(padding, "padding", 0, none_ok=True)
+    dilation = check_int(dilation, "dilation", 0)
     chunk = check_int(chunk, "chunk", 1)
     if mesh.is_empty:
         return mesh

@@ -14,7 +14,7 @@ from get3dhuman import Generator
 from get3dhuman.cli import main
 from get3dhuman.dataset import SETTINGS, read_manifest
 from get3dhuman.mesh import MIN_FACES, MeshingOptions, TexturedMesh, check_texture_size, sample_texture
-from get3dhuman.texture import bake_texture, decimate, texel_points
+from get3dhuman.texture import bake_texture, decimate, texel_points, unwrap
 from get3dhuman.verify import verify
 
 
@@ -50,7 +50,7 @@ def test_every_texel_of_a_chart_holds_the_field_at_its_surface_point():
     points = (weights[np.arange(len(face)), face, :, None] * mesh.vertices.numpy()[mesh.faces.numpy()[face]]).sum(1)
     expected = linear_field(torch.from_numpy(points).float()).numpy()
     texels = mesh.texture.reshape(-1, 3).numpy()
-    assert held.sum() > 0.3 * size * size
+    assert held.sum() > 0.25 * size * size
     np.testing.assert_allclose(texels[clearly], expected[clearly], atol=1e-5)
     assert (texels[~held & ~(weights >= -1e-4).all(-1).any(1)] >= 0).all()
 
@@ -71,6 +71,63 @@ def test_the_texture_at_each_vertex_is_the_vertex_colour(size):
                 - (corners[:, 1] - corners[:, 0])[:, 1] * (corners[:, 2] - corners[:, 0])[:, 0]).abs() / 2
         assert area.sum() <= 1
         assert torch.equal(baked.colors, linear_field(baked.vertices))  # vertex colours kept
+
+
+def helicoid(turns: float = 1.5, steps: int = 90, rings: int = 4) -> TexturedMesh:
+    """A ramp winding `turns` times around the z axis, every face turned up: seen along z it
+    covers itself, so one projected chart of it would overlap."""
+    theta, radius = np.meshgrid(np.linspace(0, 2 * np.pi * turns, steps + 1), np.linspace(1, 2, rings + 1),
+                                indexing="ij")
+    vertices = torch.tensor(np.stack([radius * np.cos(theta), radius * np.sin(theta), 0.05 * theta], -1),
+                            dtype=torch.float32).reshape(-1, 3)
+    index = np.arange(len(vertices)).reshape(steps + 1, rings + 1)
+    a, b, c, d = index[:-1, :-1], index[1:, :-1], index[1:, 1:], index[:-1, 1:]
+    faces = torch.tensor(np.concatenate([np.stack([a, d, b], -1), np.stack([b, d, c], -1)]).reshape(-1, 3))
+    return TexturedMesh.from_geometry(vertices, faces, linear_field(vertices))
+
+
+def faces_over_texels(uvs: torch.Tensor, faces: torch.Tensor, size: int) -> np.ndarray:
+    """How many of faces [F, 3] hold each texel centre of an S x S texture strictly inside
+    (brute force, every centre against every face): [S * S]."""
+    rows, columns = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    centres = np.stack([(columns + 0.5) / size, 1 - (rows + 0.5) / size], -1).reshape(-1, 1, 2)
+    corners = uvs.double().numpy()[faces.numpy()]
+    edge1, edge2 = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
+    determinant = edge1[:, 0] * edge2[:, 1] - edge1[:, 1] * edge2[:, 0]
+    counts = []
+    for part in np.array_split(centres, max(1, len(centres) // 256)):
+        offset = part - corners[None, :, 0]
+        w1 = (offset[..., 0] * edge2[:, 1] - offset[..., 1] * edge2[:, 0]) / determinant
+        w2 = (edge1[:, 0] * offset[..., 1] - edge1[:, 1] * offset[..., 0]) / determinant
+        counts.append(((w1 > 1e-6) & (w2 > 1e-6) & (1 - w1 - w2 > 1e-6)).sum(1))
+    return np.concatenate(counts)
+
+
+@pytest.mark.parametrize("shape", ["helicoid", "sphere", "human"])
+def test_unwrapped_charts_never_overlap_and_keep_one_texel_density(shape):
+    if shape == "human":
+        generator = generator_with_a_surface()
+        mesh = generator.sample(1, seed=3, resolution=32, meshing=MeshingOptions(coarse_resolution=8))[0]
+    else:
+        mesh = helicoid() if shape == "helicoid" else sphere(3)
+    size = 128
+    vertex_map, faces, uvs, charted = unwrap(mesh.vertices, mesh.faces, size)
+    assert torch.equal(vertex_map[faces], mesh.faces)  # the input's faces, in its order
+    assert uvs.min() >= 0 and uvs.max() <= 1
+    counts = faces_over_texels(uvs, faces[charted], size)
+    assert counts.max() == 1 and (counts == 1).sum() > 0.15 * size * size
+    # One scale for every chart; a face up to 60 degrees from its chart's axis is projected at
+    # least half its area, and xatlas rounds small charts up to whole texels.
+    corners3, corners2 = mesh.vertices.double()[mesh.faces], uvs.double()[faces]
+    area = torch.linalg.cross(corners3[:, 1] - corners3[:, 0], corners3[:, 2] - corners3[:, 0]).norm(dim=1)
+    edge1, edge2 = corners2[:, 1] - corners2[:, 0], corners2[:, 2] - corners2[:, 0]
+    uv_area = (edge1[:, 0] * edge2[:, 1] - edge1[:, 1] * edge2[:, 0]).abs()
+    measured = charted & (area > 0.01 * area.median())
+    ratio = uv_area[measured] / area[measured]
+    ratio = ratio / ratio.median()
+    assert ratio.min() > 0.4 and ratio.max() < 2.5, (ratio.min(), ratio.max())
+    if shape != "human":  # no slivers: every face is charted
+        assert charted.all()
 
 
 def test_dilated_charts_show_no_background_at_a_4x_mip_reduction():
