@@ -13,7 +13,8 @@
 3. their refinement U-Net refines each view (`nn.OfficialRefiner`; none: the views as they are);
 4. every hit pixel is lifted back to 3D by its depth through their `calib_define` (pixel
    (u, v) at u / R, not u / (R - 1), of the vertically flipped image), the back view rotated
-   back, and each mesh vertex takes the colour of the nearest lifted pixel (a k-d tree).
+   back, and each mesh vertex takes the colour of the nearest lifted pixel (a k-d tree); so
+   does each texel of a UV-textured mesh, at its surface point (`texture.rebake_texture`).
 
 `AuthorsColouring` is the option `Generator.extract_mesh(..., recolor=...)` takes. It traces
 only the rays near the mesh's silhouette (`near_silhouette`; farther rays can neither hit nor
@@ -23,6 +24,7 @@ no surface), and stops each ray once its outcome is settled (`trace_view`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -33,6 +35,7 @@ from get3dhuman._checks import check_int
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn.generator import AUTHORS_BOX
 from get3dhuman.ops import rasterize
+from get3dhuman.texture import rebake_texture
 
 VIEW_ANGLES = (180.0, 0.0)  # degrees about the vertical axis, in their order
 TRACE_STEPS = 55
@@ -224,10 +227,17 @@ class AuthorsColouring:
             return mesh
         if len(points) == 0:
             calib = generator.calibration[None]
-            new_colours = generator.query_color(shape_volume, texture_volume, mesh.vertices[None], calib)[0].float()
+
+            def colour_at(at: torch.Tensor) -> torch.Tensor:
+                return generator.query_color(shape_volume, texture_volume, at[None], calib)[0].float()
         else:
             from scipy.spatial import cKDTree
 
-            nearest = cKDTree(points).query(mesh.vertices.double().cpu().numpy(), k=1)[1]
-            new_colours = torch.from_numpy(colours[nearest])
-        return TexturedMesh(mesh.vertices, mesh.faces, new_colours.to(mesh.colors).clamp(0, 1), mesh.normals)
+            tree = cKDTree(points)
+
+            def colour_at(at: torch.Tensor) -> torch.Tensor:  # the nearest lifted pixel's
+                return torch.from_numpy(colours[tree.query(at.double().cpu().numpy(), k=1)[1]]).to(at.device)
+        recoloured = dataclasses.replace(mesh, colors=colour_at(mesh.vertices).to(mesh.colors).clamp(0, 1))
+        if mesh.texture is None:
+            return recoloured
+        return rebake_texture(recoloured, lambda at, normals, current: colour_at(at))  # a texel as a vertex

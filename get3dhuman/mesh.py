@@ -314,33 +314,42 @@ def extract_textured_meshes(field: Field, color: Field | None, batch_size: int, 
     return [TexturedMesh.from_geometry(vertices, faces, rgb) for (vertices, faces), rgb in zip(geometry, colors)]
 
 
-def back_project_colors(mesh: TexturedMesh, images: torch.Tensor, calib: torch.Tensor, depth: torch.Tensor,
-                        mask: torch.Tensor, tolerance: float = 0.02) -> TexturedMesh:
-    """The mesh with vertex colours taken from views of it: images [K, H, W, 3] seen through
-    orthographic cameras calib [K, 4, 4] (world -> NDC, as render.Rendering), with their depth
-    and mask maps [K, H, W]. A vertex takes the colour at its projection in every view where it
-    is visible (inside the mask, NDC z within `tolerance` of the depth map's), weighted by how
-    squarely its normal faces the camera; vertices seen by no view keep their colour."""
-    if mesh.is_empty:
-        return mesh
+def back_projected_colors(points: torch.Tensor, normals: torch.Tensor, colors: torch.Tensor, images: torch.Tensor,
+                          calib: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor,
+                          tolerance: float = 0.02) -> torch.Tensor:
+    """Colours [N, 3] of surface points [N, 3] with normals [N, 3] taken from views of the
+    surface: images [K, H, W, 3] seen through orthographic cameras calib [K, 4, 4] (world ->
+    NDC, as render.Rendering), with their depth and mask maps [K, H, W]. A point takes the
+    colour at its projection in every view where it is visible (inside the mask, NDC z within
+    `tolerance` of the depth map's), weighted by how squarely its normal faces the camera;
+    points seen by no view keep `colors` [N, 3]."""
     views = images.shape[0]
     if images.dim() != 4 or images.shape[-1] != 3 or calib.shape != (views, 4, 4) or depth.shape != images.shape[:3] \
             or mask.shape != images.shape[:3]:
         raise ValueError(f"images must be [K, H, W, 3] with calib [K, 4, 4] and depth, mask [K, H, W], got "
                          f"{tuple(images.shape)}, {tuple(calib.shape)}, {tuple(depth.shape)}, {tuple(mask.shape)}")
-    vertices = mesh.vertices.to(images).unsqueeze(0).expand(views, -1, -1)
-    ndc = vertices @ calib[:, :3, :3].transpose(1, 2) + calib[:, :3, 3].unsqueeze(1)  # [K, N, 3]
+    ndc = points.to(images).unsqueeze(0) @ calib[:, :3, :3].transpose(1, 2) + calib[:, :3, 3].unsqueeze(1)  # [K, N, 3]
     grid = ndc[..., :2].unsqueeze(2)  # [K, N, 1, 2]
 
     def sample(maps):  # [K, H, W, C] -> [K, N, C]
         return torch.nn.functional.grid_sample(maps.permute(0, 3, 1, 2), grid, align_corners=True)[..., 0].transpose(1, 2)
 
-    colors, seen_depth, seen = sample(images), sample(depth.unsqueeze(-1))[..., 0], sample(mask.unsqueeze(-1))[..., 0]
-    normals = mesh.normals.to(images).unsqueeze(0) @ calib[:, :3, :3].transpose(1, 2)
-    facing = (normals[..., 2] / normals.norm(dim=-1).clamp_min(1e-12)).clamp_min(0)  # NDC z points at the camera
+    seen_colors, seen_depth, seen = sample(images), sample(depth.unsqueeze(-1))[..., 0], sample(mask.unsqueeze(-1))[..., 0]
+    turned = normals.to(images).unsqueeze(0) @ calib[:, :3, :3].transpose(1, 2)
+    facing = (turned[..., 2] / turned.norm(dim=-1).clamp_min(1e-12)).clamp_min(0)  # NDC z points at the camera
     visible = (seen > 0.999) & ((ndc[..., 2] - seen_depth).abs() < tolerance) & (ndc[..., :2].abs() <= 1).all(-1)
     weight = visible * facing  # [K, N]
     total = weight.sum(0)
-    blended = (weight.unsqueeze(-1) * colors).sum(0) / total.clamp_min(1e-12).unsqueeze(-1)
-    new_colors = torch.where((total > 0).unsqueeze(-1), blended, mesh.colors.to(images))
-    return TexturedMesh(mesh.vertices, mesh.faces, new_colors.to(mesh.colors), mesh.normals)
+    blended = (weight.unsqueeze(-1) * seen_colors).sum(0) / total.clamp_min(1e-12).unsqueeze(-1)
+    return torch.where((total > 0).unsqueeze(-1), blended, colors.to(images)).to(colors)
+
+
+def back_project_colors(mesh: TexturedMesh, images: torch.Tensor, calib: torch.Tensor, depth: torch.Tensor,
+                        mask: torch.Tensor, tolerance: float = 0.02) -> TexturedMesh:
+    """The mesh with vertex colours `back_projected_colors` from views of it (images [K, H, W,
+    3], calib [K, 4, 4], depth and mask [K, H, W]); vertices seen by no view keep their colour.
+    A UV-textured mesh keeps its atlas and texture (see `texture.rebake_texture` for those)."""
+    if mesh.is_empty:
+        return mesh
+    return dataclasses.replace(mesh, colors=back_projected_colors(mesh.vertices, mesh.normals, mesh.colors, images,
+                                                                  calib, depth, mask, tolerance))

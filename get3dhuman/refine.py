@@ -12,10 +12,11 @@ from collections.abc import Sequence
 
 import torch
 
-from get3dhuman.mesh import TexturedMesh, back_project_colors
+from get3dhuman.mesh import TexturedMesh, back_project_colors, back_projected_colors
 from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.render import Rendering, ray_march, render_meshes, shade, shading_factor, silhouettes
 from get3dhuman.synthetic.preview import stand_in_images
+from get3dhuman.texture import rebake_texture
 
 
 def view_calibration(generator, angle_deg: float) -> torch.Tensor:
@@ -155,6 +156,13 @@ def colors_from_views(meshes: list[TexturedMesh], views: list[tuple[torch.Tensor
     if remove_shading:
         views = [((image / shading_factor(rendering).unsqueeze(-1)).clamp(0, 1), calib, rendering)
                  for image, calib, rendering in views]
-    return [back_project_colors(mesh, torch.stack([v[0][b] for v in views]), torch.stack([v[1][b] for v in views]),
-                                torch.stack([v[2].depth[b] for v in views]), torch.stack([v[2].mask[b] for v in views]))
-            for b, mesh in enumerate(meshes)]
+    coloured = []
+    for b, mesh in enumerate(meshes):
+        seen = (torch.stack([v[0][b] for v in views]), torch.stack([v[1][b] for v in views]),
+                torch.stack([v[2].depth[b] for v in views]), torch.stack([v[2].mask[b] for v in views]))
+        mesh = back_project_colors(mesh, *seen)
+        if mesh.texture is not None and not mesh.is_empty:  # each texel as a vertex, at its surface point
+            mesh = rebake_texture(mesh, lambda points, normals, current: back_projected_colors(
+                points, normals, current, *seen))
+        coloured.append(mesh)
+    return coloured

@@ -15,6 +15,7 @@ its centre at u = (c + 0.5) / S, v = 1 - (r + 0.5) / S.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -324,18 +325,40 @@ def unwrap(vertices: torch.Tensor, faces: torch.Tensor, size: int, padding: int 
             torch.from_numpy(uvs.astype(np.float32)), torch.from_numpy(charted))
 
 
+def _texel_barycentrics(uvs: torch.Tensor, faces: torch.Tensor, size: int):
+    """(covered [S, S] bool, the texels of an S x S texture whose centre lies in one of faces
+    [F, 3] in UV space (uvs [V, 2]); face [K], the face under each covered texel in row-major
+    order; barycentric [K, 3], the texel centre's weights of its corners)."""
+    # Texel centres at the rasterizer's pixel centres: u = (c + 0.5) / S -> x = -1 + 2c / (S - 1).
+    ndc = torch.stack([(uvs[:, 0] * size - 0.5) * 2 / (size - 1) - 1,
+                       ((1 - uvs[:, 1]) * size - 0.5) * 2 / (size - 1) - 1, torch.zeros_like(uvs[:, 0])], 1)
+    drawn = rasterize(ndc.float().contiguous(), faces, size)
+    covered = drawn.face_index >= 0
+    return covered, drawn.face_index[covered], drawn.barycentric[covered]
+
+
 def texel_points(uvs: torch.Tensor, faces: torch.Tensor, vertices: torch.Tensor, size: int):
     """The surface points under the texels of an S x S texture: (covered [S, S] bool, the texels
     whose centre lies in a face of the atlas; points [K, 3], the 3-D point under each covered
     texel in row-major order), from uvs [V, 2], faces [F, 3] and vertices [V, 3] of the atlas."""
-    # Texel centres at the rasterizer's pixel centres: u = (c + 0.5) / S -> x = -1 + 2c / (S - 1).
-    ndc = torch.stack([(uvs[:, 0] * size - 0.5) * 2 / (size - 1) - 1,
-                       ((1 - uvs[:, 1]) * size - 0.5) * 2 / (size - 1) - 1, torch.zeros_like(uvs[:, 0])], 1)
-    drawn = rasterize(ndc.contiguous(), faces, size)
-    covered = drawn.face_index >= 0
-    corners = faces[drawn.face_index[covered]]  # [K, 3]
-    points = (vertices[corners] * drawn.barycentric[covered].unsqueeze(-1).to(vertices.dtype)).sum(1)
-    return covered, points
+    covered, face, barycentric = _texel_barycentrics(uvs, faces, size)
+    return covered, (vertices[faces[face]] * barycentric.unsqueeze(-1).to(vertices.dtype)).sum(1)
+
+
+def drawn_faces(mesh: TexturedMesh) -> torch.Tensor:
+    """[F] bool: the faces of `mesh`'s atlas that own texels, those of nonzero UV area at about
+    the atlas's one scale (UV over 3-D area within 4x of the median). Slivers xatlas dropped
+    take their corners' UVs from neighbouring charts and span between them far out of scale."""
+    corners3, corners2 = mesh.vertices.double()[mesh.faces], mesh.uvs.double()[mesh.faces]
+    area = torch.linalg.cross(corners3[:, 1] - corners3[:, 0], corners3[:, 2] - corners3[:, 0]).norm(dim=1)
+    edge1, edge2 = corners2[:, 1] - corners2[:, 0], corners2[:, 2] - corners2[:, 0]
+    uv_area = (edge1[:, 0] * edge2[:, 1] - edge1[:, 1] * edge2[:, 0]).abs()
+    ratio = uv_area / area.clamp_min(1e-300)
+    candidate = (uv_area > 0) & (area > 0)
+    if not candidate.any():
+        return candidate
+    typical = ratio[candidate].median()
+    return candidate & (ratio <= 4 * typical) & (ratio >= typical / 4)
 
 
 def dilate(texture: torch.Tensor, covered: torch.Tensor, texels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -365,46 +388,67 @@ def _texel_of(uvs: torch.Tensor, size: int) -> torch.Tensor:
     return row * size + column
 
 
-def _query(color_fn: ColorField, points: torch.Tensor, chunk: int) -> torch.Tensor:
-    """color_fn at points [N, 3], `chunk` at a time, clamped to [0, 1]: [N, 3] float32."""
-    if not len(points):
-        return points.new_zeros(0, 3, dtype=torch.float32)
-    return torch.cat([color_fn(part).float() for part in points.split(chunk)]).clamp(0, 1)
+SurfaceColor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(points [N, 3], unit normals [N, 3], the texture's current colours [N, 3]) -> RGB [N, 3] in [0, 1]."""
+
+
+def rebake_texture(mesh: TexturedMesh, surface_color: SurfaceColor, *, dilation: int = 4, chunk: int = 1 << 18,
+                   background: float = 0.5) -> TexturedMesh:
+    """`mesh` (UV-textured, e.g. by `bake_texture`) with every texel under its atlas (see
+    `drawn_faces`) recomputed by `surface_color` from the surface point, the unit normal
+    (interpolated from the vertex normals) and the texel's current colour, `chunk` texels at a
+    time without gradients; the charts dilated again by `dilation` texels, `background`
+    elsewhere. Vertices, faces, UVs and vertex colours stay as they are."""
+    if mesh.texture is None or mesh.uvs is None:
+        raise ValueError("mesh must have uvs and a texture (bake_texture makes them), got an untextured mesh")
+    dilation, chunk = check_int(dilation, "dilation", 0), check_int(chunk, "chunk", 1)
+    if mesh.is_empty:
+        return mesh
+    size, device = mesh.texture.shape[0], mesh.vertices.device
+    placed = mesh.faces[drawn_faces(mesh)]
+    covered, face, barycentric = _texel_barycentrics(mesh.uvs, placed, size)
+    weights = barycentric.unsqueeze(-1)
+    points, normals = ((values[placed[face]] * weights.to(values.dtype)).sum(1) for values in (mesh.vertices, mesh.normals))
+    # Charts too thin for a texel centre: texels under their corners, edge midpoints and centroids.
+    splat_uvs, splat_points, splat_normals = (
+        torch.einsum("kc,fcd->fkd", _SPLAT_WEIGHTS.to(values), values[placed]).reshape(-1, values.shape[1])
+        for values in (mesh.uvs, mesh.vertices, mesh.normals))
+    splat_texels = _texel_of(splat_uvs, size)
+    missed = ~covered.reshape(-1)[splat_texels]
+    splat_texels, splat_points, splat_normals = splat_texels[missed], splat_points[missed], splat_normals[missed]
+    texels = torch.cat([covered.reshape(-1).nonzero()[:, 0], splat_texels])
+    points, normals = torch.cat([points, splat_points]), F.normalize(torch.cat([normals, splat_normals]), dim=1)
+    current = mesh.texture.reshape(-1, 3)[texels].float()
+    with torch.no_grad():
+        colors = (torch.cat([surface_color(*parts).float() for parts in zip(points.split(chunk), normals.split(chunk),
+                                                                           current.split(chunk))])
+                  if len(points) else current).clamp(0, 1)
+    texture = torch.zeros(size * size, 3, device=device)
+    texture[covered.reshape(-1)] = colors[: int(covered.sum())]
+    counts = torch.zeros(size * size, device=device).index_add_(0, splat_texels,
+                                                                torch.ones_like(splat_texels, dtype=torch.float32))
+    sums = torch.zeros(size * size, 3, device=device).index_add_(0, splat_texels, colors[int(covered.sum()):])
+    splatted = counts > 0
+    texture[splatted] = sums[splatted] / counts[splatted].unsqueeze(1)
+    texture, filled = dilate(texture.reshape(size, size, 3), covered | splatted.reshape(size, size), dilation)
+    return dataclasses.replace(mesh, texture=torch.where(filled.unsqueeze(-1), texture, float(background)))
 
 
 def bake_texture(mesh: TexturedMesh, color_fn: ColorField, size: int = 1024, *, padding: int | None = None,
                  dilation: int = 4, chunk: int = 1 << 18, background: float = 0.5) -> TexturedMesh:
-    """`mesh` with a UV atlas and a size x size texture of `color_fn` at the surface point under
-    each texel (queried in chunks of `chunk` points, without gradients), charts `padding` texels
-    apart (None: `default_padding(size)`; see `unwrap`) and dilated by `dilation` texels,
+    """`mesh` with a UV atlas (`unwrap`) and a size x size texture of `color_fn` at the surface
+    point under each texel (queried in chunks of `chunk` points, without gradients), charts
+    `padding` texels apart (None: `default_padding(size)`) and dilated by `dilation` texels,
     `background` elsewhere. The vertices are split along the atlas's seams; each keeps its vertex
     colour. An empty mesh is returned as it is."""
     size = check_texture_size(size)
     padding = check_int(padding, "padding", 0, none_ok=True)
-    dilation = check_int(dilation, "dilation", 0)
-    chunk = check_int(chunk, "chunk", 1)
     if mesh.is_empty:
         return mesh
-    vertex_map, faces, uvs, charted = (tensor.to(mesh.vertices.device)
-                                       for tensor in unwrap(mesh.vertices, mesh.faces, size, padding))
-    vertices, placed = mesh.vertices[vertex_map], faces[charted]
-    covered, points = texel_points(uvs, placed, vertices, size)
-    # Charts too thin for a texel centre: texels under their corners, edge midpoints and centroids.
-    splat_uvs, splat_points = (torch.einsum("kc,fcd->fkd", _SPLAT_WEIGHTS.to(values), values[placed])
-                               .reshape(-1, values.shape[1]) for values in (uvs, vertices))
-    splat_texels = _texel_of(splat_uvs, size)
-    missed = ~covered.reshape(-1)[splat_texels]
-    splat_texels, splat_points = splat_texels[missed], splat_points[missed]
-    with torch.no_grad():
-        colors = _query(color_fn, torch.cat([points, splat_points]), chunk)
-    device = vertices.device
-    texture = torch.zeros(size * size, 3, device=device)
-    texture[covered.reshape(-1)] = colors[: len(points)]
-    counts = torch.zeros(size * size, device=device).index_add_(0, splat_texels,
-                                                                torch.ones_like(splat_texels, dtype=torch.float32))
-    sums = torch.zeros(size * size, 3, device=device).index_add_(0, splat_texels, colors[len(points):])
-    splatted = counts > 0
-    texture[splatted] = sums[splatted] / counts[splatted].unsqueeze(1)
-    texture, filled = dilate(texture.reshape(size, size, 3), covered | splatted.reshape(size, size), dilation)
-    texture = torch.where(filled.unsqueeze(-1), texture, float(background))
-    return TexturedMesh(vertices, faces, mesh.colors[vertex_map], vertex_normals(vertices, faces), uvs, texture)
+    vertex_map, faces, uvs, _ = (tensor.to(mesh.vertices.device) for tensor in unwrap(mesh.vertices, mesh.faces,
+                                                                                        size, padding))
+    vertices = mesh.vertices[vertex_map]
+    atlas = TexturedMesh(vertices, faces, mesh.colors[vertex_map], vertex_normals(vertices, faces), uvs,
+                         torch.full((size, size, 3), float(background), device=vertices.device))
+    return rebake_texture(atlas, lambda points, normals, current: color_fn(points), dilation=dilation, chunk=chunk,
+                          background=background)

@@ -17,8 +17,10 @@ from get3dhuman import Generator, Refiner, TexturedMesh
 from get3dhuman.authors import AuthorsColouring, authors_views, dilate, lift_views, near_silhouette, trace_view
 from get3dhuman.cli import main
 from get3dhuman.dataset import read_manifest
+from get3dhuman.mesh import MeshingOptions, sample_texture
 from get3dhuman.nn.generator import AUTHORS_BOX, OFFICIAL_CALIBRATION, OUTSIDE_IMAGE_OCCUPANCY, PRESETS
 from get3dhuman.nn.refiner import OfficialRefiner
+from get3dhuman.texture import drawn_faces, texel_points
 
 
 def _refiner_file(seed=0):
@@ -446,6 +448,21 @@ def test_their_colouring_gives_each_vertex_the_refined_colour_of_the_field_near_
     torch.testing.assert_close(mesh.colors, colour(None, None, ndc[None])[0], rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="the authors' colouring needs a generator with their conventions"):
         Generator("tiny").extract_mesh(*Generator("tiny").latents([0]), 16, recolor=AuthorsColouring())
+
+
+def test_their_colouring_bakes_a_texture_of_the_refined_colour_at_each_texels_point():
+    generator, colour = _ball_generator()
+    meshing = MeshingOptions(faces=1500, texture_size=128)
+    mesh = generator.extract_mesh(*generator.latents([0]), 64, recolor=AuthorsColouring(_Inverting()),
+                                  meshing=meshing)[0]
+    assert len(mesh.faces) <= 1500 and mesh.texture.shape == (128, 128, 3)
+    covered, points = texel_points(mesh.uvs, mesh.faces[drawn_faces(mesh)], mesh.vertices, 128)
+    ndc = points @ OFFICIAL_CALIBRATION[:3, :3].T + OFFICIAL_CALIBRATION[:3, 3]
+    expected = 1 - colour(None, None, ndc[None])[0]  # the inverted views of the analytic colour
+    error = (mesh.texture[covered] - expected).abs().max(1).values
+    assert covered.float().mean() > 0.25 and error.mean() < 0.01 and error.max() < 0.1
+    # The texture at each vertex is the vertex's own colour (the nearest lifted pixel to both).
+    assert (sample_texture(mesh.texture, mesh.uvs) - mesh.colors).abs().mean() < 0.01
 
 
 @pytest.mark.slow

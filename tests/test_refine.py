@@ -9,7 +9,8 @@ from inputs import generator_with_a_surface, resumed_equals_straight
 
 from get3dhuman import losses
 from get3dhuman.cli import main
-from get3dhuman.mesh import MeshingOptions, TexturedMesh, back_project_colors
+from get3dhuman.dataset import read_manifest, write_samples
+from get3dhuman.mesh import MeshingOptions, TexturedMesh, back_project_colors, sample_texture
 from get3dhuman.nn import Generator, Refiner
 from get3dhuman.nn import refiner as refiner_module
 from get3dhuman.nn.generator import OFFICIAL_CALIBRATION
@@ -27,6 +28,7 @@ from get3dhuman.refine import (
 )
 from get3dhuman.render import orbit_calibration, ray_march, shade, shading_factor, silhouettes
 from get3dhuman.synthetic.preview import stand_in_images
+from get3dhuman.texture import drawn_faces, texel_points
 from get3dhuman.train import (
     PRIOR_PRESETS,
     RECONSTRUCTOR_PRESETS,
@@ -42,6 +44,7 @@ from get3dhuman.train.refiner import (
     load_refiner,
     train_refiner,
 )
+from get3dhuman.verify import verify
 
 TINY = PRESETS["tiny"]
 MESH_RESOLUTION = 32  # of the meshes the tiny generators' views render
@@ -108,6 +111,33 @@ def test_an_identity_refiner_gives_back_the_generators_own_colours():
                 assert difference.mean() > 0.05 and difference.max() > 0.2
             else:  # the views' colours are the decoder's, up to pixel interpolation
                 assert difference.mean() < 1e-3 and difference.max() < 0.01, name
+
+
+def test_refined_views_recolour_a_textured_meshs_texels_as_its_vertices(tmp_path):
+    generator = generator_with_a_surface(seen_from_the_front=True)
+    z_shape, z_texture = generator.latents([10])
+    meshing = MeshingOptions(coarse_resolution=8, faces=2000, texture_size=128)
+    mesh = generator.extract_mesh(z_shape, z_texture, resolution=32, meshing=meshing)[0]
+    darker = Refiner(base_channels=4, depth=2, residual=True, albedo=True)
+    with torch.no_grad():  # the render minus 0.5 in [-1, 1]: each seen texel a quarter darker in [0, 1]
+        darker.head.bias.fill_(-0.5)
+    refined = refine_meshes(generator, darker, [mesh])[0]
+    assert torch.equal(refined.uvs, mesh.uvs) and torch.equal(refined.faces, mesh.faces)
+    covered, _ = texel_points(mesh.uvs, mesh.faces[drawn_faces(mesh)], mesh.vertices, 128)
+    before, after = mesh.texture[covered], refined.texture[covered]
+    seen = (after - before).abs().amax(1) > 1e-3
+    assert seen.float().mean() > 0.3  # about the half of the surface the front and back views see squarely
+    bright = seen & (before.amin(1) > 0.3)  # not clamped at 0
+    assert ((before - after)[bright] - 0.25).abs().median() < 0.02
+    assert (after[~seen] - before[~seen]).abs().max() <= 1e-3  # texels no view sees keep their colour
+    # Texels and vertices, refined alike: the texture at each vertex is its refined colour.
+    assert (sample_texture(refined.texture, refined.uvs) - refined.colors).abs().mean() < 0.03
+    out = tmp_path / "humans"  # and so a dataset's files
+    write_samples(generator, str(out), 1, seed=10, resolution=32, file_type="obj", refiner=darker, progress=False,
+                  meshing=meshing)
+    record = read_manifest(str(out))[0]
+    assert record["material"] and verify(out) == []
+    assert (TexturedMesh.load(out / record["mesh"]).texture - refined.texture).abs().max() <= 0.5 / 255 + 1e-6
 
 
 def test_stage_4s_mesh_renders_show_what_the_field_ray_marched_shows():

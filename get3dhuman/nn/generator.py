@@ -210,13 +210,12 @@ class PixelAlignedModel(nn.Module):
         recolor: None (colours of the texture decoder at the vertices), or a callable
         (generator, shape_volume [1, F, V, V], texture_volume, grey mesh, resolution) -> mesh
         that colours each row's mesh instead, e.g. `get3dhuman.authors.AuthorsColouring` (the
-        authors' two refined views); its time counts as `timings.colors`.
+        authors' two refined views); with `meshing.texture_size` the grey mesh comes UV-textured
+        and the callable colours its texture too (`texture.rebake_texture`). Its time counts as
+        `timings.colors`.
         """
         timings = timings if timings is not None else ExtractionTimings()
         meshing = meshing if meshing is not None else MeshingOptions()
-        if recolor is not None and meshing.texture_size is not None:
-            raise ValueError("meshing.texture_size cannot be baked from recolor's colours (the authors' colouring) "
-                             "yet: use vertex colours (texture_size None)")
         meshes = []
         for row in range(shape_volume.shape[0]):
             shape_row = shape_volume[row : row + 1]
