@@ -254,17 +254,19 @@ def invert(generator, image: torch.Tensor, mask: torch.Tensor | None = None, *, 
 
 def write_results(generator, out_dir: str, names: list[str], meshes: list[TexturedMesh], file_type: str = "glb",
                   preview_resolution: int | None = None, grid: str | None = None, preview_views: int = 1,
-                  preview_maps: Sequence[str] = (), ground: bool = False, up: str = "y") -> list[str]:
+                  preview_maps: Sequence[str] = (), ground: bool = False, up: str = "y",
+                  preview_elevation: float = 0.0) -> list[str]:
     """Writes mesh i as out_dir/names[i].file_type (empty meshes are left out; placed by
     `ground` and `up`, `TexturedMesh.placed`); with
     `preview_resolution` also its previews as `get3dhuman sample` writes them
     (`previews.write_previews`: the front view names[i].png, `preview_views` views about the
-    vertical axis, `preview_maps`), `cameras.json` and the `grid` PNG of the front views.
+    vertical axis, `preview_maps`, raised by `preview_elevation` degrees), `cameras.json` and the
+    `grid` PNG of the front views.
     Returns the paths written."""
     from get3dhuman.previews import CAMERAS, check_preview_options, save_preview_grid, write_cameras, write_previews
 
-    preview_resolution, preview_views, preview_maps = check_preview_options(preview_resolution, preview_views,
-                                                                            preview_maps)
+    preview_resolution, preview_views, preview_maps, preview_elevation = check_preview_options(
+        preview_resolution, preview_views, preview_maps, preview_elevation)
     if grid is not None and preview_resolution is None:
         raise ValueError("grid needs preview_resolution (the grid is made of the previews)")
     os.makedirs(out_dir, exist_ok=True)
@@ -274,8 +276,9 @@ def write_results(generator, out_dir: str, names: list[str], meshes: list[Textur
             written.append(os.path.join(out_dir, f"{name}.{file_type}"))
             mesh.export(written[-1], file_type, ground=ground, up=up)
     if preview_resolution is not None:
-        write_cameras(out_dir, generator, preview_views, preview_resolution)
-        entries = write_previews(generator, out_dir, names, meshes, preview_resolution, preview_views, preview_maps)
+        write_cameras(out_dir, generator, preview_views, preview_resolution, preview_elevation)
+        entries = write_previews(generator, out_dir, names, meshes, preview_resolution, preview_views, preview_maps,
+                                 preview_elevation)
         files = [CAMERAS]
         for entry in entries:
             files += entry["views"]["files"] if "views" in entry else [entry["preview"]]

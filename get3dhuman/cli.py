@@ -103,14 +103,14 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _load_models(args: argparse.Namespace, device) -> tuple:
     """The generator of --weights, --generator or --checkpoint (in --dtype), and the refiner of
-    --refiner where the command has it; refuses --grid, --views or --maps without --preview."""
+    --refiner where the command has it; refuses --grid, --views, --elevation or --maps without --preview."""
     from get3dhuman.train.runs import resolve_generator, resolve_refiner
 
     if getattr(args, "preview", None) is None:
         if getattr(args, "grid", None) is not None:
             raise _fail(args, "--grid needs --preview RES (the grid is made of the previews)")
-        if getattr(args, "views", 1) > 1 or getattr(args, "maps", None):
-            raise _fail(args, "--views and --maps need --preview RES (they are previews)")
+        if getattr(args, "views", 1) > 1 or getattr(args, "maps", None) or getattr(args, "elevation", 0):
+            raise _fail(args, "--views, --elevation and --maps need --preview RES (they are previews)")
     try:
         generator = resolve_generator(args.weights, args.generator, args.checkpoint, args.preset, device)
         refiner = resolve_refiner(getattr(args, "refiner", None), args.preset, device)
@@ -134,7 +134,7 @@ def _sample(args: argparse.Namespace) -> int:
                                 preview_views=args.views, preview_maps=args.maps, truncation_psi=args.truncation,
                                 refiner=refiner, progress=not args.quiet, render_size=args.render_size,
                                 refined_views=args.refined_views, meshing=_meshing(args), noise_mode=args.noise,
-                                ground=args.ground, up=args.up)
+                                ground=args.ground, up=args.up, preview_elevation=args.elevation)
     except (FileNotFoundError, ValueError) as error:
         raise _fail(args, error) from error
     except KeyboardInterrupt:
@@ -209,7 +209,8 @@ def _edit(args: argparse.Namespace) -> int:
             meshes = applications.retexture(generator, z_shape.to(args.device), z_texture.to(args.device), **options)
             names = [f"texture-{seed}" for seed in args.textures]
         written = applications.write_results(generator, args.out, names, meshes, args.format, args.preview, args.grid,
-                                             args.views, args.maps, ground=args.ground, up=args.up)
+                                             args.views, args.maps, ground=args.ground, up=args.up,
+                                             preview_elevation=args.elevation)
     except ValueError as error:
         raise _fail(args, error) from error
     print(f"{len(written)} files in {args.out}" + (f" and {args.grid}" if args.grid else ""))

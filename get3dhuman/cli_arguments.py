@@ -99,7 +99,7 @@ def _add_compute_dtype_argument(parser: argparse.ArgumentParser, with_model_dtyp
 
 def _add_mesh_arguments(parser: argparse.ArgumentParser, grid_help: str | None, with_model_dtype: bool = True) -> None:
     """--resolution, --compute-dtype (and --dtype: `_add_compute_dtype_argument`), --format, and
-    unless grid_help is None --preview, --grid, --views, --maps and --truncation."""
+    unless grid_help is None --preview, --grid, --views, --elevation, --maps and --truncation."""
     parser.add_argument("--resolution", type=_MESH_RESOLUTION, default=256,
                         help=f"marching-cubes cells per axis, at least {MIN_MESH_RESOLUTION} (default 256)")
     _add_compute_dtype_argument(parser, with_model_dtype)
@@ -120,6 +120,9 @@ def _add_mesh_arguments(parser: argparse.ArgumentParser, grid_help: str | None, 
         parser.add_argument("--views", type=_number(int, 1, 360), default=1, metavar="V",
                             help="with --preview: V previews per mesh, 360/V degrees apart about the vertical axis, "
                             "the front first (default 1)")
+        parser.add_argument("--elevation", type=_number(float, -90, 90), default=0.0, metavar="DEG",
+                            help="with --preview: the preview cameras raised by DEG degrees, looking down "
+                            "(negative: from below; default 0, level)")
         parser.add_argument("--maps", nargs="+", choices=["mask", "depth", "normal"], default=[],
                             help="with --preview: also these maps of every view (mask; depth as 16-bit PNG, "
                             "(z + 1) / 2 of the NDC depth; camera-space normals as RGB)")

@@ -52,13 +52,9 @@ SETTINGS = "settings.json"
 # meaning, so that neither write_samples nor GeneratedHumans takes a layout it does not know.
 DATASET_FORMAT = 1
 # Settings added after the first datasets were written, with the value those datasets had.
-INTRODUCED = {"preview_views": 1, "preview_maps": [], "format": 1, "ground": False, "up": "y"}
+INTRODUCED = {"preview_views": 1, "preview_maps": [], "format": 1, "ground": False, "up": "y",
+              "preview_elevation": 0.0}
 MAX_SEED_RANGE = 10_000_000  # seeds a --seeds range may name (each is held in memory)
-
-
-
-
-
 
 
 
@@ -296,7 +292,8 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                   preview_maps: Sequence[str] = (), truncation_psi: float = 1.0, refiner=None, progress: bool = True,
                   render_size: int | None = None, refined_views: bool = False, seeds: Sequence[int] | None = None,
                   stale_after: float = STALE_AFTER, written: list | None = None, meshing: MeshingOptions | None = None,
-                  noise_mode: str = "const", ground: bool = False, up: str = "y") -> list[dict]:
+                  noise_mode: str = "const", ground: bool = False, up: str = "y",
+                  preview_elevation: float = 0.0) -> list[dict]:
     """Writes samples seed .. seed + num - 1 of `generator` to `out_dir` (see the module
     docstring), or those of the distinct `seeds` when given (then `num` must be len(seeds)),
     and returns the manifest records of those seeds made by this process or found done, in
@@ -309,7 +306,9 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     keep the generator's frame);
     file_type: one of FILE_TYPES; preview_resolution: side of the preview PNGs (None: none);
     preview_views: previews per sample, evenly spaced about the vertical axis from the front
-    (1 to 360); preview_maps: maps of MAPS written with every view (`encode_map`); refiner: a
+    (1 to 360); preview_maps: maps of MAPS written with every view (`encode_map`);
+    preview_elevation: degrees the preview cameras are raised (positive: from above; -90 to 90);
+    refiner: a
     trained Refiner whose refined front and back views of the meshes replace their vertex
     colours (refine.refine_meshes; the previews show the meshes with those colours), or the
     authors' (an nn.OfficialRefiner, with a generator of their conventions): their colouring
@@ -345,8 +344,8 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
     if meshing.texture_size is not None and file_type not in ("glb", "obj"):
         raise ValueError(f"meshing.texture_size needs file_type 'glb' or 'obj' (a {file_type} file holds vertex "
                          "colours only), got file_type " + repr(file_type))
-    preview_resolution, preview_views, preview_maps = check_preview_options(preview_resolution, preview_views,
-                                                                            preview_maps)
+    preview_resolution, preview_views, preview_maps, preview_elevation = check_preview_options(
+        preview_resolution, preview_views, preview_maps, preview_elevation)
     check_memory(memory_needed(resolution, batch_size, preview_resolution, preview_views, meshing),
                  next(generator.parameters()).device)
     authors = isinstance(refiner, OfficialRefiner)
@@ -369,7 +368,8 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                 "refined_colors": None if refiner is None else (
                     f"the authors' two views, {render_size or resolution} px" if authors else "mesh views, shading removed"),
                 "previews": None if preview_resolution is None else "rasterized mesh",
-                "preview_views": preview_views, "preview_maps": preview_maps, "ground": bool(ground), "up": up}
+                "preview_views": preview_views, "preview_maps": preview_maps, "ground": bool(ground), "up": up,
+                "preview_elevation": preview_elevation}
     created = record_settings(os.path.join(out_dir, SETTINGS), settings, may_change=(), write=rank == 0,
                               introduced=INTRODUCED)
     lock = FileLock(os.path.join(out_dir, MANIFEST_LOCK))
@@ -381,7 +381,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                 rewrite_manifest(out_dir, read_manifest(out_dir))
             _remove_stale_partials(out_dir, stale_after)
             if preview_resolution is not None:
-                write_cameras(out_dir, generator, preview_views, preview_resolution)
+                write_cameras(out_dir, generator, preview_views, preview_resolution, preview_elevation)
         distributed.barrier()
         done = {record["seed"]: record for record in read_manifest(out_dir)}
         mine = [value for i, value in enumerate(seeds) if i % size == rank and value not in done]
@@ -410,7 +410,7 @@ def write_samples(generator, out_dir: str, num: int, seed: int = 0, *, batch_siz
                 previews_of_views = _write_refined_views(out_dir, names, colouring.views)
                 colouring.views.clear()
             previews = [{}] * len(batch) if preview_resolution is None else write_previews(
-                generator, out_dir, names, meshes, preview_resolution, preview_views, preview_maps)
+                generator, out_dir, names, meshes, preview_resolution, preview_views, preview_maps, preview_elevation)
             shared_seconds = (time.perf_counter() - start - sum(own_seconds)) / len(batch)  # refining, previews
             for sample_seed, name, mesh, preview, seconds in zip(batch, names, meshes, previews, own_seconds):
                 begin = time.perf_counter()

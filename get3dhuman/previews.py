@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from get3dhuman._checks import check_int
+from get3dhuman._checks import check_int, is_finite_number
 from get3dhuman.claims import write_atomically, write_file_atomically
 from get3dhuman.nn.modes import evaluation_mode
 from get3dhuman.refine import mesh_views, render_textured, view_calibration
@@ -42,13 +42,13 @@ def render_previews(generator, z_shape: torch.Tensor, z_texture: torch.Tensor, r
 
 
 def mesh_previews(generator, meshes: Sequence, resolution: int = 256, background: float = PREVIEW_BACKGROUND,
-                  angle: float = 0.0) -> torch.Tensor:
+                  angle: float = 0.0, elevation: float = 0.0) -> torch.Tensor:
     """Views [B, resolution, resolution, 3] in [0, 1] of `meshes` (B TexturedMeshes in world
     coordinates) rasterized through the generator's calibration turned by `angle` degrees about
-    the vertical axis (refine.mesh_views), their vertex colours shaded as `render_previews`
+    the vertical axis and raised by `elevation` degrees (refine.mesh_views), their vertex colours shaded as `render_previews`
     shades the field's, `background` where no triangle is drawn. They show what the files hold,
     and cost milliseconds where ray-marching the field costs seconds."""
-    return mesh_views(generator, meshes, (angle,), resolution, background=background)[0][0]
+    return mesh_views(generator, meshes, (angle,), resolution, background=background, elevation=elevation)[0][0]
 
 
 def encode_map(rendering: Rendering, index: int, kind: str) -> np.ndarray:
@@ -125,10 +125,11 @@ def preview_angles(views: int) -> list[float]:
     return [360 * k / views for k in range(views)]
 
 
-def check_preview_options(preview_resolution: int | None, preview_views: int = 1,
-                          preview_maps: Sequence[str] = ()) -> tuple[int | None, int, list[str]]:
+def check_preview_options(preview_resolution: int | None, preview_views: int = 1, preview_maps: Sequence[str] = (),
+                          preview_elevation: float = 0.0) -> tuple[int | None, int, list[str], float]:
     """Validates the preview options of `write_samples` / `write_previews` (naming the argument
-    and what it must be); returns them as (int or None, int, list), as settings.json records them."""
+    and what it must be); returns them as (int or None, int, list, float), as settings.json
+    records them."""
     preview_resolution = check_int(preview_resolution, "preview_resolution", 2, none_ok=True)
     preview_views = check_int(preview_views, "preview_views", 1, 360)
     if preview_views > 1 and preview_resolution is None:
@@ -138,32 +139,38 @@ def check_preview_options(preview_resolution: int | None, preview_views: int = 1
         raise ValueError(f"preview_maps must be distinct names of {', '.join(MAPS)}, got {preview_maps!r}")
     if preview_maps and preview_resolution is None:
         raise ValueError("preview_maps needs preview_resolution (the maps are the previews' pixels)")
-    return preview_resolution, preview_views, preview_maps
+    if not is_finite_number(preview_elevation) or not -90 <= preview_elevation <= 90:
+        raise ValueError(f"preview_elevation must be a number of degrees in [-90, 90], got {preview_elevation!r}")
+    if preview_elevation != 0 and preview_resolution is None:
+        raise ValueError("preview_elevation needs preview_resolution (it raises the previews' cameras)")
+    return preview_resolution, preview_views, preview_maps, float(preview_elevation)
 
 
-def write_cameras(out_dir: str, generator, views: int, resolution: int) -> None:
-    """Writes `out_dir`/cameras.json: the resolution, the angles of `views` previews and their
-    cameras (`refine.view_calibration` of each angle: world -> NDC [4, 4]) with CAMERA_CONVENTION,
-    under a temporary name first."""
+def write_cameras(out_dir: str, generator, views: int, resolution: int, elevation: float = 0.0) -> None:
+    """Writes `out_dir`/cameras.json: the resolution, the angles of `views` previews, their
+    elevation (degrees, positive from above) and their cameras (`refine.view_calibration` of
+    each angle: world -> NDC [4, 4]) with CAMERA_CONVENTION, under a temporary name first."""
     angles = preview_angles(views)
-    cameras = {"resolution": resolution, "angles": angles,
-               "calibrations": [view_calibration(generator, angle).double().cpu().tolist() for angle in angles],
+    cameras = {"resolution": resolution, "angles": angles, "elevation": elevation,
+               "calibrations": [view_calibration(generator, angle, elevation).double().cpu().tolist()
+                                for angle in angles],
                "convention": CAMERA_CONVENTION}
     write_atomically(os.path.join(out_dir, CAMERAS), json.dumps(cameras, indent=1))
 
 
 def write_previews(generator, out_dir: str, names: Sequence[str], meshes: Sequence, resolution: int, views: int = 1,
-                   maps: Sequence[str] = ()) -> list[dict]:
-    """Writes the previews of B `meshes` (`mesh_previews` through the generator's cameras):
-    per mesh i `names[i].png` (the front), with `views` > 1 also `names[i]-AAA.png` from AAA degrees
-    (`preview_angles`), and per view the `maps` of MAPS (`names[i][-AAA]-MAP.png`, encode_map).
+                   maps: Sequence[str] = (), elevation: float = 0.0) -> list[dict]:
+    """Writes the previews of B `meshes` (`mesh_previews` through the generator's cameras, raised
+    by `elevation` degrees): per mesh i `names[i].png` (the front), with `views` > 1 also
+    `names[i]-AAA.png` from AAA degrees (`preview_angles`), and per view the `maps` of MAPS
+    (`names[i][-AAA]-MAP.png`, encode_map).
 
     Returns per mesh its manifest entries: {"preview": file} and, with more than one view,
     "views": {"angles", "files"} (the front first), with maps "maps": {MAP: [files per view]}.
     """
-    resolution, views, maps = check_preview_options(resolution, views, maps)
+    resolution, views, maps, elevation = check_preview_options(resolution, views, maps, elevation)
     angles = preview_angles(views)
-    rendered = mesh_views(generator, meshes, angles, resolution, background=PREVIEW_BACKGROUND)
+    rendered = mesh_views(generator, meshes, angles, resolution, background=PREVIEW_BACKGROUND, elevation=elevation)
     images = [image for image, _, _ in rendered]  # per angle [B, R, R, 3]
     renderings = [rendering for _, _, rendering in rendered]
     suffixes = [""] + [f"-{round(angle):03d}" for angle in angles[1:]]

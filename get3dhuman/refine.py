@@ -19,16 +19,23 @@ from get3dhuman.synthetic.preview import stand_in_images
 from get3dhuman.texture import rebake_texture
 
 
-def view_calibration(generator, angle_deg: float) -> torch.Tensor:
+def view_calibration(generator, angle_deg: float, elevation_deg: float = 0.0) -> torch.Tensor:
     """[4, 4] world -> NDC camera of `generator`'s calibration turned by `angle_deg` about the
-    vertical axis through the world point its NDC origin sees (0: the generator's own view)."""
+    vertical axis through the world point its NDC origin sees, then raised by `elevation_deg`
+    (positive: from above, looking down) about its horizontal image axis through that point
+    (0, 0: the generator's own view)."""
     base = generator.calibration.double().cpu()
     centre = torch.linalg.solve(base[:3, :3], -base[:3, 3])
     cos, sin = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
     turn = torch.eye(4, dtype=torch.float64)
     turn[:3, :3] = torch.tensor([[cos, 0, -sin], [0, 1, 0], [sin, 0, cos]], dtype=torch.float64)
     turn[:3, 3] = centre - turn[:3, :3] @ centre
-    return (base @ turn).to(generator.calibration)
+    # In NDC (x right, y down the image, z towards the camera; one scale on every axis), raising
+    # the camera brings the top of the view (y < 0) nearer.
+    cos, sin = math.cos(math.radians(elevation_deg)), math.sin(math.radians(elevation_deg))
+    tilt = torch.eye(4, dtype=torch.float64)
+    tilt[1:3, 1:3] = torch.tensor([[cos, sin], [-sin, cos]], dtype=torch.float64)
+    return (tilt @ base @ turn).to(generator.calibration)
 
 
 def render_textured(generator, shape_volume: torch.Tensor, texture_volume: torch.Tensor, calib: torch.Tensor,
@@ -49,10 +56,10 @@ def render_textured(generator, shape_volume: torch.Tensor, texture_volume: torch
 
 @torch.no_grad()
 def mesh_views(generator, meshes: Sequence[TexturedMesh], angles: Sequence[float] = (0.0, 180.0),
-               resolution: int | None = None, lit: bool = True,
-               background: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor, Rendering]]:
+               resolution: int | None = None, lit: bool = True, background: float = 0.0,
+               elevation: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor, Rendering]]:
     """Per angle of `angles` (degrees about the vertical axis, 0: the generator's own view;
-    `view_calibration`): the images [B, R, R, 3] in [0, 1] of B `meshes` (TexturedMeshes in
+    at `elevation` degrees, positive from above; `view_calibration`): the images [B, R, R, 3] in [0, 1] of B `meshes` (TexturedMeshes in
     world coordinates, e.g. of `generator.extract_mesh`) rasterized (render.render_meshes),
     their vertex colours shaded (left unshaded when not `lit`) on `background`, the cameras
     [B, 4, 4] and the Renderings (mask, depth, normals, ...). R = `resolution`, default the
@@ -61,7 +68,7 @@ def mesh_views(generator, meshes: Sequence[TexturedMesh], angles: Sequence[float
     resolution = resolution or generator.config.backbone_resolution
     views = []
     for angle in angles:
-        calib = view_calibration(generator, angle).float().expand(len(meshes), 4, 4)
+        calib = view_calibration(generator, angle, elevation).float().expand(len(meshes), 4, 4)
         rendering = render_meshes(meshes, calib, resolution)
         views.append((shade(rendering, background, lit), calib, rendering))
     return views

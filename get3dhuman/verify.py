@@ -125,7 +125,8 @@ def _sample_options(settings: dict, records: list[dict]) -> dict:
     authors = _AUTHORS_VIEWS.fullmatch(settings.get("refined_colors") or "")
     return {"resolution": settings["resolution"], "file_type": settings["file_type"],
             "preview_resolution": settings["preview_resolution"], "preview_views": settings["preview_views"],
-            "preview_maps": settings["preview_maps"], "truncation_psi": settings["truncation_psi"],
+            "preview_maps": settings["preview_maps"], "preview_elevation": settings["preview_elevation"],
+            "truncation_psi": settings["truncation_psi"],
             "meshing": MeshingOptions(**extract), "noise_mode": noise_mode,
             "render_size": int(authors.group(1)) if authors and int(authors.group(1)) != settings["resolution"]
             else None,

@@ -16,7 +16,7 @@ from get3dhuman import applications
 from get3dhuman.cli import main
 from get3dhuman.mesh import MeshingOptions
 from get3dhuman.previews import encode_map, mesh_previews
-from get3dhuman.refine import mesh_views, render_textured
+from get3dhuman.refine import mesh_views, render_textured, view_calibration
 from get3dhuman.render import orbit_calibration
 
 MESHING = {"resolution": 32, "meshing": MeshingOptions(coarse_resolution=8)}
@@ -153,9 +153,19 @@ def test_command_lines_write_meshes_previews_and_a_grid(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "turned").iterdir()) == [
         "cameras.json", "texture-7-180-depth.png", "texture-7-180.png", "texture-7-depth.png", "texture-7.ply",
         "texture-7.png"]
-    with pytest.raises(SystemExit, match="--views and --maps need --preview RES"):
-        main(["interpolate", "--from", "0", "--to", "1", "--out", str(tmp_path / "x"), "--weights", str(weights),
-              "--views", "4"])
+    assert main(["retexture", "--shape", "2", "--textures", "7", "--out", str(tmp_path / "above"), *common,
+                 "--elevation", "20"]) == 0
+    cameras = json.loads((tmp_path / "above" / "cameras.json").read_text())
+    assert cameras["elevation"] == 20.0
+    assert torch.allclose(torch.tensor(cameras["calibrations"][0]).float(), view_calibration(generator_with_a_surface(), 0.0, 20.0))
+    for flags in (["--views", "4"], ["--elevation", "30"]):
+        with pytest.raises(SystemExit, match="--views, --elevation and --maps need --preview RES"):
+            main(["interpolate", "--from", "0", "--to", "1", "--out", str(tmp_path / "x"), "--weights", str(weights),
+                  *flags])
+    with pytest.raises(SystemExit):
+        main(["retexture", "--shape", "2", "--textures", "7", "--out", str(tmp_path / "x"), *common,
+              "--elevation", "100"])
+    assert "argument --elevation: must be a number in [-90, 90], got 100" in capsys.readouterr().err
 
 
 def test_results_have_the_previews_views_and_maps_of_a_dataset(tmp_path):

@@ -157,6 +157,33 @@ def test_views_turn_the_mesh_about_the_vertical_axis(tmp_path):
                       progress=False, **MESHING)
 
 
+def test_raised_previews_look_down_at_the_human_and_their_cameras_say_so(tmp_path):
+    generator = generator_with_a_surface()
+    (record,) = write_samples(generator, str(tmp_path), 1, preview_resolution=32, preview_views=2,
+                              preview_elevation=30.0, progress=False, **MESHING)
+    mesh = generator.sample(1, **MESHING)[0]
+    cameras = json.loads((tmp_path / "cameras.json").read_text())
+    assert cameras["elevation"] == 30.0 and json.loads((tmp_path / SETTINGS).read_text())["preview_elevation"] == 30.0
+    for view, angle in enumerate((0.0, 180.0)):
+        calib = torch.tensor(cameras["calibrations"][view], dtype=torch.float64)
+        torch.testing.assert_close(calib.float(), view_calibration(generator, angle, 30.0))
+        written = np.asarray(Image.open(tmp_path / record["views"]["files"][view]).convert("RGB")) / 255.0
+        expected = mesh_previews(generator, [mesh], 32, angle=angle, elevation=30.0)[0].numpy()
+        assert (np.abs(written - expected) > 1.5 / 255).any(-1).mean() < 0.01
+        level = mesh_previews(generator, [mesh], 32, angle=angle)[0].numpy()
+        assert np.abs(written - level).max() > 0.1  # not the level view
+    with pytest.raises(ValueError, match=r"other settings \(preview_elevation\)"):
+        write_samples(generator, str(tmp_path), 2, preview_resolution=32, preview_views=2, progress=False, **MESHING)
+    settings = json.loads((tmp_path / SETTINGS).read_text())
+    del settings["preview_elevation"]  # a dataset of an earlier version: its previews were level
+    (tmp_path / SETTINGS).write_text(json.dumps(settings))
+    write_samples(generator, str(tmp_path), 2, preview_resolution=32, preview_views=2, progress=False, **MESHING)
+    with pytest.raises(ValueError, match=r"preview_elevation must be a number of degrees in \[-90, 90\], got 91"):
+        write_samples(generator, str(tmp_path / "x"), 1, preview_resolution=8, preview_elevation=91)
+    with pytest.raises(ValueError, match="preview_elevation needs preview_resolution"):
+        write_samples(generator, str(tmp_path / "x"), 1, preview_elevation=10)
+
+
 def test_maps_encode_the_renderings_of_each_view(tmp_path):
     generator = generator_with_a_surface()
     (record,) = write_samples(generator, str(tmp_path), 1, preview_resolution=32, preview_views=2,

@@ -210,6 +210,27 @@ def test_view_calibration_turns_about_the_centre_of_the_view():
     assert torch.allclose(back_ndc[[0, 2]], -front_ndc[[0, 2]], atol=1e-5) and torch.allclose(back_ndc[1], front_ndc[1])
 
 
+def test_view_calibration_raises_the_camera_about_the_centre_of_the_view():
+    generator = Generator("tiny")
+    generator.calibration = OFFICIAL_CALIBRATION.clone()  # y down the image, z towards the camera
+    scale, centre = 0.00927734, torch.tensor([0.0, 0.88134766 / 0.00927734, 0.0, 1.0])
+    top, front = centre + torch.tensor([0.0, 10.0, 0.0, 0.0]), centre + torch.tensor([0.0, 0.0, 10.0, 0.0])
+    for angle in (0.0, 180.0):
+        for elevation in (30.0, 90.0, -45.0):
+            raised = view_calibration(generator, angle, elevation).double()
+            assert torch.allclose(raised @ centre.double(), torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64),
+                                  atol=1e-4)
+            radians = torch.tensor(elevation, dtype=torch.float64).deg2rad()
+            # From above, the top of the head comes nearer and the front of the body moves down the image.
+            expected_top = 10 * scale * torch.stack([torch.tensor(0.0, dtype=torch.float64), -radians.cos(),
+                                                     radians.sin()])
+            assert torch.allclose((raised @ top.double())[:3], expected_top, atol=1e-4)
+            facing = 1.0 if angle == 0 else -1.0  # seen from behind, the front faces away
+            expected_front = facing * 10 * scale * torch.stack([torch.tensor(0.0, dtype=torch.float64), radians.sin(),
+                                                                radians.cos()])
+            assert torch.allclose((raised @ front.double())[:3], expected_front, atol=1e-4)
+
+
 def test_refinement_losses_against_hand_computed_values():
     real = [[torch.ones(1, 2, 2), torch.full((1, 1, 1), 1.0)]]
     fake = [[torch.zeros(1, 2, 2), torch.full((1, 1, 1), 0.5)]]
