@@ -239,11 +239,13 @@ def _export(args: argparse.Namespace) -> int:
     import torch
 
     from get3dhuman.nn import Generator, ImageGenerator
-    from get3dhuman.train import REFINER_PRESETS, load_generator, load_refiner
+    from get3dhuman.train import REFINER_PRESETS, load_generator, load_reconstructor, load_refiner
 
     try:
         if args.generator is not None:
             model = load_generator(args.generator, args.preset)
+        elif args.reconstructor is not None:
+            model = load_reconstructor(args.reconstructor, args.preset)
         elif args.image_generator is not None:
             model = ImageGenerator.load(args.image_generator)
         elif args.checkpoint is not None:

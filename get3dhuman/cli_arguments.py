@@ -192,10 +192,12 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                        "all: each in turn, in OUT/STAGE")
     _add(train, "preset")
     train.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, config.json) or prior cache")
-    train.add_argument("--reconstructor", help="stage-1 run directory or checkpoint (prior, generator)")
+    train.add_argument("--reconstructor", help="stage-1 run directory or checkpoint, or a file of `export "
+                       "--reconstructor` (prior, generator)")
     train.add_argument("--prior", help="prior cache directory of stage 2 (generator, refiner)")
     train.add_argument("--generator", help="stage-3 run directory or checkpoint, or a file of `export` such as the "
-                       "package's get3dhuman/weights/generator-small.safetensors (refiner)")
+                       "package's get3dhuman/weights/generator-small.safetensors: the generator the refiner learns "
+                       "on (refiner), or the one a new run starts from (generator; its discriminators start afresh)")
     train.add_argument("--config", help="JSON file of settings per stage over the preset's, e.g. "
                        '{"reconstructor": {"steps": 8000}, "generator": {"adversarial_weight": 0.1}} '
                        "(get3dhuman.train.settings; the fields of each stage's config class)")
@@ -326,12 +328,14 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                         help="pixels per side the image is resized to (default: the backbone's)")
     _add_mesh_arguments(invert, None, with_model_dtype=False)  # its latents are optimised in float32
     _add(invert, "device", "quiet")
-    export = commands.add_parser("export", help="write a trained generator (or refiner, or 2-D image generator) "
-                                 "as one file for Generator.from_pretrained (Refiner.from_pretrained, "
-                                 "ImageGenerator.load)")
+    export = commands.add_parser("export", help="write a trained generator (or refiner, reconstructor, or 2-D image "
+                                 "generator) as one file for Generator.from_pretrained (Refiner.from_pretrained, "
+                                 "Reconstructor.from_pretrained, ImageGenerator.load)")
     exported = export.add_mutually_exclusive_group(required=True)
     exported.add_argument("--generator", help="stage-3 run directory or checkpoint (its moving average)")
     exported.add_argument("--refiner", help="stage-4 run directory or checkpoint")
+    exported.add_argument("--reconstructor", help="stage-1 run directory or checkpoint (for `train prior` and "
+                          "`train generator --reconstructor FILE` without the run)")
     exported.add_argument("--checkpoint", help=CHECKPOINT_HELP + " (the official model, converted once)")
     exported.add_argument("--image-generator", metavar="FILE", help="a 2-D generator's network pickle (e.g. "
                           "StyleGAN-Human's, read as data) for `train prior --image-generator` without the pickle")

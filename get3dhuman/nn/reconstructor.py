@@ -8,12 +8,19 @@ Generator's volumes are pulled towards (the latent prior).
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import torch
 
 from get3dhuman.mesh import TexturedMesh
 from get3dhuman.nn.generator import GeneratorConfig, PixelAlignedModel
 from get3dhuman.nn.hourglass import HGFilter
 from get3dhuman.nn.modes import evaluation_mode
+from get3dhuman.nn.pretrained import WEIGHTS_DIR, load_pretrained_state, read_pretrained, write_pretrained
+
+PRETRAINED_FORMAT = "get3dhuman-reconstructor/1"
+DEFAULT_WEIGHTS = os.path.join(WEIGHTS_DIR, "reconstructor-small.safetensors")
 
 
 class Reconstructor(PixelAlignedModel):
@@ -49,3 +56,26 @@ class Reconstructor(PixelAlignedModel):
         with evaluation_mode(self):
             shape_volume, texture_volume = self(image)
             return self.meshes_from_volumes(shape_volume, texture_volume if color else None, resolution, **options)
+
+    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> None:
+        """Writes the weights, the sizes (`config`, `image_channels`) and the camera
+        (`calibration`) to one safetensors file that `Reconstructor.from_pretrained(path)` loads
+        (`nn.pretrained.write_pretrained`: `dtype`, one of STORAGE_DTYPES, rounds the
+        floating-point weights; the camera stays float32). `get3dhuman export --reconstructor`
+        writes one from a stage-1 run."""
+        sizes = {**dataclasses.asdict(self.config), "image_channels": self.image_channels}
+        write_pretrained(self, path, PRETRAINED_FORMAT, sizes, dtype, {"calibration": self.calibration})
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Reconstructor:
+        """A Reconstructor in eval mode (float32) from a file of `save_pretrained`; without
+        `path`, the package's (DEFAULT_WEIGHTS, the stage-1 model of the default Generator).
+        FileNotFoundError when the file is missing, ValueError when it is not such a file."""
+        tensors, sizes, path = read_pretrained(path, PRETRAINED_FORMAT, DEFAULT_WEIGHTS)
+        image_channels = sizes.pop("image_channels")
+        config = GeneratorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()})
+        reconstructor = cls(config, image_channels)
+        calibration = tensors.pop("calibration")
+        load_pretrained_state(reconstructor, tensors, path)
+        reconstructor.calibration.copy_(calibration)
+        return reconstructor.to(device).eval()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import ClassVar
 
 import torch
 
@@ -56,6 +57,12 @@ class GeneratorTrainingConfig:
     eval_every: int = 500
     eval_latents: int = 8  # the first cache entries; the IoU of the EMA generator's occupancy vs the prior's
     eval_points: int = 20000
+    # A generator to start from (a file of `export`, e.g. the package's weights, or a stage-3 run:
+    # its moving average starts both copies); its discriminators and optimisers start afresh.
+    init_weights: str | None = None
+
+    INTRODUCED: ClassVar[dict] = {"init_weights": None}
+    RESULT_NEUTRAL: ClassVar[tuple[str, ...]] = ("init_weights",)  # a resumed run starts from its checkpoint
 
 
 PRESETS = {
@@ -103,6 +110,8 @@ class GeneratorTrainer:
         torch.manual_seed(config.seed)
         self.teacher = reconstructor.to(device).eval().requires_grad_(False)
         self.generator = Generator(config.preset).to(device)
+        if config.init_weights is not None:
+            self.generator.load_state_dict(load_generator(config.init_weights, config.preset, device).state_dict())
         self.generator.mlp_shape.load_state_dict(self.teacher.mlp_shape.state_dict())
         self.generator.mlp_texture.load_state_dict(self.teacher.mlp_texture.state_dict())
         if not config.train_decoders:

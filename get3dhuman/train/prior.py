@@ -28,6 +28,8 @@ from get3dhuman import distributed
 from get3dhuman.nn import ImageGenerator, Reconstructor
 from get3dhuman.nn.generator import resolve_config
 from get3dhuman.nn.image_generator import frame_figures
+from get3dhuman.nn.pretrained import is_pretrained_file
+from get3dhuman.nn.reconstructor import PRETRAINED_FORMAT as RECONSTRUCTOR_FORMAT
 from get3dhuman.render import orbit_calibration, ray_march, shade, silhouettes
 from get3dhuman.run_settings import record_settings
 from get3dhuman.synthetic.preview import stand_in_rendering
@@ -79,8 +81,14 @@ def latents(config: PriorConfig, begin: int, end: int) -> torch.Tensor:
 
 
 def load_reconstructor(path: str, preset: str, device: str = "cpu") -> Reconstructor:
-    """A trained Reconstructor in eval mode from a stage-1 run directory (its newest checkpoint)
-    or a checkpoint file."""
+    """A trained Reconstructor in eval mode from a stage-1 run directory (its newest checkpoint),
+    a checkpoint file, or a file of `Reconstructor.save_pretrained` (`get3dhuman export
+    --reconstructor`, the package's). ValueError when the weights are not of `preset`."""
+    if is_pretrained_file(path, RECONSTRUCTOR_FORMAT):
+        model = Reconstructor.from_pretrained(path)
+        if model.config != resolve_config(preset):
+            raise ValueError(f"reconstructor: {path} holds a Reconstructor of other sizes than the preset {preset!r}")
+        return model.to(device)
     checkpoint = resolve_checkpoint(path, "reconstructor")
     model = Reconstructor(preset)
     load_checkpoint(checkpoint, model)

@@ -76,6 +76,8 @@ def train_stage(stage: str, preset: str, out: str, *, config_file: str | None = 
     else:
         if prior is None or reconstructor is None:
             raise ValueError("--prior DIR and --reconstructor RUN are required")
+        if generator is not None:  # the weights to start from
+            config = dataclasses.replace(config, init_weights=generator)
         train_generator(config, prior, reconstructor, out, device, progress=progress)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from inputs import resumed_equals_straight
 
-from get3dhuman import Generator, losses
+from get3dhuman import Generator, Reconstructor, losses
 from get3dhuman.cli import main
 from get3dhuman.render import orbit_calibration, sphere_trace
 from get3dhuman.synthetic import human_parameters, human_sdf
@@ -203,6 +203,48 @@ def test_load_generator_takes_exported_files_of_its_preset(tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="generator: .* other sizes than the preset 'small'"):
         load_generator(str(tmp_path / "tiny.safetensors"), "small")
+
+
+def test_every_stage_starts_from_exported_files(stages, tmp_path):
+    run = str(stages / "reconstructor")
+    exported, halved = str(tmp_path / "reconstructor.safetensors"), str(tmp_path / "reconstructor-half.safetensors")
+    assert main(["export", "--reconstructor", run, "--preset", "tiny", "--out", exported]) == 0
+    assert main(["export", "--reconstructor", run, "--preset", "tiny", "--out", halved, "--dtype", "float16"]) == 0
+    trained = load_reconstructor(run, "tiny")
+    for (name, a), b, c in zip(trained.state_dict().items(), Reconstructor.from_pretrained(exported).state_dict().values(),
+                               load_reconstructor(halved, "tiny").state_dict().values()):
+        assert torch.equal(a, b) and torch.equal(a.half().float(), c), name
+    with pytest.raises(ValueError, match="reconstructor: .* other sizes than the preset 'small'"):
+        load_reconstructor(exported, "small")
+    # The prior cache of the exported Reconstructor is the run's, bit for bit.
+    assert main(["train", "prior", "--preset", "tiny", "--reconstructor", exported, "--out", str(tmp_path / "prior"),
+                 "--quiet"]) == 0
+    everything = range(PRIOR.count)
+    ours, theirs = PriorCache(str(tmp_path / "prior")).batch(everything), PriorCache(str(stages / "prior")).batch(everything)
+    for key, value in theirs.items():
+        assert torch.equal(ours[key], value), key
+    # A generator run starts from an exported generator: its weights, the Reconstructor's decoders.
+    torch.manual_seed(3)
+    start = Generator("tiny")
+    start.save_pretrained(tmp_path / "start.safetensors")
+    trainer = GeneratorTrainer(dataclasses.replace(TINY, init_weights=str(tmp_path / "start.safetensors")),
+                               PriorCache(str(tmp_path / "prior")), Reconstructor.from_pretrained(exported))
+    fresh = GeneratorTrainer(TINY, PriorCache(str(tmp_path / "prior")), Reconstructor.from_pretrained(exported))
+    for name, value in trainer.generator.state_dict().items():
+        decoder = name.startswith(("mlp_shape.", "mlp_texture."))
+        expected = (trainer.teacher if decoder else start).state_dict()[name]
+        assert torch.equal(value, expected) and torch.equal(trainer.ema.state_dict()[name], expected), name
+    weights = [name for name, value in trainer.generator.named_parameters() if value.dim() > 1]
+    assert sum(not torch.equal(trainer.generator.get_parameter(name), fresh.generator.get_parameter(name))
+               for name in weights) > len(weights) // 2  # not the run's own initialisation
+    command = ["train", "generator", "--preset", "tiny", "--prior", str(tmp_path / "prior"), "--reconstructor", exported,
+               "--generator", str(tmp_path / "start.safetensors"), "--out", str(tmp_path / "generator"), "--quiet"]
+    assert main([*command, "--steps", "1"]) == 0
+    settings = json.loads((tmp_path / "generator" / "config.json").read_text())
+    assert settings["init_weights"] == str(tmp_path / "start.safetensors")
+    os.rename(tmp_path / "start.safetensors", tmp_path / "moved.safetensors")  # another machine: another path
+    assert main([*command[:-5], "--generator", str(tmp_path / "moved.safetensors"), *command[-3:], "--steps", "2"]) == 0
+    assert [json.loads(line)["step"] for line in open(tmp_path / "generator" / "metrics.jsonl")] == [1, 2]
 
 
 def test_mismatched_stages_are_refused(stages):
