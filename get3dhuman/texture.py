@@ -29,13 +29,13 @@ from get3dhuman.ops.rasterize import rasterize
 ColorField = Callable[[torch.Tensor], torch.Tensor]  # points [N, 3] -> RGB [N, 3] in [0, 1]
 
 
-def decimate(mesh: TexturedMesh, faces: int) -> TexturedMesh:
+def decimate(mesh: TexturedMesh, faces: int, color_fn: ColorField | None = None) -> TexturedMesh:
     """`mesh` with at most `faces` faces, by quadric-error edge collapses (fast-simplification,
     the Fast Quadric Mesh Simplification algorithm), open boundaries kept; a closed mesh stays
-    closed. Vertex colours are those of the nearest original vertex. A mesh with no more faces
-    than asked is returned as it is."""
+    closed. Vertex colours are `color_fn` at the new vertices (without gradients, clamped to
+    [0, 1]), or without one those of the nearest original vertex. A mesh with no more faces than
+    asked is returned as it is."""
     import fast_simplification
-    from scipy.spatial import cKDTree
 
     faces = check_int(faces, "faces", MIN_FACES)
     if mesh.faces.shape[0] <= faces:
@@ -43,10 +43,15 @@ def decimate(mesh: TexturedMesh, faces: int) -> TexturedMesh:
     positions = mesh.vertices.detach().cpu().double().numpy()
     vertices, triangles = fast_simplification.simplify(positions, mesh.faces.cpu().numpy(), target_count=faces,
                                                        preserve_border=True)
-    nearest = cKDTree(positions).query(vertices)[1]
+    if color_fn is None:
+        from scipy.spatial import cKDTree
+
+        colors = mesh.colors[torch.from_numpy(cKDTree(positions).query(vertices)[1]).to(mesh.colors.device)]
     vertices = torch.from_numpy(vertices.astype(np.float32)).to(mesh.vertices.device)
     triangles = torch.from_numpy(triangles.astype(np.int64)).to(mesh.faces.device)
-    colors = mesh.colors[torch.from_numpy(nearest).to(mesh.colors.device)]
+    if color_fn is not None:
+        with torch.no_grad():
+            colors = color_fn(vertices).float().clamp(0, 1).to(mesh.colors)
     return TexturedMesh.from_geometry(vertices, triangles, colors)
 
 

@@ -150,6 +150,10 @@ def test_decimation_honours_the_face_count_and_keeps_closed_meshes_closed_and_bo
         assert 500 <= len(fewer.faces) <= 600
         assert trimesh.Trimesh(fewer.vertices.numpy(), fewer.faces.numpy(), process=False).is_watertight
     assert decimate(human, 10**7) is human
+    fewer = decimate(sphere(4), 600, linear_field)  # colours of the field at the new vertices
+    assert torch.equal(fewer.colors, linear_field(fewer.vertices).clamp(0, 1))
+    nearest = decimate(sphere(4), 600)  # or of the nearest original vertex: about the field's there
+    assert not torch.equal(nearest.colors, fewer.colors) and (nearest.colors - fewer.colors).abs().max() < 0.1
     ball = sphere(4)
     upper = ball.faces[(ball.vertices[ball.faces][:, :, 1] > 0).all(1)]  # an open cap
     cap = trimesh.Trimesh(ball.vertices.numpy(), upper.numpy())

@@ -243,13 +243,12 @@ class PixelAlignedModel(nn.Module):
                                        cells, level=0.5, inside_is_above=True, bounds=(lower, upper),
                                        meshing=meshing, device=shape_volume.device, timings=timings)[0]
         start = time.perf_counter()
-        if meshing.faces is not None and mesh.faces.shape[0] > meshing.faces:
-            mesh = decimate(mesh, meshing.faces)
-            if color is not None:  # the decoder's colours at the new vertices
-                mesh = dataclasses.replace(mesh, colors=color(mesh.vertices[None])[0].float().clamp(0, 1))
+        color_at = None if color is None else (lambda p: color(p[None])[0])  # points [N, 3]
+        if meshing.faces is not None:  # the decoder's colours at the new vertices
+            mesh = decimate(mesh, meshing.faces, color_at)
         if meshing.texture_size is not None:
-            mesh = bake_texture(mesh, (lambda p: color(p[None])[0]) if color is not None else
-                                (lambda p: torch.full_like(p, 0.5)), meshing.texture_size, chunk=meshing.chunk)
+            mesh = bake_texture(mesh, color_at or (lambda p: torch.full_like(p, 0.5)), meshing.texture_size,
+                                chunk=meshing.chunk)
         timings.texture += time.perf_counter() - start
         return mesh
 
