@@ -60,7 +60,7 @@ _DIRECTIONS = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1],
 _SMOOTHING_PASSES = 3  # neighbour votes that merge marching cubes' speckled labels into regions
 _MIN_COSINE = 0.5      # a face within 60 degrees of its chart's axis: projected at most 2x smaller
 _SMALL_CHART = 32     # charts of fewer faces join a neighbour where they can
-_SPLIT_ROUNDS = 6      # chart splits for projections that overlap before each overlap is one face
+_SPLIT_ROUNDS = 6      # rounds of splitting charts whose projection overlaps, before their faces go apart
 
 
 def _edge_neighbours(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -275,8 +275,8 @@ def default_padding(size: int) -> int:
 def unwrap(vertices: torch.Tensor, faces: torch.Tensor, size: int, padding: int | None = None):
     """A UV atlas of the mesh vertices [V, 3], faces [F, 3] for an S x S texture: (vertex_map
     [V'] int64, the original vertex of each atlas vertex; faces [F, 3] of the atlas vertices, in
-    the input's order; uvs [V', 2] in [0, 1]; charted [F] bool, the faces of nonzero UV area).
-    padding: texels between charts; None: `default_padding(size)`.
+    the input's order; uvs [V', 2] in [0, 1]; charted [F] bool, the faces placed in a chart
+    with nonzero UV area). padding: texels between charts; None: `default_padding(size)`.
 
     Charts are the faces nearest one of the six axis directions, joined through edges, split
     where a face turns more than 60 degrees from the chart's mean normal or where the chart's

@@ -14,7 +14,7 @@ from get3dhuman import Generator
 from get3dhuman.cli import main
 from get3dhuman.dataset import SETTINGS, read_manifest
 from get3dhuman.mesh import MIN_FACES, MeshingOptions, TexturedMesh, check_texture_size, sample_texture
-from get3dhuman.texture import bake_texture, decimate, texel_points, unwrap
+from get3dhuman.texture import bake_texture, decimate, drawn_faces, texel_points, unwrap
 from get3dhuman.verify import verify
 
 
@@ -128,6 +128,10 @@ def test_unwrapped_charts_never_overlap_and_keep_one_texel_density(shape):
     assert ratio.min() > 0.4 and ratio.max() < 2.5, (ratio.min(), ratio.max())
     if shape != "human":  # no slivers: every face is charted
         assert charted.all()
+    atlas = TexturedMesh(mesh.vertices[vertex_map], faces, mesh.colors[vertex_map], mesh.normals[vertex_map], uvs,
+                         torch.zeros(size, size, 3))
+    drawn = drawn_faces(atlas)  # what a (re)bake draws: every charted face, and at most a few slivers
+    assert drawn[charted].all() and (drawn & ~charted).sum() <= 0.01 * len(faces)
 
 
 def test_dilated_charts_show_no_background_at_a_4x_mip_reduction():
