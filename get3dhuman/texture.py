@@ -283,8 +283,8 @@ def unwrap(vertices: torch.Tensor, faces: torch.Tensor, size: int, padding: int 
     projection overlaps itself; each is projected orthographically along its mean normal (one
     texel density everywhere, stretched at most 2x across steep faces) and xatlas packs them
     with `padding` texels between charts (fewer, down to none, where the texture cannot hold the
-    charts with as many). The few faces xatlas drops as of no area (slivers) are not charted;
-    their corners take the UVs of their neighbours."""
+    charts with as many). The few faces xatlas drops as of no area (slivers) are not charted:
+    each such chart has all its corners at one UV, that of a neighbour's copy of one of them."""
     padding = default_padding(size) if padding is None else padding
     positions = vertices.detach().cpu().double().numpy()
     triangles = faces.cpu().numpy()
@@ -296,8 +296,9 @@ def unwrap(vertices: torch.Tensor, faces: torch.Tensor, size: int, padding: int 
         axes = _chart_axes(normals, chart)
         vertex_map, atlas_faces, plane, depth, owner = _project(positions, triangles, chart, axes)
         uvs = _pack(plane, atlas_faces, owner, size, padding)
-        # Charts xatlas dropped (of no area, or below its threshold) lie collapsed: their
-        # vertices take the UV of a copy of theirs in a chart placed whole, else texel (0, 0).
+        # Charts xatlas dropped (slivers of no area, or below its threshold) lie collapsed: each
+        # goes to one point, where a chart placed whole has a copy of one of its vertices (else
+        # texel (0, 0)), so that its faces keep no area and their corners about their colour.
         face_chart = owner[atlas_faces[:, 0]]
         plane_area = np.bincount(face_chart, np.abs(_doubled_areas(plane, atlas_faces)), len(axes))
         uv_area = np.bincount(face_chart, np.abs(_doubled_areas(uvs, atlas_faces)), len(axes))
@@ -307,8 +308,9 @@ def unwrap(vertices: torch.Tensor, faces: torch.Tensor, size: int, padding: int 
         if lost.any():
             kept_copy = np.full(len(positions), -1)
             kept_copy[vertex_map[~lost]] = np.flatnonzero(~lost)
-            source = kept_copy[vertex_map[lost]]
-            uvs[lost] = np.where(source[:, None] >= 0, uvs[np.maximum(source, 0)], 0.5 / size)
+            point = np.full(len(axes), -1)
+            np.maximum.at(point, owner[lost], kept_copy[vertex_map[lost]])
+            uvs[lost] = np.where(point[owner[lost], None] >= 0, uvs[np.maximum(point[owner[lost]], 0)], 0.5 / size)
         charted = (_doubled_areas(uvs, atlas_faces) != 0) & ~lost_chart[face_chart]
         drawn = np.flatnonzero(charted)
         pairs = drawn[_overlapping_faces(uvs, atlas_faces[drawn], depth, size)]
@@ -352,8 +354,8 @@ def texel_points(uvs: torch.Tensor, faces: torch.Tensor, vertices: torch.Tensor,
 
 def drawn_faces(mesh: TexturedMesh) -> torch.Tensor:
     """[F] bool: the faces of `mesh`'s atlas that own texels, those of nonzero UV area at about
-    the atlas's one scale (UV over 3-D area within 4x of the median). Slivers xatlas dropped
-    take their corners' UVs from neighbouring charts and span between them far out of scale."""
+    the atlas's one scale (UV over 3-D area within 4x of the median): an atlas of another tool
+    may put faces it leaves out anywhere."""
     corners3, corners2 = mesh.vertices.double()[mesh.faces], mesh.uvs.double()[mesh.faces]
     area = torch.linalg.cross(corners3[:, 1] - corners3[:, 0], corners3[:, 2] - corners3[:, 0]).norm(dim=1)
     edge1, edge2 = corners2[:, 1] - corners2[:, 0], corners2[:, 2] - corners2[:, 0]

@@ -64,7 +64,7 @@ def test_the_texture_at_each_vertex_is_the_vertex_colour(size):
         baked = bake_texture(mesh, linear_field, size)
         sampled = sample_texture(baked.texture, baked.uvs)
         error = (sampled - baked.colors).abs()
-        # The vertices of slivers xatlas leaves out take a neighbour's UV: a voxel's colour change at most.
+        # The corners of slivers xatlas leaves out sit at a neighbour's UV: a voxel's colour change at most.
         assert error.mean() < 0.03 * 64 / size and error.max() < 0.1, (error.mean(), error.max())
         corners = baked.uvs[baked.faces]  # the charts do not overlap: their areas add up to at most the square
         area = ((corners[:, 1] - corners[:, 0])[:, 0] * (corners[:, 2] - corners[:, 0])[:, 1]
@@ -130,8 +130,8 @@ def test_unwrapped_charts_never_overlap_and_keep_one_texel_density(shape):
         assert charted.all()
     atlas = TexturedMesh(mesh.vertices[vertex_map], faces, mesh.colors[vertex_map], mesh.normals[vertex_map], uvs,
                          torch.zeros(size, size, 3))
-    drawn = drawn_faces(atlas)  # what a (re)bake draws: every charted face, and at most a few slivers
-    assert drawn[charted].all() and (drawn & ~charted).sum() <= 0.01 * len(faces)
+    assert torch.equal(drawn_faces(atlas), charted)  # what a (re)bake draws
+    assert (uv_area[~charted] == 0).all()  # slivers left out own no texel
 
 
 def test_dilated_charts_show_no_background_at_a_4x_mip_reduction():
