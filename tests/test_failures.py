@@ -94,21 +94,21 @@ def test_a_run_that_failed_before_its_first_sample_leaves_the_directory_free(tmp
 
 
 def test_ctrl_c_says_how_many_samples_were_written_and_the_same_command_resumes(tmp_path, weights):
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "get3dhuman.cli", *_sample(weights, out, "--num", "40", "--batch-size", "1",
+    out, count = tmp_path / "out", 100  # about 0.1 s a sample: far more than the interrupt takes to land
+    command = [sys.executable, "-m", "get3dhuman.cli", *_sample(weights, out, "--num", str(count), "--batch-size", "1",
                                                                    "--preview", "16")]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not ((out / MANIFEST).exists() and (out / MANIFEST).read_text().count("\n") >= 2):
+    while time.time() < deadline and not ((out / MANIFEST).exists() and (out / MANIFEST).read_text().count("\n") >= 1):
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=60)
     listed = len(read_manifest(str(out)))
-    assert process.returncode == 130, stderr
+    assert process.returncode == 130, (listed, stdout, stderr)
     assert stderr.strip().splitlines()[-1] == (f"get3dhuman sample: interrupted after {listed} samples; run the same "
                                                "command to resume")
-    assert 2 <= listed < 40 and verify(out) == []
+    assert 1 <= listed < count and verify(out) == []
     assert not [name for name in os.listdir(out) if name.startswith(".partial-") or name.endswith(".tmp")]
     resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert sorted(record["seed"] for record in read_manifest(str(out))) == list(range(40)) and verify(out) == []
+    assert sorted(record["seed"] for record in read_manifest(str(out))) == list(range(count)) and verify(out) == []
