@@ -59,8 +59,9 @@ def mesh_views(generator, meshes: Sequence[TexturedMesh], angles: Sequence[float
                resolution: int | None = None, lit: bool = True, background: float = 0.0,
                elevation: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor, Rendering]]:
     """Per angle of `angles` (degrees about the vertical axis, 0: the generator's own view;
-    at `elevation` degrees, positive from above; `view_calibration`): the images [B, R, R, 3] in [0, 1] of B `meshes` (TexturedMeshes in
-    world coordinates, e.g. of `generator.extract_mesh`) rasterized (render.render_meshes),
+    cameras raised by `elevation` degrees, positive from above; `view_calibration`): the images
+    [B, R, R, 3] in [0, 1] of B `meshes` (TexturedMeshes in world coordinates, e.g. of
+    `generator.extract_mesh`) rasterized (render.render_meshes),
     their vertex colours shaded (left unshaded when not `lit`) on `background`, the cameras
     [B, 4, 4] and the Renderings (mask, depth, normals, ...). R = `resolution`, default the
     generator's backbone resolution (the refiner's). Milliseconds, where ray-marching the field
@@ -156,10 +157,12 @@ def refine_meshes(generator, refiner, meshes: Sequence[TexturedMesh], resolution
 def colors_from_views(meshes: list[TexturedMesh], views: list[tuple[torch.Tensor, torch.Tensor, Rendering]],
                       remove_shading: bool = True) -> list[TexturedMesh]:
     """The meshes (one per batch row of the views) with vertex colours back-projected from
-    `views`, the output of `refined_views` or `mesh_views` (per view: images [B, H, W, 3], cameras [B, 4, 4],
-    Renderings). Vertex colours are albedo (as the generator's own), so for shaded views
-    `remove_shading` first divides each image by its rendering's `shading_factor` (clamped to
-    [0, 1]); without it the light is baked in. Views of a Refiner of albedo need no division."""
+    `views`, the output of `refined_views` or `mesh_views` (per view: images [B, H, W, 3],
+    cameras [B, 4, 4], Renderings), and the texels of UV-textured ones alike, each at its
+    surface point (`texture.rebake_texture`). Vertex colours are albedo (as the generator's
+    own), so for shaded views `remove_shading` first divides each image by its rendering's
+    `shading_factor` (clamped to [0, 1]); without it the light is baked in. Views of a Refiner
+    of albedo need no division."""
     if remove_shading:
         views = [((image / shading_factor(rendering).unsqueeze(-1)).clamp(0, 1), calib, rendering)
                  for image, calib, rendering in views]
