@@ -1,9 +1,9 @@
 """Previews of generated meshes: views from orbit cameras, per-view maps and their encoding.
 
 A preview is a mesh rasterized through the generator's calibration turned about the vertical
-axis (`refine.mesh_views`) and shaded. Maps (mask, 16-bit depth, normal) are the same views'
-pixels, encoded as PNG (`encode_map`, `decode_map`); `cameras.json` (`write_cameras`) holds
-the cameras that lift depth maps back to world points (`lift_depth`).
+axis and raised where asked (`refine.mesh_views`), then shaded. Maps (mask, 16-bit depth,
+normal) are the same views' pixels, encoded as PNG (`encode_map`, `decode_map`); `cameras.json`
+(`write_cameras`) holds the cameras that lift depth maps back to world points (`lift_depth`).
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ def mesh_previews(generator, meshes: Sequence, resolution: int = 256, background
                   angle: float = 0.0, elevation: float = 0.0) -> torch.Tensor:
     """Views [B, resolution, resolution, 3] in [0, 1] of `meshes` (B TexturedMeshes in world
     coordinates) rasterized through the generator's calibration turned by `angle` degrees about
-    the vertical axis and raised by `elevation` degrees (refine.mesh_views), their vertex colours shaded as `render_previews`
-    shades the field's, `background` where no triangle is drawn. They show what the files hold,
-    and cost milliseconds where ray-marching the field costs seconds."""
+    the vertical axis and raised by `elevation` degrees (refine.mesh_views), their vertex
+    colours shaded as `render_previews` shades the field's, `background` where no triangle is
+    drawn. They show what the files hold, and cost milliseconds where ray-marching the field
+    costs seconds."""
     return mesh_views(generator, meshes, (angle,), resolution, background=background, elevation=elevation)[0][0]
 
 
