@@ -205,6 +205,24 @@ def test_the_authors_colouring_on_cuda_gives_the_cpus_meshes():
     _same_meshes(meshes, expected)
 
 
+def test_textured_meshes_on_cuda_are_the_cpus():
+    """Decimation, the atlas and the bake on the device, with the texture decoder's colours and
+    with the authors' colouring of the texels: the CPU's bits."""
+    meshing = MeshingOptions(faces=1500, texture_size=128)
+    for generator, recolor in ((Generator.from_pretrained(), None),
+                               (generator_with_their_conventions(), AuthorsColouring())):
+        z = generator.latents([7])
+        expected = generator.extract_mesh(*z, 48, meshing=meshing, recolor=recolor)
+        with virtual_cuda():
+            generator.cuda()
+            meshes = [mesh.to("cpu") for mesh in generator.extract_mesh(*(t.cuda() for t in z), 48, meshing=meshing,
+                                                                      recolor=recolor)]
+            generator.cpu()
+        assert not meshes[0].is_empty and meshes[0].texture.shape == (128, 128, 3)
+        _same_meshes(meshes, expected)
+        assert torch.equal(meshes[0].uvs, expected[0].uvs) and torch.equal(meshes[0].texture, expected[0].texture)
+
+
 def test_the_command_line_writes_the_same_dataset_on_cuda(tmp_path):
     argv = ["sample", "--num", "2", "--resolution", "48", "--preview", "32", "--views", "2", "--quiet"]
     assert main([*argv, "--out", str(tmp_path / "cpu")]) == 0
