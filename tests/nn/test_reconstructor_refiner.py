@@ -1,11 +1,16 @@
 """Reconstructor (PIFu-style prior source) and the refinement U-Net with its PatchGAN."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from get3dhuman import Generator, Reconstructor, Refiner
 from get3dhuman.nn import MultiScalePatchDiscriminator
+from get3dhuman.nn.generator import PRESETS
 from get3dhuman.ops import reference_query_field
+from get3dhuman.train.reconstructor import PRESETS as RECONSTRUCTOR_PRESETS
+from get3dhuman.train.reconstructor import evaluate_reconstruction
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])
@@ -106,3 +111,18 @@ def test_multiscale_patch_discriminator():
     assert full[-1].shape[1] == 1 and half[-1].shape[1] == 1  # patch logits
     sum(o[-1].sum() for o in outputs).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in discriminator.parameters())
+
+
+def test_the_packaged_reconstructor_reconstructs_humans_it_never_saw():
+    """The shipped stage-1 model (TRAINING.md) against an untrained one, on synthetic humans of
+    another seed than its training's and its evaluation's: occupancy IoU and Chamfer distance."""
+    trained = Reconstructor.from_pretrained()
+    assert trained.config == PRESETS["small"] and not trained.training
+    assert torch.equal(trained.calibration, Generator.from_pretrained().calibration)
+    config = dataclasses.replace(RECONSTRUCTOR_PRESETS["small"], seed=123, eval_humans=4, eval_points=5000,
+                                 eval_mesh_resolution=48, eval_surface_points=1024)
+    metrics = evaluate_reconstruction(trained, config)
+    torch.manual_seed(0)
+    untrained = evaluate_reconstruction(Reconstructor("small").eval(), config)
+    assert metrics["iou"] > 0.7 and metrics["iou"] > untrained["iou"] + 0.3, (metrics, untrained)
+    assert metrics["chamfer"] < 0.1 * untrained["chamfer"], (metrics, untrained)
