@@ -116,18 +116,16 @@ def _merge_small_charts(chart: np.ndarray, unit: np.ndarray, normals: np.ndarray
     return target[chart]
 
 
-def _segment(positions: np.ndarray, faces: np.ndarray, neighbours) -> np.ndarray:
-    """Chart index [F] of each face: faces labelled by their nearest axis direction, smoothed by
-    neighbour votes, joined through edges, then split until every face of a chart is within
-    _MIN_COSINE of the chart's mean normal (a face's own normal always is)."""
-    corners = positions[faces]
-    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+def _segment(normals: np.ndarray, neighbours) -> np.ndarray:
+    """Chart index [F] of each face (normals [F, 3], area-long): faces labelled by their nearest
+    axis direction, smoothed by neighbour votes, joined through edges, then split until every
+    face of a chart is within _MIN_COSINE of the chart's mean normal (a face's own normal always is)."""
     lengths = np.linalg.norm(normals, axis=1)
     flat = lengths == 0  # faces of no area follow their neighbours
     score = normals @ _DIRECTIONS.T
     labels = score.argmax(1)
     a, b = neighbours
-    rows = np.arange(len(faces))
+    rows = np.arange(len(normals))
     for _ in range(_SMOOTHING_PASSES):
         votes = np.zeros_like(score)
         np.add.at(votes, (a, labels[b]), 1)
@@ -289,9 +287,9 @@ def unwrap(vertices: torch.Tensor, faces: torch.Tensor, size: int, padding: int 
     positions = vertices.detach().cpu().double().numpy()
     triangles = faces.cpu().numpy()
     neighbours = _edge_neighbours(triangles)
-    chart = _segment(positions, triangles, neighbours)
     corners = positions[triangles]
     normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    chart = _segment(normals, neighbours)
     for split_round in range(_SPLIT_ROUNDS + 1):
         axes = _chart_axes(normals, chart)
         vertex_map, atlas_faces, plane, depth, owner = _project(positions, triangles, chart, axes)
@@ -311,7 +309,7 @@ def unwrap(vertices: torch.Tensor, faces: torch.Tensor, size: int, padding: int 
             point = np.full(len(axes), -1)
             np.maximum.at(point, owner[lost], kept_copy[vertex_map[lost]])
             uvs[lost] = np.where(point[owner[lost], None] >= 0, uvs[np.maximum(point[owner[lost]], 0)], 0.5 / size)
-        charted = (_doubled_areas(uvs, atlas_faces) != 0) & ~lost_chart[face_chart]
+        charted = _doubled_areas(uvs, atlas_faces) != 0  # a dropped chart lies at one point
         drawn = np.flatnonzero(charted)
         pairs = drawn[_overlapping_faces(uvs, atlas_faces[drawn], depth, size)]
         if not len(pairs):
@@ -411,25 +409,30 @@ def rebake_texture(mesh: TexturedMesh, surface_color: SurfaceColor, *, dilation:
     dilation, chunk = check_int(dilation, "dilation", 0), check_int(chunk, "chunk", 1)
     if mesh.is_empty:
         return mesh
+    return _fill_texels(mesh, surface_color, True, dilation, chunk, background)
+
+
+def _fill_texels(mesh: TexturedMesh, color, surface: bool, dilation: int, chunk: int, background: float) -> TexturedMesh:
+    """`rebake_texture` of a non-empty textured mesh: `color` a SurfaceColor when `surface`,
+    else a ColorField (the normals and current colours, which it does not take, are not made)."""
     size, device = mesh.texture.shape[0], mesh.vertices.device
     placed = mesh.faces[drawn_faces(mesh)]
     covered, face, barycentric = _texel_barycentrics(mesh.uvs, placed, size)
-    weights = barycentric.unsqueeze(-1)
-    points, normals = ((values[placed[face]] * weights.to(values.dtype)).sum(1) for values in (mesh.vertices, mesh.normals))
+    attributes = (mesh.vertices, mesh.normals) if surface else (mesh.vertices,)
+    at_texels = [(values[placed[face]] * barycentric.unsqueeze(-1).to(values.dtype)).sum(1) for values in attributes]
     # Charts too thin for a texel centre: texels under their corners, edge midpoints and centroids.
-    splat_uvs, splat_points, splat_normals = (
-        torch.einsum("kc,fcd->fkd", _SPLAT_WEIGHTS.to(values), values[placed]).reshape(-1, values.shape[1])
-        for values in (mesh.uvs, mesh.vertices, mesh.normals))
+    splat_uvs, *at_splats = (torch.einsum("kc,fcd->fkd", _SPLAT_WEIGHTS.to(values), values[placed])
+                             .reshape(-1, values.shape[1]) for values in (mesh.uvs, *attributes))
     splat_texels = _texel_of(splat_uvs, size)
     missed = ~covered.reshape(-1)[splat_texels]
-    splat_texels, splat_points, splat_normals = splat_texels[missed], splat_points[missed], splat_normals[missed]
-    texels = torch.cat([covered.reshape(-1).nonzero()[:, 0], splat_texels])
-    points, normals = torch.cat([points, splat_points]), F.normalize(torch.cat([normals, splat_normals]), dim=1)
-    current = mesh.texture.reshape(-1, 3)[texels].float()
+    splat_texels = splat_texels[missed]
+    inputs = [torch.cat([texel_values, splat_values[missed]]) for texel_values, splat_values in zip(at_texels, at_splats)]
+    if surface:
+        texels = torch.cat([covered.reshape(-1).nonzero()[:, 0], splat_texels])
+        inputs = [inputs[0], F.normalize(inputs[1], dim=1), mesh.texture.reshape(-1, 3)[texels].float()]
     with torch.no_grad():
-        colors = (torch.cat([surface_color(*parts).float() for parts in zip(points.split(chunk), normals.split(chunk),
-                                                                           current.split(chunk))])
-                  if len(points) else current).clamp(0, 1)
+        colors = (torch.cat([color(*parts).float() for parts in zip(*(values.split(chunk) for values in inputs))])
+                  if len(inputs[0]) else inputs[0].new_zeros(0, 3, dtype=torch.float32)).clamp(0, 1)
     texture = torch.zeros(size * size, 3, device=device)
     texture[covered.reshape(-1)] = colors[: int(covered.sum())]
     counts = torch.zeros(size * size, device=device).index_add_(0, splat_texels,
@@ -450,6 +453,7 @@ def bake_texture(mesh: TexturedMesh, color_fn: ColorField, size: int = 1024, *, 
     colour. An empty mesh is returned as it is."""
     size = check_texture_size(size)
     padding = check_int(padding, "padding", 0, none_ok=True)
+    dilation, chunk = check_int(dilation, "dilation", 0), check_int(chunk, "chunk", 1)
     if mesh.is_empty:
         return mesh
     vertex_map, faces, uvs, _ = (tensor.to(mesh.vertices.device) for tensor in unwrap(mesh.vertices, mesh.faces,
@@ -457,5 +461,4 @@ def bake_texture(mesh: TexturedMesh, color_fn: ColorField, size: int = 1024, *, 
     vertices = mesh.vertices[vertex_map]
     atlas = TexturedMesh(vertices, faces, mesh.colors[vertex_map], vertex_normals(vertices, faces), uvs,
                          torch.full((size, size, 3), float(background), device=vertices.device))
-    return rebake_texture(atlas, lambda points, normals, current: color_fn(points), dilation=dilation, chunk=chunk,
-                          background=background)
+    return _fill_texels(atlas, color_fn, False, dilation, chunk, background)
